@@ -1,0 +1,64 @@
+import { sql } from "drizzle-orm";
+import {
+  check,
+  doublePrecision,
+  index,
+  integer,
+  pgTable,
+  text,
+  timestamp,
+  unique,
+  uuid,
+} from "drizzle-orm/pg-core";
+import { timestamps } from "./columns.ts";
+import { models } from "./models.ts";
+import { workers } from "./workers.ts";
+
+export const instanceStatuses = [
+  "pending",
+  "starting",
+  "ready",
+  "failed",
+  "stopping",
+  "stopped",
+  "lost",
+] as const;
+
+/** Actual state: one engine of a model on one worker, as placed and as the agent reports it. */
+export const instances = pgTable(
+  "instances",
+  {
+    id: uuid().primaryKey().defaultRandom(),
+    alias: text()
+      .notNull()
+      .references(() => models.alias, { onDelete: "cascade" }),
+    workerId: text()
+      .notNull()
+      .references(() => workers.workerId, { onDelete: "cascade" }),
+    gpuIds: integer().array().notNull().default(sql`'{}'::integer[]`),
+    /** The claim on each of its GPUs: placement keeps a GPU's claims summed at most 1. */
+    gpuMemoryUtilization: doublePrecision().notNull(),
+    port: integer(),
+    pid: integer(),
+    status: text({ enum: instanceStatuses }).notNull().default("pending"),
+    restarts: integer().notNull().default(0),
+    lastError: text(),
+    readyAt: timestamp({ withTimezone: true }),
+    ...timestamps,
+  },
+  (t) => [
+    // An agent serves an alias once (its proxy path is /proxy/{alias}), so two replicas of
+    // one model never share a worker; the constraint makes concurrent placements harmless.
+    unique("instances_alias_worker_id_unique").on(t.alias, t.workerId),
+    check(
+      "instances_status_check",
+      sql`${t.status} in ('pending', 'starting', 'ready', 'failed', 'stopping', 'stopped', 'lost')`,
+    ),
+    check(
+      "instances_gpu_memory_utilization_check",
+      sql`${t.gpuMemoryUtilization} > 0 and ${t.gpuMemoryUtilization} <= 1`,
+    ),
+    // Placement sums claims per worker; heartbeats update by (worker_id, alias).
+    index("instances_worker_id_idx").on(t.workerId),
+  ],
+);

@@ -1,0 +1,14 @@
+/**
+ * Wire contracts: the zod schemas and types of every message that crosses a process
+ * boundary. Services import this module, never each other's internals.
+ */
+export * from "./common.ts";
+export * from "./errors.ts";
+export * from "./gpus.ts";
+export * from "./instances.ts";
+export * from "./keys.ts";
+export * from "./models.ts";
+export * from "./routes.ts";
+export * from "./usage.ts";
+export * from "./workers.ts";
+export * from "./env.ts";

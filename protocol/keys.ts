@@ -1,0 +1,21 @@
+import { z } from "zod";
+import { isoTimeSchema } from "./common.ts";
+
+/** `POST /v1/keys` (admin). */
+export const apiKeyCreateSchema = z.strictObject({
+  name: z.string().trim().min(1).max(128).default("default"),
+});
+export type ApiKeyCreate = z.infer<typeof apiKeyCreateSchema>;
+
+/** An API key's public record; `key` is present only in the reply that created it. */
+export const apiKeyInfoSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  prefix: z.string(),
+  created_at: isoTimeSchema,
+  revoked_at: isoTimeSchema.nullable(),
+});
+export type ApiKeyInfo = z.infer<typeof apiKeyInfoSchema>;
+
+export const apiKeyCreatedSchema = apiKeyInfoSchema.extend({ key: z.string() });
+export type ApiKeyCreated = z.infer<typeof apiKeyCreatedSchema>;

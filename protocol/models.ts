@@ -1,0 +1,100 @@
+import { z } from "zod";
+import {
+  aliasSchema,
+  dtypeSchema,
+  gpuIdsSchema,
+  isoTimeSchema,
+  portSchema,
+  workerIdSchema,
+} from "./common.ts";
+import { extraArgSchema } from "./instances.ts";
+import { routingRecordSchema } from "./routes.ts";
+
+export const placementStrategySchema = z.enum(["binpack", "spread"]);
+export type PlacementStrategy = z.infer<typeof placementStrategySchema>;
+
+/** `POST /v1/models/register` on the manager. */
+export const modelRegistrationSchema = z.strictObject({
+  alias: aliasSchema,
+  model_name: z.string().min(1).max(512),
+  max_model_len: z.number().int().min(1).max(16_777_216).optional(),
+  gpu_memory_utilization: z.number().gt(0).lte(1).default(0.9),
+  tensor_parallel_size: z.number().int().min(1).max(64).default(1),
+  replicas: z.number().int().min(1).max(64).default(1),
+  dtype: dtypeSchema.optional(),
+  /** Pin to one worker (and optionally to GPUs on it); refused when the pin cannot be met. */
+  worker_id: workerIdSchema.optional(),
+  gpu_ids: gpuIdsSchema.min(1).optional(),
+  extra_args: z.array(extraArgSchema).max(128).default([]),
+  placement: placementStrategySchema.default("binpack"),
+});
+export type ModelRegistration = z.infer<typeof modelRegistrationSchema>;
+export type ModelRegistrationInput = z.input<typeof modelRegistrationSchema>;
+
+/**
+ * The manager's view of an instance (desired placement plus what the agent last reported).
+ * `pending`: placed, launch not yet accepted by the agent; `lost`: its worker went offline.
+ */
+export const instanceRecordStatusSchema = z.enum([
+  "pending",
+  "starting",
+  "ready",
+  "failed",
+  "stopping",
+  "stopped",
+  "lost",
+]);
+export type InstanceRecordStatus = z.infer<typeof instanceRecordStatusSchema>;
+
+export const instanceRecordSchema = z.object({
+  id: z.string(),
+  alias: aliasSchema,
+  worker_id: workerIdSchema,
+  gpu_ids: z.array(z.number().int().min(0)),
+  gpu_memory_utilization: z.number(),
+  port: portSchema.nullable(),
+  pid: z.number().int().nullable(),
+  status: instanceRecordStatusSchema,
+  restarts: z.number().int().min(0),
+  last_error: z.string().nullable(),
+  created_at: isoTimeSchema,
+  updated_at: isoTimeSchema,
+  ready_at: isoTimeSchema.nullable(),
+});
+export type InstanceRecord = z.infer<typeof instanceRecordSchema>;
+
+export const modelStatusSchema = z.enum(["starting", "ready", "degraded", "failed"]);
+export type ModelStatus = z.infer<typeof modelStatusSchema>;
+
+/** `GET /v1/models/{alias}` and the 201 of `POST /v1/models/register`. */
+export const modelInfoSchema = z.object({
+  alias: aliasSchema,
+  model_name: z.string(),
+  status: modelStatusSchema,
+  max_model_len: z.number().int().nullable(),
+  gpu_memory_utilization: z.number(),
+  tensor_parallel_size: z.number().int(),
+  replicas: z.number().int(),
+  dtype: dtypeSchema.nullable(),
+  worker_id: workerIdSchema.nullable(),
+  gpu_ids: z.array(z.number().int()).nullable(),
+  extra_args: z.array(z.string()),
+  placement: placementStrategySchema,
+  created_at: isoTimeSchema,
+  instances: z.array(instanceRecordSchema),
+  routes: z.array(routingRecordSchema),
+});
+export type ModelInfo = z.infer<typeof modelInfoSchema>;
+
+/** OpenAI's model list, as `GET /v1/models` answers on both the manager and the router. */
+export const openAiModelSchema = z.object({
+  id: z.string(),
+  object: z.literal("model"),
+  created: z.number().int(),
+  owned_by: z.string(),
+});
+export const openAiModelListSchema = z.object({
+  object: z.literal("list"),
+  data: z.array(openAiModelSchema.passthrough()),
+});
+export type OpenAiModelList = z.infer<typeof openAiModelListSchema>;

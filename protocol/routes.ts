@@ -1,0 +1,50 @@
+import { z } from "zod";
+import { aliasSchema, isoTimeSchema, portSchema, workerIdSchema } from "./common.ts";
+
+/**
+ * The original system's `ModelRouting`, exactly: `worker_url` is the worker's
+ * `public_worker_url` when it has one, else its internal `worker_url`.
+ */
+export const routingRecordSchema = z.strictObject({
+  alias: aliasSchema,
+  model_name: z.string(),
+  worker_id: workerIdSchema,
+  worker_url: z.string(),
+  vllm_port: portSchema.nullable(),
+  created_at: isoTimeSchema,
+});
+export type RoutingRecord = z.infer<typeof routingRecordSchema>;
+
+/** One route in the snapshot routers read: the routing record plus what routers need. */
+export const routeEntrySchema = z.object({
+  alias: aliasSchema,
+  model_name: z.string(),
+  worker_id: workerIdSchema,
+  worker_url: z.string(),
+  vllm_port: portSchema.nullable(),
+  created_at: isoTimeSchema,
+  instance_id: z.string(),
+  /** Ready instance on an online worker: the only routes a router may send traffic to. */
+  ready: z.boolean(),
+});
+export type RouteEntry = z.infer<typeof routeEntrySchema>;
+
+/** An API key as routers see it: only the SHA-256 of the key, never the key. */
+export const apiKeyHashSchema = z.object({
+  id: z.string(),
+  key_hash: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type ApiKeyHash = z.infer<typeof apiKeyHashSchema>;
+
+/**
+ * `GET /v1/routes` (bearer ADMIN_TOKEN or FLEET_TOKEN), served with `ETag: "{version}"`;
+ * `If-None-Match` with the current version → 304. The version changes whenever anything
+ * in the snapshot does. Active key hashes travel with the routes so that standalone and
+ * edge routers check keys without a query per request.
+ */
+export const routeSnapshotSchema = z.object({
+  version: z.string(),
+  routes: z.array(routeEntrySchema),
+  api_keys: z.array(apiKeyHashSchema),
+});
+export type RouteSnapshot = z.infer<typeof routeSnapshotSchema>;

@@ -1,0 +1,57 @@
+import { z } from "zod";
+import { baseUrlSchema, isoTimeSchema, workerIdSchema } from "./common.ts";
+import { gpuInfoSchema } from "./gpus.ts";
+import { instanceReportSchema } from "./instances.ts";
+
+export const workerStatusSchema = z.enum(["online", "offline"]);
+export type WorkerStatus = z.infer<typeof workerStatusSchema>;
+
+/** Agent → manager: `POST /v1/workers/register`. Idempotent per `worker_id`. */
+export const workerRegistrationSchema = z.object({
+  worker_id: workerIdSchema,
+  /** The internal URL the manager dials (`http://127.0.0.1:6006` for an agent on 0.0.0.0). */
+  worker_url: baseUrlSchema,
+  /** `PUBLIC_URL`: how the outside world reaches the agent through port forwarding. */
+  public_worker_url: baseUrlSchema.nullable().default(null),
+  gpu_info: gpuInfoSchema,
+  instances: z.array(instanceReportSchema).max(256).default([]),
+  agent_version: z.string().max(64),
+  labels: z.record(z.string().max(64), z.string().max(256)).default({}),
+});
+export type WorkerRegistration = z.infer<typeof workerRegistrationSchema>;
+export type WorkerRegistrationInput = z.input<typeof workerRegistrationSchema>;
+
+export const workerRegistrationReplySchema = z.object({
+  worker_id: workerIdSchema,
+  status: workerStatusSchema,
+  heartbeat_interval_s: z.number().positive(),
+  registered_at: isoTimeSchema,
+});
+export type WorkerRegistrationReply = z.infer<typeof workerRegistrationReplySchema>;
+
+/** Agent → manager: `POST /v1/workers/{worker_id}/heartbeat`. 404 means register again. */
+export const heartbeatSchema = z.object({
+  gpu_info: gpuInfoSchema,
+  instances: z.array(instanceReportSchema).max(256).default([]),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+export const heartbeatReplySchema = z.object({
+  heartbeat_interval_s: z.number().positive(),
+});
+export type HeartbeatReply = z.infer<typeof heartbeatReplySchema>;
+
+/** The original system's `WorkerInfo`: what `GET /v1/workers` lists. */
+export const workerInfoSchema = z.object({
+  worker_id: workerIdSchema,
+  worker_url: z.string(),
+  public_worker_url: z.string().nullable(),
+  gpu_info: gpuInfoSchema,
+  last_heartbeat: isoTimeSchema,
+  status: workerStatusSchema,
+  instances: z.array(instanceReportSchema),
+  agent_version: z.string().nullable(),
+  registered_at: isoTimeSchema,
+  labels: z.record(z.string(), z.string()),
+});
+export type WorkerInfo = z.infer<typeof workerInfoSchema>;

@@ -1,0 +1,102 @@
+import { type Subprocess, spawn } from "bun";
+
+export const repoRoot = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+/** The Bun binary running the tests; child services run on the same one. */
+export const bunBin = process.execPath;
+
+export type Service = {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  /** Everything the process has printed so far (stdout and stderr interleaved). */
+  output(): string;
+  /** Resolves when `pattern` appears in the output; rejects on exit or after `timeoutMs`. */
+  waitFor(pattern: RegExp | string, timeoutMs?: number): Promise<void>;
+  /** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves with the exit code. */
+  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<number | null>;
+};
+
+const running = new Set<Service>();
+
+/**
+ * Starts a real process (`argv[0]` resolved from PATH) with output captured. Every process
+ * started here is killed when the test run ends, even if a test forgets to stop it.
+ */
+export function startProcess(
+  argv: string[],
+  options: { env?: Record<string, string | undefined>; cwd?: string } = {},
+): Service {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries({ ...process.env, ...options.env })) {
+    if (value !== undefined) env[key] = value;
+  }
+  const proc = spawn(argv, {
+    cwd: options.cwd ?? repoRoot,
+    env,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let text = "";
+  const waiters = new Set<() => void>();
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    const reader = stream.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+      for (const wake of waiters) wake();
+    }
+  };
+  void pump(proc.stdout);
+  void pump(proc.stderr);
+  void proc.exited.then(() => {
+    for (const wake of waiters) wake();
+  });
+
+  const service: Service = {
+    proc,
+    output: () => text,
+    waitFor(pattern, timeoutMs = 15_000) {
+      const matches = () => (typeof pattern === "string" ? text.includes(pattern) : pattern.test(text));
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`timed out waiting for ${pattern} from ${argv.join(" ")}\n${text}`));
+        }, timeoutMs);
+        const check = () => {
+          if (matches()) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolve();
+          } else if (proc.exitCode !== null || proc.signalCode !== null) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            reject(new Error(`${argv.join(" ")} exited (${proc.exitCode}) before ${pattern}\n${text}`));
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    async stop(signal = "SIGTERM", graceMs = 5000) {
+      running.delete(service);
+      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+      proc.kill(signal);
+      const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+      const code = await proc.exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  running.add(service);
+  return service;
+}
+
+/** Stops every process this file started; call from `afterAll`. */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...running].map((service) => service.stop()));
+}
+
+process.on("exit", () => {
+  for (const service of running) service.proc.kill("SIGKILL");
+});

@@ -143,7 +143,9 @@ async function openPglite(dataDir: string): Promise<FleetDb> {
       client = await PGlite.create(join(dir, "pg"));
     } catch (error) {
       release();
-      throw new DatabaseError(`cannot open the embedded database in FLEET_DATA_DIR ${dir}: ${describe(error)}`);
+      throw new DatabaseError(
+        `cannot open the embedded database in FLEET_DATA_DIR ${dir}: ${describe(error)}`,
+      );
     }
   }
   const db = drizzlePglite({ client, schema, casing: "snake_case" });
@@ -228,5 +230,3 @@ function describe(error: unknown): string {
   }
   return String(error);
 }
-
-

@@ -5,7 +5,10 @@ export const dbEnvShape = {
   DATABASE_URL: z
     .string()
     .trim()
-    .refine(isPostgresUrl, "must be a postgres:// or postgresql:// URL, e.g. postgres://user@127.0.0.1:5432/fleet")
+    .refine(
+      isPostgresUrl,
+      "must be a postgres:// or postgresql:// URL, e.g. postgres://user@127.0.0.1:5432/fleet",
+    )
     .optional()
     .or(z.literal("").transform(() => undefined)),
   FLEET_DATA_DIR: z.string().trim().min(1).default(".fleet"),

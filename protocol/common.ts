@@ -24,7 +24,10 @@ export const workerIdSchema = z
 export const baseUrlSchema = z
   .string()
   .trim()
-  .refine(isPlainBaseUrl, "must be an http(s) base URL such as https://host:8443, without query, fragment or credentials")
+  .refine(
+    isPlainBaseUrl,
+    "must be an http(s) base URL such as https://host:8443, without query, fragment or credentials",
+  )
   .transform((value) => value.replace(/\/+$/, ""));
 
 function isPlainBaseUrl(value: string): boolean {

@@ -3,6 +3,7 @@
  * boundary. Services import this module, never each other's internals.
  */
 export * from "./common.ts";
+export * from "./env.ts";
 export * from "./errors.ts";
 export * from "./gpus.ts";
 export * from "./instances.ts";
@@ -11,4 +12,3 @@ export * from "./models.ts";
 export * from "./routes.ts";
 export * from "./usage.ts";
 export * from "./workers.ts";
-export * from "./env.ts";

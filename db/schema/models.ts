@@ -20,7 +20,9 @@ export const models = pgTable(
     workerId: text(),
     gpuIds: integer().array(),
     extraArgs: jsonb().$type<string[]>().notNull().default([]),
-    placement: text({ enum: ["binpack", "spread"] }).notNull().default("binpack"),
+    placement: text({ enum: ["binpack", "spread"] })
+      .notNull()
+      .default("binpack"),
     ...timestamps,
   },
   (t) => [

@@ -1,5 +1,14 @@
 import { sql } from "drizzle-orm";
-import { check, index, integer, jsonb, pgTable, primaryKey, text, timestamp } from "drizzle-orm/pg-core";
+import {
+  check,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+} from "drizzle-orm/pg-core";
 import { timestamps } from "./columns.ts";
 
 export const workers = pgTable(
@@ -10,7 +19,9 @@ export const workers = pgTable(
     workerUrl: text().notNull(),
     /** PUBLIC_URL: the port-forwarding URL routers use when set. */
     publicWorkerUrl: text(),
-    status: text({ enum: ["online", "offline"] }).notNull().default("online"),
+    status: text({ enum: ["online", "offline"] })
+      .notNull()
+      .default("online"),
     lastHeartbeat: timestamp({ withTimezone: true }).notNull().defaultNow(),
     registeredAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
     agentVersion: text(),

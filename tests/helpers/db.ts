@@ -26,7 +26,9 @@ export type TestDatabase = {
  * A database of its own for one test file: a new database on the Postgres server, or a new
  * PGlite directory. Migrations are not applied: the service (or `openFreshDb`) does that.
  */
-export async function createTestDatabase(target: DbTarget = serviceDbTarget): Promise<TestDatabase> {
+export async function createTestDatabase(
+  target: DbTarget = serviceDbTarget,
+): Promise<TestDatabase> {
   if (target === "pglite") {
     const dir = mkdtempSync(join(tmpdir(), "fleet-test-"));
     return {

@@ -57,7 +57,8 @@ export function startProcess(
     proc,
     output: () => text,
     waitFor(pattern, timeoutMs = 15_000) {
-      const matches = () => (typeof pattern === "string" ? text.includes(pattern) : pattern.test(text));
+      const matches = () =>
+        typeof pattern === "string" ? text.includes(pattern) : pattern.test(text);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
           waiters.delete(check);
@@ -71,7 +72,9 @@ export function startProcess(
           } else if (proc.exitCode !== null || proc.signalCode !== null) {
             clearTimeout(timer);
             waiters.delete(check);
-            reject(new Error(`${argv.join(" ")} exited (${proc.exitCode}) before ${pattern}\n${text}`));
+            reject(
+              new Error(`${argv.join(" ")} exited (${proc.exitCode}) before ${pattern}\n${text}`),
+            );
           }
         };
         waiters.add(check);

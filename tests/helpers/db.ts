@@ -6,13 +6,13 @@ import { createDb, type FleetDb } from "../../db/index.ts";
 
 export type DbTarget = "pglite" | "postgres";
 
-const serverUrl = process.env.DATABASE_URL || undefined;
+const serverUrl = () => process.env.DATABASE_URL || undefined;
 
 /** Data-layer tests run on every target: PGlite always, Postgres too when DATABASE_URL is set. */
-export const dbTargets: DbTarget[] = serverUrl ? ["pglite", "postgres"] : ["pglite"];
+export const dbTargets: DbTarget[] = serverUrl() ? ["pglite", "postgres"] : ["pglite"];
 
 /** The one target for tests of services: real Postgres when DATABASE_URL is set. */
-export const serviceDbTarget: DbTarget = serverUrl ? "postgres" : "pglite";
+export const serviceDbTarget: DbTarget = serverUrl() ? "postgres" : "pglite";
 
 export type TestDatabase = {
   target: DbTarget;
@@ -39,18 +39,19 @@ export async function createTestDatabase(
       },
     };
   }
-  if (!serverUrl) throw new Error("DATABASE_URL is not set");
+  const server = serverUrl();
+  if (!server) throw new Error("DATABASE_URL is not set");
   const name = `fleet_test_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  const admin = postgres(server, { max: 1, onnotice: () => {} });
   await admin.unsafe(`create database "${name}"`);
   await admin.end();
-  const url = new URL(serverUrl);
+  const url = new URL(server);
   url.pathname = `/${name}`;
   return {
     target,
     env: { DATABASE_URL: url.toString() },
     async destroy() {
-      const dropper = postgres(serverUrl, { max: 1, onnotice: () => {} });
+      const dropper = postgres(server, { max: 1, onnotice: () => {} });
       await dropper.unsafe(`drop database if exists "${name}" with (force)`);
       await dropper.end();
     },

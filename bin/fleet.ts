@@ -1,0 +1,427 @@
+#!/usr/bin/env bun
+/**
+ * `fleet`: the operator's command line over the manager's HTTP API.
+ *
+ *   fleet models register ALIAS MODEL [--max-model-len N] [--gpu-memory-utilization F]
+ *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
+ *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
+ *   fleet models ls | fleet models rm ALIAS
+ *   fleet workers ls | fleet routes ls
+ *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
+ *   fleet logs ALIAS [--tail N] [--worker ID]
+ *
+ * Global: --url (FLEET_URL, default http://127.0.0.1:18000), --token (ADMIN_TOKEN), --json.
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
+import { parseEnv } from "../protocol/env.ts";
+import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
+import { printTable } from "./table.ts";
+
+const usage = `usage: fleet <command> [options]
+
+commands:
+  models register ALIAS MODEL   place a model and launch it (--wait follows it to ready)
+  models ls                     registered models and their status
+  models rm ALIAS               stop a model's engines and remove its routes
+  workers ls                    workers, their URLs and GPUs
+  routes ls                     the route table routers use
+  keys create [--name NAME]     create an API key (shown once)
+  keys ls                       API keys (never the keys themselves)
+  keys revoke ID                revoke an API key
+  logs ALIAS [--tail N]         the engine's last log lines
+
+options:
+  --url URL      manager URL (FLEET_URL; default http://127.0.0.1:18000)
+  --token TOKEN  admin token (ADMIN_TOKEN)
+  --json         machine-readable output
+register options:
+  --max-model-len N  --gpu-memory-utilization F  --tensor-parallel-size N  --replicas N
+  --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
+  --timeout SECONDS (for --wait; default 1800)`;
+
+const env = parseEnv(
+  z.object({
+    FLEET_URL: baseUrlSchema.default("http://127.0.0.1:18000"),
+    ADMIN_TOKEN: z.string().optional(),
+  }),
+  process.env,
+);
+
+class CliError extends Error {}
+
+const int = (name: string) =>
+  z.coerce
+    .number({ error: `--${name} must be a number` })
+    .int(`--${name} must be a whole number`)
+    .positive(`--${name} must be positive`);
+
+const flagsSchema = z.object({
+  url: baseUrlSchema.optional(),
+  token: z.string().optional(),
+  json: z.boolean().default(false),
+  "max-model-len": int("max-model-len").optional(),
+  "gpu-memory-utilization": z.coerce
+    .number()
+    .gt(0, "--gpu-memory-utilization must be in (0, 1]")
+    .lte(1, "--gpu-memory-utilization must be in (0, 1]")
+    .optional(),
+  "tensor-parallel-size": int("tensor-parallel-size").optional(),
+  replicas: int("replicas").optional(),
+  dtype: dtypeSchema.optional(),
+  worker: z.string().optional(),
+  gpus: z
+    .string()
+    .regex(/^\d+(,\d+)*$/, "--gpus takes GPU indices separated by commas, e.g. 0,1")
+    .transform((value) => value.split(",").map(Number))
+    .optional(),
+  "extra-arg": z.array(z.string()).default([]),
+  spread: z.boolean().default(false),
+  wait: z.boolean().default(false),
+  timeout: int("timeout").default(1800),
+  tail: int("tail").default(100),
+  name: z.string().optional(),
+});
+type Flags = z.infer<typeof flagsSchema>;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      url: { type: "string" },
+      token: { type: "string" },
+      json: { type: "boolean" },
+      "max-model-len": { type: "string" },
+      "gpu-memory-utilization": { type: "string" },
+      "tensor-parallel-size": { type: "string" },
+      replicas: { type: "string" },
+      dtype: { type: "string" },
+      worker: { type: "string" },
+      gpus: { type: "string" },
+      "extra-arg": { type: "string", multiple: true },
+      spread: { type: "boolean" },
+      wait: { type: "boolean" },
+      timeout: { type: "string" },
+      tail: { type: "string" },
+      name: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help || positionals.length === 0) {
+    console.log(usage);
+    return positionals.length === 0 && !values.help ? 2 : 0;
+  }
+  const parsed = flagsSchema.safeParse(values);
+  if (!parsed.success)
+    throw new CliError(parsed.error.issues.map((issue) => issue.message).join("; "));
+  const flags = parsed.data;
+  const api = new ManagerApi(flags.url ?? env.FLEET_URL, flags.token ?? env.ADMIN_TOKEN);
+  const [group, action, ...rest] = positionals;
+
+  switch (`${group} ${action ?? ""}`.trim()) {
+    case "models register":
+      return registerModel(api, flags, rest);
+    case "models ls":
+      return listModels(api, flags);
+    case "models rm":
+      return removeModel(api, flags, need(rest[0], "ALIAS"));
+    case "workers ls":
+      return listWorkers(api, flags);
+    case "routes ls":
+      return listRoutes(api, flags);
+    case "keys create":
+      return createKey(api, flags);
+    case "keys ls":
+      return listKeys(api, flags);
+    case "keys revoke":
+      return revokeKey(api, flags, need(rest[0], "ID"));
+    default:
+      if (group === "logs") return showLogs(api, flags, need(action, "ALIAS"));
+      throw new CliError(`unknown command: ${positionals.join(" ")}\n\n${usage}`);
+  }
+}
+
+function need(value: string | undefined, name: string): string {
+  if (!value) throw new CliError(`missing ${name}\n\n${usage}`);
+  return value;
+}
+
+class ManagerApi {
+  constructor(
+    private readonly base: string,
+    private readonly token: string | undefined,
+  ) {}
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const text = await this.raw(method, path, body);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  async raw(method: string, path: string, body?: unknown): Promise<string> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.base}${path}`, {
+        method,
+        headers: {
+          ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        body: body === undefined ? null : JSON.stringify(body),
+        signal: AbortSignal.timeout(30_000),
+      });
+    } catch (error) {
+      throw new CliError(
+        `cannot reach the manager at ${this.base}: ${error instanceof Error ? error.message : error}`,
+      );
+    }
+    const text = await response.text();
+    if (!response.ok) {
+      let message = text;
+      try {
+        message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? text;
+      } catch {}
+      const hint = response.status === 401 ? " (set ADMIN_TOKEN or pass --token)" : "";
+      throw new CliError(`${method} ${path}: HTTP ${response.status}: ${message}${hint}`);
+    }
+    return text;
+  }
+}
+
+async function registerModel(api: ManagerApi, flags: Flags, args: string[]): Promise<number> {
+  const alias = need(args[0], "ALIAS");
+  const modelName = need(args[1], "MODEL");
+  const body = {
+    alias,
+    model_name: modelName,
+    max_model_len: flags["max-model-len"],
+    gpu_memory_utilization: flags["gpu-memory-utilization"],
+    tensor_parallel_size: flags["tensor-parallel-size"],
+    replicas: flags.replicas,
+    dtype: flags.dtype,
+    worker_id: flags.worker,
+    gpu_ids: flags.gpus,
+    extra_args: flags["extra-arg"].length ? flags["extra-arg"] : undefined,
+    placement: flags.spread ? "spread" : undefined,
+  };
+  const model = await api.request<ModelInfo>("POST", "/v1/models/register", body);
+  if (!flags.wait) {
+    if (flags.json) printJson(model);
+    else {
+      console.log(`registered ${model.alias} (${model.model_name}): ${model.status}`);
+      printRoutes(model.routes);
+    }
+    return 0;
+  }
+  if (!flags.json) {
+    for (const instance of model.instances) {
+      console.log(`${instance.worker_id}: placed on GPU ${instance.gpu_ids.join(",") || "-"}`);
+    }
+  }
+  return waitForModel(api, flags, alias);
+}
+
+/** Human names for instance states, in the order a launch goes through them. */
+const progress: Record<InstanceRecord["status"], string> = {
+  pending: "launching",
+  starting: "loading",
+  ready: "ready",
+  failed: "failed",
+  stopping: "stopping",
+  stopped: "stopped",
+  lost: "lost (worker offline)",
+};
+
+async function waitForModel(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
+  const deadline = Date.now() + flags.timeout * 1000;
+  const seen = new Map<string, string>();
+  for (;;) {
+    const model = await api.request<ModelInfo>("GET", `/v1/models/${encodeURIComponent(alias)}`);
+    for (const instance of model.instances) {
+      const state = progress[instance.status];
+      if (!flags.json && seen.get(instance.worker_id) !== state) {
+        seen.set(instance.worker_id, state);
+        const port = instance.port ? ` (port ${instance.port})` : "";
+        console.log(`${instance.worker_id}: ${state}${port}`);
+      }
+    }
+    if (model.status === "ready") {
+      if (flags.json) printJson(model);
+      else printRoutes(model.routes);
+      return 0;
+    }
+    if (model.status === "failed") {
+      if (flags.json) printJson(model);
+      for (const instance of model.instances.filter((i) => i.status === "failed")) {
+        console.error(`${instance.worker_id}: ${instance.last_error ?? "failed"}`);
+        const logs = await api
+          .raw(
+            "GET",
+            `/v1/models/${encodeURIComponent(alias)}/logs?tail=20&worker_id=${encodeURIComponent(instance.worker_id)}`,
+          )
+          .catch(() => "");
+        if (logs)
+          console.error(`--- last log lines on ${instance.worker_id} ---\n${logs.trimEnd()}`);
+      }
+      return 1;
+    }
+    if (Date.now() > deadline) {
+      console.error(`${alias} is still ${model.status} after ${flags.timeout} s`);
+      return 1;
+    }
+    await Bun.sleep(1000);
+  }
+}
+
+async function listModels(api: ManagerApi, flags: Flags): Promise<number> {
+  const list = await api.request<{ data: Array<{ id: string }> }>("GET", "/v1/models");
+  const models = await Promise.all(
+    list.data.map((entry) =>
+      api.request<ModelInfo>("GET", `/v1/models/${encodeURIComponent(entry.id)}`),
+    ),
+  );
+  if (flags.json) return printJson(models);
+  return printTable({
+    columns: ["ALIAS", "MODEL", "STATUS", "READY", "WORKERS"],
+    rows: models.map((model) => [
+      model.alias,
+      model.model_name,
+      model.status,
+      `${model.instances.filter((i) => i.status === "ready").length}/${model.replicas}`,
+      model.instances.map((i) => i.worker_id).join(",") || "-",
+    ]),
+  });
+}
+
+async function removeModel(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
+  const result = await api.request<unknown>("DELETE", `/v1/models/${encodeURIComponent(alias)}`);
+  if (flags.json) return printJson(result ?? { deleted: alias });
+  console.log(`removed ${alias}`);
+  return 0;
+}
+
+type WorkerRow = {
+  worker_id: string;
+  worker_url: string;
+  public_worker_url: string | null;
+  status: string;
+  last_heartbeat: string;
+  gpu_info: {
+    gpus: Array<{
+      index: number;
+      name: string;
+      memory_total_mib: number;
+      memory_free_mib: number | null;
+    }>;
+  };
+  instances: Array<{ alias: string }>;
+};
+
+async function listWorkers(api: ManagerApi, flags: Flags): Promise<number> {
+  const reply = await api.request<{ workers: WorkerRow[] } | WorkerRow[]>("GET", "/v1/workers");
+  const workers = Array.isArray(reply) ? reply : reply.workers;
+  if (flags.json) return printJson(workers);
+  return printTable({
+    columns: ["WORKER", "STATUS", "URL", "PUBLIC URL", "GPUS", "INSTANCES", "LAST HEARTBEAT"],
+    rows: workers.map((worker) => [
+      worker.worker_id,
+      worker.status,
+      worker.worker_url,
+      worker.public_worker_url ?? "-",
+      worker.gpu_info.gpus
+        .map((gpu) => `${gpu.index}:${gpu.name} ${Math.round(gpu.memory_total_mib / 1024)}G`)
+        .join(", ") || "none",
+      worker.instances.map((instance) => instance.alias).join(",") || "-",
+      ago(worker.last_heartbeat),
+    ]),
+  });
+}
+
+type SnapshotRoute = ModelInfo["routes"][number] & { ready?: boolean };
+
+async function listRoutes(api: ManagerApi, flags: Flags): Promise<number> {
+  const snapshot = await api.request<{ version: string; routes: SnapshotRoute[] }>(
+    "GET",
+    "/v1/routes",
+  );
+  if (flags.json) return printJson(snapshot);
+  return printRoutes(snapshot.routes);
+}
+
+function printRoutes(routes: SnapshotRoute[]): number {
+  return printTable({
+    columns: ["ALIAS", "MODEL", "WORKER", "WORKER URL", "VLLM PORT", "READY", "CREATED"],
+    rows: routes.map((route) => [
+      route.alias,
+      route.model_name,
+      route.worker_id,
+      route.worker_url,
+      String(route.vllm_port ?? "-"),
+      route.ready === undefined ? "-" : route.ready ? "yes" : "no",
+      route.created_at,
+    ]),
+  });
+}
+
+async function createKey(api: ManagerApi, flags: Flags): Promise<number> {
+  const key = await api.request<{ id: string; key: string; name: string }>("POST", "/v1/keys", {
+    ...(flags.name ? { name: flags.name } : {}),
+  });
+  if (flags.json) return printJson(key);
+  console.log(`created key ${key.id} (${key.name}); it is shown only once:\n\n  ${key.key}\n`);
+  return 0;
+}
+
+async function listKeys(api: ManagerApi, flags: Flags): Promise<number> {
+  const reply = await api.request<{ data?: KeyRow[]; keys?: KeyRow[] } | KeyRow[]>(
+    "GET",
+    "/v1/keys",
+  );
+  const keys = Array.isArray(reply) ? reply : (reply.keys ?? reply.data ?? []);
+  if (flags.json) return printJson(keys);
+  return printTable({
+    columns: ["ID", "NAME", "PREFIX", "CREATED", "REVOKED"],
+    rows: keys.map((key) => [key.id, key.name, key.prefix, key.created_at, key.revoked_at ?? "-"]),
+  });
+}
+type KeyRow = {
+  id: string;
+  name: string;
+  prefix: string;
+  created_at: string;
+  revoked_at: string | null;
+};
+
+async function revokeKey(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const result = await api.request<unknown>("DELETE", `/v1/keys/${encodeURIComponent(id)}`);
+  if (flags.json) return printJson(result ?? { revoked: id });
+  console.log(`revoked ${id}`);
+  return 0;
+}
+
+async function showLogs(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
+  const query = new URLSearchParams({ tail: String(flags.tail) });
+  if (flags.worker) query.set("worker_id", flags.worker);
+  const text = await api.raw("GET", `/v1/models/${encodeURIComponent(alias)}/logs?${query}`);
+  if (flags.json) return printJson({ alias, logs: text });
+  process.stdout.write(text.endsWith("\n") || text === "" ? text : `${text}\n`);
+  return 0;
+}
+
+function printJson(value: unknown): number {
+  console.log(JSON.stringify(value, null, 2));
+  return 0;
+}
+
+function ago(iso: string): string {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return seconds < 120 ? `${seconds}s ago` : `${Math.round(seconds / 60)}m ago`;
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (error) {
+  console.error(`fleet: ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = error instanceof CliError ? 2 : 1;
+}

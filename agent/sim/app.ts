@@ -1,0 +1,627 @@
+import type { z } from "zod";
+import type { SimConfig } from "./config.ts";
+import { Engine, type FinishReason, type Seq } from "./engine.ts";
+import {
+  type ChatRequest,
+  chatRequestSchema,
+  completionRequestSchema,
+  embeddingRequestSchema,
+  tokenizeRequestSchema,
+} from "./schemas.ts";
+import {
+  CHAT_TOKENS_PER_MESSAGE,
+  CHAT_TOKENS_PER_PROMPT,
+  countTokens,
+  embed,
+  fillerTokens,
+  hash32,
+  prng,
+  splitTokens,
+} from "./text.ts";
+
+export type SimDeps = {
+  /** Access-log sink; only called when `config.accessLog` is on. */
+  log?: (line: string) => void;
+  /** Source of injected failures (0 ≤ x < 1); tests pass a fixed one. */
+  random?: () => number;
+};
+
+export type SimApp = {
+  fetch(
+    request: Request,
+    server?: { requestIP(request: Request): { address: string; port: number } | null },
+  ): Response | Promise<Response>;
+  engine: Engine;
+};
+
+const JSON_HEADERS = { "content-type": "application/json" };
+const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+};
+const TEXT_HEADERS = { "content-type": "text/plain; version=0.0.4; charset=utf-8" };
+const encoder = new TextEncoder();
+
+const ERROR_TYPES: Record<number, string> = {
+  400: "BadRequestError",
+  401: "UnauthorizedError",
+  404: "NotFoundError",
+  429: "RateLimitError",
+  500: "InternalServerError",
+  503: "ServiceUnavailableError",
+};
+
+/** vLLM (≥ 0.10.1) error body: nested, integer `code` = HTTP status. */
+export function vllmError(status: number, message: string, param: string | null = null): Response {
+  const body = {
+    error: { message, type: ERROR_TYPES[status] ?? "InternalServerError", param, code: status },
+  };
+  return new Response(JSON.stringify(body), { status, headers: JSON_HEADERS });
+}
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), { status, headers: JSON_HEADERS });
+}
+
+/** FastAPI's answer for routes that do not exist. */
+const notFound = () => json({ detail: "Not Found" }, 404);
+const methodNotAllowed = () => json({ detail: "Method Not Allowed" }, 405);
+
+function randomId(): string {
+  return crypto.randomUUID().replaceAll("-", "");
+}
+
+type Parsed<T> = { ok: true; value: T } | { ok: false; response: Response };
+
+async function readBody<T>(request: Request, schema: z.ZodType<T>): Promise<Parsed<T>> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await request.text());
+  } catch {
+    return { ok: false, response: vllmError(400, "Invalid JSON in request body", null) };
+  }
+  const result = schema.safeParse(raw);
+  if (result.success) return { ok: true, value: result.data };
+  const issue = result.error.issues[0];
+  const param = issue && issue.path.length > 0 ? issue.path.join(".") : null;
+  const message = issue ? `${param ? `${param}: ` : ""}${issue.message}` : "invalid request";
+  return { ok: false, response: vllmError(400, message, param) };
+}
+
+function contentText(content: ChatRequest["messages"][number]["content"]): string {
+  if (typeof content === "string") return content;
+  if (!content) return "";
+  let text = "";
+  for (const part of content) if (typeof part.text === "string") text += part.text;
+  return text;
+}
+
+function usage(prompt: number, completion: number) {
+  return {
+    prompt_tokens: prompt,
+    total_tokens: prompt + completion,
+    completion_tokens: completion,
+    prompt_tokens_details: null,
+  };
+}
+
+/**
+ * The simulated vLLM OpenAI server as a plain `fetch` handler (Bun.serve directly: see
+ * docs/simulator.md for why not Hono here).
+ */
+export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
+  const modelName = config.servedModelNames[0] ?? config.model;
+  const modelJson = JSON.stringify(modelName);
+  const names = new Set(config.servedModelNames);
+  const bearer = new Set(config.apiKeys.map((key) => `Bearer ${key}`));
+  const random = deps.random ?? Math.random;
+  const engine = new Engine({
+    modelName,
+    maxNumSeqs: config.maxNumSeqs,
+    maxModelLen: config.maxModelLen,
+    ttftMs: config.ttftMs,
+    itlMs: config.itlMs,
+    kvCacheTokens: config.kvCacheTokens,
+  });
+  const started = Math.floor(Date.now() / 1000);
+
+  const modelCheck = (model: string | null | undefined): Response | null => {
+    if (model === undefined || model === null || names.has(model)) return null;
+    return vllmError(404, `The model \`${model}\` does not exist.`, "model");
+  };
+
+  const contextCheck = (promptTokens: number, maxTokens: number | null): Response | null => {
+    const requested = maxTokens ?? 0;
+    if (promptTokens + requested <= config.maxModelLen && promptTokens < config.maxModelLen) {
+      return null;
+    }
+    const message =
+      maxTokens === null
+        ? `This model's maximum context length is ${config.maxModelLen} tokens. However, your prompt contains ${promptTokens} input tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value=${promptTokens})`
+        : `This model's maximum context length is ${config.maxModelLen} tokens. However, you requested ${maxTokens} output tokens and your prompt contains ${promptTokens} input tokens, for a total of ${promptTokens + maxTokens} tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=${promptTokens})`;
+    return vllmError(400, message, "input_tokens");
+  };
+
+  const injected = (request: Request): Response | null => {
+    const forced = request.headers.get("x-sim-error");
+    if (forced) {
+      const status = Number(forced);
+      if (Number.isInteger(status) && status >= 400 && status <= 599) {
+        return vllmError(status, `Simulated error ${status} (x-sim-error)`);
+      }
+    }
+    if (config.failureRate > 0 && random() * 100 < config.failureRate) {
+      return vllmError(500, "Simulated internal server error (failure injection)");
+    }
+    return null;
+  };
+
+  /** The output tokens for a prompt: echo (the input back) or seeded filler. */
+  const generate = (options: {
+    echoText: string;
+    promptText: string;
+    maxTokens: number;
+    ignoreEos: boolean;
+    seed: number | null | undefined;
+  }): { output: string[]; finishReason: FinishReason } => {
+    const { maxTokens, ignoreEos } = options;
+    const rand = prng(hash32(options.promptText, (options.seed ?? 0) ^ 0x811c9dc5));
+    let output: string[];
+    if (config.mode === "echo") {
+      output = splitTokens(options.echoText);
+      if (output.length === 0) output = fillerTokens(1, rand);
+    } else {
+      const cap = Math.min(maxTokens, 256);
+      output = fillerTokens(1 + Math.floor(rand() * cap), rand);
+    }
+    if (ignoreEos && output.length < maxTokens) {
+      const base = output;
+      output = new Array<string>(maxTokens);
+      for (let i = 0; i < maxTokens; i++) output[i] = base[i % base.length] as string;
+    }
+    // Hitting max_tokens is "length" even when the text would have ended there, as in vLLM.
+    if (output.length >= maxTokens)
+      return { output: output.slice(0, maxTokens), finishReason: "length" };
+    return { output, finishReason: "stop" };
+  };
+
+  /** Runs `seq` to completion (non-stream); resolves with the response the finish builds. */
+  const runToEnd = (
+    request: Request,
+    seq: Seq,
+    build: () => Response,
+  ): Promise<Response> | Response => {
+    let resolve: (response: Response) => void = () => {};
+    let settled: Response | null = null;
+    seq.listener = {
+      done: () => {
+        settled = build();
+        resolve(settled);
+      },
+    };
+    engine.submit(seq);
+    if (settled) return settled;
+    return new Promise<Response>((res) => {
+      resolve = res;
+      request.signal.addEventListener("abort", () => {
+        engine.abort(seq);
+        res(new Response(null, { status: 499 }));
+      });
+    });
+  };
+
+  const newSeq = (
+    promptTokens: number,
+    output: string[],
+    finishReason: FinishReason,
+    stream: boolean,
+  ): Seq => ({
+    promptTokens,
+    output,
+    finishReason,
+    stream,
+    listener: { done: () => {} },
+    arrivedAt: 0,
+    admittedAt: 0,
+    emitted: 0,
+    state: "waiting",
+    timer: null,
+  });
+
+  /** SSE stream for a sequence; `chunk(i, last)` renders one token event. */
+  const streamSeq = (options: {
+    request: Request;
+    seq: Seq;
+    first: string;
+    chunk: (index: number, finishReason: FinishReason | null) => string;
+    tail: () => string;
+  }): Response => {
+    const { request, seq } = options;
+    let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+    let pending = "";
+    const push = (text: string) => {
+      if (controller) controller.enqueue(encoder.encode(text));
+      else pending += text;
+    };
+    seq.listener = {
+      tokens: (from, to) => {
+        let text = from === 0 ? options.first : "";
+        const last = seq.output.length - 1;
+        for (let i = from; i < to; i++)
+          text += options.chunk(i, i === last ? seq.finishReason : null);
+        push(text);
+      },
+      done: () => {
+        push(`${options.tail()}data: [DONE]\n\n`);
+        if (controller) controller.close();
+      },
+    };
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        controller = c;
+        if (pending) c.enqueue(encoder.encode(pending));
+        pending = "";
+        if (seq.state === "finished") c.close();
+      },
+      cancel() {
+        engine.abort(seq);
+      },
+    });
+    engine.submit(seq);
+    if (seq.state === "running" || seq.state === "waiting") {
+      request.signal.addEventListener("abort", () => engine.abort(seq));
+    }
+    return new Response(body, { headers: SSE_HEADERS });
+  };
+
+  const chat = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, chatRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    let promptTokens = CHAT_TOKENS_PER_PROMPT;
+    let promptText = "";
+    let echoText = "";
+    for (const message of body.messages) {
+      const text = contentText(message.content);
+      promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
+      promptText += text;
+      if (message.role === "user") echoText = text;
+    }
+    const requested = body.max_completion_tokens ?? body.max_tokens ?? null;
+    const tooLong = contextCheck(promptTokens, requested);
+    if (tooLong) return tooLong;
+    const failure = injected(request);
+    if (failure) return failure;
+    const maxTokens = requested ?? config.maxModelLen - promptTokens;
+    const { output, finishReason } = generate({
+      echoText,
+      promptText,
+      maxTokens,
+      ignoreEos: body.ignore_eos === true,
+      seed: body.seed,
+    });
+    const id = `chatcmpl-${randomId()}`;
+    const created = Math.floor(Date.now() / 1000);
+    const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
+    if (body.stream !== true) {
+      return runToEnd(request, seq, () =>
+        json({
+          id,
+          object: "chat.completion",
+          created,
+          model: modelName,
+          choices: [
+            {
+              index: 0,
+              message: {
+                role: "assistant",
+                content: output.join(""),
+                refusal: null,
+                annotations: null,
+                audio: null,
+                function_call: null,
+                tool_calls: [],
+                reasoning_content: null,
+              },
+              logprobs: null,
+              finish_reason: finishReason,
+              stop_reason: null,
+            },
+          ],
+          service_tier: null,
+          system_fingerprint: null,
+          usage: usage(promptTokens, output.length),
+          prompt_logprobs: null,
+          kv_transfer_params: null,
+        }),
+      );
+    }
+    const includeUsage = body.stream_options ? body.stream_options.include_usage !== false : false;
+    const continuous = includeUsage && body.stream_options?.continuous_usage_stats === true;
+    const head = `data: {"id":"${id}","object":"chat.completion.chunk","created":${created},"model":${modelJson},"choices":[`;
+    const usageJson = (completion: number) => JSON.stringify(usage(promptTokens, completion));
+    const withUsage = (completion: number) =>
+      continuous ? `,"usage":${usageJson(completion)}` : "";
+    return streamSeq({
+      request,
+      seq,
+      first: `${head}{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]${withUsage(0)}}\n\n`,
+      chunk: (index, reason) =>
+        `${head}{"index":0,"delta":{"content":${JSON.stringify(output[index])}},"logprobs":null,"finish_reason":${reason ? `"${reason}","stop_reason":null` : "null"}}]${withUsage(index + 1)}}\n\n`,
+      tail: () => (includeUsage ? `${head}],"usage":${usageJson(output.length)}}\n\n` : ""),
+    });
+  };
+
+  const completions = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, completionRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    const prompt = Array.isArray(body.prompt) ? body.prompt[0] : body.prompt;
+    let promptText: string;
+    let promptTokens: number;
+    if (typeof prompt === "string") {
+      promptText = prompt;
+      promptTokens = countTokens(prompt);
+    } else if (typeof prompt === "number") {
+      const ids = body.prompt as number[];
+      promptText = ids.join(" ");
+      promptTokens = ids.length;
+    } else {
+      const ids = prompt ?? [];
+      promptText = ids.join(" ");
+      promptTokens = ids.length;
+    }
+    // vLLM's completions default is 16 output tokens, not "the rest of the context".
+    const requested = body.max_tokens ?? 16;
+    const tooLong = contextCheck(promptTokens, requested);
+    if (tooLong) return tooLong;
+    const failure = injected(request);
+    if (failure) return failure;
+    const { output, finishReason } = generate({
+      echoText: promptText,
+      promptText,
+      maxTokens: requested,
+      ignoreEos: body.ignore_eos === true,
+      seed: body.seed,
+    });
+    const echoPrefix = body.echo === true ? promptText : "";
+    const id = `cmpl-${randomId()}`;
+    const created = Math.floor(Date.now() / 1000);
+    const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
+    if (body.stream !== true) {
+      return runToEnd(request, seq, () =>
+        json({
+          id,
+          object: "text_completion",
+          created,
+          model: modelName,
+          choices: [
+            {
+              index: 0,
+              text: echoPrefix + output.join(""),
+              logprobs: null,
+              finish_reason: finishReason,
+              stop_reason: null,
+              prompt_logprobs: null,
+            },
+          ],
+          service_tier: null,
+          system_fingerprint: null,
+          usage: usage(promptTokens, output.length),
+          kv_transfer_params: null,
+        }),
+      );
+    }
+    const includeUsage = body.stream_options ? body.stream_options.include_usage !== false : false;
+    const head = `data: {"id":"${id}","object":"text_completion","created":${created},"model":${modelJson},"choices":[`;
+    const textChunk = (text: string, reason: FinishReason | null) =>
+      `${head}{"index":0,"text":${JSON.stringify(text)},"logprobs":null,"finish_reason":${reason ? `"${reason}"` : "null"},"stop_reason":null}]}\n\n`;
+    return streamSeq({
+      request,
+      seq,
+      first: echoPrefix ? textChunk(echoPrefix, null) : "",
+      chunk: (index, reason) => textChunk(output[index] as string, reason),
+      tail: () =>
+        includeUsage
+          ? `${head}],"usage":${JSON.stringify(usage(promptTokens, output.length))}}\n\n`
+          : "",
+    });
+  };
+
+  const embeddings = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, embeddingRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    const input = body.input;
+    let inputs: string[];
+    let promptTokens = 0;
+    if (typeof input === "string") inputs = [input];
+    else if (input.length > 0 && typeof input[0] === "number")
+      inputs = [(input as number[]).join(" ")];
+    else
+      inputs = (input as (string | number[])[]).map((item) =>
+        typeof item === "string" ? item : item.join(" "),
+      );
+    for (let i = 0; i < inputs.length; i++) {
+      const item = typeof input === "string" ? input : input[i];
+      const tokens = Array.isArray(item)
+        ? item.length
+        : typeof item === "number"
+          ? (input as number[]).length
+          : countTokens(inputs[i] as string);
+      const tooLong = contextCheck(tokens, 0);
+      if (tooLong) return tooLong;
+      promptTokens += tokens;
+    }
+    const failure = injected(request);
+    if (failure) return failure;
+    const dim = body.dimensions ?? config.embeddingDim;
+    const seq = newSeq(promptTokens, [], "stop", false);
+    const created = Math.floor(Date.now() / 1000);
+    return runToEnd(request, seq, () =>
+      json({
+        id: `embd-${randomId()}`,
+        object: "list",
+        created,
+        model: modelName,
+        data: inputs.map((text, index) => {
+          const vector = embed(text, dim);
+          return {
+            index,
+            object: "embedding",
+            embedding:
+              body.encoding_format === "base64"
+                ? Buffer.from(new Float32Array(vector).buffer).toString("base64")
+                : vector,
+          };
+        }),
+        usage: usage(promptTokens, 0),
+      }),
+    );
+  };
+
+  const tokenize = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, tokenizeRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    let text: string;
+    let extra = 0;
+    if ("prompt" in body && typeof body.prompt === "string") text = body.prompt;
+    else {
+      const messages = (body as { messages: ChatRequest["messages"] }).messages;
+      text = "";
+      extra = CHAT_TOKENS_PER_PROMPT;
+      for (const message of messages) {
+        text += contentText(message.content);
+        extra += CHAT_TOKENS_PER_MESSAGE;
+      }
+    }
+    const pieces = splitTokens(text);
+    const tokens = pieces.map((piece) => hash32(piece) % 32_000);
+    for (let i = 0; i < extra; i++) tokens.unshift(32_000 + i);
+    return json({
+      count: tokens.length,
+      max_model_len: config.maxModelLen,
+      tokens,
+      token_strs: null,
+    });
+  };
+
+  const models = () =>
+    json({
+      object: "list",
+      data: config.servedModelNames.map((name) => ({
+        id: name,
+        object: "model",
+        created: started,
+        owned_by: "vllm",
+        root: config.model,
+        parent: null,
+        max_model_len: config.maxModelLen,
+        permission: [
+          {
+            id: `modelperm-${randomId()}`,
+            object: "model_permission",
+            created: started,
+            allow_create_engine: false,
+            allow_sampling: true,
+            allow_logprobs: true,
+            allow_search_indices: false,
+            allow_view: true,
+            allow_fine_tuning: false,
+            organization: "*",
+            group: null,
+            is_blocking: false,
+          },
+        ],
+      })),
+    });
+
+  const cacheConfig = {
+    block_size: "16",
+    cache_dtype: "auto",
+    enable_prefix_caching: "True",
+    gpu_memory_utilization: String(config.gpuMemoryUtilization),
+    num_gpu_blocks: String(Math.ceil(config.kvCacheTokens / 16)),
+  };
+
+  /** `/v1/...` routes shared by the plain and the `/proxy/{name}` surface. */
+  const v1 = (request: Request, path: string): Response | Promise<Response> => {
+    if (bearer.size > 0 && !bearer.has(request.headers.get("authorization") ?? "")) {
+      // vLLM's AuthenticationMiddleware answers with this flat body, not the nested shape.
+      return json({ error: "Unauthorized" }, 401);
+    }
+    const method = request.method;
+    switch (path) {
+      case "/v1/chat/completions":
+        return method === "POST" ? chat(request) : methodNotAllowed();
+      case "/v1/completions":
+        return method === "POST" ? completions(request) : methodNotAllowed();
+      case "/v1/embeddings":
+        return method === "POST" ? embeddings(request) : methodNotAllowed();
+      case "/v1/models":
+        return method === "GET" ? models() : methodNotAllowed();
+      default:
+        return notFound();
+    }
+  };
+
+  const route = (request: Request, path: string): Response | Promise<Response> => {
+    if (path.startsWith("/v1/")) return v1(request, path);
+    const method = request.method;
+    switch (path) {
+      case "/health":
+        return method === "GET" ? new Response(null, { status: 200 }) : methodNotAllowed();
+      case "/ping":
+        return method === "GET" || method === "POST"
+          ? new Response(null, { status: 200 })
+          : methodNotAllowed();
+      case "/version":
+        return json({ version: config.version });
+      case "/load":
+        return json({ server_load: engine.running.size + engine.waiting });
+      case "/metrics":
+        return new Response(engine.renderMetrics({ cacheConfig }), { headers: TEXT_HEADERS });
+      case "/tokenize":
+        return method === "POST" ? tokenize(request) : methodNotAllowed();
+    }
+    if (path.startsWith("/proxy/")) {
+      // Simulator-only: stands in for a whole worker (agent + engine) at /proxy/{alias}/v1/*.
+      const slash = path.indexOf("/", 7);
+      const name = decodeURIComponent(slash < 0 ? path.slice(7) : path.slice(7, slash));
+      if (!names.has(name)) return vllmError(404, `The model \`${name}\` does not exist.`, "model");
+      const rest = slash < 0 ? "/" : path.slice(slash);
+      if (rest.startsWith("/v1/")) return v1(request, rest);
+    }
+    return notFound();
+  };
+
+  return {
+    engine,
+    fetch(request, server) {
+      const url = request.url;
+      const start = url.indexOf("/", url.indexOf("//") + 2);
+      const query = url.indexOf("?", start);
+      const path = query < 0 ? url.slice(start) : url.slice(start, query);
+      if (!config.accessLog || !deps.log) return route(request, path);
+      const log = deps.log;
+      const peer = server?.requestIP(request);
+      const done = (response: Response) => {
+        log(
+          `INFO:     ${peer?.address ?? "-"}:${peer?.port ?? 0} - "${request.method} ${path} HTTP/1.1" ${response.status}`,
+        );
+        return response;
+      };
+      const response = route(request, path);
+      return response instanceof Promise ? response.then(done) : done(response);
+    },
+  };
+}

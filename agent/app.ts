@@ -1,0 +1,202 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import {
+  aliasSchema,
+  type GpuInfo,
+  type InstanceSpec,
+  instanceSpecSchema,
+  reservedEngineFlags,
+} from "../protocol/index.ts";
+import { bearerChecker } from "./lib/auth.ts";
+import { AppError, errorResponse, onError } from "./lib/errors.ts";
+import type { Logger } from "./lib/log.ts";
+import { createProxy } from "./lib/proxy.ts";
+import type { Supervisor } from "./lib/supervisor.ts";
+
+export type AppDeps = {
+  supervisor: Supervisor;
+  /** `FLEET_TOKEN`; undefined runs the agent open (allowed on loopback only). */
+  fleetToken: string | undefined;
+  /** The host's GPUs, re-read when a launch names a GPU the last reading did not have. */
+  gpus: { current(): GpuInfo; refresh(): Promise<GpuInfo> };
+  log: Logger;
+};
+
+const proxyPrefix = "/proxy/";
+const logsQuerySchema = z.object({
+  tail: z.coerce.number().int().min(0).max(100_000).default(200),
+});
+
+/** The agent's HTTP surface: `/health`, the instance API and the `/proxy` path. */
+export function createApp(deps: AppDeps): Hono {
+  const { supervisor, log } = deps;
+  const app = new Hono();
+  const proxy = createProxy({ supervisor, log });
+  const authorized = deps.fleetToken ? bearerChecker(deps.fleetToken) : () => true;
+
+  app.onError(onError(log));
+  app.notFound(() => errorResponse("not_found", "no such endpoint on the agent"));
+
+  app.get("/health", (c) => c.json({ status: "ok" }));
+
+  app.use("*", async (c, next) => {
+    if (!authorized(c.req.header("authorization"))) {
+      throw new AppError("unauthorized", "missing or wrong bearer token (FLEET_TOKEN)", {
+        headers: { "www-authenticate": "Bearer" },
+      });
+    }
+    await next();
+  });
+
+  // The hot path: no body parsing, no per-request logging.
+  app.all("/proxy/:alias/v1/*", (c) => {
+    const url = new URL(c.req.url);
+    const rest = url.pathname.slice(proxyPrefix.length);
+    const slash = rest.indexOf("/");
+    const alias = decodeURIComponent(rest.slice(0, slash));
+    return proxy(c.req.raw, alias, rest.slice(slash + "/v1/".length), url.search);
+  });
+
+  app.get("/v1/instances", (c) => c.json({ instances: supervisor.reports() }));
+
+  app.post("/v1/instances", async (c) => {
+    const spec = parseSpec(await readJson(c.req.raw));
+    await checkGpus(spec, deps.gpus);
+    const result = await supervisor.launch(spec);
+    switch (result.kind) {
+      case "created":
+        return c.json(result.engine.report(), 202);
+      case "existing":
+        return c.json(result.engine.report(), 200);
+      case "conflict":
+        throw new AppError("conflict", result.reason, { param: "alias" });
+      case "port_unavailable":
+        throw new AppError(
+          "conflict",
+          result.port === null
+            ? "no free engine port left in the agent's range (ENGINE_PORT_MIN..ENGINE_PORT_MAX)"
+            : `port ${result.port} is in use on this host`,
+          { param: "port" },
+        );
+    }
+  });
+
+  app.get("/v1/instances/:alias", (c) =>
+    c.json(engineOf(supervisor, c.req.param("alias")).report()),
+  );
+
+  app.delete("/v1/instances/:alias", async (c) => {
+    const alias = validAlias(c.req.param("alias"));
+    const report = await supervisor.stop(alias);
+    if (!report) throw new AppError("instance_not_found", `no instance ${alias} on this worker`);
+    return c.json(report);
+  });
+
+  app.get("/v1/instances/:alias/logs", (c) => {
+    const engine = engineOf(supervisor, c.req.param("alias"));
+    const query = logsQuerySchema.safeParse(c.req.query());
+    if (!query.success) {
+      throw new AppError("invalid_request", "tail must be an integer from 0 to 100000", {
+        param: "tail",
+      });
+    }
+    const lines = engine.logs.tail(query.data.tail);
+    const first = engine.firstFailure;
+    // The first crash's log is kept even after later restarts have rotated it out.
+    const rotatedOut = first && engine.logs.total - first.atLine >= query.data.tail;
+    const text = rotatedOut
+      ? `[agent] first failure (log tail at the time):\n${first.text}\n[agent] latest lines:\n${lines.join("\n")}`
+      : lines.join("\n");
+    return c.text(text.length > 0 ? `${text}\n` : "");
+  });
+
+  return app;
+}
+
+function validAlias(alias: string): string {
+  const parsed = aliasSchema.safeParse(alias);
+  if (!parsed.success)
+    throw new AppError("invalid_request", `alias ${parsed.error.issues[0]?.message}`, {
+      param: "alias",
+    });
+  return parsed.data;
+}
+
+function engineOf(supervisor: Supervisor, raw: string) {
+  const alias = validAlias(raw);
+  const engine = supervisor.get(alias);
+  if (!engine) throw new AppError("instance_not_found", `no instance ${alias} on this worker`);
+  return engine;
+}
+
+async function readJson(req: Request): Promise<unknown> {
+  try {
+    return await req.json();
+  } catch {
+    throw new AppError("invalid_json", "the request body is not valid JSON");
+  }
+}
+
+function parseSpec(body: unknown): InstanceSpec {
+  const parsed = instanceSpecSchema.safeParse(body);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const param = issue?.path.length ? issue.path.join(".") : null;
+    const what =
+      issue?.code === "unrecognized_keys"
+        ? `unknown field(s) ${issue.keys.join(", ")}`
+        : issue?.message;
+    throw new AppError("invalid_request", param ? `${param}: ${what}` : `${what}`, { param });
+  }
+  const spec = parsed.data;
+  spec.extra_args.forEach((arg, i) => {
+    if (arg.includes("\0")) {
+      throw new AppError("invalid_request", "extra_args may not contain NUL bytes", {
+        param: `extra_args.${i}`,
+      });
+    }
+    // argparse accepts unambiguous prefixes (`--po 9000` means `--port`): refuse those too.
+    const name = arg.split("=")[0] ?? "";
+    if (
+      name.length > 2 &&
+      name.startsWith("--") &&
+      reservedEngineFlags.some((flag) => flag.startsWith(name))
+    ) {
+      throw new AppError(
+        "invalid_request",
+        `extra_args may not set ${reservedEngineFlags.join(", ")} (the agent sets them): ${name}`,
+        { param: `extra_args.${i}` },
+      );
+    }
+  });
+  if (
+    spec.tensor_parallel_size !== undefined &&
+    spec.gpu_ids.length > 0 &&
+    spec.tensor_parallel_size > spec.gpu_ids.length
+  ) {
+    throw new AppError(
+      "invalid_request",
+      `tensor_parallel_size ${spec.tensor_parallel_size} needs at least as many gpu_ids (got ${spec.gpu_ids.length})`,
+      { param: "tensor_parallel_size" },
+    );
+  }
+  return spec;
+}
+
+async function checkGpus(spec: InstanceSpec, gpus: AppDeps["gpus"]): Promise<void> {
+  if (spec.gpu_ids.length === 0) return;
+  const known = (info: GpuInfo) => new Set(info.gpus.map((gpu) => gpu.index));
+  let info = gpus.current();
+  if (info.gpus.length === 0) return; // Discovery failed: the engine will tell.
+  if (spec.gpu_ids.every((id) => known(info).has(id))) return;
+  info = await gpus.refresh();
+  const have = known(info);
+  const missing = spec.gpu_ids.filter((id) => !have.has(id));
+  if (missing.length > 0 && info.gpus.length > 0) {
+    throw new AppError(
+      "invalid_request",
+      `gpu_ids ${missing.join(", ")} not on this worker (it has ${[...have].sort((a, b) => a - b).join(", ")})`,
+      { param: "gpu_ids" },
+    );
+  }
+}

@@ -1,0 +1,100 @@
+import { hostname } from "node:os";
+import { z } from "zod";
+import { baseUrlSchema, parseEnv, workerIdSchema } from "../protocol/index.ts";
+import { isLoopbackHost } from "./lib/net.ts";
+import type { WorkerServiceOptions } from "./service.ts";
+
+const optionalString = z
+  .string()
+  .trim()
+  .optional()
+  .transform((value) => (value === "" ? undefined : value));
+
+const optionalUrl = z
+  .literal("")
+  .transform(() => undefined)
+  .or(baseUrlSchema)
+  .optional();
+
+const seconds = (fallback: number) => z.coerce.number().positive().default(fallback);
+const port = z.coerce.number().int().min(1).max(65535);
+
+/** The agent's environment: the original system's names, plus engine supervision knobs. */
+export const agentEnvSchema = z
+  .object({
+    WORKER_ID: workerIdSchema.optional(),
+    WORKER_HOST: z.string().trim().min(1).default("0.0.0.0"),
+    WORKER_PORT: z.coerce.number().int().min(0).max(65535).default(6006),
+    MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
+    PUBLIC_URL: optionalUrl,
+    WORKER_URL: optionalUrl,
+    FLEET_TOKEN: optionalString,
+    VLLM_BIN: z.string().trim().min(1).default("vllm"),
+    NVIDIA_SMI_BIN: z.string().trim().min(1).default("nvidia-smi"),
+    ENGINE_PORT_MIN: port.default(8100),
+    ENGINE_PORT_MAX: port.default(8999),
+    ENGINE_STARTUP_TIMEOUT_S: seconds(1200),
+    ENGINE_STOP_GRACE_S: seconds(30),
+    ENGINE_RESTART_BACKOFF_S: seconds(1),
+    ENGINE_RESTART_BACKOFF_MAX_S: seconds(60),
+    ENGINE_HEALTH_POLL_MS: z.coerce.number().int().min(10).default(500),
+    MANAGER_RETRY_MAX_S: seconds(30),
+    LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  })
+  .superRefine((env, ctx) => {
+    if (env.ENGINE_PORT_MIN > env.ENGINE_PORT_MAX) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["ENGINE_PORT_MIN"],
+        message: "must not be above ENGINE_PORT_MAX",
+      });
+    }
+    if (!env.FLEET_TOKEN && !isLoopbackHost(env.WORKER_HOST)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["FLEET_TOKEN"],
+        message: `must be set when WORKER_HOST (${env.WORKER_HOST}) is not a loopback address: without it anyone who reaches the port could use the GPUs`,
+      });
+    }
+  });
+export type AgentEnv = z.infer<typeof agentEnvSchema>;
+
+/** Parses the agent's environment (throws an `EnvError` naming the bad variables). */
+export function loadAgentEnv(source: Record<string, string | undefined>): AgentEnv {
+  return parseEnv(agentEnvSchema, source);
+}
+
+/** Maps the parsed environment onto `WorkerService` options. */
+export function serviceOptionsFromEnv(
+  env: AgentEnv,
+  engineEnv: Record<string, string | undefined>,
+): WorkerServiceOptions {
+  return {
+    workerId: env.WORKER_ID ?? hostname(),
+    listenHost: env.WORKER_HOST,
+    listenPort: env.WORKER_PORT,
+    managerUrl: env.MANAGER_URL,
+    publicUrl: env.PUBLIC_URL ?? null,
+    workerUrl: env.WORKER_URL,
+    fleetToken: env.FLEET_TOKEN,
+    vllmBin: env.VLLM_BIN,
+    nvidiaSmiBin: env.NVIDIA_SMI_BIN,
+    enginePorts: { min: env.ENGINE_PORT_MIN, max: env.ENGINE_PORT_MAX },
+    startupTimeoutMs: env.ENGINE_STARTUP_TIMEOUT_S * 1000,
+    stopGraceMs: env.ENGINE_STOP_GRACE_S * 1000,
+    restartBackoffMs: env.ENGINE_RESTART_BACKOFF_S * 1000,
+    restartBackoffMaxMs: env.ENGINE_RESTART_BACKOFF_MAX_S * 1000,
+    healthPollMs: env.ENGINE_HEALTH_POLL_MS,
+    registerRetryMaxMs: env.MANAGER_RETRY_MAX_S * 1000,
+    logLevel: env.LOG_LEVEL,
+    engineEnv,
+  };
+}
+
+/**
+ * The environment engines inherit (PATH, HF_HOME, HF_TOKEN, ...), read here because this is
+ * the one module that reads `process.env`. The agent's own secret is never passed on.
+ */
+export function inheritedEnv(): Record<string, string | undefined> {
+  return { ...process.env };
+}

@@ -1,0 +1,216 @@
+import {
+  type Heartbeat,
+  heartbeatReplySchema,
+  type WorkerRegistrationInput,
+  workerRegistrationReplySchema,
+} from "../../protocol/index.ts";
+import type { Logger } from "./log.ts";
+
+export type ManagerClientOptions = {
+  managerUrl: string;
+  workerId: string;
+  fleetToken: string | undefined;
+  log: Logger;
+  /** Builds the registration body (GPUs re-read, instances as they are now). */
+  registration: () => Promise<WorkerRegistrationInput>;
+  heartbeat: () => Promise<Heartbeat>;
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  requestTimeoutMs?: number;
+};
+
+type Outcome = { ok: true; intervalS: number } | { ok: false; status: number | null; why: string };
+
+/**
+ * Keeps this agent registered with the manager: registers with capped, jittered backoff
+ * while the manager is down, heartbeats at the interval the manager asks for, and
+ * registers again (reporting its running instances) when a heartbeat answers 404. Nothing
+ * here ever stops an engine or the proxy: a manager outage only delays reports.
+ */
+export class ManagerClient {
+  readonly #options: Required<Omit<ManagerClientOptions, "fleetToken">> & { fleetToken?: string };
+  #running = false;
+  #registered = false;
+  #intervalMs = 10_000;
+  #wake: (() => void) | null = null;
+  #nudged = false;
+  #failing = false;
+  #loop: Promise<void> | null = null;
+  registrations = 0;
+
+  constructor(options: ManagerClientOptions) {
+    this.#options = {
+      retryBaseMs: 500,
+      retryMaxMs: 30_000,
+      requestTimeoutMs: 10_000,
+      ...options,
+      fleetToken: options.fleetToken,
+    };
+  }
+
+  get registered(): boolean {
+    return this.#registered;
+  }
+
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#loop = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#running = false;
+    this.#wake?.();
+    await this.#loop;
+  }
+
+  /** Sends a heartbeat now instead of at the next tick (an instance changed state). */
+  nudge(): void {
+    this.#nudged = true;
+    this.#wake?.();
+  }
+
+  async #run(): Promise<void> {
+    let retryMs = this.#options.retryBaseMs;
+    while (this.#running) {
+      if (!this.#registered) {
+        const outcome = await this.#register();
+        if (!this.#running) return;
+        if (!outcome.ok) {
+          this.#reportFailure("registration", outcome);
+          // Full jitter: a fleet of agents must not hammer a manager that just came back.
+          await this.#sleep(retryMs / 2 + Math.random() * (retryMs / 2), false);
+          retryMs = Math.min(retryMs * 2, this.#options.retryMaxMs);
+          continue;
+        }
+        retryMs = this.#options.retryBaseMs;
+        this.#registered = true;
+        this.#intervalMs = outcome.intervalS * 1000;
+        this.#failing = false;
+        this.#options.log.info("registered with the manager", {
+          manager: this.#options.managerUrl,
+          heartbeat_interval_s: outcome.intervalS,
+        });
+      }
+      await this.#sleep(this.#intervalMs, true);
+      if (!this.#running) return;
+      const outcome = await this.#heartbeat();
+      if (outcome.ok) {
+        this.#intervalMs = outcome.intervalS * 1000;
+        this.#reportRecovery("manager reachable again");
+      } else if (outcome.status === 404) {
+        this.#options.log.info("manager does not know this worker; registering again");
+        this.#registered = false;
+      } else {
+        this.#reportFailure("heartbeat", outcome);
+      }
+    }
+  }
+
+  async #register(): Promise<Outcome> {
+    let body: WorkerRegistrationInput;
+    try {
+      body = await this.#options.registration();
+    } catch (error) {
+      return { ok: false, status: null, why: `could not build registration: ${String(error)}` };
+    }
+    const outcome = await this.#post("/v1/workers/register", body, (json) => {
+      const reply = workerRegistrationReplySchema.safeParse(json);
+      return reply.success ? reply.data.heartbeat_interval_s : null;
+    });
+    if (outcome.ok) this.registrations++;
+    return outcome;
+  }
+
+  async #heartbeat(): Promise<Outcome> {
+    let body: Heartbeat;
+    try {
+      body = await this.#options.heartbeat();
+    } catch (error) {
+      return { ok: false, status: null, why: `could not build heartbeat: ${String(error)}` };
+    }
+    const path = `/v1/workers/${encodeURIComponent(this.#options.workerId)}/heartbeat`;
+    return this.#post(path, body, (json) => {
+      const reply = heartbeatReplySchema.safeParse(json);
+      return reply.success ? reply.data.heartbeat_interval_s : this.#intervalMs / 1000;
+    });
+  }
+
+  async #post(
+    path: string,
+    body: unknown,
+    interval: (json: unknown) => number | null,
+  ): Promise<Outcome> {
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (this.#options.fleetToken) headers.authorization = `Bearer ${this.#options.fleetToken}`;
+    try {
+      const response = await fetch(`${this.#options.managerUrl}${path}`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
+      });
+      const text = await response.text();
+      if (!response.ok) {
+        return {
+          ok: false,
+          status: response.status,
+          why: `HTTP ${response.status}: ${text.slice(0, 300)}`,
+        };
+      }
+      let json: unknown = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // Handled below as a bad reply.
+      }
+      const intervalS = interval(json);
+      if (intervalS === null)
+        return { ok: false, status: response.status, why: "unexpected reply from manager" };
+      // Never spin: a manager that asks for 0.01 s still gets at most 10 heartbeats a second.
+      return { ok: true, intervalS: Math.max(0.1, intervalS) };
+    } catch (error) {
+      return {
+        ok: false,
+        status: null,
+        why: error instanceof Error ? error.message : String(error),
+      };
+    }
+  }
+
+  #reportFailure(what: string, outcome: Extract<Outcome, { ok: false }>): void {
+    const fields = { manager: this.#options.managerUrl, status: outcome.status, why: outcome.why };
+    // Warn once per outage, then only at debug level: an outage is not an emergency here.
+    if (!this.#failing || outcome.status === 401 || outcome.status === 403) {
+      this.#options.log.warn(`${what} failed; engines and proxy keep running`, fields);
+    } else {
+      this.#options.log.debug(`${what} failed`, fields);
+    }
+    this.#failing = true;
+  }
+
+  #reportRecovery(message: string): void {
+    if (this.#failing) this.#options.log.info(message, { manager: this.#options.managerUrl });
+    this.#failing = false;
+  }
+
+  /** Sleeps `ms`, or less when stopped or (if `nudgeable`) nudged. */
+  async #sleep(ms: number, nudgeable: boolean): Promise<void> {
+    if (nudgeable && this.#nudged) {
+      this.#nudged = false;
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = () => {
+        if (!this.#running || (nudgeable && this.#nudged)) done();
+      };
+    });
+    this.#wake = null;
+    if (nudgeable) this.#nudged = false;
+  }
+}

@@ -1,0 +1,113 @@
+import { errorResponse } from "./errors.ts";
+import type { Logger } from "./log.ts";
+import type { Supervisor } from "./supervisor.ts";
+
+/** The engine paths reachable through `/proxy/{alias}/v1/...`, with the method each takes. */
+const allowed: Record<string, string> = {
+  "chat/completions": "POST",
+  completions: "POST",
+  embeddings: "POST",
+  models: "GET",
+};
+
+/** RFC 9110 §7.6.1 plus the legacy names Go's ReverseProxy strips. */
+const hopByHop = [
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+];
+
+/** Seconds a client should wait before retrying an engine that is still loading. */
+const retryAfterStarting = "10";
+
+/**
+ * Forwards `/proxy/{alias}/v1/{path}` to the engine on 127.0.0.1. The body passes through
+ * untouched in both directions (no decompression, no re-encoding), streamed chunks are
+ * forwarded as they arrive, and the client's disconnect aborts the engine request so that
+ * vLLM stops generating. The client's Authorization (the fleet token) never reaches the
+ * engine.
+ */
+export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
+  const { supervisor, log } = deps;
+  return async (req: Request, alias: string, path: string, search: string): Promise<Response> => {
+    const method = allowed[path];
+    if (method === undefined) {
+      return errorResponse("not_found", `/v1/${path} is not served through the agent's proxy`);
+    }
+    if (req.method !== method) {
+      return errorResponse("method_not_allowed", `/v1/${path} takes ${method}`, {
+        headers: { allow: method },
+      });
+    }
+    const engine = supervisor.get(alias);
+    if (engine === undefined) {
+      return errorResponse(
+        "model_not_found",
+        `The model \`${alias}\` does not exist on this worker.`,
+        {
+          param: "model",
+        },
+      );
+    }
+    if (engine.status !== "ready" || engine.port === null) {
+      if (engine.status === "starting") {
+        return errorResponse("not_ready", `The model \`${alias}\` is still starting.`, {
+          headers: { "retry-after": retryAfterStarting },
+        });
+      }
+      return errorResponse(
+        "unavailable",
+        `The model \`${alias}\` is ${engine.status} on this worker.`,
+      );
+    }
+
+    const headers = new Headers(req.headers);
+    stripHopByHop(headers);
+    headers.delete("authorization");
+    headers.delete("host");
+    try {
+      const upstream = await fetch(`http://127.0.0.1:${engine.port}/v1/${path}${search}`, {
+        method,
+        headers,
+        body: method === "GET" ? null : req.body,
+        signal: req.signal,
+        redirect: "manual",
+        // Pass bytes through as the engine sent them; keep the engine off any HTTP proxy.
+        decompress: false,
+        proxy: false,
+      } as RequestInit);
+      const responseHeaders = new Headers(upstream.headers);
+      stripHopByHop(responseHeaders);
+      return new Response(upstream.body, {
+        status: upstream.status,
+        statusText: upstream.statusText,
+        headers: responseHeaders,
+      });
+    } catch (error) {
+      if (req.signal.aborted) return new Response(null, { status: 499 });
+      const reason = error instanceof Error ? error.message : String(error);
+      log.warn("engine unreachable", { alias, port: engine.port, reason });
+      return errorResponse(
+        "upstream_error",
+        `The engine for \`${alias}\` did not answer: ${reason}`,
+      );
+    }
+  };
+}
+
+function stripHopByHop(headers: Headers): void {
+  const named = headers.get("connection");
+  if (named) {
+    for (const name of named.split(",")) {
+      const trimmed = name.trim();
+      if (trimmed) headers.delete(trimmed);
+    }
+  }
+  for (const name of hopByHop) headers.delete(name);
+}

@@ -1,0 +1,213 @@
+import { hostname } from "node:os";
+import type { Server } from "bun";
+import packageJson from "../package.json" with { type: "json" };
+import {
+  baseUrlSchema,
+  type GpuInfo,
+  type Heartbeat,
+  type WorkerRegistrationInput,
+  workerIdSchema,
+} from "../protocol/index.ts";
+import { createApp } from "./app.ts";
+import { inheritedEnv } from "./env.ts";
+import { discoverGpus } from "./lib/gpus.ts";
+import { createLogger, type Logger, type LogLevel } from "./lib/log.ts";
+import { ManagerClient } from "./lib/manager-client.ts";
+import { defaultWorkerUrl, isLoopbackHost } from "./lib/net.ts";
+import { PortLeaser, type PortRange } from "./lib/ports.ts";
+import { Supervisor } from "./lib/supervisor.ts";
+
+export const agentVersion = packageJson.version;
+
+/** Everything but the identity has a default; durations are in milliseconds. */
+export type WorkerServiceOptions = {
+  /** Stable id of this host (default: the host name). */
+  workerId?: string;
+  /** Listen address (default 0.0.0.0, which requires `fleetToken`). */
+  listenHost?: string;
+  /** Listen port (default 6006; 0 picks a free one, see `port` after `run()`). */
+  listenPort?: number;
+  managerUrl?: string;
+  /** `PUBLIC_URL`: how the outside world reaches this agent (port forwarding). */
+  publicUrl?: string | null;
+  /** The URL the manager dials (default derived from the listen address). */
+  workerUrl?: string;
+  /** `FLEET_TOKEN`: required for every endpoint but `GET /health`. */
+  fleetToken?: string;
+  vllmBin?: string;
+  nvidiaSmiBin?: string;
+  enginePorts?: PortRange;
+  startupTimeoutMs?: number;
+  stopGraceMs?: number;
+  restartBackoffMs?: number;
+  restartBackoffMaxMs?: number;
+  healthPollMs?: number;
+  registerRetryMaxMs?: number;
+  /** The environment engines and nvidia-smi inherit (default: this process's). */
+  engineEnv?: Record<string, string | undefined>;
+  logLevel?: LogLevel;
+  log?: Logger;
+};
+
+/** Variables of the agent's own that an engine must never see. */
+const privateVariables = ["FLEET_TOKEN", "VLLM_BIN", "NVIDIA_SMI_BIN"];
+
+/**
+ * The agent: serves the instance API and the `/proxy` path, supervises engines, and keeps
+ * itself registered with the manager.
+ *
+ * ```ts
+ * const agent = new WorkerService({ workerId, listenHost, listenPort, managerUrl, publicUrl });
+ * await agent.run();
+ * ```
+ */
+export class WorkerService {
+  readonly workerId: string;
+  readonly listenHost: string;
+  readonly managerUrl: string;
+  readonly publicUrl: string | null;
+  readonly log: Logger;
+  readonly supervisor: Supervisor;
+  readonly #options: WorkerServiceOptions;
+  readonly #env: Record<string, string>;
+  readonly #fleetToken: string | undefined;
+  #gpuInfo: GpuInfo = { gpus: [], warning: "not read yet" };
+  #server: Server<undefined> | null = null;
+  #manager: ManagerClient | null = null;
+  #stopping: Promise<void> | null = null;
+
+  constructor(options: WorkerServiceOptions = {}) {
+    this.#options = options;
+    this.log = options.log ?? createLogger(options.logLevel ?? "info");
+    this.workerId = workerIdSchema.parse(options.workerId ?? hostname());
+    this.listenHost = options.listenHost ?? "0.0.0.0";
+    this.managerUrl = baseUrlSchema.parse(options.managerUrl ?? "http://localhost:18000");
+    this.publicUrl = options.publicUrl ? baseUrlSchema.parse(options.publicUrl) : null;
+    this.#fleetToken = options.fleetToken || undefined;
+    if (!this.#fleetToken && !isLoopbackHost(this.listenHost)) {
+      throw new Error(
+        `FLEET_TOKEN must be set when the agent listens on ${this.listenHost} (not loopback): without it anyone who reaches the port could use the GPUs`,
+      );
+    }
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(options.engineEnv ?? inheritedEnv())) {
+      if (value !== undefined && !privateVariables.includes(key)) env[key] = value;
+    }
+    this.#env = env;
+    this.supervisor = new Supervisor({
+      vllmBin: options.vllmBin ?? "vllm",
+      baseEnv: env,
+      ports: new PortLeaser(options.enginePorts ?? { min: 8100, max: 8999 }),
+      log: this.log,
+      startupTimeoutMs: options.startupTimeoutMs ?? 20 * 60_000,
+      stopGraceMs: options.stopGraceMs ?? 30_000,
+      restartBackoffMs: options.restartBackoffMs ?? 1000,
+      restartBackoffMaxMs: options.restartBackoffMaxMs ?? 60_000,
+      healthPollMs: options.healthPollMs ?? 500,
+      onChange: () => this.#manager?.nudge(),
+    });
+  }
+
+  /** The port the agent listens on (known after `run()`). */
+  get port(): number {
+    return this.#server?.port ?? this.#options.listenPort ?? 6006;
+  }
+
+  /** Where this agent answers on loopback, e.g. for tests: `http://127.0.0.1:{port}`. */
+  get url(): string {
+    return defaultWorkerUrl(this.listenHost, this.port);
+  }
+
+  /** The internal URL the manager dials. */
+  get workerUrl(): string {
+    return this.#options.workerUrl
+      ? baseUrlSchema.parse(this.#options.workerUrl)
+      : defaultWorkerUrl(this.listenHost, this.port);
+  }
+
+  get gpuInfo(): GpuInfo {
+    return this.#gpuInfo;
+  }
+
+  /** Reads the GPUs, starts listening and starts registering; resolves once listening. */
+  async run(): Promise<void> {
+    await this.refreshGpus();
+    if (this.#gpuInfo.warning) this.log.warn("GPU discovery", { warning: this.#gpuInfo.warning });
+    this.log.info("GPUs found", { count: this.#gpuInfo.gpus.length });
+    const app = createApp({
+      supervisor: this.supervisor,
+      fleetToken: this.#fleetToken,
+      gpus: { current: () => this.#gpuInfo, refresh: () => this.refreshGpus() },
+      log: this.log,
+    });
+    this.#server = Bun.serve({
+      hostname: this.listenHost,
+      port: this.#options.listenPort ?? 6006,
+      fetch: app.fetch,
+      // Generation can keep a response silent for minutes (long prompts, queued requests).
+      idleTimeout: 0,
+      // Engine requests carry whole prompts and images; vLLM applies its own limits.
+      maxRequestBodySize: 256 * 1024 * 1024,
+    });
+    if (!this.#fleetToken) {
+      this.log.warn(
+        "FLEET_TOKEN is not set: the agent API is open to anyone on this host (loopback only)",
+      );
+    }
+    this.log.info("agent listening", {
+      listen: `${this.listenHost}:${this.port}`,
+      worker_id: this.workerId,
+      worker_url: this.workerUrl,
+      public_url: this.publicUrl,
+      version: agentVersion,
+    });
+    this.#manager = new ManagerClient({
+      managerUrl: this.managerUrl,
+      workerId: this.workerId,
+      fleetToken: this.#fleetToken,
+      log: this.log,
+      retryMaxMs: this.#options.registerRetryMaxMs ?? 30_000,
+      registration: () => this.#registration(),
+      heartbeat: () => this.#heartbeat(),
+    });
+    this.#manager.start();
+  }
+
+  /** Stops engines (SIGTERM, then SIGKILL after the grace), registration and the server. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    this.log.info("agent stopping", { engines: this.supervisor.reports().length });
+    const manager = this.#manager?.stop();
+    await this.supervisor.stopAll();
+    await manager;
+    await this.#server?.stop(true);
+    this.log.info("agent stopped");
+  }
+
+  async refreshGpus(): Promise<GpuInfo> {
+    this.#gpuInfo = await discoverGpus({ bin: this.#options.nvidiaSmiBin, env: this.#env });
+    return this.#gpuInfo;
+  }
+
+  /** The registration body as the manager would receive it now. */
+  async #registration(): Promise<WorkerRegistrationInput> {
+    const gpuInfo = await this.refreshGpus();
+    return {
+      worker_id: this.workerId,
+      worker_url: this.workerUrl,
+      public_worker_url: this.publicUrl,
+      gpu_info: gpuInfo,
+      instances: this.supervisor.reports(),
+      agent_version: agentVersion,
+    };
+  }
+
+  async #heartbeat(): Promise<Heartbeat> {
+    const gpuInfo = await this.refreshGpus();
+    return { gpu_info: gpuInfo, instances: this.supervisor.reports() };
+  }
+}

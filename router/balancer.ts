@@ -1,0 +1,209 @@
+import type { RouteEntry } from "../protocol/index.ts";
+
+/**
+ * Replica selection and passive health.
+ *
+ * - Least in-flight by power-of-two choices: two random candidates, the less busy wins.
+ * - Session affinity by rendezvous hashing over the alias's ready replicas: the same
+ *   session lands on the same replica (warm prefix cache) and moves only when that
+ *   replica is out, to the next replica in its own ranking (no global reshuffle).
+ * - Passive ejection: after `ejectAfter` consecutive transport failures (connect errors,
+ *   resets, timeouts, 502/503/504 from the agent) a replica is skipped for a cool-down
+ *   that doubles on each failed probe; after it, exactly one request probes it (half-open)
+ *   and only a success brings it back. 4xx and client aborts never count.
+ */
+
+export type ReplicaState = {
+  readonly key: string;
+  inflight: number;
+  consecutiveFailures: number;
+  /** 0 = healthy; otherwise ejected until this time (ms), then half-open. */
+  ejectedUntil: number;
+  /** Consecutive ejections, for the doubling cool-down. */
+  ejections: number;
+  probing: boolean;
+};
+
+export type Pick = { route: RouteEntry; state: ReplicaState; probe: boolean };
+
+export type BalancerOptions = {
+  ejectAfter: number;
+  cooldownMs: number;
+  maxCooldownMs: number;
+  now: () => number;
+  random?: () => number;
+  onEject?: (route: RouteEntry, cooldownMs: number) => void;
+};
+
+export function replicaKey(route: RouteEntry): string {
+  return `${route.alias}|${route.instance_id}|${route.worker_url}`;
+}
+
+/** 32-bit FNV-1a followed by a murmur3 finaliser: cheap, well mixed, same on every runtime. */
+function hash32(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let index = 0; index < text.length; index++) {
+    hash ^= text.charCodeAt(index);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  hash ^= hash >>> 16;
+  hash = Math.imul(hash, 0x85ebca6b);
+  hash ^= hash >>> 13;
+  hash = Math.imul(hash, 0xc2b2ae35);
+  hash ^= hash >>> 16;
+  return hash >>> 0;
+}
+
+export class Balancer {
+  private readonly states = new Map<string, ReplicaState>();
+  private readonly random: () => number;
+
+  constructor(private readonly options: BalancerOptions) {
+    this.random = options.random ?? Math.random;
+  }
+
+  state(route: RouteEntry): ReplicaState {
+    const key = replicaKey(route);
+    let state = this.states.get(key);
+    if (!state) {
+      state = {
+        key,
+        inflight: 0,
+        consecutiveFailures: 0,
+        ejectedUntil: 0,
+        ejections: 0,
+        probing: false,
+      };
+      this.states.set(key, state);
+    }
+    return state;
+  }
+
+  /** Forgets replicas that left the route table (their in-flight requests keep their state object). */
+  retain(routes: readonly RouteEntry[]): void {
+    const keep = new Set(routes.map(replicaKey));
+    for (const key of this.states.keys()) if (!keep.has(key)) this.states.delete(key);
+  }
+
+  private available(state: ReplicaState, now: number): boolean {
+    if (state.ejectedUntil === 0) return true;
+    return now >= state.ejectedUntil && !state.probing;
+  }
+
+  /**
+   * Chooses a replica among `candidates` not in `exclude`; undefined when none is
+   * available (all tried, ejected, or being probed).
+   */
+  pick(
+    candidates: readonly RouteEntry[],
+    exclude: ReadonlySet<string>,
+    sessionKey?: string,
+  ): Pick | undefined {
+    const now = this.options.now();
+    if (sessionKey !== undefined) return this.pickAffine(candidates, exclude, sessionKey, now);
+    let first: Pick | undefined;
+    let second: Pick | undefined;
+    let seen = 0;
+    // Reservoir-sample two distinct available candidates in one pass, no allocation.
+    for (const route of candidates) {
+      const state = this.state(route);
+      if (exclude.has(state.key) || !this.available(state, now)) continue;
+      seen++;
+      const pick = { route, state, probe: state.ejectedUntil !== 0 };
+      if (seen === 1) first = pick;
+      else if (seen === 2) second = pick;
+      else {
+        const slot = Math.floor(this.random() * seen);
+        if (slot === 0) first = pick;
+        else if (slot === 1) second = pick;
+      }
+    }
+    if (!first) return undefined;
+    let chosen = first;
+    if (second) {
+      if (second.state.inflight < first.state.inflight) chosen = second;
+      else if (second.state.inflight === first.state.inflight && this.random() < 0.5)
+        chosen = second;
+    }
+    return this.claim(chosen);
+  }
+
+  private pickAffine(
+    candidates: readonly RouteEntry[],
+    exclude: ReadonlySet<string>,
+    sessionKey: string,
+    now: number,
+  ): Pick | undefined {
+    let best: Pick | undefined;
+    let bestScore = -1;
+    for (const route of candidates) {
+      const state = this.state(route);
+      if (exclude.has(state.key) || !this.available(state, now)) continue;
+      const score = hash32(`${sessionKey}\u0000${state.key}`);
+      if (score > bestScore) {
+        bestScore = score;
+        best = { route, state, probe: state.ejectedUntil !== 0 };
+      }
+    }
+    return best ? this.claim(best) : undefined;
+  }
+
+  private claim(pick: Pick): Pick {
+    if (pick.probe) pick.state.probing = true;
+    return pick;
+  }
+
+  /** The earliest time (ms from now) an ejected candidate becomes eligible again. */
+  retryAfterMs(candidates: readonly RouteEntry[]): number {
+    const now = this.options.now();
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const route of candidates) {
+      const state = this.state(route);
+      soonest = Math.min(soonest, Math.max(0, state.ejectedUntil - now));
+    }
+    return Number.isFinite(soonest) ? soonest : 1000;
+  }
+
+  /** The replica answered (any status that is not a transport-level failure). */
+  succeeded(state: ReplicaState): void {
+    state.consecutiveFailures = 0;
+    if (state.ejectedUntil !== 0) {
+      state.ejectedUntil = 0;
+      state.ejections = 0;
+    }
+    state.probing = false;
+  }
+
+  /** Connect error, reset, timeout, or 502/503/504 from the agent. */
+  failed(route: RouteEntry, state: ReplicaState): void {
+    state.consecutiveFailures++;
+    const wasProbe = state.probing;
+    state.probing = false;
+    if (
+      !wasProbe &&
+      (state.ejectedUntil !== 0 || state.consecutiveFailures < this.options.ejectAfter)
+    ) {
+      return;
+    }
+    state.ejections++;
+    const cooldown = Math.min(
+      this.options.cooldownMs * 2 ** (state.ejections - 1),
+      this.options.maxCooldownMs,
+    );
+    state.ejectedUntil = this.options.now() + cooldown;
+    this.options.onEject?.(route, cooldown);
+  }
+
+  /** Neither success nor failure (client went away): free a probe slot. */
+  released(state: ReplicaState): void {
+    state.probing = false;
+  }
+
+  /** Replicas currently ejected (for /metrics). */
+  ejectedCount(): number {
+    const now = this.options.now();
+    let count = 0;
+    for (const state of this.states.values()) if (state.ejectedUntil > now) count++;
+    return count;
+  }
+}

@@ -1,0 +1,49 @@
+import { z } from "zod";
+import { baseUrlSchema, parseEnv } from "../protocol/index.ts";
+
+const optionalString = z
+  .string()
+  .trim()
+  .optional()
+  .transform((value) => (value === "" ? undefined : value));
+const ms = (fallback: number) => z.coerce.number().int().min(1).default(fallback);
+const flag = z
+  .enum(["true", "false", "1", "0", "yes", "no", ""])
+  .optional()
+  .transform((value) =>
+    value === undefined || value === "" ? undefined : ["true", "1", "yes"].includes(value),
+  );
+
+/** A standalone or edge router's environment (the manager mounts the app with its own). */
+export const routerEnvSchema = z.object({
+  MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
+  FLEET_TOKEN: optionalString,
+  HOST: z.string().trim().min(1).default("127.0.0.1"),
+  PORT: z.coerce.number().int().min(0).max(65535).default(18080),
+  /** Largest accepted request body; larger ones get 413. */
+  MAX_BODY_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .default(32 * 1024 * 1024),
+  /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
+  REQUIRE_API_KEY: flag,
+  CONNECT_TIMEOUT_MS: ms(5000),
+  FIRST_BYTE_TIMEOUT_MS: ms(600_000),
+  IDLE_TIMEOUT_MS: ms(300_000),
+  RETRY_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),
+  RETRY_BUDGET_MS: ms(30_000),
+  ROUTES_REFRESH_MS: ms(1000),
+  USAGE_FLUSH_MS: ms(1000),
+  USAGE_BUFFER_MAX: z.coerce.number().int().min(100).default(50_000),
+});
+export type RouterEnv = z.infer<typeof routerEnvSchema>;
+
+export function loadRouterEnv(source: Record<string, string | undefined>): RouterEnv {
+  return parseEnv(routerEnvSchema, source);
+}
+
+export function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return bare === "localhost" || bare === "::1" || /^127(\.\d{1,3}){3}$/.test(bare);
+}

@@ -1,0 +1,71 @@
+/**
+ * Header hygiene for the hop to the agent and back.
+ *
+ * Upstream requests carry an allowlist, not a copy: the client's Authorization, cookies and
+ * any custom credential header (`api-key`, `x-api-key`, ...) can never reach a worker by
+ * accident, and hop-by-hop headers (including those named in `Connection`) are dropped by
+ * construction. X-Forwarded-* are set by the router, never trusted from the client.
+ */
+
+const forwardedRequestHeaders = [
+  "content-type",
+  "accept",
+  "user-agent",
+  "x-session-id",
+  "traceparent",
+  "tracestate",
+  "openai-organization",
+  "openai-project",
+] as const;
+
+const hopByHop = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+export function upstreamHeaders(options: {
+  incoming: Headers;
+  fleetToken: string | undefined;
+  requestId: string;
+  clientAddress: string | undefined;
+  proto: string;
+  host: string | null;
+}): Headers {
+  const headers = new Headers();
+  for (const name of forwardedRequestHeaders) {
+    const value = options.incoming.get(name);
+    if (value !== null) headers.set(name, value);
+  }
+  if (!headers.has("content-type")) headers.set("content-type", "application/json");
+  // fetch would transparently decompress and leave a stale Content-Encoding: ask for none.
+  headers.set("accept-encoding", "identity");
+  headers.set("x-request-id", options.requestId);
+  if (options.fleetToken) headers.set("authorization", `Bearer ${options.fleetToken}`);
+  if (options.clientAddress) headers.set("x-forwarded-for", options.clientAddress);
+  headers.set("x-forwarded-proto", options.proto);
+  if (options.host) headers.set("x-forwarded-host", options.host);
+  return headers;
+}
+
+/** The agent's response headers minus hop-by-hop ones and those `Connection` names. */
+export function downstreamHeaders(upstream: Headers, bodyRewritten: boolean): Headers {
+  const headers = new Headers();
+  const named = new Set<string>();
+  const connection = upstream.get("connection");
+  if (connection) for (const token of connection.split(",")) named.add(token.trim().toLowerCase());
+  upstream.forEach((value, name) => {
+    if (hopByHop.has(name) || named.has(name)) return;
+    if (name === "content-encoding") return;
+    if (name === "content-length" && (bodyRewritten || upstream.has("content-encoding"))) return;
+    if (name === "set-cookie") return;
+    headers.append(name, value);
+  });
+  return headers;
+}

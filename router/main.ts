@@ -1,0 +1,57 @@
+/**
+ * Standalone router on Bun: `bun router/main.ts` (npm run router). Reads routes from the
+ * manager (MANAGER_URL, FLEET_TOKEN) and sends usage back in batches.
+ */
+import { getConnInfo } from "hono/bun";
+import { EnvError } from "../protocol/index.ts";
+import { loadRouterEnv, type RouterEnv } from "./env.ts";
+import { consoleLogger } from "./log.ts";
+import { createStandaloneRouter } from "./standalone.ts";
+
+let env: RouterEnv;
+try {
+  env = loadRouterEnv(process.env);
+} catch (error) {
+  if (!(error instanceof EnvError)) throw error;
+  console.error(error.message);
+  process.exit(1);
+}
+const log = consoleLogger("router");
+const firstByteMs = env.FIRST_BYTE_TIMEOUT_MS;
+// Bun's fetch drops a socket idle for 5 min by default; vLLM may queue longer than that.
+const bunFetch = (input: string | URL | Request, init?: RequestInit) =>
+  fetch(input, { ...init, timeout: firstByteMs + 60_000 } as RequestInit);
+const router = createStandaloneRouter({
+  env,
+  log,
+  fetch: bunFetch,
+  clientAddress: (c) => getConnInfo(c).remote.address,
+});
+await router.start();
+
+const server = Bun.serve({
+  hostname: env.HOST,
+  port: env.PORT,
+  fetch(request, bunServer) {
+    // Bun closes connections idle for 10 s; a non-streamed completion can queue for minutes.
+    if (request.method === "POST") bunServer.timeout(request, 0);
+    return router.app.fetch(request, bunServer);
+  },
+});
+log.info(`router listening on http://${server.hostname}:${server.port}`, {
+  manager_url: env.MANAGER_URL,
+  routes_version: router.routes.current()?.version ?? null,
+});
+
+let stopping = false;
+const shutdown = async (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  log.info("router stopping", { signal });
+  // In-flight streams get a short grace, then usage still buffered goes to the manager.
+  await Promise.race([server.stop(false), Bun.sleep(10_000)]);
+  await Promise.race([router.stop(), Bun.sleep(5000)]);
+  process.exit(0);
+};
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));

@@ -1,0 +1,122 @@
+/**
+ * A small Prometheus registry (text format 0.0.4) with web-standard code only, so the same
+ * metrics render on Bun, Node and workerd. Labels stay low-cardinality by construction:
+ * callers pass aliases from the route table (or "unknown"), never raw client input.
+ */
+
+type Labels = Record<string, string>;
+type Kind = "counter" | "gauge" | "histogram";
+
+type Family = {
+  name: string;
+  help: string;
+  kind: Kind;
+  buckets?: readonly number[];
+  /** label text (`a="x",b="y"`) → value (counter/gauge) */
+  values: Map<string, number>;
+  /** label text → per-bucket counts (non-cumulative) + sum + count */
+  histograms: Map<string, { counts: number[]; sum: number; count: number }>;
+};
+
+/** Request latencies in seconds: sub-millisecond proxying up to vLLM's long generations. */
+export const latencyBuckets = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+] as const;
+
+function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function labelText(labels: Labels | undefined): string {
+  if (!labels) return "";
+  let text = "";
+  for (const key in labels) {
+    text += `${text ? "," : ""}${key}="${escapeLabel(labels[key] ?? "")}"`;
+  }
+  return text;
+}
+
+export class Metrics {
+  private readonly families = new Map<string, Family>();
+  private readonly collectors: Array<() => void> = [];
+
+  private family(name: string, kind: Kind, help: string, buckets?: readonly number[]): Family {
+    let family = this.families.get(name);
+    if (!family) {
+      family = { name, kind, help, buckets, values: new Map(), histograms: new Map() };
+      this.families.set(name, family);
+    }
+    return family;
+  }
+
+  /** Declares a family so it renders (with HELP/TYPE) before its first sample. */
+  declare(name: string, kind: Kind, help: string, buckets?: readonly number[]): void {
+    this.family(name, kind, help, buckets);
+  }
+
+  inc(name: string, labels?: Labels, by = 1, help = ""): void {
+    const family = this.family(name, "counter", help);
+    const key = labelText(labels);
+    family.values.set(key, (family.values.get(key) ?? 0) + by);
+  }
+
+  set(name: string, labels: Labels | undefined, value: number, help = ""): void {
+    this.family(name, "gauge", help).values.set(labelText(labels), value);
+  }
+
+  add(name: string, labels: Labels | undefined, by: number, help = ""): void {
+    const family = this.family(name, "gauge", help);
+    const key = labelText(labels);
+    family.values.set(key, (family.values.get(key) ?? 0) + by);
+  }
+
+  observe(name: string, labels: Labels | undefined, value: number, help = ""): void {
+    const family = this.family(name, "histogram", help, latencyBuckets);
+    const buckets = family.buckets ?? latencyBuckets;
+    const key = labelText(labels);
+    let histogram = family.histograms.get(key);
+    if (!histogram) {
+      histogram = { counts: new Array<number>(buckets.length).fill(0), sum: 0, count: 0 };
+      family.histograms.set(key, histogram);
+    }
+    let index = 0;
+    while (index < buckets.length && value > (buckets[index] ?? Number.POSITIVE_INFINITY)) index++;
+    if (index < buckets.length) histogram.counts[index] = (histogram.counts[index] ?? 0) + 1;
+    histogram.sum += value;
+    histogram.count += 1;
+  }
+
+  /** Runs before each render: lets a component refresh gauges computed on demand. */
+  collect(collector: () => void): void {
+    this.collectors.push(collector);
+  }
+
+  render(): string {
+    for (const collector of this.collectors) collector();
+    const lines: string[] = [];
+    for (const family of this.families.values()) {
+      lines.push(`# HELP ${family.name} ${family.help || family.name}`);
+      lines.push(`# TYPE ${family.name} ${family.kind}`);
+      if (family.kind !== "histogram") {
+        for (const [labels, value] of family.values) {
+          lines.push(`${family.name}${labels ? `{${labels}}` : ""} ${value}`);
+        }
+        continue;
+      }
+      const buckets = family.buckets ?? latencyBuckets;
+      for (const [labels, histogram] of family.histograms) {
+        const prefix = labels ? `${labels},` : "";
+        let cumulative = 0;
+        buckets.forEach((bound, index) => {
+          cumulative += histogram.counts[index] ?? 0;
+          lines.push(`${family.name}_bucket{${prefix}le="${bound}"} ${cumulative}`);
+        });
+        lines.push(`${family.name}_bucket{${prefix}le="+Inf"} ${histogram.count}`);
+        const suffix = labels ? `{${labels}}` : "";
+        lines.push(`${family.name}_sum${suffix} ${histogram.sum}`);
+        lines.push(`${family.name}_count${suffix} ${histogram.count}`);
+      }
+    }
+    return `${lines.join("\n")}\n`;
+  }
+}

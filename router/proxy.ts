@@ -1,0 +1,376 @@
+import type { Context } from "hono";
+import type { RouteEntry } from "../protocol/index.ts";
+import type { Clock, FetchLike } from "./app.ts";
+import type { Balancer, Pick } from "./balancer.ts";
+import { errorResponse } from "./errors.ts";
+import { downstreamHeaders, upstreamHeaders } from "./headers.ts";
+import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+import { JsonUsageTail, SseUsageFilter, type Usage } from "./usage-scan.ts";
+
+export type ProxyConfig = {
+  fetch: FetchLike;
+  fleetToken: string | undefined;
+  firstByteMs: number;
+  idleMs: number;
+  maxAttempts: number;
+  budgetMs: number;
+  balancer: Balancer;
+  metrics: Metrics;
+  clock: Clock;
+  log: Logger;
+};
+
+export type Outcome = {
+  /** The status the client saw; 499 when the client went away first. */
+  status: number;
+  ttftMs: number | null;
+  usage: Usage | undefined;
+  workerId: string | null;
+};
+
+export type ForwardRequest = {
+  c: Context;
+  alias: string;
+  path: string;
+  candidates: readonly RouteEntry[];
+  body: Uint8Array<ArrayBuffer> | string;
+  stream: boolean;
+  hideUsage: boolean;
+  sessionKey: string | undefined;
+  requestId: string;
+  clientAddress: string | undefined;
+  startedAt: number;
+  onDone: (outcome: Outcome) => void;
+};
+
+type Failure = {
+  kind: "failed";
+  reason: "connect" | "timeout" | "reset" | "status";
+  workerId: string;
+  /** A 502/503/504 from the agent, kept to pass through if no replica is left. */
+  reply?: { status: number; text: string; headers: Headers };
+};
+type AttemptResult = { kind: "response"; response: Response } | { kind: "client-gone" } | Failure;
+
+/** Client closed request (nginx's convention); recorded, never sent. */
+type ReadResult = Awaited<ReturnType<ReadableStreamDefaultReader<Uint8Array<ArrayBuffer>>["read"]>>;
+
+const clientClosed = 499;
+const maxErrorBody = 64 * 1024;
+
+function retryable(status: number): boolean {
+  return status === 502 || status === 503 || status === 504;
+}
+
+async function readSmall(response: Response): Promise<string> {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    size += value.byteLength;
+    if (size >= maxErrorBody) {
+      await reader.cancel().catch(() => {});
+      break;
+    }
+  }
+  const decoder = new TextDecoder();
+  return chunks.map((chunk) => decoder.decode(chunk, { stream: true })).join("") + decoder.decode();
+}
+
+/**
+ * Sends one client request to a replica of its alias, retrying on another replica while
+ * nothing has reached the client yet: connect errors, resets and timeouts before the first
+ * body byte, and 502/503/504 from the agent. The first body byte is the commit point: from
+ * then on bytes stream through as they come and failures end the response instead.
+ */
+export async function forward(config: ProxyConfig, request: ForwardRequest): Promise<Response> {
+  const { metrics, balancer, clock } = config;
+  const { c, alias } = request;
+  metrics.add("fleet_router_in_flight", { alias }, 1);
+  let finished = false;
+  const done = (outcome: Outcome) => {
+    if (finished) return;
+    finished = true;
+    metrics.add("fleet_router_in_flight", { alias }, -1);
+    request.onDone(outcome);
+  };
+
+  const url = new URL(c.req.url);
+  const headers = upstreamHeaders({
+    incoming: c.req.raw.headers,
+    fleetToken: config.fleetToken,
+    requestId: request.requestId,
+    clientAddress: request.clientAddress,
+    proto: url.protocol.replace(":", ""),
+    host: c.req.header("host") ?? null,
+  });
+
+  const tried = new Set<string>();
+  let last: Failure | undefined;
+  for (let attempt = 0; attempt < config.maxAttempts; attempt++) {
+    if (attempt > 0 && clock.now() - request.startedAt > config.budgetMs) break;
+    const pick = balancer.pick(request.candidates, tried, request.sessionKey);
+    if (!pick) break;
+    tried.add(pick.state.key);
+    if (last) metrics.inc("fleet_router_retries_total", { alias, reason: last.reason });
+    const result = await tryReplica(config, request, pick, headers, done);
+    if (result.kind === "response") return result.response;
+    if (result.kind === "client-gone") {
+      done({
+        status: clientClosed,
+        ttftMs: null,
+        usage: undefined,
+        workerId: pick.route.worker_id,
+      });
+      return new Response(null, { status: clientClosed });
+    }
+    last = result;
+    config.log.warn("upstream attempt failed", {
+      request_id: request.requestId,
+      alias,
+      worker_id: pick.route.worker_id,
+      reason: result.reason,
+      status: result.reply?.status,
+    });
+  }
+
+  const requestIdHeader = { "x-request-id": request.requestId };
+  if (!last) {
+    // Nothing was tried: no ready replica, or every one is ejected or being probed.
+    const waitMs =
+      request.candidates.length === 0 ? 5000 : balancer.retryAfterMs(request.candidates);
+    done({ status: 503, ttftMs: null, usage: undefined, workerId: null });
+    return errorResponse({
+      status: 503,
+      code: "no_ready_replica",
+      message: `no ready replica for model \`${alias}\` right now; retry shortly`,
+      headers: { "retry-after": String(Math.max(1, Math.ceil(waitMs / 1000))), ...requestIdHeader },
+    });
+  }
+  done({
+    status: last.reply?.status ?? 502,
+    ttftMs: null,
+    usage: undefined,
+    workerId: last.workerId,
+  });
+  if (last.reply) {
+    const replyHeaders = downstreamHeaders(last.reply.headers, true);
+    replyHeaders.set("x-request-id", request.requestId);
+    if (last.reply.status === 503 && !replyHeaders.has("retry-after")) {
+      replyHeaders.set("retry-after", "1");
+    }
+    return new Response(last.reply.text, { status: last.reply.status, headers: replyHeaders });
+  }
+  if (last.reason === "timeout") {
+    return errorResponse({
+      status: 504,
+      code: "upstream_timeout",
+      message: `model \`${alias}\` did not start answering in time`,
+      headers: requestIdHeader,
+    });
+  }
+  return errorResponse({
+    status: 502,
+    code: "upstream_error",
+    message: `could not reach a replica of model \`${alias}\``,
+    headers: requestIdHeader,
+  });
+}
+
+async function tryReplica(
+  config: ProxyConfig,
+  request: ForwardRequest,
+  pick: Pick,
+  headers: Headers,
+  done: (outcome: Outcome) => void,
+): Promise<AttemptResult> {
+  const { balancer, clock } = config;
+  const { route, state } = pick;
+  const clientSignal = request.c.req.raw.signal;
+  state.inflight++;
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    state.inflight--;
+  };
+
+  // One controller per attempt: the client's disconnect and our timeouts both abort it.
+  const upstream = new AbortController();
+  const signal = AbortSignal.any([clientSignal, upstream.signal]);
+  let timedOut = false;
+  const firstByteTimer = setTimeout(() => {
+    timedOut = true;
+    upstream.abort(new Error("first byte timeout"));
+  }, config.firstByteMs);
+
+  const fail = (reason: Failure["reason"], reply?: Failure["reply"]): AttemptResult => {
+    clearTimeout(firstByteTimer);
+    release();
+    if (!reply && clientSignal.aborted) {
+      balancer.released(state);
+      return { kind: "client-gone" };
+    }
+    balancer.failed(route, state);
+    return {
+      kind: "failed",
+      reason: timedOut ? "timeout" : reason,
+      workerId: route.worker_id,
+      reply,
+    };
+  };
+
+  let response: Response;
+  try {
+    response = await config.fetch(`${route.worker_url}/proxy/${request.alias}${request.path}`, {
+      method: "POST",
+      headers,
+      body: request.body,
+      signal,
+      redirect: "manual",
+    });
+  } catch {
+    return fail("connect");
+  }
+
+  if (retryable(response.status)) {
+    const text = await readSmall(response).catch(() => "");
+    return fail("status", { status: response.status, text, headers: response.headers });
+  }
+
+  const reader = response.body?.getReader();
+  let first: ReadResult | undefined;
+  if (reader) {
+    try {
+      first = await reader.read();
+    } catch {
+      return fail("reset");
+    }
+  }
+  clearTimeout(firstByteTimer);
+  balancer.succeeded(state);
+  const ttftMs = clock.now() - request.startedAt;
+
+  const isSse = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+  const filter = isSse ? new SseUsageFilter(request.hideUsage) : undefined;
+  const tail = isSse ? undefined : new JsonUsageTail();
+  const responseHeaders = downstreamHeaders(
+    response.headers,
+    filter !== undefined && request.hideUsage,
+  );
+  responseHeaders.set("x-request-id", request.requestId);
+  if (isSse) {
+    responseHeaders.set("x-accel-buffering", "no");
+    responseHeaders.set("cache-control", "no-cache");
+  }
+
+  const status = response.status;
+  const finish = (finalStatus: number) => {
+    release();
+    done({
+      status: finalStatus,
+      ttftMs,
+      usage: filter ? filter.usage : tail?.usage(),
+      workerId: route.worker_id,
+    });
+  };
+
+  if (!reader || !first || first.done) {
+    finish(status);
+    return { kind: "response", response: new Response(null, { status, headers: responseHeaders }) };
+  }
+
+  const pass = (chunk: Uint8Array): Uint8Array | undefined => {
+    if (filter) return filter.push(chunk);
+    tail?.push(chunk);
+    return chunk;
+  };
+
+  let closed = false;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  let idleFired = false;
+  const broke = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
+    closed = true;
+    if (clientSignal.aborted) {
+      finish(clientClosed);
+      controller.error(error);
+      return;
+    }
+    // The response already started: never retry (it would duplicate text). SSE clients get
+    // vLLM's own mid-stream error shape so SDKs raise instead of hanging.
+    const statusSeen = idleFired ? 504 : 502;
+    config.log.warn("upstream broke mid-response", {
+      request_id: request.requestId,
+      alias: request.alias,
+      worker_id: route.worker_id,
+      reason: idleFired ? "idle timeout" : "reset",
+    });
+    if (isSse) {
+      const message = idleFired
+        ? "the model went idle mid-stream"
+        : "the connection to the model was lost mid-stream";
+      const event = JSON.stringify({
+        error: { message, type: "server_error", param: null, code: statusSeen },
+      });
+      controller.enqueue(new TextEncoder().encode(`data: ${event}\n\ndata: [DONE]\n\n`));
+      controller.close();
+    } else {
+      controller.error(error);
+    }
+    finish(statusSeen);
+  };
+  const firstChunk = first.value;
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      const out = pass(firstChunk);
+      if (out) controller.enqueue(out);
+    },
+    async pull(controller) {
+      // Loop until something is enqueued: a pull that enqueues nothing is not called again.
+      for (;;) {
+        idleTimer = setTimeout(() => {
+          idleFired = true;
+          upstream.abort(new Error("idle timeout"));
+        }, config.idleMs);
+        let result: ReadResult;
+        try {
+          result = await reader.read();
+        } catch (error) {
+          clearTimeout(idleTimer);
+          if (!closed) broke(controller, error);
+          return;
+        }
+        clearTimeout(idleTimer);
+        if (closed) return;
+        if (result.done) {
+          closed = true;
+          const rest = filter?.finish();
+          if (rest) controller.enqueue(rest);
+          controller.close();
+          finish(status);
+          return;
+        }
+        const out = pass(result.value);
+        if (out) {
+          controller.enqueue(out);
+          return;
+        }
+      }
+    },
+    cancel() {
+      // The client went away: stop the agent (and so vLLM) from generating for nobody.
+      clearTimeout(idleTimer);
+      if (closed) return;
+      closed = true;
+      upstream.abort(new Error("client disconnected"));
+      reader.cancel().catch(() => {});
+      finish(clientClosed);
+    },
+  });
+  return { kind: "response", response: new Response(body, { status, headers: responseHeaders }) };
+}

@@ -1,0 +1,156 @@
+import { type RouteSnapshot, routeSnapshotSchema } from "../protocol/index.ts";
+import type { FetchLike, RouteSource } from "./app.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+
+export type SnapshotPollerOptions = {
+  managerUrl: string;
+  fleetToken?: string;
+  /** How often to revalidate (default 1 s). */
+  intervalMs?: number;
+  /** Per-request timeout (default 5 s). */
+  timeoutMs?: number;
+  fetch?: FetchLike;
+  log?: Logger;
+  metrics?: Metrics;
+};
+
+/**
+ * A standalone or edge router's view of the route table: `GET {MANAGER_URL}/v1/routes`
+ * revalidated with `If-None-Match`, so an unchanged table costs a 304. When the manager is
+ * unreachable the last snapshot keeps serving (stale beats down); /metrics shows its age.
+ * On Bun and Node `start()` polls on a timer; on workerd, where timers do not outlive a
+ * request, the entry calls `refresh()` lazily (`isStale()`) under `ctx.waitUntil`.
+ */
+export class SnapshotPoller implements RouteSource {
+  private snapshot: RouteSnapshot | undefined;
+  private inflight: Promise<void> | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private stopped = true;
+  private lastAttemptAt = Number.NEGATIVE_INFINITY;
+  private lastSuccessAt: number | undefined;
+  private healthy = true;
+  private readonly url: string;
+  private readonly intervalMs: number;
+  private readonly timeoutMs: number;
+  private readonly fetchFn: FetchLike;
+  private readonly log: Logger;
+
+  constructor(private readonly options: SnapshotPollerOptions) {
+    this.url = `${options.managerUrl.replace(/\/+$/, "")}/v1/routes`;
+    this.intervalMs = options.intervalMs ?? 1000;
+    this.timeoutMs = options.timeoutMs ?? 5000;
+    this.fetchFn = options.fetch ?? ((input, init) => fetch(input, init));
+    this.log = options.log ?? silentLogger;
+    const metrics = options.metrics;
+    if (metrics) {
+      metrics.declare(
+        "fleet_router_routes_age_seconds",
+        "gauge",
+        "Seconds since the route table was last confirmed by the manager",
+      );
+      metrics.declare(
+        "fleet_router_routes_refresh_failures_total",
+        "counter",
+        "Failed route table refreshes",
+      );
+      metrics.collect(() => {
+        if (this.lastSuccessAt !== undefined) {
+          metrics.set(
+            "fleet_router_routes_age_seconds",
+            undefined,
+            (Date.now() - this.lastSuccessAt) / 1000,
+          );
+        }
+      });
+    }
+  }
+
+  current(): RouteSnapshot | undefined {
+    return this.snapshot;
+  }
+
+  /** True when the last refresh attempt is older than the interval. */
+  isStale(): boolean {
+    return Date.now() - this.lastAttemptAt >= this.intervalMs;
+  }
+
+  /** One revalidation; concurrent callers share it. Never rejects. */
+  refresh(): Promise<void> {
+    this.inflight ??= this.fetchOnce().finally(() => {
+      this.inflight = undefined;
+    });
+    return this.inflight;
+  }
+
+  /** Polls every interval until `stop()`; resolves after the first attempt. */
+  start(): Promise<void> {
+    this.stopped = false;
+    const loop = async () => {
+      await this.refresh();
+      if (!this.stopped) this.timer = setTimeout(loop, this.intervalMs);
+    };
+    return loop();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  private async fetchOnce(): Promise<void> {
+    this.lastAttemptAt = Date.now();
+    const headers = new Headers({ accept: "application/json" });
+    if (this.options.fleetToken) headers.set("authorization", `Bearer ${this.options.fleetToken}`);
+    if (this.snapshot) headers.set("if-none-match", `"${this.snapshot.version}"`);
+    try {
+      const response = await this.fetchFn(this.url, {
+        headers,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+      if (response.status === 304) {
+        await response.body?.cancel();
+        return this.succeeded();
+      }
+      if (!response.ok) {
+        const text = await response.text().catch(() => "");
+        return this.failed(`HTTP ${response.status}: ${text.slice(0, 200)}`);
+      }
+      const parsed = routeSnapshotSchema.safeParse(await response.json());
+      if (!parsed.success) {
+        return this.failed(`invalid snapshot: ${parsed.error.issues[0]?.message ?? "?"}`);
+      }
+      if (parsed.data.version !== this.snapshot?.version) {
+        this.snapshot = parsed.data;
+        this.log.info("route table updated", {
+          version: parsed.data.version,
+          routes: parsed.data.routes.length,
+          ready: parsed.data.routes.filter((route) => route.ready).length,
+        });
+      }
+      this.succeeded();
+    } catch (error) {
+      this.failed(error instanceof Error ? error.message : String(error));
+    }
+  }
+
+  private succeeded(): void {
+    this.lastSuccessAt = Date.now();
+    if (!this.healthy) this.log.info("manager reachable again", { url: this.url });
+    this.healthy = true;
+  }
+
+  private failed(reason: string): void {
+    this.options.metrics?.inc("fleet_router_routes_refresh_failures_total");
+    // Log transitions, not every second of an outage.
+    if (this.healthy) {
+      this.log.warn(
+        this.snapshot
+          ? "manager unreachable; serving the last route table"
+          : "manager unreachable; no route table yet",
+        { url: this.url, reason, version: this.snapshot?.version ?? null },
+      );
+    }
+    this.healthy = false;
+  }
+}

@@ -1,0 +1,66 @@
+import { type AppDeps, createApp, type FetchLike } from "./app.ts";
+import { isLoopback, type RouterEnv } from "./env.ts";
+import type { Logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { SnapshotPoller } from "./snapshot-poller.ts";
+import { UsageBatcher } from "./usage-batcher.ts";
+
+/**
+ * A standalone router's parts, shared by the Bun and Node entries: the poller for routes,
+ * the batcher for usage and the app. Web-standard only; the entries add the server.
+ */
+export function createStandaloneRouter(options: {
+  env: RouterEnv;
+  log: Logger;
+  fetch?: FetchLike;
+  clientAddress?: AppDeps["clientAddress"];
+  requireApiKey?: boolean;
+}) {
+  const { env, log } = options;
+  const metrics = new Metrics();
+  const routes = new SnapshotPoller({
+    managerUrl: env.MANAGER_URL,
+    fleetToken: env.FLEET_TOKEN,
+    intervalMs: env.ROUTES_REFRESH_MS,
+    fetch: options.fetch,
+    log,
+    metrics,
+  });
+  const usage = new UsageBatcher({
+    managerUrl: env.MANAGER_URL,
+    fleetToken: env.FLEET_TOKEN,
+    flushIntervalMs: env.USAGE_FLUSH_MS,
+    maxBuffer: env.USAGE_BUFFER_MAX,
+    fetch: options.fetch,
+    log,
+    metrics,
+  });
+  const app = createApp({
+    routes,
+    usage,
+    fleetToken: env.FLEET_TOKEN,
+    requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopback(env.HOST),
+    fetch: options.fetch,
+    log,
+    metrics,
+    maxBodyBytes: env.MAX_BODY_BYTES,
+    timeouts: { firstByteMs: env.FIRST_BYTE_TIMEOUT_MS, idleMs: env.IDLE_TIMEOUT_MS },
+    retry: { maxAttempts: env.RETRY_MAX_ATTEMPTS, budgetMs: env.RETRY_BUDGET_MS },
+    clientAddress: options.clientAddress,
+  });
+  return {
+    app,
+    routes,
+    usage,
+    metrics,
+    /** Starts polling and batching; resolves after the first route fetch (success or not). */
+    async start() {
+      usage.start();
+      await routes.start();
+    },
+    async stop() {
+      routes.stop();
+      await usage.close();
+    },
+  };
+}

@@ -1,0 +1,153 @@
+/**
+ * Reading token usage out of responses without buffering them.
+ *
+ * Streams: an incremental SSE splitter watches each event for vLLM's usage chunk
+ * (`choices: []` + `usage`). When the client did not ask for usage (the router asked on its
+ * behalf), that one event is removed; every other byte passes through untouched, and the
+ * upstream chunk itself is forwarded whenever nothing in it changes.
+ *
+ * JSON bodies: vLLM serialises `usage` last, so keeping the tail of the body is enough.
+ */
+
+export type Usage = { promptTokens: number | null; completionTokens: number | null };
+
+const encoder = new TextEncoder();
+const eventBoundary = /\r?\n\r?\n/g;
+const maxPendingChars = 4 * 1024 * 1024;
+
+function usageFrom(value: unknown): Usage | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const usage = (value as { usage?: unknown }).usage;
+  if (typeof usage !== "object" || usage === null) return undefined;
+  const { prompt_tokens, completion_tokens } = usage as Record<string, unknown>;
+  return {
+    promptTokens: typeof prompt_tokens === "number" ? prompt_tokens : null,
+    completionTokens: typeof completion_tokens === "number" ? completion_tokens : null,
+  };
+}
+
+/** The JSON payload of an SSE event's `data:` lines, or undefined. */
+function eventData(event: string): unknown {
+  let data = "";
+  for (const line of event.split(/\r?\n/)) {
+    if (line.startsWith("data:")) {
+      data += (data ? "\n" : "") + line.slice(line.charCodeAt(5) === 32 ? 6 : 5);
+    }
+  }
+  if (!data || data === "[DONE]") return undefined;
+  try {
+    return JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+}
+
+export class SseUsageFilter {
+  usage: Usage | undefined;
+  /** Text of the trailing event not yet terminated by a blank line. */
+  private pending = "";
+  private readonly decoder = new TextDecoder();
+
+  /** `hide`: drop the usage event (the client did not ask for it). */
+  constructor(private readonly hide: boolean) {}
+
+  /** Bytes to forward for this upstream chunk (possibly the chunk itself, possibly none). */
+  push(chunk: Uint8Array): Uint8Array | undefined {
+    const wasAligned = this.pending === "";
+    const text = this.pending + this.decoder.decode(chunk, { stream: true });
+    let end = -1;
+    eventBoundary.lastIndex = 0;
+    for (let match = eventBoundary.exec(text); match; match = eventBoundary.exec(text)) {
+      end = match.index + match[0].length;
+    }
+    if (end === -1) {
+      if (text.length > maxPendingChars) {
+        // Not SSE as we know it (no event boundary in megabytes): stop inspecting.
+        this.pending = "";
+        return this.hide ? encoder.encode(text) : chunk;
+      }
+      this.pending = text;
+      // When hiding, an unfinished event might be the usage chunk: hold it back.
+      return this.hide ? undefined : chunk;
+    }
+    const complete = text.slice(0, end);
+    this.pending = text.slice(end);
+    const aligned = wasAligned && this.pending === "";
+    if (!complete.includes('"usage"')) {
+      if (!this.hide || aligned) return chunk;
+      return encoder.encode(complete);
+    }
+    let kept = "";
+    let dropped = false;
+    let start = 0;
+    eventBoundary.lastIndex = 0;
+    for (let match = eventBoundary.exec(complete); match; match = eventBoundary.exec(complete)) {
+      const stop = match.index + match[0].length;
+      const event = complete.slice(start, stop);
+      start = stop;
+      if (event.includes('"usage"')) {
+        const data = eventData(event);
+        const usage = usageFrom(data);
+        if (usage) {
+          this.usage = usage;
+          const choices = (data as { choices?: unknown }).choices;
+          if (this.hide && Array.isArray(choices) && choices.length === 0) {
+            dropped = true;
+            continue;
+          }
+        }
+      }
+      kept += event;
+    }
+    if (!this.hide || (aligned && !dropped)) return chunk;
+    return kept ? encoder.encode(kept) : undefined;
+  }
+
+  /** Whatever is left when the upstream ends (an unterminated last event). */
+  finish(): Uint8Array | undefined {
+    const rest = this.pending + this.decoder.decode();
+    this.pending = "";
+    if (!this.hide || !rest) return undefined;
+    return encoder.encode(rest);
+  }
+}
+
+const tailBytes = 16 * 1024;
+
+/** Keeps the last ~16 KiB of a JSON body and reads `usage` from it at the end. */
+export class JsonUsageTail {
+  private chunks: Uint8Array[] = [];
+  private size = 0;
+
+  push(chunk: Uint8Array): void {
+    this.chunks.push(chunk);
+    this.size += chunk.byteLength;
+    while (this.chunks.length > 1 && this.size - (this.chunks[0]?.byteLength ?? 0) >= tailBytes) {
+      this.size -= this.chunks.shift()?.byteLength ?? 0;
+    }
+  }
+
+  usage(): Usage | undefined {
+    if (this.size === 0) return undefined;
+    const tail = new Uint8Array(this.size);
+    let offset = 0;
+    for (const chunk of this.chunks) {
+      tail.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
+    const text = new TextDecoder().decode(tail);
+    // Inside JSON strings a quote is escaped, so `"prompt_tokens":` only matches real keys.
+    const prompt = lastNumber(text, /"prompt_tokens"\s*:\s*(\d+)/g);
+    const completion = lastNumber(text, /"completion_tokens"\s*:\s*(\d+)/g);
+    if (prompt === null && completion === null) return undefined;
+    return { promptTokens: prompt, completionTokens: completion };
+  }
+}
+
+function lastNumber(text: string, pattern: RegExp): number | null {
+  let value: number | null = null;
+  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
+    value = Number(match[1]);
+  }
+  return value;
+}

@@ -40,7 +40,11 @@ const SSE_HEADERS = {
   "cache-control": "no-cache",
 };
 const TEXT_HEADERS = { "content-type": "text/plain; version=0.0.4; charset=utf-8" };
-const encoder = new TextEncoder();
+
+/** tsconfig's DOM lib hides Bun's `type: "direct"` constructor overload; same constructor. */
+const DirectStream = ReadableStream as unknown as new (
+  source: Bun.DirectUnderlyingSource,
+) => ReadableStream<Uint8Array>;
 
 const ERROR_TYPES: Record<number, string> = {
   400: "BadRequestError",
@@ -237,11 +241,19 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     tail: () => string;
   }): Response => {
     const { request, seq } = options;
-    let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+    // Bun's "direct" stream writes strings straight to the socket: no per-chunk encoding
+    // or queueing, which is what lets one core feed 1,000 streams at 10 ms per token.
+    let controller: ReadableStreamDirectController | null = null;
     let pending = "";
+    let ended = false;
+    let release: () => void = () => {};
     const push = (text: string) => {
-      if (controller) controller.enqueue(encoder.encode(text));
-      else pending += text;
+      if (!controller) {
+        pending += text;
+        return;
+      }
+      controller.write(text);
+      controller.flush();
     };
     seq.listener = {
       tokens: (from, to) => {
@@ -253,20 +265,36 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       },
       done: () => {
         push(`${options.tail()}data: [DONE]\n\n`);
-        if (controller) controller.close();
+        ended = true;
+        if (controller) {
+          controller.close();
+          release();
+        }
       },
     };
-    const body = new ReadableStream<Uint8Array>({
-      start(c) {
+    const source: Bun.DirectUnderlyingSource = {
+      type: "direct",
+      pull(c: ReadableStreamDirectController) {
         controller = c;
-        if (pending) c.enqueue(encoder.encode(pending));
-        pending = "";
-        if (seq.state === "finished") c.close();
+        if (pending) {
+          c.write(pending);
+          c.flush();
+          pending = "";
+        }
+        if (ended) {
+          c.close();
+          return;
+        }
+        return new Promise<void>((resolve) => {
+          release = resolve;
+        });
       },
       cancel() {
         engine.abort(seq);
+        release();
       },
-    });
+    };
+    const body = new DirectStream(source);
     engine.submit(seq);
     if (seq.state === "running" || seq.state === "waiting") {
       request.signal.addEventListener("abort", () => engine.abort(seq));

@@ -10,11 +10,11 @@ const optionalString = z
   .optional()
   .transform((value) => (value === "" ? undefined : value));
 
-const optionalUrl = z
-  .literal("")
-  .transform(() => undefined)
-  .or(baseUrlSchema)
-  .optional();
+/** Unset and empty both mean "not given". */
+const optionalUrl = z.preprocess(
+  (value) => (value === "" ? undefined : value),
+  baseUrlSchema.optional(),
+);
 
 const seconds = (fallback: number) => z.coerce.number().positive().default(fallback);
 const port = z.coerce.number().int().min(1).max(65535);
@@ -24,7 +24,12 @@ export const agentEnvSchema = z
   .object({
     WORKER_ID: workerIdSchema.optional(),
     WORKER_HOST: z.string().trim().min(1).default("0.0.0.0"),
-    WORKER_PORT: z.coerce.number().int().min(0).max(65535).default(6006),
+    WORKER_PORT: z.coerce
+      .number({ error: "must be a port number (0-65535)" })
+      .int()
+      .min(0)
+      .max(65535)
+      .default(6006),
     MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
     PUBLIC_URL: optionalUrl,
     WORKER_URL: optionalUrl,

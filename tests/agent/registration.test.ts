@@ -1,0 +1,227 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { eventually, freePort } from "../helpers/net.ts";
+import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import {
+  call,
+  enginePortRange,
+  processAlive,
+  StubManager,
+  simPath,
+  simVllm,
+  startAgent,
+  twoH100,
+} from "./helpers.ts";
+
+const token = "registration-test-token";
+const managers: StubManager[] = [];
+
+async function stubManager(port?: number): Promise<StubManager> {
+  const manager = await new StubManager().start(port);
+  managers.push(manager);
+  return manager;
+}
+
+afterAll(async () => {
+  await stopAll();
+  await Promise.all(managers.map((m) => m.stop()));
+});
+
+describe("agent registration", () => {
+  test("registers its URLs, GPUs and version with the fleet token", async () => {
+    const manager = await stubManager();
+    const agent = await startAgent({
+      WORKER_ID: "gpu-host-1",
+      WORKER_HOST: "0.0.0.0",
+      MANAGER_URL: manager.url,
+      PUBLIC_URL: "https://u557149-9507-6992150f.bjb2.seetacloud.com:8443/",
+      FLEET_TOKEN: token,
+      PATH: simPath,
+      SIM_GPUS: twoH100,
+      SIM_GPU_USED_MIB: "1:71234",
+    });
+    const seen = await eventually(() => manager.registrations[0], { what: "a registration" });
+    expect(seen.authorization).toBe(`Bearer ${token}`);
+    const body = seen.body;
+    expect(body.worker_id).toBe("gpu-host-1");
+    // Listening on 0.0.0.0: the manager dials loopback, the world comes through PUBLIC_URL.
+    expect(body.worker_url).toBe(`http://127.0.0.1:${agent.port}`);
+    expect(body.public_worker_url).toBe("https://u557149-9507-6992150f.bjb2.seetacloud.com:8443");
+    expect(body.instances).toEqual([]);
+    expect(body.agent_version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(body.gpu_info.warning).toBeNull();
+    expect(body.gpu_info.gpus).toHaveLength(2);
+    const [first, second] = body.gpu_info.gpus;
+    expect(first?.index).toBe(0);
+    expect(first?.name).toBe("NVIDIA H100 80GB HBM3");
+    expect(first?.memory_total_mib).toBe(81559);
+    expect(first?.uuid).toMatch(/^GPU-/);
+    expect(second?.memory_used_mib).toBe(71234);
+    // Heartbeats follow at the interval the manager asked for, with fresh GPU readings.
+    await eventually(() => manager.heartbeats.length >= 2, { what: "heartbeats" });
+    expect(manager.heartbeats[0]?.authorization).toBe(`Bearer ${token}`);
+    expect(manager.heartbeats[0]?.body.gpu_info.gpus).toHaveLength(2);
+    await agent.stop();
+  });
+
+  test("WORKER_URL overrides the dialled URL; no nvidia-smi means zero GPUs and a warning", async () => {
+    const manager = await stubManager();
+    const agent = await startAgent({
+      WORKER_ID: "cpu-box",
+      WORKER_HOST: "127.0.0.1",
+      WORKER_URL: "http://10.1.2.3:6006",
+      MANAGER_URL: manager.url,
+      FLEET_TOKEN: token,
+      PATH: "/nonexistent",
+    });
+    const { body } = await eventually(() => manager.registrations[0], { what: "a registration" });
+    expect(body.worker_url).toBe("http://10.1.2.3:6006");
+    expect(body.public_worker_url).toBeNull();
+    expect(body.gpu_info.gpus).toEqual([]);
+    expect(body.gpu_info.warning).toContain("nvidia-smi");
+    expect(agent.output()).toContain("nvidia-smi not found");
+    await agent.stop();
+  });
+
+  test('"No devices were found" is zero GPUs with that warning', async () => {
+    const manager = await stubManager();
+    const agent = await startAgent({
+      WORKER_HOST: "127.0.0.1",
+      MANAGER_URL: manager.url,
+      PATH: simPath,
+      SIM_NVIDIA_SMI_NO_DEVICES: "1",
+    });
+    const { body } = await eventually(() => manager.registrations[0], { what: "a registration" });
+    expect(body.gpu_info.gpus).toEqual([]);
+    expect(body.gpu_info.warning).toContain("No devices were found");
+    // Open on loopback without a token, and it says so.
+    expect(agent.output()).toContain("FLEET_TOKEN is not set");
+    expect((await call(`${agent.url}/v1/instances`)).status).toBe(200);
+    await agent.stop();
+  });
+
+  test("keeps retrying while the manager is down and registers once it is up", async () => {
+    const port = await freePort();
+    const agent = await startAgent({
+      WORKER_HOST: "127.0.0.1",
+      MANAGER_URL: `http://127.0.0.1:${port}`,
+      MANAGER_RETRY_MAX_S: "0.5",
+      FLEET_TOKEN: token,
+      PATH: simPath,
+    });
+    await agent.waitFor("registration failed");
+    // The agent serves while it cannot register.
+    expect((await call(`${agent.url}/v1/instances`, { token })).status).toBe(200);
+    const manager = await stubManager(port);
+    await eventually(() => manager.registrations.length > 0, {
+      what: "a late registration",
+      timeoutMs: 20_000,
+    });
+    expect(manager.registrations).toHaveLength(1);
+    await agent.stop();
+  });
+
+  test("a heartbeat answered 404 re-registers with the running instances, which keep running", async () => {
+    const manager = await stubManager();
+    const enginePorts = await enginePortRange();
+    const agent = await startAgent({
+      WORKER_ID: "rereg",
+      WORKER_HOST: "127.0.0.1",
+      MANAGER_URL: manager.url,
+      FLEET_TOKEN: token,
+      VLLM_BIN: simVllm,
+      PATH: simPath,
+      SIM_GPUS: twoH100,
+      ENGINE_PORT_MIN: String(enginePorts.min),
+      ENGINE_PORT_MAX: String(enginePorts.max),
+      ENGINE_HEALTH_POLL_MS: "50",
+    });
+    await eventually(() => manager.registrations.length === 1, { what: "first registration" });
+    const launched = await call(`${agent.url}/v1/instances`, {
+      body: { alias: "survivor", model_name: "m/survivor", gpu_ids: [1] },
+      token,
+    });
+    expect(launched.status).toBe(202);
+    const pid = launched.json.pid as number;
+    // The state change is reported right away, not only at the next tick.
+    await eventually(
+      () => manager.heartbeats.some((h) => h.body.instances.some((i) => i.status === "ready")),
+      { what: "a heartbeat with the ready instance" },
+    );
+
+    manager.forgetWorker = true;
+    const again = await eventually(() => manager.registrations[1], { what: "re-registration" });
+    const survivor = again.body.instances.find((i) => i.alias === "survivor");
+    expect(survivor?.status).toBe("ready");
+    expect(survivor?.pid).toBe(pid);
+    expect(survivor?.spec).toEqual({
+      alias: "survivor",
+      model_name: "m/survivor",
+      gpu_ids: [1],
+      extra_args: [],
+    });
+
+    // A manager outage stops neither the engine nor the proxy.
+    await manager.stop();
+    await Bun.sleep(500);
+    const chat = await fetch(`${agent.url}/proxy/survivor/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "survivor",
+        messages: [{ role: "user", content: "still here" }],
+      }),
+    });
+    expect(chat.status).toBe(200);
+    expect((await chat.json()).choices[0].message.content).toBe("still here");
+    expect(processAlive(pid)).toBe(true);
+    await agent.stop();
+  });
+});
+
+describe("agent process", () => {
+  test("SIGTERM stops its engines before it exits", async () => {
+    const enginePorts = await enginePortRange();
+    const agent = await startAgent({
+      WORKER_HOST: "127.0.0.1",
+      MANAGER_URL: "http://127.0.0.1:9",
+      VLLM_BIN: simVllm,
+      PATH: simPath,
+      ENGINE_PORT_MIN: String(enginePorts.min),
+      ENGINE_PORT_MAX: String(enginePorts.max),
+    });
+    const pids: number[] = [];
+    for (const alias of ["one", "two"]) {
+      const res = await call(`${agent.url}/v1/instances`, {
+        body: { alias, model_name: `m/${alias}` },
+      });
+      pids.push(res.json.pid as number);
+    }
+    await eventually(async () => {
+      const { json } = await call<{ instances: { status: string }[] }>(`${agent.url}/v1/instances`);
+      return json.instances.every((i) => i.status === "ready");
+    });
+    const code = await agent.stop("SIGTERM", 15_000);
+    expect(code).toBe(0);
+    for (const pid of pids) expect(processAlive(pid)).toBe(false);
+    expect(agent.output()).toContain("engine stopped alias=one");
+  });
+
+  test("refuses to listen beyond loopback without FLEET_TOKEN, naming the variable", async () => {
+    const agent = startProcess([bunBin, "agent/main.ts"], {
+      env: { WORKER_HOST: "0.0.0.0", WORKER_PORT: String(await freePort()), FLEET_TOKEN: "" },
+    });
+    const code = await agent.proc.exited;
+    expect(code).toBe(1);
+    expect(agent.output()).toContain("FLEET_TOKEN");
+    expect(agent.output()).not.toContain("agent listening");
+  });
+
+  test("a bad variable stops the agent with a message naming it", async () => {
+    const agent = startProcess([bunBin, "agent/main.ts"], {
+      env: { WORKER_HOST: "127.0.0.1", WORKER_PORT: "sixty", PUBLIC_URL: "ftp://x" },
+    });
+    expect(await agent.proc.exited).toBe(1);
+    expect(agent.output()).toContain("WORKER_PORT");
+    expect(agent.output()).toContain("PUBLIC_URL");
+  });
+});

@@ -19,3 +19,7 @@ export type ApiKeyInfo = z.infer<typeof apiKeyInfoSchema>;
 
 export const apiKeyCreatedSchema = apiKeyInfoSchema.extend({ key: z.string() });
 export type ApiKeyCreated = z.infer<typeof apiKeyCreatedSchema>;
+
+/** `GET /v1/keys` (admin): every key, revoked ones included, never the key itself. */
+export const apiKeyListSchema = z.object({ keys: z.array(apiKeyInfoSchema) });
+export type ApiKeyList = z.infer<typeof apiKeyListSchema>;

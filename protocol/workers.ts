@@ -2,6 +2,7 @@ import { z } from "zod";
 import { baseUrlSchema, isoTimeSchema, workerIdSchema } from "./common.ts";
 import { gpuInfoSchema } from "./gpus.ts";
 import { instanceReportSchema } from "./instances.ts";
+import { instanceRecordStatusSchema } from "./models.ts";
 
 export const workerStatusSchema = z.enum(["online", "offline"]);
 export type WorkerStatus = z.infer<typeof workerStatusSchema>;
@@ -41,6 +42,17 @@ export const heartbeatReplySchema = z.object({
 });
 export type HeartbeatReply = z.infer<typeof heartbeatReplySchema>;
 
+/**
+ * One instance in `WorkerInfo`: the agent's report fields as the manager last recorded them,
+ * with the manager's instance id and its status, which adds `pending` (placed, launch not yet
+ * accepted) and `lost` (the worker went offline) to the agent's statuses.
+ */
+export const workerInstanceSchema = instanceReportSchema.omit({ spec: true }).extend({
+  id: z.string(),
+  status: instanceRecordStatusSchema,
+});
+export type WorkerInstance = z.infer<typeof workerInstanceSchema>;
+
 /** The original system's `WorkerInfo`: what `GET /v1/workers` lists. */
 export const workerInfoSchema = z.object({
   worker_id: workerIdSchema,
@@ -49,9 +61,13 @@ export const workerInfoSchema = z.object({
   gpu_info: gpuInfoSchema,
   last_heartbeat: isoTimeSchema,
   status: workerStatusSchema,
-  instances: z.array(instanceReportSchema),
+  instances: z.array(workerInstanceSchema),
   agent_version: z.string().nullable(),
   registered_at: isoTimeSchema,
   labels: z.record(z.string(), z.string()),
 });
 export type WorkerInfo = z.infer<typeof workerInfoSchema>;
+
+/** `GET /v1/workers`. */
+export const workerListSchema = z.object({ workers: z.array(workerInfoSchema) });
+export type WorkerList = z.infer<typeof workerListSchema>;

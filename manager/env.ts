@@ -1,0 +1,92 @@
+import { z } from "zod";
+import { dbEnvShape } from "../db/env.ts";
+
+const optionalToken = z
+  .string()
+  .trim()
+  .optional()
+  .transform((value) => (value ? value : undefined))
+  .refine((value) => value === undefined || value.length >= 8, "must be at least 8 characters");
+
+const seconds = (fallback: number) => z.coerce.number().positive().max(86_400).default(fallback);
+
+/** The manager's environment, parsed once at the entry with `parseEnv`. */
+export const managerEnvSchema = z.object({
+  HOST: z.string().trim().min(1).default("127.0.0.1"),
+  PORT: z.coerce.number().int().min(0).max(65535).default(18000),
+  ...dbEnvShape,
+  /** Cluster secret: agents (register, heartbeat) and routers (routes, usage). */
+  FLEET_TOKEN: optionalToken,
+  /** Management API: models, workers, keys. Also accepted wherever FLEET_TOKEN is. */
+  ADMIN_TOKEN: optionalToken,
+  HEARTBEAT_INTERVAL_S: seconds(5),
+  WORKER_TIMEOUT_S: seconds(20),
+  /** How often `tick()` runs (liveness sweep, then reconciliation). */
+  RECONCILE_INTERVAL_S: seconds(2),
+  /** Extra wait after a worker goes offline before its instances are placed elsewhere. */
+  RESCHEDULE_AFTER_S: z.coerce.number().min(0).max(86_400).default(60),
+  LAUNCH_RETRY_BASE_S: seconds(5),
+  LAUNCH_RETRY_MAX_S: seconds(300),
+  /** Timeout of one manager → agent call (launch, stop). */
+  AGENT_TIMEOUT_S: seconds(10),
+  /** How often the route snapshot checks `fleet_state.routes_version`. */
+  ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
+});
+export type ManagerEnv = z.infer<typeof managerEnvSchema>;
+
+/** What the manager's code reads; built from the env at the entry, or directly in tests. */
+export type ManagerConfig = {
+  host: string;
+  port: number;
+  fleetToken: string | undefined;
+  adminToken: string | undefined;
+  heartbeatIntervalS: number;
+  workerTimeoutS: number;
+  reconcileIntervalS: number;
+  rescheduleAfterS: number;
+  launchRetryBaseS: number;
+  launchRetryMaxS: number;
+  agentTimeoutS: number;
+  routesPollMs: number;
+};
+
+export function configFromEnv(env: ManagerEnv): ManagerConfig {
+  return {
+    host: env.HOST,
+    port: env.PORT,
+    fleetToken: env.FLEET_TOKEN,
+    adminToken: env.ADMIN_TOKEN,
+    heartbeatIntervalS: env.HEARTBEAT_INTERVAL_S,
+    workerTimeoutS: env.WORKER_TIMEOUT_S,
+    reconcileIntervalS: env.RECONCILE_INTERVAL_S,
+    rescheduleAfterS: env.RESCHEDULE_AFTER_S,
+    launchRetryBaseS: env.LAUNCH_RETRY_BASE_S,
+    launchRetryMaxS: env.LAUNCH_RETRY_MAX_S,
+    agentTimeoutS: env.AGENT_TIMEOUT_S,
+    routesPollMs: env.ROUTES_POLL_MS,
+  };
+}
+
+/** Defaults for every setting, with overrides: what tests and benchmarks start from. */
+export function defaultConfig(overrides: Partial<ManagerConfig> = {}): ManagerConfig {
+  return { ...configFromEnv(managerEnvSchema.parse({})), ...overrides };
+}
+
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, "");
+  return bare === "localhost" || bare === "::1" || /^127(\.\d{1,3}){3}$/.test(bare);
+}
+
+/**
+ * Bound to a non-loopback address the manager must have both tokens; on loopback without
+ * them it runs open. Returns the problem, or undefined when the configuration may start.
+ */
+export function exposureProblem(config: ManagerConfig): string | undefined {
+  if (isLoopbackHost(config.host)) return undefined;
+  const missing = [
+    config.fleetToken ? undefined : "FLEET_TOKEN",
+    config.adminToken ? undefined : "ADMIN_TOKEN",
+  ].filter(Boolean);
+  if (missing.length === 0) return undefined;
+  return `HOST=${config.host} is not a loopback address: set ${missing.join(" and ")} (or bind HOST=127.0.0.1)`;
+}

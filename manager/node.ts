@@ -1,0 +1,17 @@
+/** `npm run manager:node` (tsx manager/node.ts): the same manager app on Node. */
+import { serve } from "@hono/node-server";
+import { runManager } from "./server.ts";
+
+await runManager({
+  env: process.env,
+  runtime: `node ${process.version}`,
+  serve: ({ fetch, hostname, port }) =>
+    new Promise((resolve) => {
+      const server = serve({ fetch, hostname, port }, (info) => {
+        resolve({
+          port: info.port,
+          stop: () => new Promise<void>((done) => server.close(() => done())),
+        });
+      });
+    }),
+});

@@ -1,0 +1,115 @@
+import { createDb } from "../db/index.ts";
+import { parseEnv } from "../protocol/index.ts";
+import { createApp as createRouterApp } from "../router/app.ts";
+import { consoleLogger } from "../router/log.ts";
+import { createApp, type FetchHandler, type Manager } from "./app.ts";
+import { consoleLog } from "./deps.ts";
+import {
+  configFromEnv,
+  exposureProblem,
+  isLoopbackHost,
+  type ManagerConfig,
+  type ManagerEnv,
+  managerEnvSchema,
+} from "./env.ts";
+import { describeError } from "./errors.ts";
+
+export type Serve = (options: {
+  fetch: (request: Request) => Response | Promise<Response>;
+  hostname: string;
+  port: number;
+}) => Promise<{ port: number; stop(): Promise<void> }>;
+
+/**
+ * Everything `main.ts` (Bun) and `node.ts` (Node) share: env, database, migrations, the app
+ * with the router mounted, the tick timer, and a clean shutdown. Only `serve` differs.
+ */
+export async function runManager(options: {
+  env: Record<string, string | undefined>;
+  serve: Serve;
+  runtime: string;
+}): Promise<void> {
+  const log = consoleLog();
+  let env: ManagerEnv;
+  try {
+    env = parseEnv(managerEnvSchema, options.env);
+  } catch (error) {
+    console.error(`manager: ${describeError(error)}`);
+    process.exit(1);
+  }
+  const config = configFromEnv(env);
+  const problem = exposureProblem(config);
+  if (problem) {
+    console.error(`manager: refusing to start: ${problem}`);
+    process.exit(1);
+  }
+  let db: Awaited<ReturnType<typeof createDb>>;
+  try {
+    db = await createDb({ url: env.DATABASE_URL, dataDir: env.FLEET_DATA_DIR });
+    await db.migrate();
+  } catch (error) {
+    console.error(`manager: ${describeError(error)}`);
+    process.exit(1);
+  }
+  const manager = createApp({ db, config, log });
+  manager.mount(mountRouter(manager, config));
+  await manager.start();
+  const server = await options.serve({
+    fetch: manager.app.fetch,
+    hostname: config.host,
+    port: config.port,
+  });
+
+  const open = !config.adminToken || !config.fleetToken;
+  console.log(
+    `manager listening on http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port} (${options.runtime}, ${db.kind} at ${db.location}, router mounted)`,
+  );
+  if (open && isLoopbackHost(config.host)) {
+    const which = [!config.adminToken && "ADMIN_TOKEN", !config.fleetToken && "FLEET_TOKEN"]
+      .filter(Boolean)
+      .join(" and ");
+    console.log(
+      `manager running OPEN on loopback: ${which} not set, so those endpoints take no token`,
+    );
+  }
+
+  let ticking = false;
+  const timer = setInterval(async () => {
+    if (ticking) return;
+    ticking = true;
+    try {
+      await manager.tick();
+    } catch (error) {
+      log.error("tick failed", { error: describeError(error) });
+    } finally {
+      ticking = false;
+    }
+  }, config.reconcileIntervalS * 1000);
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`manager stopping (${signal})`);
+    clearInterval(timer);
+    await server.stop().catch(() => {});
+    await manager.close().catch(() => {});
+    await db.close().catch(() => {});
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+}
+
+/** The router (router/app.ts) in this process, reading the manager's snapshot and usage sink. */
+function mountRouter(manager: Manager, config: ManagerConfig): FetchHandler {
+  const router = createRouterApp({
+    routes: manager.routes,
+    usage: manager.usage,
+    fleetToken: config.fleetToken,
+    // Beyond loopback the OpenAI surface needs an API key even before the first key exists.
+    requireApiKey: !isLoopbackHost(config.host),
+    log: consoleLogger("router"),
+  });
+  return { fetch: (request) => router.fetch(request) };
+}

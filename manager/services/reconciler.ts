@@ -1,0 +1,435 @@
+import { and, count, eq, inArray, lt, sql } from "drizzle-orm";
+import { schema } from "../../db/index.ts";
+import { type EventInput, type ManagerContext, recordEvents } from "../context.ts";
+import { describeError } from "../errors.ts";
+import { gpuRefusal, place } from "./placement.ts";
+import {
+  launchInstance,
+  loadPlacementState,
+  lockPlacement,
+  placementRequest,
+  routeUrl,
+} from "./scheduler.ts";
+
+const SWEEP_LOCK = 0x766c6c6d_73776570n; // "vllmswep"
+const RECONCILE_LOCK = 0x766c6c6d_72636e6cn; // "vllmrcnl"
+
+export type TickResult = {
+  /** Workers this tick marked offline. */
+  offline: string[];
+  /** Instances this tick (re)launched: retries, replacements, stale pending launches. */
+  launched: string[];
+  holdingOff: boolean;
+  /** False when another replica held a lock, so this one skipped that loop. */
+  sweptHere: boolean;
+  reconciledHere: boolean;
+};
+
+/**
+ * One round of the background loops, each under its own advisory lock so that only one
+ * manager replica acts: the liveness sweep, then reconciliation. Launches run after the
+ * locks are released (they wait on agents). Driven by a timer in the entries.
+ */
+export async function tick(ctx: ManagerContext): Promise<TickResult> {
+  const offline = await ctx.fleetDb.tryWithLock(SWEEP_LOCK, () => sweep(ctx));
+  const launches = await ctx.fleetDb.tryWithLock(RECONCILE_LOCK, () => reconcile(ctx));
+  if (launches && launches.length > 0)
+    await Promise.all(launches.map((id) => launchInstance(ctx, id)));
+  return {
+    offline: offline ?? [],
+    launched: launches ?? [],
+    holdingOff: ctx.holdingOff,
+    sweptHere: offline !== undefined,
+    reconciledHere: launches !== undefined,
+  };
+}
+
+/**
+ * Marks workers offline after WORKER_TIMEOUT_S without a heartbeat: their instances become
+ * `lost` and their routes stop being served. For one timeout after this manager starts it
+ * marks nobody: agents need that long to reach a manager that was down or restarting.
+ */
+export async function sweep(ctx: ManagerContext): Promise<string[]> {
+  const now = ctx.clock.now();
+  const timeoutMs = ctx.config.workerTimeoutS * 1000;
+  if (now.getTime() - ctx.startedAt < timeoutMs) return [];
+  const cutoff = new Date(now.getTime() - timeoutMs);
+  const gone = await ctx.db.transaction(async (tx) => {
+    const workers = await tx
+      .update(schema.workers)
+      .set({ status: "offline" })
+      .where(and(eq(schema.workers.status, "online"), lt(schema.workers.lastHeartbeat, cutoff)))
+      .returning({
+        workerId: schema.workers.workerId,
+        lastHeartbeat: schema.workers.lastHeartbeat,
+      });
+    if (workers.length === 0) return [];
+    const ids = workers.map((w) => w.workerId);
+    const affected = await tx
+      .select({
+        id: schema.instances.id,
+        alias: schema.instances.alias,
+        workerId: schema.instances.workerId,
+        status: schema.instances.status,
+      })
+      .from(schema.instances)
+      .where(
+        and(
+          inArray(schema.instances.workerId, ids),
+          inArray(schema.instances.status, ["pending", "starting", "ready", "stopping"]),
+        ),
+      );
+    if (affected.length > 0) {
+      await tx
+        .update(schema.instances)
+        .set({ status: "lost", updatedAt: now })
+        .where(
+          inArray(
+            schema.instances.id,
+            affected.map((i) => i.id),
+          ),
+        );
+    }
+    await tx
+      .update(schema.routes)
+      .set({ ready: false, updatedAt: now })
+      .where(and(inArray(schema.routes.workerId, ids), eq(schema.routes.ready, true)));
+    const events: EventInput[] = workers.map((w) => ({
+      kind: "worker.offline",
+      workerId: w.workerId,
+      fromStatus: "online",
+      toStatus: "offline",
+      message: `no heartbeat for ${Math.round((now.getTime() - w.lastHeartbeat.getTime()) / 1000)} s (WORKER_TIMEOUT_S ${ctx.config.workerTimeoutS})`,
+    }));
+    for (const i of affected) {
+      events.push({
+        kind: "instance.lost",
+        workerId: i.workerId,
+        alias: i.alias,
+        instanceId: i.id,
+        fromStatus: i.status,
+        toStatus: "lost",
+      });
+    }
+    await recordEvents(tx, now, events);
+    return ids;
+  });
+  for (const id of gone) {
+    ctx.heartbeatMemo.delete(id);
+    ctx.log.warn("worker offline", { worker_id: id });
+  }
+  if (gone.length > 0) await ctx.routes.refresh();
+  return gone;
+}
+
+/**
+ * Desired against actual, fleet-wide. Returns the instances to launch:
+ * 1. `lost` instances whose worker has been offline RESCHEDULE_AFTER_S past the timeout are
+ *    replaced on workers that fit, unless more than half the workers are offline (then it
+ *    is a network problem, not dead hosts: hold off);
+ * 2. `failed` instances are retried with capped exponential backoff (on their worker when
+ *    it still fits, else wherever placement finds room);
+ * 3. `pending` instances whose launch call never completed (a manager crash between the
+ *    placement and the call) are launched again.
+ */
+export async function reconcile(ctx: ManagerContext): Promise<string[]> {
+  const now = ctx.clock.now();
+  const launches: string[] = [];
+
+  const [totals] = await ctx.db
+    .select({
+      total: count(),
+      offline: sql<number>`count(*) filter (where ${schema.workers.status} = 'offline')::int`,
+    })
+    .from(schema.workers);
+  const total = Number(totals?.total ?? 0);
+  const offline = Number(totals?.offline ?? 0);
+  const holdOff = offline * 2 > total && offline > 0;
+  if (holdOff !== ctx.holdingOff) {
+    ctx.holdingOff = holdOff;
+    const message = `${offline} of ${total} workers offline`;
+    if (holdOff)
+      ctx.log.warn("holding off rescheduling: most workers went silent", { offline, total });
+    await recordEvents(ctx.db, now, [
+      { kind: holdOff ? "reconcile.hold_off" : "reconcile.resumed", message },
+    ]);
+  }
+
+  if (!holdOff) {
+    const lostCutoff = new Date(
+      now.getTime() - (ctx.config.workerTimeoutS + ctx.config.rescheduleAfterS) * 1000,
+    );
+    const lost = await ctx.db
+      .select({ id: schema.instances.id })
+      .from(schema.instances)
+      .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+      .where(
+        and(
+          eq(schema.instances.status, "lost"),
+          eq(schema.workers.status, "offline"),
+          lt(schema.workers.lastHeartbeat, lostCutoff),
+        ),
+      );
+    for (const { id } of lost) {
+      const replacement = await guarded(ctx, "replace", id, () => replaceLost(ctx, id, now));
+      if (replacement) launches.push(replacement);
+    }
+  }
+
+  const failed = await ctx.db
+    .select({
+      id: schema.instances.id,
+      updatedAt: schema.instances.updatedAt,
+      failures: sql<number>`(select count(*)::int from events e where e.instance_id = ${schema.instances.id}::text and e.to_status = 'failed')`,
+    })
+    .from(schema.instances)
+    .where(eq(schema.instances.status, "failed"));
+  for (const row of failed) {
+    if (now.getTime() - row.updatedAt.getTime() < retryDelayMs(ctx, Number(row.failures))) continue;
+    const retried = await guarded(ctx, "retry", row.id, () => retryFailed(ctx, row.id, now));
+    if (retried) launches.push(retried);
+  }
+
+  const staleCutoff = new Date(now.getTime() - (ctx.config.agentTimeoutS * 2 + 5) * 1000);
+  const stale = await ctx.db
+    .select({ id: schema.instances.id })
+    .from(schema.instances)
+    .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+    .where(
+      and(
+        eq(schema.instances.status, "pending"),
+        eq(schema.workers.status, "online"),
+        lt(schema.instances.updatedAt, staleCutoff),
+      ),
+    );
+  for (const { id } of stale) if (!ctx.launching.has(id)) launches.push(id);
+  return launches;
+}
+
+/** Capped exponential backoff: base, 2x base, 4x base, ... up to the maximum. */
+export function retryDelayMs(ctx: ManagerContext, failures: number): number {
+  const exponent = Math.max(0, Math.min(failures - 1, 30));
+  return Math.min(ctx.config.launchRetryBaseS * 2 ** exponent, ctx.config.launchRetryMaxS) * 1000;
+}
+
+async function guarded(
+  ctx: ManagerContext,
+  what: string,
+  id: string,
+  fn: () => Promise<string | undefined>,
+): Promise<string | undefined> {
+  try {
+    return await fn();
+  } catch (error) {
+    ctx.log.error(`reconcile ${what} failed`, { instance_id: id, error: describeError(error) });
+    return undefined;
+  }
+}
+
+/** Moves a lost instance to a worker that fits: the old row (and route) go, a pending one comes. */
+async function replaceLost(
+  ctx: ManagerContext,
+  instanceId: string,
+  now: Date,
+): Promise<string | undefined> {
+  const outcome = await ctx.db.transaction(async (tx) => {
+    await lockPlacement(tx);
+    const [row] = await tx
+      .select({ instance: schema.instances, model: schema.models })
+      .from(schema.instances)
+      .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+      .where(eq(schema.instances.id, instanceId));
+    if (row?.instance.status !== "lost") return undefined;
+    const { instance, model } = row;
+    const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
+    const result = place(state, {
+      ...placementRequest(model, 1),
+      exclude: new Set([instance.workerId]),
+    });
+    if (!result.ok) {
+      const message = `not rescheduled: ${result.message}`;
+      if (instance.lastError !== message) {
+        await tx
+          .update(schema.instances)
+          .set({ lastError: message })
+          .where(eq(schema.instances.id, instance.id));
+        await recordEvents(tx, now, [
+          {
+            kind: "instance.reschedule_blocked",
+            workerId: instance.workerId,
+            alias: instance.alias,
+            instanceId: instance.id,
+            message,
+          },
+        ]);
+      }
+      return undefined;
+    }
+    const target = result.placements[0];
+    if (!target) return undefined;
+    await tx.delete(schema.instances).where(eq(schema.instances.id, instance.id));
+    const [workerRow] = await tx
+      .select()
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, target.workerId));
+    if (!workerRow) return undefined;
+    const [created] = await tx
+      .insert(schema.instances)
+      .values({
+        alias: model.alias,
+        workerId: target.workerId,
+        gpuIds: target.gpuIds,
+        gpuMemoryUtilization: model.gpuMemoryUtilization,
+        status: "pending",
+        createdAt: now,
+        updatedAt: now,
+      })
+      .returning();
+    if (!created) return undefined;
+    await tx.insert(schema.routes).values({
+      alias: model.alias,
+      modelName: model.modelName,
+      workerId: target.workerId,
+      workerUrl: routeUrl(workerRow),
+      instanceId: created.id,
+      ready: false,
+      createdAt: now,
+      updatedAt: now,
+    });
+    await recordEvents(tx, now, [
+      {
+        kind: "instance.rescheduled",
+        workerId: target.workerId,
+        alias: model.alias,
+        instanceId: created.id,
+        fromStatus: "lost",
+        toStatus: "pending",
+        message: `replaces ${instance.id} on offline worker ${instance.workerId}`,
+        detail: {
+          from_worker: instance.workerId,
+          to_worker: target.workerId,
+          gpu_ids: target.gpuIds,
+        },
+      },
+    ]);
+    return { id: created.id, from: instance.workerId, to: target.workerId };
+  });
+  if (!outcome) return undefined;
+  ctx.log.info("instance rescheduled", {
+    instance_id: outcome.id,
+    from: outcome.from,
+    to: outcome.to,
+  });
+  ctx.heartbeatMemo.delete(outcome.to);
+  await ctx.routes.refresh();
+  return outcome.id;
+}
+
+/**
+ * Retries a failed instance: on its own worker and GPUs when they are online and still fit,
+ * else wherever placement finds room (the old worker's leftover engine is then unwanted and
+ * stopped on its next report). Nothing fits: the error says why and the backoff grows.
+ */
+async function retryFailed(
+  ctx: ManagerContext,
+  instanceId: string,
+  now: Date,
+): Promise<string | undefined> {
+  const outcome = await ctx.db.transaction(async (tx) => {
+    await lockPlacement(tx);
+    const [row] = await tx
+      .select({ instance: schema.instances, model: schema.models })
+      .from(schema.instances)
+      .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+      .where(eq(schema.instances.id, instanceId));
+    if (row?.instance.status !== "failed") return undefined;
+    const { instance, model } = row;
+    const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
+    const home = state.find((w) => w.workerId === instance.workerId);
+    const homeFits =
+      home?.online === true &&
+      !home.aliases.has(instance.alias) &&
+      instance.gpuIds.length === model.tensorParallelSize &&
+      instance.gpuIds.every((index) => {
+        const gpu = home.gpus.find((g) => g.index === index);
+        const claimed = home.instances
+          .filter((i) => i.gpuIds.includes(index))
+          .reduce((sum, i) => sum + i.claim, 0);
+        return (
+          gpu !== undefined && gpuRefusal(gpu, claimed, instance.gpuMemoryUtilization) === undefined
+        );
+      });
+    let target = homeFits ? { workerId: instance.workerId, gpuIds: instance.gpuIds } : undefined;
+    if (!target) {
+      const result = place(state, placementRequest(model, 1));
+      if (!result.ok) {
+        const message = `retry not possible: ${result.message}`;
+        await tx
+          .update(schema.instances)
+          .set({ lastError: message, updatedAt: now })
+          .where(eq(schema.instances.id, instance.id));
+        await recordEvents(tx, now, [
+          {
+            kind: "instance.retry_blocked",
+            workerId: instance.workerId,
+            alias: instance.alias,
+            instanceId: instance.id,
+            fromStatus: "failed",
+            toStatus: "failed",
+            message,
+          },
+        ]);
+        return undefined;
+      }
+      target = result.placements[0];
+    }
+    if (!target) return undefined;
+    const [workerRow] = await tx
+      .select()
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, target.workerId));
+    if (!workerRow) return undefined;
+    await tx
+      .update(schema.instances)
+      .set({
+        status: "pending",
+        workerId: target.workerId,
+        gpuIds: target.gpuIds,
+        port: null,
+        pid: null,
+        updatedAt: now,
+      })
+      .where(eq(schema.instances.id, instance.id));
+    await tx
+      .update(schema.routes)
+      .set({
+        workerId: target.workerId,
+        workerUrl: routeUrl(workerRow),
+        vllmPort: null,
+        ready: false,
+        updatedAt: now,
+      })
+      .where(eq(schema.routes.instanceId, instance.id));
+    await recordEvents(tx, now, [
+      {
+        kind: "instance.retry",
+        workerId: target.workerId,
+        alias: instance.alias,
+        instanceId: instance.id,
+        fromStatus: "failed",
+        toStatus: "pending",
+        message: instance.lastError,
+        detail: {
+          from_worker: instance.workerId,
+          to_worker: target.workerId,
+          gpu_ids: target.gpuIds,
+        },
+      },
+    ]);
+    return { id: instance.id, workers: [instance.workerId, target.workerId] };
+  });
+  if (!outcome) return undefined;
+  for (const w of outcome.workers) ctx.heartbeatMemo.delete(w);
+  await ctx.routes.refresh();
+  return outcome.id;
+}

@@ -1,0 +1,107 @@
+import { asc, eq, isNull } from "drizzle-orm";
+import { type FleetDb, schema } from "../../db/index.ts";
+import type { RouteSnapshot } from "../../protocol/index.ts";
+import type { Log } from "../deps.ts";
+import { describeError } from "../errors.ts";
+
+export type CachedSnapshot = { snapshot: RouteSnapshot; etag: string; body: string };
+
+/**
+ * The route snapshot, rebuilt from the database only when `fleet_state` says it changed
+ * (triggers bump `routes_version` on every write to routes, worker status/URLs and keys).
+ * A cheap version poll keeps it fresh when another manager replica writes; this process
+ * calls `refresh()` after its own writes. `current()` is synchronous: the in-process
+ * router reads it on every request, and `GET /v1/routes` serves its pre-serialized body.
+ */
+export class RouteCache {
+  private cached: CachedSnapshot | undefined;
+  private versionKey: string | undefined;
+  private running: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(private readonly options: { fleetDb: FleetDb; log: Log; pollMs: number }) {}
+
+  current(): RouteSnapshot | undefined {
+    return this.cached?.snapshot;
+  }
+
+  entry(): CachedSnapshot | undefined {
+    return this.cached;
+  }
+
+  /**
+   * Checks the version and reloads if it moved. A call made while a check runs queues one
+   * more, so a caller that just wrote always gets a check that started after its write.
+   */
+  refresh(): Promise<void> {
+    if (this.queued) return this.queued;
+    if (this.running) {
+      this.queued = this.running.then(() => {
+        this.queued = undefined;
+        return this.refresh();
+      });
+      return this.queued;
+    }
+    this.running = this.load().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.refresh(), this.options.pollMs);
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private async load(): Promise<void> {
+    const { db } = this.options.fleetDb;
+    try {
+      const [state] = await db
+        .select({ epoch: schema.fleetState.epoch, version: schema.fleetState.routesVersion })
+        .from(schema.fleetState)
+        .where(eq(schema.fleetState.id, 1));
+      if (!state) return;
+      const key = `${state.epoch.slice(0, 8)}-${state.version}`;
+      if (key === this.versionKey) return;
+      // Read after the version: the rows are at least as new as the version they carry.
+      const [rows, keys] = await Promise.all([
+        db
+          .select({ route: schema.routes, workerStatus: schema.workers.status })
+          .from(schema.routes)
+          .innerJoin(schema.workers, eq(schema.workers.workerId, schema.routes.workerId))
+          .orderBy(asc(schema.routes.alias), asc(schema.routes.workerId)),
+        db
+          .select({ id: schema.apiKeys.id, key_hash: schema.apiKeys.keyHash })
+          .from(schema.apiKeys)
+          .where(isNull(schema.apiKeys.revokedAt))
+          .orderBy(asc(schema.apiKeys.id)),
+      ]);
+      const snapshot: RouteSnapshot = {
+        version: key,
+        routes: rows.map(({ route, workerStatus }) => ({
+          alias: route.alias,
+          model_name: route.modelName,
+          worker_id: route.workerId,
+          worker_url: route.workerUrl,
+          vllm_port: route.vllmPort,
+          created_at: route.createdAt.toISOString(),
+          instance_id: route.instanceId,
+          ready: route.ready && workerStatus === "online",
+        })),
+        api_keys: keys,
+      };
+      this.cached = { snapshot, etag: `"${key}"`, body: JSON.stringify(snapshot) };
+      this.versionKey = key;
+    } catch (error) {
+      // Keep serving the last snapshot; the next poll tries again.
+      this.options.log.warn("route snapshot refresh failed", { error: describeError(error) });
+    }
+  }
+}

@@ -1,0 +1,128 @@
+import type { schema } from "../../db/index.ts";
+import type {
+  InstanceRecord,
+  ModelInfo,
+  ModelStatus,
+  RoutingRecord,
+  WorkerInfo,
+} from "../../protocol/index.ts";
+
+export type WorkerRow = typeof schema.workers.$inferSelect;
+export type GpuRow = typeof schema.gpus.$inferSelect;
+export type ModelRow = typeof schema.models.$inferSelect;
+export type InstanceRow = typeof schema.instances.$inferSelect;
+export type RouteRow = typeof schema.routes.$inferSelect;
+
+/** The original `ModelRouting`, exactly these six fields. */
+export function routingRecord(route: RouteRow): RoutingRecord {
+  return {
+    alias: route.alias,
+    model_name: route.modelName,
+    worker_id: route.workerId,
+    worker_url: route.workerUrl,
+    vllm_port: route.vllmPort,
+    created_at: route.createdAt.toISOString(),
+  };
+}
+
+export function instanceRecord(row: InstanceRow): InstanceRecord {
+  return {
+    id: row.id,
+    alias: row.alias,
+    worker_id: row.workerId,
+    gpu_ids: row.gpuIds,
+    gpu_memory_utilization: row.gpuMemoryUtilization,
+    port: row.port,
+    pid: row.pid,
+    status: row.status,
+    restarts: row.restarts,
+    last_error: row.lastError,
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+    ready_at: row.readyAt?.toISOString() ?? null,
+  };
+}
+
+/**
+ * ready: every replica ready; degraded: some ready but fewer than asked; starting: none
+ * ready yet, some on their way (pending, starting, or lost and awaiting a decision);
+ * failed: none ready and none on their way.
+ */
+export function modelStatus(model: ModelRow, instances: InstanceRow[]): ModelStatus {
+  const ready = instances.filter((i) => i.status === "ready").length;
+  if (ready >= model.replicas) return "ready";
+  if (ready > 0) return "degraded";
+  const underway = instances.some((i) => i.status === "pending" || i.status === "starting");
+  if (underway) return "starting";
+  const lost = instances.some((i) => i.status === "lost");
+  return lost ? "degraded" : "failed";
+}
+
+export function modelInfo(
+  model: ModelRow,
+  instances: InstanceRow[],
+  routes: RouteRow[],
+): ModelInfo {
+  return {
+    alias: model.alias,
+    model_name: model.modelName,
+    status: modelStatus(model, instances),
+    max_model_len: model.maxModelLen,
+    gpu_memory_utilization: model.gpuMemoryUtilization,
+    tensor_parallel_size: model.tensorParallelSize,
+    replicas: model.replicas,
+    dtype: (model.dtype ?? null) as ModelInfo["dtype"],
+    worker_id: model.workerId,
+    gpu_ids: model.gpuIds,
+    extra_args: model.extraArgs,
+    placement: model.placement,
+    created_at: model.createdAt.toISOString(),
+    instances: instances.map(instanceRecord),
+    routes: routes.map(routingRecord),
+  };
+}
+
+export function workerInfo(
+  worker: WorkerRow,
+  gpus: GpuRow[],
+  instances: { row: InstanceRow; modelName: string }[],
+): WorkerInfo {
+  return {
+    worker_id: worker.workerId,
+    worker_url: worker.workerUrl,
+    public_worker_url: worker.publicWorkerUrl,
+    gpu_info: {
+      gpus: gpus
+        .sort((a, b) => a.index - b.index)
+        .map((g) => ({
+          index: g.index,
+          uuid: g.uuid,
+          name: g.name,
+          memory_total_mib: g.memoryTotalMib,
+          memory_used_mib: g.memoryUsedMib,
+          memory_free_mib: g.memoryFreeMib,
+          utilization_pct: g.utilizationPct,
+        })),
+      warning: worker.gpuWarning,
+    },
+    last_heartbeat: worker.lastHeartbeat.toISOString(),
+    status: worker.status,
+    instances: instances.map(({ row, modelName }) => ({
+      id: row.id,
+      alias: row.alias,
+      model_name: modelName,
+      status: row.status,
+      port: row.port,
+      gpu_ids: row.gpuIds,
+      pid: row.pid,
+      restarts: row.restarts,
+      last_error: row.lastError,
+      started_at: row.createdAt.toISOString(),
+      ready_at: row.readyAt?.toISOString() ?? null,
+      updated_at: row.updatedAt.toISOString(),
+    })),
+    agent_version: worker.agentVersion,
+    registered_at: worker.registeredAt.toISOString(),
+    labels: worker.labels,
+  };
+}

@@ -1,0 +1,184 @@
+import type { Server } from "bun";
+import { createApp, type Manager } from "../../manager/app.ts";
+import { silentLog } from "../../manager/deps.ts";
+import { defaultConfig, type ManagerConfig } from "../../manager/env.ts";
+import type {
+  Gpu,
+  InstanceReport,
+  InstanceSpec,
+  WorkerRegistrationInput,
+} from "../../protocol/index.ts";
+import { type DbTarget, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
+
+export type TestManager = {
+  manager: Manager;
+  db: OpenTestDb;
+  call(
+    method: string,
+    path: string,
+    options?: { body?: unknown; token?: string | null; headers?: Record<string, string> },
+  ): Promise<Response>;
+  json<T = Record<string, unknown>>(
+    method: string,
+    path: string,
+    options?: { body?: unknown; token?: string | null },
+  ): Promise<{ status: number; body: T }>;
+  close(): Promise<void>;
+};
+
+export const ADMIN = "admin-token-for-tests";
+export const FLEET = "fleet-token-for-tests";
+
+/** A manager app on a fresh database, driven with `app.request` (no listener). */
+export async function testManager(
+  options: { config?: Partial<ManagerConfig>; target?: DbTarget } = {},
+): Promise<TestManager> {
+  const db = await openFreshDb(options.target);
+  const config = defaultConfig({
+    adminToken: ADMIN,
+    fleetToken: FLEET,
+    agentTimeoutS: 3,
+    ...options.config,
+  });
+  const manager = createApp({ db, config, log: silentLog });
+  await manager.start();
+  const call: TestManager["call"] = (method, path, opts = {}) => {
+    const headers: Record<string, string> = { ...opts.headers };
+    const token = opts.token === undefined ? ADMIN : opts.token;
+    if (token) headers.authorization = `Bearer ${token}`;
+    let body: string | undefined;
+    if (opts.body !== undefined) {
+      headers["content-type"] = "application/json";
+      body = typeof opts.body === "string" ? opts.body : JSON.stringify(opts.body);
+    }
+    return Promise.resolve(manager.app.request(path, { method, headers, body }));
+  };
+  return {
+    manager,
+    db,
+    call,
+    async json<T>(method: string, path: string, opts: { body?: unknown; token?: string | null } = {}) {
+      const response = await call(method, path, opts);
+      const text = await response.text();
+      return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
+    },
+    async close() {
+      await manager.close();
+      await db.destroy();
+    },
+  };
+}
+
+export function gpu(index: number, totalMib = 81_920, freeMib: number | null = totalMib): Gpu {
+  return {
+    index,
+    uuid: `GPU-${index}`,
+    name: "NVIDIA A100-SXM4-80GB",
+    memory_total_mib: totalMib,
+    memory_used_mib: freeMib === null ? null : totalMib - freeMib,
+    memory_free_mib: freeMib,
+    utilization_pct: 0,
+  };
+}
+
+export function registration(
+  workerId: string,
+  workerUrl: string,
+  gpus: Gpu[],
+  extra: Partial<WorkerRegistrationInput> = {},
+): WorkerRegistrationInput {
+  return {
+    worker_id: workerId,
+    worker_url: workerUrl,
+    public_worker_url: null,
+    gpu_info: { gpus, warning: null },
+    instances: [],
+    agent_version: "test",
+    ...extra,
+  };
+}
+
+/**
+ * A stand-in agent over real HTTP for handler tests: accepts launches (202 with the
+ * instance, as the agent does), lists and stops them. `refuse` makes launches fail.
+ */
+export type StubAgent = {
+  url: string;
+  launches: InstanceSpec[];
+  stops: string[];
+  instances: Map<string, InstanceReport>;
+  refuse: { status: number; message: string } | null;
+  /** The reports a heartbeat would carry. */
+  reports(): InstanceReport[];
+  markReady(alias: string): void;
+  stop(): void;
+};
+
+let nextPid = 40_000;
+
+export function stubAgent(token = FLEET): StubAgent {
+  const stub: Omit<StubAgent, "url" | "stop"> = {
+    launches: [],
+    stops: [],
+    instances: new Map(),
+    refuse: null,
+    reports: () => [...stub.instances.values()],
+    markReady(alias) {
+      const instance = stub.instances.get(alias);
+      if (instance) {
+        instance.status = "ready";
+        instance.ready_at = new Date().toISOString();
+      }
+    },
+  };
+  let port = 30_000;
+  const server: Server<undefined> = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      if (request.headers.get("authorization") !== `Bearer ${token}`) {
+        return Response.json({ error: { message: "unauthorized", type: "authentication_error", param: null, code: "unauthorized" } }, { status: 401 });
+      }
+      const url = new URL(request.url);
+      if (request.method === "POST" && url.pathname === "/v1/instances") {
+        const spec = (await request.json()) as InstanceSpec;
+        stub.launches.push(spec);
+        if (stub.refuse) {
+          return Response.json({ error: { message: stub.refuse.message, type: "invalid_request_error", param: null, code: "refused" } }, { status: stub.refuse.status });
+        }
+        if (stub.instances.has(spec.alias)) {
+          return Response.json({ error: { message: "exists", type: "conflict_error", param: null, code: "conflict" } }, { status: 409 });
+        }
+        const now = new Date().toISOString();
+        const report: InstanceReport = {
+          alias: spec.alias,
+          model_name: spec.model_name,
+          status: "starting",
+          port: port++,
+          gpu_ids: spec.gpu_ids ?? [],
+          pid: nextPid++,
+          restarts: 0,
+          last_error: null,
+          started_at: now,
+          ready_at: null,
+          updated_at: now,
+          spec,
+        };
+        stub.instances.set(spec.alias, report);
+        return Response.json(report, { status: 202 });
+      }
+      if (request.method === "GET" && url.pathname === "/v1/instances") {
+        return Response.json({ instances: stub.reports() });
+      }
+      const match = /^\/v1\/instances\/([^/]+)$/.exec(url.pathname);
+      if (request.method === "DELETE" && match?.[1]) {
+        const alias = decodeURIComponent(match[1]);
+        stub.stops.push(alias);
+        const existed = stub.instances.delete(alias);
+        return existed ? Response.json({ alias, status: "stopped" }) : new Response(null, { status: 404 });
+      }
+      return new Response("not found", { status: 404 });
+    },
+  });
+  return { ...stub, url: `http://127.0.0.1:${server.port}`, stop: () => server.stop(true) } as StubAgent;
+}

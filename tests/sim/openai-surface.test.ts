@@ -47,7 +47,11 @@ describe("engine simulator: OpenAI surface", () => {
     expect(completion.choices[0]?.message.content).toBe("hello fleet");
     expect(completion.choices[0]?.finish_reason).toBe("stop");
     // 11 chars = 3 tokens of output; prompt = 3 + (4 + 2) + (4 + 3).
-    expect(completion.usage).toMatchObject({ completion_tokens: 3, prompt_tokens: 16, total_tokens: 19 });
+    expect(completion.usage).toMatchObject({
+      completion_tokens: 3,
+      prompt_tokens: 16,
+      total_tokens: 19,
+    });
   });
 
   test("max_tokens cuts the answer with finish_reason length; ignore_eos fills it", async () => {
@@ -87,13 +91,20 @@ describe("engine simulator: OpenAI surface", () => {
     expect(contentChunks.at(-1)?.choices[0]?.finish_reason).toBe("stop");
     const last = chunks.at(-1);
     expect(last?.choices).toEqual([]);
-    expect(last?.usage).toMatchObject({ completion_tokens: 4, total_tokens: (last?.usage?.prompt_tokens ?? 0) + 4 });
+    expect(last?.usage).toMatchObject({
+      completion_tokens: 4,
+      total_tokens: (last?.usage?.prompt_tokens ?? 0) + 4,
+    });
   });
 
   test("raw stream ends with data: [DONE] and has no usage chunk unless asked", async () => {
     const response = await fetch(`${sim.base}/v1/chat/completions`, {
       method: "POST",
-      body: JSON.stringify({ model: "chat-a", stream: true, messages: [{ role: "user", content: "abc" }] }),
+      body: JSON.stringify({
+        model: "chat-a",
+        stream: true,
+        messages: [{ role: "user", content: "abc" }],
+      }),
     });
     expect(response.headers.get("content-type")).toStartWith("text/event-stream");
     const text = await response.text();
@@ -152,7 +163,11 @@ describe("engine simulator: OpenAI surface", () => {
 
   test("prompt plus max_tokens beyond max-model-len is a 400 about the context length", async () => {
     const error = await client.chat.completions
-      .create({ model: "chat-a", messages: [{ role: "user", content: "x".repeat(400) }], max_tokens: 200 })
+      .create({
+        model: "chat-a",
+        messages: [{ role: "user", content: "x".repeat(400) }],
+        max_tokens: 200,
+      })
       .catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(OpenAI.BadRequestError);
     const apiError = error as InstanceType<typeof OpenAI.BadRequestError>;
@@ -161,7 +176,10 @@ describe("engine simulator: OpenAI surface", () => {
   });
 
   test("malformed JSON and invalid bodies are 400 in the nested error shape", async () => {
-    const bad = await fetch(`${sim.base}/v1/chat/completions`, { method: "POST", body: "{not json" });
+    const bad = await fetch(`${sim.base}/v1/chat/completions`, {
+      method: "POST",
+      body: "{not json",
+    });
     expect(bad.status).toBe(400);
     const body = (await bad.json()) as { error: { type: string; code: number } };
     expect(body.error).toMatchObject({ type: "BadRequestError", code: 400 });
@@ -180,7 +198,10 @@ describe("engine simulator: OpenAI surface", () => {
     const version = (await (await fetch(`${sim.base}/version`)).json()) as { version: string };
     expect(version.version).toMatch(/^\d+\.\d+\.\d+$/);
     const tokens = (await (
-      await fetch(`${sim.base}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "12345678" }) })
+      await fetch(`${sim.base}/tokenize`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "12345678" }),
+      })
     ).json()) as { count: number; max_model_len: number };
     expect(tokens).toMatchObject({ count: 2, max_model_len: 256 });
     const missing = await fetch(`${sim.base}/v1/nothing`);
@@ -188,7 +209,11 @@ describe("engine simulator: OpenAI surface", () => {
   });
 
   test("serves the same API under /proxy/{served-name}/v1 and 404s an unknown name", async () => {
-    const proxied = new OpenAI({ baseURL: `${sim.base}/proxy/chat-b/v1`, apiKey: "x", maxRetries: 0 });
+    const proxied = new OpenAI({
+      baseURL: `${sim.base}/proxy/chat-b/v1`,
+      apiKey: "x",
+      maxRetries: 0,
+    });
     const completion = await proxied.chat.completions.create({
       model: "chat-b",
       messages: [{ role: "user", content: "via proxy" }],
@@ -196,17 +221,27 @@ describe("engine simulator: OpenAI surface", () => {
     expect(completion.choices[0]?.message.content).toBe("via proxy");
     const unknown = await fetch(`${sim.base}/proxy/other/v1/models`);
     expect(unknown.status).toBe(404);
-    expect(((await unknown.json()) as { error: { type: string } }).error.type).toBe("NotFoundError");
+    expect(((await unknown.json()) as { error: { type: string } }).error.type).toBe(
+      "NotFoundError",
+    );
   });
 
   test("metrics use vLLM names and labels and count tokens", async () => {
     const before = await metric(sim.base, "vllm:generation_tokens_total", { model_name: "chat-a" });
-    await client.chat.completions.create({ model: "chat-a", messages: [{ role: "user", content: "12345678" }] });
-    const after = await metric(sim.base, "vllm:generation_tokens_total", { model_name: "chat-a", engine: "0" });
+    await client.chat.completions.create({
+      model: "chat-a",
+      messages: [{ role: "user", content: "12345678" }],
+    });
+    const after = await metric(sim.base, "vllm:generation_tokens_total", {
+      model_name: "chat-a",
+      engine: "0",
+    });
     expect(after - before).toBe(2);
     const text = await (await fetch(`${sim.base}/metrics`)).text();
     expect(text).toContain("# TYPE vllm:time_to_first_token_seconds histogram");
-    expect(text).toMatch(/vllm:request_success_total\{finished_reason="stop",engine="0",model_name="chat-a"\} \d+\.0/);
+    expect(text).toMatch(
+      /vllm:request_success_total\{finished_reason="stop",engine="0",model_name="chat-a"\} \d+\.0/,
+    );
     expect(text).toContain('vllm:num_requests_running{engine="0",model_name="chat-a"} ');
     expect(text).toContain("vllm:kv_cache_usage_perc{");
     expect(text).toContain("vllm:prompt_tokens_total{");

@@ -10,7 +10,17 @@ export async function startSim(
 ): Promise<Sim> {
   const port = await freePort();
   const service = startProcess(
-    [bunBin, "agent/sim/main.ts", "serve", options.model ?? "/models/sim-model", "--host", "127.0.0.1", "--port", String(port), ...flags],
+    [
+      bunBin,
+      "agent/sim/main.ts",
+      "serve",
+      options.model ?? "/models/sim-model",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      ...flags,
+    ],
     { env: options.env ?? {} },
   );
   const base = `http://127.0.0.1:${port}`;
@@ -19,7 +29,11 @@ export async function startSim(
 }
 
 /** Reads one sample from /metrics: `name` with all of `labels` (e.g. finished_reason). */
-export async function metric(base: string, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function metric(
+  base: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
   const text = await (await fetch(`${base}/metrics`)).text();
   for (const line of text.split("\n")) {
     if (!line.startsWith(`${name}{`)) continue;

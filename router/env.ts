@@ -33,6 +33,10 @@ export const routerEnvSchema = z.object({
   IDLE_TIMEOUT_MS: ms(300_000),
   RETRY_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),
   RETRY_BUDGET_MS: ms(30_000),
+  /** Consecutive transport failures (or 502/503/504) before a replica is ejected. */
+  EJECT_AFTER_FAILURES: z.coerce.number().int().min(1).default(3),
+  /** First ejection cool-down; doubles on each failed probe, up to 60 s or this, if larger. */
+  EJECT_COOLDOWN_MS: ms(5000),
   ROUTES_REFRESH_MS: ms(1000),
   USAGE_FLUSH_MS: ms(1000),
   USAGE_BUFFER_MAX: z.coerce.number().int().min(100).default(50_000),

@@ -63,6 +63,11 @@ function build(bindings: Bindings): Edge | { error: string } {
     maxBodyBytes: env.MAX_BODY_BYTES,
     timeouts: { firstByteMs: env.FIRST_BYTE_TIMEOUT_MS, idleMs: env.IDLE_TIMEOUT_MS },
     retry: { maxAttempts: env.RETRY_MAX_ATTEMPTS, budgetMs: env.RETRY_BUDGET_MS },
+    ejection: {
+      after: env.EJECT_AFTER_FAILURES,
+      cooldownMs: env.EJECT_COOLDOWN_MS,
+      maxCooldownMs: Math.max(60_000, env.EJECT_COOLDOWN_MS),
+    },
     clientAddress: (c) => c.req.header("cf-connecting-ip") ?? undefined,
     waitUntil: (c, task) => c.executionCtx.waitUntil(task.then(() => usage.flushSoon())),
   });

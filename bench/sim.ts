@@ -63,6 +63,27 @@ const chat = {
   }
 }
 
+if (process.env.BENCH_HONO === "1") {
+  const port = await freePort();
+  const server = await spawnServer({
+    argv: [bunBin, "bench/lib/sim-hono-server.ts", String(port)],
+    readyUrl: `http://127.0.0.1:${port}/health`,
+  });
+  try {
+    const url = `http://127.0.0.1:${port}/v1/chat/completions`;
+    await runLoad({ url, body: chat, concurrency: 64, durationMs: 1000 });
+    const cpu0 = server.cpuMs() ?? 0;
+    const result = await runLoad({ url, body: chat, concurrency: 64, durationMs: seconds * 1000 });
+    const busy = ((server.cpuMs() ?? 0) - cpu0) / result.elapsedMs;
+    console.log(`same handler behind Hono, 64 conns:      ${formatLoad(result)}`);
+    console.log(
+      `  server CPU: ${busy.toFixed(2)} cores (${((busy * 1e6) / result.rps).toFixed(1)} µs per request)`,
+    );
+  } finally {
+    await server.stop();
+  }
+}
+
 {
   const streams = Number(process.env.BENCH_STREAMS ?? 1000);
   const { server, base } = await sim([

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import OpenAI from "openai";
 import { eventually, freePort, waitForHttp } from "../helpers/net.ts";
 import { startProcess, stopAll } from "../helpers/proc.ts";
 import { startSim } from "./sim-helpers.ts";
@@ -93,6 +94,11 @@ describe("engine simulator: lifecycle", () => {
     expect(right.status).toBe(200);
     expect((await fetch(`${sim.base}/health`)).status).toBe(200);
     expect((await fetch(`${sim.base}/metrics`)).status).toBe(200);
+    const sdk = new OpenAI({ baseURL: `${sim.base}/v1`, apiKey: "wrong", maxRetries: 0 });
+    const error = await sdk.models.list().catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(OpenAI.AuthenticationError);
+    const good = new OpenAI({ baseURL: `${sim.base}/v1`, apiKey: "sekret", maxRetries: 0 });
+    expect((await good.models.list()).data).toHaveLength(1);
   });
 
   test("failure injection answers 500 at the configured rate; x-sim-error forces a status", async () => {

@@ -1,0 +1,76 @@
+import { describe, expect, test } from "bun:test";
+import { parseServeArgs, UsageError } from "../../agent/sim/config.ts";
+import { readSimEnv } from "../../agent/sim/env.ts";
+
+const noEnv = readSimEnv({});
+
+describe("engine simulator argv", () => {
+  test("reads the agent's vllm serve argv", () => {
+    const config = parseServeArgs(
+      "serve /models/llama --host 127.0.0.1 --port 8101 --served-model-name llama8b alias2 --max-model-len 8k -tp 2 --gpu-memory-utilization 0.45 --dtype bfloat16 --trust-remote-code --max-num-seqs 64".split(
+        " ",
+      ),
+      noEnv,
+    );
+    expect(config).toMatchObject({
+      model: "/models/llama",
+      host: "127.0.0.1",
+      port: 8101,
+      servedModelNames: ["llama8b", "alias2"],
+      maxModelLen: 8000,
+      tensorParallelSize: 2,
+      gpuMemoryUtilization: 0.45,
+      dtype: "bfloat16",
+      maxNumSeqs: 64,
+      ignored: [],
+    });
+  });
+
+  test("legacy --model form, = values, and unknown flags kept as ignored", () => {
+    const config = parseServeArgs(
+      [
+        "--model=/m",
+        "--port=9000",
+        "--swap-space",
+        "4",
+        "--no-enable-prefix-caching",
+        "--enforce-eager",
+      ],
+      noEnv,
+    );
+    expect(config.model).toBe("/m");
+    expect(config.port).toBe(9000);
+    expect(config.servedModelNames).toEqual(["/m"]);
+    expect(config.ignored).toEqual(["--swap-space 4", "--no-enable-prefix-caching"]);
+  });
+
+  test("simulator settings come from env when the flags are absent; flags win", () => {
+    const env = readSimEnv({
+      SIM_TTFT_MS: "7",
+      SIM_ITL_MS: "0",
+      SIM_MODE: "random",
+      SIM_MAX_NUM_SEQS: "3",
+      VLLM_API_KEY: "k",
+    });
+    const fromEnv = parseServeArgs(["serve", "m"], env);
+    expect(fromEnv).toMatchObject({
+      ttftMs: 7,
+      itlMs: 0,
+      mode: "random",
+      maxNumSeqs: 3,
+      apiKeys: ["k"],
+    });
+    const flags = parseServeArgs(
+      ["serve", "m", "--time-to-first-token", "1", "--max-num-seqs", "9"],
+      env,
+    );
+    expect(flags).toMatchObject({ ttftMs: 1, maxNumSeqs: 9 });
+  });
+
+  test("bad values and a missing model are usage errors; bad env names the variable", () => {
+    expect(() => parseServeArgs(["serve"], noEnv)).toThrow(UsageError);
+    expect(() => parseServeArgs(["serve", "m", "--port", "http"], noEnv)).toThrow(/--port/);
+    expect(() => parseServeArgs(["serve", "m", "--mode", "loud"], noEnv)).toThrow(/--mode/);
+    expect(() => readSimEnv({ SIM_TTFT_MS: "-1" })).toThrow(/SIM_TTFT_MS/);
+  });
+});

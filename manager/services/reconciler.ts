@@ -180,7 +180,7 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
     .select({
       id: schema.instances.id,
       updatedAt: schema.instances.updatedAt,
-      failures: sql<number>`(select count(*)::int from events e where e.instance_id = ${schema.instances.id}::text and e.to_status = 'failed')`,
+      failures: sql<number>`(select count(*)::int from events e where e.alias = "instances"."alias" and e.instance_id = "instances"."id"::text and e.to_status = 'failed')`,
     })
     .from(schema.instances)
     .where(eq(schema.instances.status, "failed"));

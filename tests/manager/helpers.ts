@@ -233,11 +233,11 @@ export function stubAgent(token = FLEET): StubAgent {
       return new Response("not found", { status: 404 });
     },
   });
-  return {
-    ...stub,
+  // The same object, so that tests flipping `refuse` change what the server does.
+  return Object.assign(stub, {
     url: `http://127.0.0.1:${server.port}`,
-    stop: () => server.stop(true),
-  } as StubAgent;
+    stop: () => void server.stop(true),
+  });
 }
 
 /** A clock tests move forward by hand (the sweep and backoff read it). */

@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import type { ManagerConfig } from "../../manager/env.ts";
 import type { ModelInfo, RouteSnapshot } from "../../protocol/index.ts";
 import { dbTargets, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
 import { eventually } from "../helpers/net.ts";
@@ -41,7 +42,7 @@ for (const target of dbTargets) {
       await db.destroy();
     });
 
-    const start = async (config: Parameters<typeof testManager>[0]["config"] = {}) => {
+    const start = async (config: Partial<ManagerConfig> = {}) => {
       clock = manualClock();
       t = await testManager({
         db,

@@ -45,6 +45,8 @@ export const agentEnvSchema = z
     ENGINE_HEALTH_POLL_MS: z.coerce.number().int().min(10).default(500),
     MANAGER_RETRY_MAX_S: seconds(30),
     LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** Bun's cap on in-flight fetches (default 256); the entry raises it unless set. */
+    BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
   })
   .superRefine((env, ctx) => {
     if (env.ENGINE_PORT_MIN > env.ENGINE_PORT_MAX) {

@@ -1,14 +1,30 @@
 import { EnvError } from "../protocol/index.ts";
 import { inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
+import { reexecWith } from "./lib/reexec.ts";
 import { WorkerService } from "./service.ts";
 
+/** In-flight engine requests the proxy may hold (Bun's default is 256). */
+const maxHttpRequests = "4096";
+
 let agent: WorkerService;
+let reexecFailure: string | null = null;
 try {
   const env = loadAgentEnv(inheritedEnv());
+  if (env.BUN_CONFIG_MAX_HTTP_REQUESTS === undefined) {
+    // Returns only on failure; the agent then runs with Bun's default cap.
+    reexecFailure = reexecWith(inheritedEnv(), { BUN_CONFIG_MAX_HTTP_REQUESTS: maxHttpRequests });
+  }
   agent = new WorkerService(serviceOptionsFromEnv(env, inheritedEnv()));
 } catch (error) {
   console.error(`agent: ${error instanceof EnvError ? error.message : String(error)}`);
   process.exit(1);
+}
+
+if (reexecFailure) {
+  agent.log.warn(
+    "could not raise Bun's in-flight request cap; the proxy holds at most 256 engine requests (set BUN_CONFIG_MAX_HTTP_REQUESTS=4096 in the environment)",
+    { reason: reexecFailure },
+  );
 }
 
 try {

@@ -67,8 +67,9 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
       );
     }
 
-    const headers = new Headers(req.headers);
-    stripHopByHop(headers);
+    // The incoming request is ours alone: edit its headers in place rather than copy them.
+    const headers = req.headers;
+    if (hasAny(headers, hopByHop)) stripHopByHop(headers);
     headers.delete("authorization");
     headers.delete("host");
     try {
@@ -82,6 +83,9 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
         decompress: false,
         proxy: false,
       } as RequestInit);
+      // Bun pipes a fetch Response it is handed back natively; only rebuild one (a JS-level
+      // stream copy) when the engine sent a header that must not cross the proxy.
+      if (!hasAny(upstream.headers, responseHopByHop)) return upstream;
       const responseHeaders = new Headers(upstream.headers);
       stripHopByHop(responseHeaders);
       return new Response(upstream.body, {
@@ -99,6 +103,14 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
       );
     }
   };
+}
+
+/** Hop-by-hop names Bun's server would pass on; it re-frames `transfer-encoding` itself. */
+const responseHopByHop = hopByHop.filter((name) => name !== "transfer-encoding");
+
+function hasAny(headers: Headers, names: string[]): boolean {
+  for (const name of names) if (headers.has(name)) return true;
+  return false;
 }
 
 function stripHopByHop(headers: Headers): void {

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createLogger } from "../../agent/lib/log.ts";
 import { canBind } from "../../agent/lib/net.ts";
 import { WorkerService } from "../../agent/service.ts";
@@ -16,6 +16,9 @@ import {
   simVllm,
   twoH100,
 } from "./helpers.ts";
+
+// Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
+setDefaultTimeout(30_000);
 
 const token = "instances-test-token";
 let agent: WorkerService;

@@ -1,9 +1,12 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createLogger } from "../../agent/lib/log.ts";
 import { WorkerService } from "../../agent/service.ts";
 import { eventually } from "../helpers/net.ts";
 import { repoRoot } from "../helpers/proc.ts";
 import { call, enginePortRange, metric, simPath, simVllm } from "./helpers.ts";
+
+// Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
+setDefaultTimeout(30_000);
 
 const token = "proxy-test-token";
 const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
@@ -216,15 +219,37 @@ describe("agent /proxy", () => {
     expect((await wrongMethod.json()).error.code).toBe("method_not_allowed");
   });
 
+  test("hop-by-hop headers are dropped both ways; end-to-end headers pass", async () => {
+    const agent = await newAgent(`${repoRoot}/tests/agent/fixtures/fake-vllm`);
+    await launch(agent.url, "headers", ["--hop-headers"]);
+    await ready(agent.url, "headers");
+    const res = await fetch(`${agent.url}/proxy/headers/v1/models`, {
+      headers: {
+        ...auth,
+        connection: "keep-alive, x-client-hop",
+        "x-client-hop": "secret",
+        "keep-alive": "timeout=5",
+        "x-request-id": "req-123",
+      },
+    });
+    expect(res.status).toBe(200);
+    const { received } = (await res.json()) as { received: Record<string, string> };
+    expect(received["x-request-id"]).toBe("req-123");
+    expect(received.authorization).toBeUndefined();
+    expect(received["x-client-hop"]).toBeUndefined();
+    expect(received["keep-alive"]).toBeUndefined();
+    expect(res.headers.get("x-engine-internal")).toBeNull();
+    expect(res.headers.get("keep-alive")).toBeNull();
+    expect(res.headers.get("content-type")).toContain("application/json");
+  });
+
   test("an engine that stops answering gives 502", async () => {
     const agent = await newAgent(`${repoRoot}/tests/agent/fixtures/fake-vllm`);
     await launch(agent.url, "vanishing", ["--close-after-ready"]);
     await ready(agent.url, "vanishing");
     await eventually(
       () => agent.supervisor.get("vanishing")?.logs.tail(5).includes("stopped listening"),
-      {
-        what: "the fake engine to close its socket",
-      },
+      { what: "the fake engine to close its socket" },
     );
     const res = await fetch(`${agent.url}/proxy/vanishing/v1/models`, { headers: auth });
     expect(res.status).toBe(502);

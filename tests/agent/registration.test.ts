@@ -1,9 +1,10 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eventually, freePort } from "../helpers/net.ts";
 import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
 import {
   call,
   enginePortRange,
+  metric,
   processAlive,
   StubManager,
   simPath,
@@ -11,6 +12,9 @@ import {
   startAgent,
   twoH100,
 } from "./helpers.ts";
+
+// Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
+setDefaultTimeout(30_000);
 
 const token = "registration-test-token";
 const managers: StubManager[] = [];
@@ -204,6 +208,63 @@ describe("agent process", () => {
     expect(code).toBe(0);
     for (const pid of pids) expect(processAlive(pid)).toBe(false);
     expect(agent.output()).toContain("engine stopped alias=one");
+  });
+
+  test("holds more than Bun's default 256 engine requests in flight, and frees them on disconnect", async () => {
+    const enginePorts = await enginePortRange();
+    const agent = await startAgent({
+      WORKER_HOST: "127.0.0.1",
+      MANAGER_URL: "http://127.0.0.1:9",
+      FLEET_TOKEN: token,
+      VLLM_BIN: simVllm,
+      PATH: simPath,
+      ENGINE_PORT_MIN: String(enginePorts.min),
+      ENGINE_PORT_MAX: String(enginePorts.max),
+      ENGINE_HEALTH_POLL_MS: "50",
+    });
+    const launched = await call(`${agent.url}/v1/instances`, {
+      body: {
+        alias: "wide",
+        model_name: "m/wide",
+        extra_args: ["--max-num-seqs", "1024", "--inter-token-latency", "200"],
+      },
+      token,
+    });
+    const metrics = `http://127.0.0.1:${launched.json.port}/metrics`;
+    await eventually(
+      async () => (await call(`${agent.url}/v1/instances/wide`, { token })).json.status === "ready",
+    );
+    // Raw sockets: this test process's own fetch has the 256 cap the agent must not have.
+    const body = JSON.stringify({
+      model: "wide",
+      prompt: "x",
+      max_tokens: 1000,
+      ignore_eos: true,
+      stream: true,
+    });
+    const request = `POST /proxy/wide/v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${token}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
+    const sockets = await Promise.all(
+      Array.from({ length: 300 }, () =>
+        Bun.connect({ hostname: "127.0.0.1", port: agent.port, socket: { data() {} } }).then(
+          (socket) => {
+            socket.write(request);
+            return socket;
+          },
+        ),
+      ),
+    );
+    const running = async () =>
+      metric(await fetch(metrics).then((r) => r.text()), "vllm:num_requests_running");
+    await eventually(async () => (await running()) === 300, {
+      what: "300 requests running in the engine",
+      timeoutMs: 20_000,
+    });
+    for (const socket of sockets) socket.end();
+    await eventually(async () => (await running()) === 0, {
+      what: "the engine to drop them",
+      timeoutMs: 20_000,
+    });
+    await agent.stop();
   });
 
   test("refuses to listen beyond loopback without FLEET_TOKEN, naming the variable", async () => {

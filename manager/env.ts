@@ -8,12 +8,22 @@ const optionalToken = z
   .transform((value) => (value ? value : undefined))
   .refine((value) => value === undefined || value.length >= 8, "must be at least 8 characters");
 
-const seconds = (fallback: number) => z.coerce.number().positive().max(86_400).default(fallback);
+const seconds = (fallback: number) =>
+  z.coerce
+    .number({ error: "must be a number of seconds" })
+    .positive()
+    .max(86_400)
+    .default(fallback);
 
 /** The manager's environment, parsed once at the entry with `parseEnv`. */
 export const managerEnvSchema = z.object({
   HOST: z.string().trim().min(1).default("127.0.0.1"),
-  PORT: z.coerce.number().int().min(0).max(65535).default(18000),
+  PORT: z.coerce
+    .number({ error: "must be a port number (0-65535)" })
+    .int()
+    .min(0)
+    .max(65535)
+    .default(18000),
   ...dbEnvShape,
   /** Cluster secret: agents (register, heartbeat) and routers (routes, usage). */
   FLEET_TOKEN: optionalToken,

@@ -367,6 +367,34 @@ for (const target of dbTargets) {
       expect(kept.body.instances).toHaveLength(1);
     });
 
+    test("concurrent registrations never oversubscribe a GPU", async () => {
+      t = await testManager({ db });
+      await register(agent(), "w1", [gpu(0)]);
+      const replies = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          model({ alias: `race-${i}`, gpu_memory_utilization: 0.3 }),
+        ),
+      );
+      expect(replies.map((r) => r.status).sort()).toEqual([201, 201, 201, 409, 409, 409]);
+      const claims = await t.db.query<{ total: number }>(
+        sql`select sum(gpu_memory_utilization)::float8 as total from instances`,
+      );
+      expect(claims[0]?.total).toBeCloseTo(0.9, 6);
+    });
+
+    test("concurrent registrations of one worker id leave one row", async () => {
+      t = await testManager({ db });
+      const a = agent();
+      const replies = await Promise.all(
+        Array.from({ length: 20 }, () => register(a, "same", [gpu(0), gpu(1)])),
+      );
+      expect(replies.every((r) => r.status === 200)).toBe(true);
+      const rows = await t.db.query<{ workers: number; gpus: number }>(
+        sql`select (select count(*)::int from workers) as workers, (select count(*)::int from gpus) as gpus`,
+      );
+      expect(rows[0]).toEqual({ workers: 1, gpus: 2 });
+    });
+
     test("offline workers are not placed on", async () => {
       t = await testManager({ db });
       await register(agent(), "w1", [gpu(0)]);

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createLogger } from "../../agent/lib/log.ts";
 import { canBind } from "../../agent/lib/net.ts";
-import { WorkerService } from "../../agent/service.ts";
+import { WorkerService, type WorkerServiceOptions } from "../../agent/service.ts";
 import type { InstanceList, InstanceReport } from "../../protocol/index.ts";
 import { eventually } from "../helpers/net.ts";
 import { repoRoot } from "../helpers/proc.ts";
@@ -24,7 +24,7 @@ const token = "instances-test-token";
 let agent: WorkerService;
 let base: string;
 
-function newAgent(vllmBin = simVllm) {
+function newAgent(vllmBin = simVllm, overrides: Partial<WorkerServiceOptions> = {}) {
   return enginePortRange().then(
     (enginePorts) =>
       new WorkerService({
@@ -42,6 +42,7 @@ function newAgent(vllmBin = simVllm) {
         healthPollMs: 50,
         engineEnv: { ...process.env, PATH: simPath, SIM_GPUS: twoH100, FLEET_TOKEN: token },
         log: createLogger("error"),
+        ...overrides,
       }),
   );
 }
@@ -191,6 +192,10 @@ describe("agent instance API", () => {
     expect(logs.text).toContain("restart 1 in 150 ms");
     expect(logs.text).toContain("restart 2 in 300 ms");
     expect(logs.text).toContain("restart 3 in 600 ms");
+    // The first crash's log stays available after later restarts push it out of the tail.
+    const short = await call(`${base}/v1/instances/crashy/logs?tail=2`, { token });
+    expect(short.text.startsWith("[agent] first failure")).toBe(true);
+    expect(short.text).toContain("died unexpectedly");
     await call(`${base}/v1/instances/crashy`, { method: "DELETE", token });
   });
 
@@ -209,6 +214,24 @@ describe("agent instance API", () => {
     expect(gone.json.error.code).toBe("instance_not_found");
     const again = await call(`${base}/v1/instances/stopme`, { method: "DELETE", token });
     expect(again.status).toBe(404);
+  });
+
+  test("a port the manager names is used when free and refused when taken", async () => {
+    const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("busy") });
+    try {
+      const busy = await launch({ alias: "named-port", model_name: "m/p", port: taken.port });
+      expect(busy.status).toBe(409);
+      expect(busy.json.error.param).toBe("port");
+      const port = (await enginePortRange()).min;
+      const ok = await launch({ alias: "named-port", model_name: "m/p", port });
+      expect(ok.status).toBe(202);
+      expect(ok.json.port).toBe(port);
+      await waitStatus("named-port", "ready");
+      expect((await fetch(`http://127.0.0.1:${port}/health`)).status).toBe(200);
+    } finally {
+      await taken.stop(true);
+      await call(`${base}/v1/instances/named-port`, { method: "DELETE", token });
+    }
   });
 
   test("bad instance requests are refused with 400 in OpenAI's error shape", async () => {
@@ -293,6 +316,31 @@ describe("agent instance API", () => {
     // The instance launched by the first test is untouched.
     const list = await call<InstanceList>(`${base}/v1/instances`, { token });
     expect(list.json.instances.find((i) => i.alias === "argv-check")?.status).toBe("ready");
+  });
+});
+
+describe("agent startup timeout", () => {
+  test("an engine not ready within the startup timeout fails and is stopped", async () => {
+    const impatient = await newAgent(simVllm, { startupTimeoutMs: 1000 });
+    await impatient.run();
+    try {
+      const res = await call(`${impatient.url}/v1/instances`, {
+        body: { alias: "slowload", model_name: "m/slow", extra_args: ["--startup-delay", "60000"] },
+        token,
+      });
+      const pid = res.json.pid as number;
+      const failed = await eventually(
+        async () => {
+          const { json } = await call(`${impatient.url}/v1/instances/slowload`, { token });
+          return json.status === "failed" ? json : null;
+        },
+        { what: "the startup timeout" },
+      );
+      expect(failed.last_error).toContain("not ready after 1s");
+      await eventually(() => !processAlive(pid), { what: "the engine to be stopped" });
+    } finally {
+      await impatient.stop();
+    }
   });
 });
 

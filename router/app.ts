@@ -126,7 +126,12 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array<Arr
   const tooLarge = () =>
     new AppError("payload_too_large", `request body exceeds the limit of ${limit} bytes`);
   const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > limit) throw tooLarge();
+  if (declared !== null && Number(declared) > limit) {
+    // Tell the runtime the body will not be read, so it can close the connection cleanly
+    // (workerd otherwise resets it under the client's next request on the same socket).
+    await request.body?.cancel().catch(() => {});
+    throw tooLarge();
+  }
   if (!request.body) return new Uint8Array(0);
   if (declared !== null) return new Uint8Array(await request.arrayBuffer());
   const reader = request.body.getReader();

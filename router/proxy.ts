@@ -153,7 +153,7 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     });
   }
   done({
-    status: last.reply?.status ?? 502,
+    status: last.reply?.status ?? (last.reason === "timeout" ? 504 : 502),
     ttftMs: null,
     usage: undefined,
     workerId: last.workerId,
@@ -270,7 +270,9 @@ async function tryReplica(
   }
 
   const status = response.status;
+  let watchdog: ReturnType<typeof setInterval> | undefined;
   const finish = (finalStatus: number) => {
+    clearInterval(watchdog);
     release();
     done({
       status: finalStatus,
@@ -292,8 +294,19 @@ async function tryReplica(
   };
 
   let closed = false;
-  let idleTimer: ReturnType<typeof setTimeout> | undefined;
   let idleFired = false;
+  // One watchdog per stream rather than a timer per chunk (chunks arrive every few ms and
+  // 1,000 streams would churn 100k timers a second); it fires within idleMs × 1.1.
+  let lastChunkAt = clock.now();
+  watchdog = setInterval(
+    () => {
+      if (clock.now() - lastChunkAt < config.idleMs) return;
+      idleFired = true;
+      clearInterval(watchdog);
+      upstream.abort(new Error("idle timeout"));
+    },
+    Math.max(50, Math.min(config.idleMs / 10, 10_000)),
+  );
   const broke = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
     closed = true;
     if (clientSignal.aborted) {
@@ -333,19 +346,14 @@ async function tryReplica(
     async pull(controller) {
       // Loop until something is enqueued: a pull that enqueues nothing is not called again.
       for (;;) {
-        idleTimer = setTimeout(() => {
-          idleFired = true;
-          upstream.abort(new Error("idle timeout"));
-        }, config.idleMs);
         let result: ReadResult;
         try {
           result = await reader.read();
         } catch (error) {
-          clearTimeout(idleTimer);
           if (!closed) broke(controller, error);
           return;
         }
-        clearTimeout(idleTimer);
+        lastChunkAt = clock.now();
         if (closed) return;
         if (result.done) {
           closed = true;
@@ -364,7 +372,6 @@ async function tryReplica(
     },
     cancel() {
       // The client went away: stop the agent (and so vLLM) from generating for nobody.
-      clearTimeout(idleTimer);
       if (closed) return;
       closed = true;
       upstream.abort(new Error("client disconnected"));

@@ -53,6 +53,8 @@ export class SseUsageFilter {
 
   /** Bytes to forward for this upstream chunk (possibly the chunk itself, possibly none). */
   push(chunk: Uint8Array): Uint8Array | undefined {
+    // Fast path, taken for almost every vLLM chunk: whole events, no usage key; no decoding.
+    if (this.pending === "" && endsWithBlankLine(chunk) && !containsUsageKey(chunk)) return chunk;
     const wasAligned = this.pending === "";
     const text = this.pending + this.decoder.decode(chunk, { stream: true });
     let end = -1;
@@ -109,6 +111,25 @@ export class SseUsageFilter {
     this.pending = "";
     if (!this.hide || !rest) return undefined;
     return encoder.encode(rest);
+  }
+}
+
+function endsWithBlankLine(chunk: Uint8Array): boolean {
+  const n = chunk.byteLength;
+  return n >= 2 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0a;
+}
+
+/** `"usage"` (with the quotes) anywhere in the bytes. */
+const usageKey = [0x22, 0x75, 0x73, 0x61, 0x67, 0x65, 0x22];
+function containsUsageKey(chunk: Uint8Array): boolean {
+  let from = 0;
+  for (;;) {
+    const at = chunk.indexOf(0x75, from);
+    if (at === -1 || at + 6 > chunk.byteLength) return false;
+    if (chunk[at - 1] === 0x22 && usageKey.every((byte, index) => chunk[at - 1 + index] === byte)) {
+      return true;
+    }
+    from = at + 1;
   }
 }
 

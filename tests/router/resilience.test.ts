@@ -307,3 +307,64 @@ describe("router without its manager", () => {
     manager.stop();
   });
 });
+
+describe("router timeouts", () => {
+  test("ends a stream that stalls mid-way with an error event, and a silent agent with 504", async () => {
+    const manager = await startStubManager();
+    const encoder = new TextEncoder();
+    // An agent that starts a stream and then goes quiet, and one that never answers.
+    const stalling = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      idleTimeout: 0,
+      fetch(request) {
+        if (new URL(request.url).pathname.startsWith("/proxy/silent/")) {
+          return new Promise<Response>(() => {});
+        }
+        const body = new ReadableStream<Uint8Array>({
+          start(controller) {
+            const chunk = { choices: [{ index: 0, delta: { content: "Hel" } }] };
+            controller.enqueue(encoder.encode(`data: ${JSON.stringify(chunk)}\n\n`));
+          },
+        });
+        return new Response(body, { headers: { "content-type": "text/event-stream" } });
+      },
+    });
+    const agentUrl = `http://127.0.0.1:${stalling.port}`;
+    manager.set([
+      route({ alias: "qwen", workerId: "stall", url: agentUrl }),
+      route({ alias: "silent", workerId: "silent", url: agentUrl }),
+    ]);
+    const router = await startRouter("bun", manager, {
+      IDLE_TIMEOUT_MS: "300",
+      FIRST_BYTE_TIMEOUT_MS: "300",
+    });
+    const response = await fetch(`${router.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...chat("hi"), stream: true }),
+    });
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    expect(text).toContain('"content":"Hel"');
+
+    expect(text).toContain('"error"');
+    expect(text.trimEnd().endsWith("data: [DONE]")).toBe(true);
+
+    const silent = await fetch(`${router.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...chat("hi"), model: "silent" }),
+    });
+    expect(silent.status).toBe(504);
+    expect(((await silent.json()) as { error: { code: string } }).error.code).toBe(
+      "upstream_timeout",
+    );
+    const statuses = await eventually(() =>
+      manager.usage.length >= 2 ? manager.usage.map((r) => r.status).sort() : undefined,
+    );
+    expect(statuses).toEqual([504, 504]);
+    stalling.stop(true);
+    manager.stop();
+  });
+});

@@ -1,0 +1,267 @@
+/**
+ * Gateway overhead benchmark: `bun bench/gateway.ts` (BENCH_SECONDS, default 3, per case).
+ *  (a) client → simulator direct
+ *  (b) client → a bare Hono fetch-proxy (below, in its own process) → simulator
+ *  (c) client → router (bun router/main.ts) → simulator standing in as a worker
+ *  (d) client → router → agent (bun agent/main.ts, VLLM_BIN=agent/sim/vllm) → simulator
+ * For each: req/s and p50/p99 at concurrency 1 and 64 (non-stream chat, simulator latency
+ * off), stream time-to-first-byte at concurrency 1; then the router's RSS while it holds
+ * 1,000 concurrent streams. The load generator (bench/lib/load.ts) runs in this process,
+ * every server in its own.
+ *
+ * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
+ */
+import { Hono } from "hono";
+import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
+import { bunBin, freePort, repoRoot, type SpawnedServer, spawnServer } from "./lib/server.ts";
+
+if (process.argv[2] === "bare-proxy") {
+  // The baseline: what a minimal Hono proxy costs (no parsing, balancing or accounting).
+  const [port, target] = [Number(process.argv[3]), String(process.argv[4])];
+  const app = new Hono();
+  app.all("*", (c) => {
+    const url = new URL(c.req.url);
+    return fetch(`${target}${url.pathname}`, {
+      method: c.req.method,
+      headers: c.req.raw.headers,
+      body: c.req.raw.body,
+      signal: c.req.raw.signal,
+    });
+  });
+  Bun.serve({ hostname: "127.0.0.1", port, fetch: app.fetch });
+  console.log(`bare proxy on ${port} → ${target}`);
+} else {
+  await main();
+}
+
+async function main() {
+  const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+  const token = "bench-fleet-token";
+  const alias = "bench";
+  const chat = { model: alias, messages: [{ role: "user", content: "Say hello to the fleet." }] };
+  const servers: SpawnedServer[] = [];
+  // Bun's fetch allows 256 concurrent requests by default; a gateway holding long streams
+  // needs more (see docs/router.md).
+  const bunFetchEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "8192" };
+
+  const spawnSim = async (flags: string[]) => {
+    const port = await freePort();
+    const server = await spawnServer({
+      argv: [
+        bunBin,
+        "agent/sim/main.ts",
+        "serve",
+        `org/${alias}`,
+        "--served-model-name",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        String(port),
+        ...flags,
+      ],
+      readyUrl: `http://127.0.0.1:${port}/health`,
+    });
+    servers.push(server);
+    return { server, url: `http://127.0.0.1:${port}` };
+  };
+
+  // A stub manager for the routers: the route table and a usage sink.
+  let routes: unknown[] = [];
+  let usageRecords = 0;
+  const manager = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    async fetch(request) {
+      const path = new URL(request.url).pathname;
+      if (path === "/v1/routes") {
+        return Response.json({ version: "1", routes, api_keys: [] }, { headers: { etag: '"1"' } });
+      }
+      if (path === "/v1/usage") {
+        usageRecords += ((await request.json()) as { records: unknown[] }).records.length;
+        return Response.json({ ok: true });
+      }
+      return new Response(null, { status: 404 });
+    },
+  });
+  const managerUrl = `http://127.0.0.1:${manager.port}`;
+  const route = (workerId: string, url: string) => ({
+    alias,
+    model_name: `org/${alias}`,
+    worker_id: workerId,
+    worker_url: url,
+    vllm_port: null,
+    created_at: new Date().toISOString(),
+    instance_id: `${workerId}-1`,
+    ready: true,
+  });
+
+  const spawnRouter = async () => {
+    const port = await freePort();
+    const server = await spawnServer({
+      argv: [bunBin, "router/main.ts"],
+      env: {
+        MANAGER_URL: managerUrl,
+        FLEET_TOKEN: token,
+        HOST: "127.0.0.1",
+        PORT: String(port),
+        ...bunFetchEnv,
+      },
+      readyUrl: `http://127.0.0.1:${port}/healthz`,
+    });
+    servers.push(server);
+    return { server, url: `http://127.0.0.1:${port}` };
+  };
+
+  const measure = async (name: string, url: string) => {
+    const target = `${url}/v1/chat/completions`;
+    await runLoad({ url: target, body: chat, concurrency: 16, durationMs: 500 });
+    const c1 = await runLoad({
+      url: target,
+      body: chat,
+      concurrency: 1,
+      durationMs: seconds * 1000,
+    });
+    const c64 = await runLoad({
+      url: target,
+      body: chat,
+      concurrency: 64,
+      durationMs: seconds * 1000,
+    });
+    const streams = await runStreams({
+      url: target,
+      body: { ...chat, stream: true, max_tokens: 8 },
+      concurrency: 1,
+      durationMs: Math.min(2000, seconds * 1000),
+    });
+    console.log(`${name}\n  c=1   ${formatLoad(c1)}\n  c=64  ${formatLoad(c64)}`);
+    console.log(
+      `  stream TTFB p50 ${streams.ttfbMs.p50.toFixed(2)} ms  p99 ${streams.ttfbMs.p99.toFixed(2)} ms`,
+    );
+    return { name, c1, c64, ttfb: streams.ttfbMs.p50 };
+  };
+
+  const results: Awaited<ReturnType<typeof measure>>[] = [];
+  try {
+    const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
+    results.push(await measure("(a) direct to simulator", `${sim.url}/proxy/${alias}`));
+
+    const barePort = await freePort();
+    const bare = await spawnServer({
+      argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
+      env: bunFetchEnv,
+      readyUrl: `http://127.0.0.1:${barePort}/health`,
+    });
+    servers.push(bare);
+    results.push(
+      await measure("(b) bare Hono fetch-proxy", `http://127.0.0.1:${barePort}/proxy/${alias}`),
+    );
+
+    routes = [route("sim", sim.url)];
+    const router = await spawnRouter();
+    results.push(await measure("(c) router → simulator", router.url));
+
+    // (d) the full path: a real agent launching the simulator through VLLM_BIN.
+    const agentPort = await freePort();
+    const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
+    const agent = await spawnServer({
+      argv: [bunBin, "agent/main.ts"],
+      env: {
+        WORKER_ID: "bench-agent",
+        WORKER_HOST: "127.0.0.1",
+        WORKER_PORT: String(agentPort),
+        MANAGER_URL: "http://127.0.0.1:9",
+        FLEET_TOKEN: token,
+        VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
+        PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
+        ENGINE_PORT_MIN: String(enginePort),
+        ENGINE_PORT_MAX: String(enginePort + 10),
+        LOG_LEVEL: "error",
+        ...bunFetchEnv,
+      },
+      readyUrl: `http://127.0.0.1:${agentPort}/health`,
+    });
+    servers.push(agent);
+    const agentUrl = `http://127.0.0.1:${agentPort}`;
+    const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+    const launched = await fetch(`${agentUrl}/v1/instances`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({
+        alias,
+        model_name: `org/${alias}`,
+        extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
+      }),
+    });
+    if (launched.status !== 202)
+      throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
+    for (let tries = 0; ; tries++) {
+      const status = (await (
+        await fetch(`${agentUrl}/v1/instances/${alias}`, { headers: auth })
+      ).json()) as {
+        status?: string;
+      };
+      if (status.status === "ready") break;
+      if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
+      await Bun.sleep(100);
+    }
+    routes = [route("agent", agentUrl)];
+    const router2 = await spawnRouter();
+    results.push(await measure("(d) router → agent → simulator", router2.url));
+
+    // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).
+    const streamSim = await spawnSim([
+      "--time-to-first-token",
+      "20",
+      "--inter-token-latency",
+      "10",
+      "--max-num-seqs",
+      "2048",
+    ]);
+    routes = [route("stream-sim", streamSim.url)];
+    const router3 = await spawnRouter();
+    const idleRss = router3.server.rssMiB() ?? 0;
+    let peakRss = idleRss;
+    const sampler = setInterval(() => {
+      peakRss = Math.max(peakRss, router3.server.rssMiB() ?? 0);
+    }, 100);
+    const streamResult = await runStreams({
+      url: `${router3.url}/v1/chat/completions`,
+      body: { ...chat, stream: true, max_tokens: 300, ignore_eos: true },
+      concurrency: 1000,
+      durationMs: 5000,
+      timeoutMs: 30_000,
+    });
+    clearInterval(sampler);
+    console.log(
+      `router RSS with 1,000 concurrent streams: idle ${idleRss.toFixed(0)} MiB, peak ${peakRss.toFixed(0)} MiB (${streamResult.streams} streams, errors ${streamResult.errors}, gap p99 ${streamResult.gapMs.p99.toFixed(1)} ms)`,
+    );
+
+    const [a, b, c, d] = results;
+    const row = (r: { name: string; c1: LoadResult; c64: LoadResult; ttfb: number }) =>
+      `| ${r.name} | ${Math.round(r.c1.rps)} | ${r.c1.latencyMs.p50.toFixed(2)} | ${r.c1.latencyMs.p99.toFixed(2)} | ${Math.round(r.c64.rps)} | ${r.c64.latencyMs.p50.toFixed(2)} | ${r.c64.latencyMs.p99.toFixed(2)} | ${r.ttfb.toFixed(2)} |`;
+    console.log(
+      "\n| path | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=64 req/s | c=64 p50 ms | c=64 p99 ms | stream TTFB p50 ms |",
+    );
+    console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (const r of results) console.log(row(r));
+    if (a && b && c) {
+      console.log(
+        `\n(c)/(b) throughput at c=64: ${((c.c64.rps / b.c64.rps) * 100).toFixed(0)}% (goal ≥ 70%)`,
+      );
+      console.log(
+        `router hop, added p50 at c=1: ${(c.c1.latencyMs.p50 - a.c1.latencyMs.p50).toFixed(2)} ms (goal ≤ 1 ms)`,
+      );
+      console.log(`router hop, added stream TTFB p50: ${(c.ttfb - a.ttfb).toFixed(2)} ms`);
+    }
+    if (c && d) {
+      console.log(
+        `agent hop, added p50 at c=1: ${(d.c1.latencyMs.p50 - c.c1.latencyMs.p50).toFixed(2)} ms`,
+      );
+    }
+    console.log(`usage records received by the stub manager: ${usageRecords}`);
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()));
+    manager.stop(true);
+  }
+}

@@ -89,6 +89,7 @@ export class Engine {
   #restartTimer: ReturnType<typeof setTimeout> | null = null;
   #stopping: Promise<void> | null = null;
   #generation = 0;
+  #retired = false;
 
   constructor(options: EngineOptions) {
     this.#options = options;
@@ -99,10 +100,12 @@ export class Engine {
     return this.#proc?.pid ?? null;
   }
 
-  /** Launches the engine on `port` (leased by the caller). */
-  start(port: number): void {
+  /** Launches the engine on `port` (leased by the caller); false if it was stopped meanwhile. */
+  start(port: number): boolean {
+    if (this.#retiring) return false;
     this.port = port;
     this.#launch();
+    return true;
   }
 
   /** Fails the instance before any process ran (no port, bad executable). */
@@ -302,7 +305,6 @@ export class Engine {
     this.#options.onChange();
   }
 
-  #retired = false;
   #retire(): void {
     if (this.#retired) return;
     this.#retired = true;

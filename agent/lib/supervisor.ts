@@ -74,7 +74,8 @@ export class Supervisor {
       log.warn("no engine port available", { alias: spec.alias, port });
       return { kind: "port_unavailable", port };
     }
-    engine.start(leased);
+    // A DELETE that arrived while the port was being leased wins: never start it then.
+    if (!engine.start(leased)) ports.release(leased);
     return { kind: "created", engine };
   }
 

@@ -246,10 +246,6 @@ try {
       totals.push(total);
       overheads.push(total - engineMs);
       await fetch(`${base}/v1/models/${alias}`, { method: "DELETE", headers: adminHeaders });
-      const info = (await (
-        await fetch(`${base}/v1/models/${alias}`, { headers: adminHeaders })
-      ).json()) as ModelInfo;
-      void info;
     }
     console.log(
       `register-to-ready (engine simulator, 500 ms startup): total ${totals.map((t) => t.toFixed(0)).join(", ")} ms; overhead beyond the engine's own startup ${overheads.map((o) => o.toFixed(0)).join(", ")} ms`,

@@ -153,6 +153,17 @@ describe(`manager with real agents (${serviceDbTarget})`, () => {
       { what: "chat through the manager's port", timeoutMs: 15_000 },
     );
     expect(chat.model).toBe("chat-pub");
+    // GET /v1/models: an admin gets the manager's list (every model, with status); anyone
+    // else is answered by the mounted router (served models only).
+    const managed = await api<{ data: { id: string; status: string }[] }>("GET", "/v1/models");
+    expect(managed.body.data.map((m) => [m.id, m.status])).toEqual([
+      ["chat-lan", "ready"],
+      ["chat-pub", "ready"],
+    ]);
+    const served = await fetch(`${managerUrl}/v1/models`);
+    expect(served.status).toBe(200);
+    const servedIds = ((await served.json()) as { data: { id: string }[] }).data.map((m) => m.id);
+    expect(servedIds.sort()).toEqual(["chat-lan", "chat-pub"]);
   }, 60_000);
 
   test("a restarted manager adopts running engines: same pid, nothing relaunched", async () => {

@@ -8,6 +8,21 @@ import { loadRouterEnv, type RouterEnv } from "./env.ts";
 import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
+// Bun's fetch runs at most 256 requests at once unless BUN_CONFIG_MAX_HTTP_REQUESTS is set
+// when the process starts (setting it later has no effect); a gateway holding long LLM
+// streams needs far more, or request 257 waits inside fetch while its first-byte timeout
+// runs. So the entry re-executes itself once with the variable set.
+if (!process.env.BUN_CONFIG_MAX_HTTP_REQUESTS) {
+  const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
+    env: { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: "65000" },
+    stdio: ["inherit", "inherit", "inherit"],
+  });
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => child.kill(signal));
+  }
+  process.exit(await child.exited);
+}
+
 let env: RouterEnv;
 try {
   env = loadRouterEnv(process.env);

@@ -128,6 +128,8 @@ export function routerEnv(manager: StubManager, extra: Record<string, string> = 
     HOST: "127.0.0.1",
     ROUTES_REFRESH_MS: "200",
     USAGE_FLUSH_MS: "200",
+    // Set up front so the Bun entry does not re-execute itself (see router/main.ts).
+    BUN_CONFIG_MAX_HTTP_REQUESTS: "4096",
     ...extra,
   };
 }
@@ -142,7 +144,8 @@ export async function startRouter(
   const argv =
     runtime === "bun"
       ? [bunBin, "router/main.ts"]
-      : ["node", "node_modules/tsx/dist/cli.mjs", "router/node.ts"];
+      : // tsx as a loader (not its CLI) keeps the router one process that stop() can reach.
+        ["node", "--import", "tsx", "router/node.ts"];
   const service = startProcess(argv, { env: routerEnv(manager, { PORT: String(port), ...extra }) });
   const url = `http://127.0.0.1:${port}`;
   await service.waitFor("router listening", 30_000);

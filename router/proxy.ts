@@ -58,6 +58,8 @@ type ReadResult = Awaited<ReturnType<ReadableStreamDefaultReader<Uint8Array<Arra
 
 const clientClosed = 499;
 const maxErrorBody = 64 * 1024;
+/** Non-streamed answers up to this size (with a Content-Length) are read whole. */
+const maxBufferedBody = 1024 * 1024;
 
 function retryable(status: number): boolean {
   return status === 502 || status === 503 || status === 504;
@@ -241,6 +243,40 @@ async function tryReplica(
   if (retryable(response.status)) {
     const text = await readSmall(response).catch(() => "");
     return fail("status", { status: response.status, text, headers: response.headers });
+  }
+
+  // A small non-streamed answer (a chat completion, a few embeddings) is read whole: the
+  // client cannot use half a JSON document anyway, and one native read plus a byte
+  // response costs far less than relaying it through a JS stream. Streams never come here.
+  const declaredLength = Number(response.headers.get("content-length") ?? Number.NaN);
+  const contentType = response.headers.get("content-type") ?? "";
+  if (declaredLength <= maxBufferedBody && !contentType.includes("text/event-stream")) {
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = new Uint8Array(await response.arrayBuffer());
+    } catch {
+      return fail("reset");
+    }
+    clearTimeout(firstByteTimer);
+    balancer.succeeded(state);
+    release();
+    const tail = new JsonUsageTail();
+    tail.push(bytes.subarray(Math.max(0, bytes.byteLength - 16 * 1024)));
+    const headersOut = downstreamHeaders(response.headers, false);
+    headersOut.set("x-request-id", request.requestId);
+    done({
+      status: response.status,
+      ttftMs: clock.now() - request.startedAt,
+      usage: tail.usage(),
+      workerId: route.worker_id,
+    });
+    return {
+      kind: "response",
+      response: new Response(bytes.byteLength ? bytes : null, {
+        status: response.status,
+        headers: headersOut,
+      }),
+    };
   }
 
   const reader = response.body?.getReader();

@@ -30,6 +30,9 @@ type Operation = {
   status: number;
   response?: z.ZodType;
   params?: Record<string, z.ZodType>;
+  query?: Record<string, z.ZodType>;
+  /** Media type of a 2xx body other than JSON. */
+  produces?: "text/plain";
   errors: number[];
 };
 
@@ -112,6 +115,20 @@ export const operations: Operation[] = [
     params: { alias: aliasSchema },
     status: 200,
     response: modelInfoSchema,
+    errors: [401, 404],
+  },
+  {
+    method: "get",
+    path: "/v1/models/{alias}/logs",
+    summary: "The engines' last log lines, fetched from the agents (plain text)",
+    auth: "admin",
+    params: { alias: aliasSchema },
+    query: {
+      tail: z.number().int().min(1).max(10_000).default(100),
+      worker_id: z.string().optional(),
+    },
+    status: 200,
+    produces: "text/plain",
     errors: [401, 404],
   },
   {
@@ -219,6 +236,7 @@ export function openApiDocument(): Record<string, unknown> {
         ...(op.response
           ? { content: { "application/json": { schema: jsonSchema(op.response, "output") } } }
           : {}),
+        ...(op.produces ? { content: { [op.produces]: { schema: { type: "string" } } } } : {}),
       },
     };
     for (const status of op.errors) {
@@ -237,12 +255,20 @@ export function openApiDocument(): Record<string, unknown> {
         : { security: [{ [op.auth === "admin" ? "adminToken" : "fleetToken"]: [] }] }),
       ...(op.params
         ? {
-            parameters: Object.entries(op.params).map(([name, schema]) => ({
-              name,
-              in: "path",
-              required: true,
-              schema: jsonSchema(schema, "input"),
-            })),
+            parameters: [
+              ...Object.entries(op.params).map(([name, schema]) => ({
+                name,
+                in: "path",
+                required: true,
+                schema: jsonSchema(schema, "input"),
+              })),
+              ...Object.entries(op.query ?? {}).map(([name, schema]) => ({
+                name,
+                in: "query",
+                required: false,
+                schema: jsonSchema(schema, "input"),
+              })),
+            ],
           }
         : {}),
       ...(op.body

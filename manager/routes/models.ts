@@ -1,16 +1,23 @@
-import { asc } from "drizzle-orm";
+import { and, asc, eq } from "drizzle-orm";
 import { Hono } from "hono";
+import { z } from "zod";
 import { schema } from "../../db/index.ts";
 import {
   aliasSchema,
   modelRegistrationSchema,
   type OpenAiModelList,
+  workerIdSchema,
 } from "../../protocol/index.ts";
 import { isAuthorized, requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
 import { AppError, parseWith, readJson } from "../errors.ts";
 import { deleteModel, loadModelInfo, registerModel } from "../services/scheduler.ts";
 import { modelStatus } from "../services/views.ts";
+
+const logsQuerySchema = z.object({
+  tail: z.coerce.number().int().min(1).max(10_000).default(100),
+  worker_id: workerIdSchema.optional(),
+});
 
 export type FetchHandler = { fetch(request: Request): Response | Promise<Response> };
 
@@ -66,6 +73,43 @@ export function modelsRoutes(ctx: ManagerContext, router: () => FetchHandler | u
     if (!info)
       throw new AppError("model_not_found", `no model with alias ${alias}`, { param: "alias" });
     return c.json(info);
+  });
+
+  /**
+   * The engine's last log lines from each worker running the alias (or only `worker_id`),
+   * fetched from the agents; what `fleet logs ALIAS` and `register --wait` show.
+   */
+  app.get("/:alias/logs", admin, async (c) => {
+    const alias = parseWith(aliasSchema, c.req.param("alias"), "alias");
+    const query = parseWith(logsQuerySchema, c.req.query());
+    const placed = await ctx.db
+      .select({ workerId: schema.instances.workerId, workerUrl: schema.workers.workerUrl })
+      .from(schema.instances)
+      .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+      .where(
+        and(
+          eq(schema.instances.alias, alias),
+          query.worker_id ? eq(schema.instances.workerId, query.worker_id) : undefined,
+        ),
+      )
+      .orderBy(asc(schema.instances.workerId));
+    if (placed.length === 0) {
+      throw new AppError(
+        "model_not_found",
+        `no instance of ${alias}${query.worker_id ? ` on ${query.worker_id}` : ""}`,
+        {
+          param: "alias",
+        },
+      );
+    }
+    const sections = await Promise.all(
+      placed.map(async ({ workerId, workerUrl }) => {
+        const result = await ctx.agents.logs(workerUrl, alias, query.tail);
+        const text = result.ok ? result.value : `(logs unavailable: ${result.error})\n`;
+        return placed.length === 1 ? text : `==> ${workerId} <==\n${text}`;
+      }),
+    );
+    return c.text(sections.join(""));
   });
 
   app.delete("/:alias", admin, async (c) => {

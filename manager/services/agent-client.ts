@@ -52,13 +52,23 @@ export class AgentClient {
     return result;
   }
 
+  /** `GET /v1/instances/{alias}/logs?tail=N`: the engine's last log lines, as plain text. */
+  logs(workerUrl: string, alias: string, tail: number): Promise<AgentCallResult<string>> {
+    return this.call(
+      workerUrl,
+      `/v1/instances/${encodeURIComponent(alias)}/logs?tail=${tail}`,
+      { method: "GET" },
+      (_body, text) => text,
+    );
+  }
+
   private async call<T>(
     workerUrl: string,
     path: string,
     init: RequestInit,
-    parse: (body: unknown) => T,
+    parse: (body: unknown, text: string) => T,
   ): Promise<AgentCallResult<T>> {
-    const headers: Record<string, string> = { accept: "application/json" };
+    const headers: Record<string, string> = { accept: "application/json, text/plain" };
     if (init.body) headers["content-type"] = "application/json";
     if (this.options.token) headers.authorization = `Bearer ${this.options.token}`;
     let response: Response;
@@ -89,7 +99,7 @@ export class AgentClient {
         error: `agent at ${workerUrl} answered ${response.status}: ${errorMessage(body) ?? (text.slice(0, 300) || response.statusText)}`,
       };
     }
-    return { ok: true, value: parse(body) };
+    return { ok: true, value: parse(body, text) };
   }
 }
 

@@ -66,15 +66,18 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  // A stub manager for the routers: the route table and a usage sink.
-  let routes: unknown[] = [];
+  // A stub manager for the routers: a route table per router (MANAGER_URL may carry a path,
+  // so each router reads /t/{table}/v1/routes) and a usage sink.
+  const tables = new Map<string, unknown[]>();
   let usageRecords = 0;
   const manager = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     async fetch(request) {
-      const path = new URL(request.url).pathname;
+      const match = /^\/t\/([^/]+)(\/.*)$/.exec(new URL(request.url).pathname);
+      const path = match?.[2];
       if (path === "/v1/routes") {
+        const routes = tables.get(match?.[1] ?? "") ?? [];
         return Response.json({ version: "1", routes, api_keys: [] }, { headers: { etag: '"1"' } });
       }
       if (path === "/v1/usage") {
@@ -96,12 +99,13 @@ async function main() {
     ready: true,
   });
 
-  const spawnRouter = async () => {
+  const spawnRouter = async (table: string, routes: unknown[]) => {
+    tables.set(table, routes);
     const port = await freePort();
     const server = await spawnServer({
       argv: [bunBin, "router/main.ts"],
       env: {
-        MANAGER_URL: managerUrl,
+        MANAGER_URL: `${managerUrl}/t/${table}`,
         FLEET_TOKEN: token,
         HOST: "127.0.0.1",
         PORT: String(port),
@@ -113,38 +117,63 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  const measure = async (name: string, url: string) => {
-    const target = `${url}/v1/chat/completions`;
-    await runLoad({ url: target, body: chat, concurrency: 16, durationMs: 500 });
-    const c1 = await runLoad({
-      url: target,
-      body: chat,
-      concurrency: 1,
-      durationMs: seconds * 1000,
+  type Path = { name: string; url: string };
+  type Result = { name: string; c1: LoadResult; c64: LoadResult; ttfb: number };
+  const median = <T>(items: T[], key: (item: T) => number): T => {
+    const sorted = [...items].sort((x, y) => key(x) - key(y));
+    return sorted[Math.floor(sorted.length / 2)] as T;
+  };
+  // The machine is shared and noisy: paths are measured in interleaved rounds and each
+  // figure is the median round, so every path sees the same background load.
+  const measureAll = async (paths: Path[]): Promise<Result[]> => {
+    const rounds = 3;
+    const roundMs = Math.max(1000, (seconds * 1000) / rounds);
+    const c1: LoadResult[][] = paths.map(() => []);
+    const c64: LoadResult[][] = paths.map(() => []);
+    const ttfb: number[][] = paths.map(() => []);
+    for (const path of paths) {
+      await runLoad({
+        url: `${path.url}/v1/chat/completions`,
+        body: chat,
+        concurrency: 16,
+        durationMs: 500,
+      });
+    }
+    for (let round = 0; round < rounds; round++) {
+      for (const [index, path] of paths.entries()) {
+        const target = `${path.url}/v1/chat/completions`;
+        c1[index]?.push(
+          await runLoad({ url: target, body: chat, concurrency: 1, durationMs: roundMs }),
+        );
+        c64[index]?.push(
+          await runLoad({ url: target, body: chat, concurrency: 64, durationMs: roundMs }),
+        );
+        const streams = await runStreams({
+          url: target,
+          body: { ...chat, stream: true, max_tokens: 8 },
+          concurrency: 1,
+          durationMs: 700,
+        });
+        ttfb[index]?.push(streams.ttfbMs.p50);
+      }
+    }
+    return paths.map((path, index) => {
+      const r: Result = {
+        name: path.name,
+        c1: median(c1[index] ?? [], (x) => x.rps),
+        c64: median(c64[index] ?? [], (x) => x.rps),
+        ttfb: median(ttfb[index] ?? [], (x) => x),
+      };
+      console.log(`${r.name}\n  c=1   ${formatLoad(r.c1)}\n  c=64  ${formatLoad(r.c64)}`);
+      console.log(`  stream TTFB p50 ${r.ttfb.toFixed(2)} ms`);
+      return r;
     });
-    const c64 = await runLoad({
-      url: target,
-      body: chat,
-      concurrency: 64,
-      durationMs: seconds * 1000,
-    });
-    const streams = await runStreams({
-      url: target,
-      body: { ...chat, stream: true, max_tokens: 8 },
-      concurrency: 1,
-      durationMs: Math.min(2000, seconds * 1000),
-    });
-    console.log(`${name}\n  c=1   ${formatLoad(c1)}\n  c=64  ${formatLoad(c64)}`);
-    console.log(
-      `  stream TTFB p50 ${streams.ttfbMs.p50.toFixed(2)} ms  p99 ${streams.ttfbMs.p99.toFixed(2)} ms`,
-    );
-    return { name, c1, c64, ttfb: streams.ttfbMs.p50 };
   };
 
-  const results: Awaited<ReturnType<typeof measure>>[] = [];
+  const results: Result[] = [];
   try {
     const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
-    results.push(await measure("(a) direct to simulator", `${sim.url}/proxy/${alias}`));
+    const paths: Path[] = [{ name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}` }];
 
     const barePort = await freePort();
     const bare = await spawnServer({
@@ -153,14 +182,13 @@ async function main() {
       readyUrl: `http://127.0.0.1:${barePort}/health`,
     });
     servers.push(bare);
-    results.push(
-      await measure("(b) bare Hono fetch-proxy", `http://127.0.0.1:${barePort}/proxy/${alias}`),
-    );
+    paths.push({
+      name: "(b) bare Hono fetch-proxy",
+      url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
+    });
 
-    routes = [route("sim", sim.url)];
-    const router = await spawnRouter();
-    results.push(await measure("(c) router → simulator", router.url));
-
+    const router = await spawnRouter("c", [route("sim", sim.url)]);
+    paths.push({ name: "(c) router → simulator", url: router.url });
     // (d) the full path: a real agent launching the simulator through VLLM_BIN.
     const agentPort = await freePort();
     const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
@@ -205,9 +233,9 @@ async function main() {
       if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
       await Bun.sleep(100);
     }
-    routes = [route("agent", agentUrl)];
-    const router2 = await spawnRouter();
-    results.push(await measure("(d) router → agent → simulator", router2.url));
+    const router2 = await spawnRouter("d", [route("agent", agentUrl)]);
+    paths.push({ name: "(d) router → agent → simulator", url: router2.url });
+    results.push(...(await measureAll(paths)));
 
     // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).
     const streamSim = await spawnSim([
@@ -218,8 +246,7 @@ async function main() {
       "--max-num-seqs",
       "2048",
     ]);
-    routes = [route("stream-sim", streamSim.url)];
-    const router3 = await spawnRouter();
+    const router3 = await spawnRouter("streams", [route("stream-sim", streamSim.url)]);
     const idleRss = router3.server.rssMiB() ?? 0;
     let peakRss = idleRss;
     const sampler = setInterval(() => {

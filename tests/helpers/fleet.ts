@@ -1,0 +1,130 @@
+import { createServer, type Server, type Socket } from "node:net";
+import type { TestDatabase } from "./db.ts";
+import { freePort, waitForHttp } from "./net.ts";
+import { bunBin, repoRoot, type Service, startProcess } from "./proc.ts";
+
+export const simDir = `${repoRoot}/agent/sim`;
+
+export type Running = Service & { url: string; port: number };
+
+/** `bun manager/main.ts` on a free loopback port, fast loops for tests; waits for /health. */
+export async function startManager(options: {
+  database: TestDatabase;
+  env?: Record<string, string | undefined>;
+  port?: number;
+}): Promise<Running> {
+  const port = options.port ?? (await freePort());
+  const service = startProcess([bunBin, "manager/main.ts"], {
+    env: {
+      DATABASE_URL: "",
+      ...options.database.env,
+      HOST: "127.0.0.1",
+      PORT: String(port),
+      HEARTBEAT_INTERVAL_S: "0.5",
+      WORKER_TIMEOUT_S: "3",
+      RECONCILE_INTERVAL_S: "0.3",
+      ROUTES_POLL_MS: "100",
+      ...options.env,
+    },
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await service.waitFor("manager listening", 30_000);
+  await waitForHttp(`${url}/health`);
+  return Object.assign(service, { url, port });
+}
+
+/**
+ * `bun agent/main.ts` on loopback with the simulator kit standing in for vLLM and
+ * nvidia-smi; waits until it listens (registration happens in the background).
+ */
+export async function startAgent(options: {
+  managerUrl: string;
+  workerId: string;
+  /** WORKER_PORT; a free one when absent. */
+  port?: number;
+  env?: Record<string, string | undefined>;
+}): Promise<Running> {
+  const port = options.port ?? (await freePort());
+  const engineMin = 20_000 + Math.floor(Math.random() * 40_000);
+  const service = startProcess([bunBin, "agent/main.ts"], {
+    env: {
+      WORKER_ID: options.workerId,
+      WORKER_HOST: "127.0.0.1",
+      WORKER_PORT: String(port),
+      MANAGER_URL: options.managerUrl,
+      VLLM_BIN: `${simDir}/vllm`,
+      PATH: `${simDir}:${process.env.PATH ?? ""}`,
+      SIM_STARTUP_DELAY_MS: "300",
+      ENGINE_PORT_MIN: String(engineMin),
+      ENGINE_PORT_MAX: String(engineMin + 20),
+      ENGINE_HEALTH_POLL_MS: "100",
+      ENGINE_STOP_GRACE_S: "2",
+      MANAGER_RETRY_MAX_S: "1",
+      ...options.env,
+    },
+  });
+  await service.waitFor("agent listening", 20_000);
+  return Object.assign(service, { url: `http://127.0.0.1:${port}`, port });
+}
+
+export type TcpForwarder = {
+  port: number;
+  url: string;
+  /** Connections accepted so far. */
+  connections(): number;
+  /** Bytes carried client → target so far. */
+  bytesIn(): number;
+  close(): Promise<void>;
+};
+
+/**
+ * A TCP forwarder on its own loopback port: plays a rental host's port mapping
+ * (`https://…seetacloud.com:8443` → the agent's `0.0.0.0:6006`) without leaving loopback.
+ */
+export async function startTcpForwarder(
+  targetPort: number,
+  listenHost = "127.0.0.1",
+): Promise<TcpForwarder> {
+  const { connect } = await import("node:net");
+  let connections = 0;
+  let bytesIn = 0;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    connections++;
+    const upstream = connect(targetPort, "127.0.0.1");
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on("data", (chunk) => {
+      bytesIn += chunk.length;
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on("error", close);
+    upstream.on("error", close);
+    client.on("close", close);
+    upstream.on("close", close);
+  });
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, listenHost, () => {
+      const address = server.address();
+      resolve(typeof address === "object" && address ? address.port : 0);
+    });
+  });
+  return {
+    port,
+    url: `http://${listenHost}:${port}`,
+    connections: () => connections,
+    bytesIn: () => bytesIn,
+    close: () =>
+      new Promise((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}

@@ -49,7 +49,15 @@ const env = parseEnv(
   process.env,
 );
 
-class CliError extends Error {}
+/** A failure to report; `code` 2 for usage mistakes (the default), 1 for failed requests. */
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly code = 2,
+  ) {
+    super(message);
+  }
+}
 
 const int = (name: string) =>
   z.coerce
@@ -183,7 +191,7 @@ class ManagerApi {
         message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? text;
       } catch {}
       const hint = response.status === 401 ? " (set ADMIN_TOKEN or pass --token)" : "";
-      throw new CliError(`${method} ${path}: HTTP ${response.status}: ${message}${hint}`);
+      throw new CliError(`${method} ${path}: HTTP ${response.status}: ${message}${hint}`, 1);
     }
     return text;
   }
@@ -423,5 +431,5 @@ try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
   console.error(`fleet: ${error instanceof Error ? error.message : String(error)}`);
-  process.exitCode = error instanceof CliError ? 2 : 1;
+  process.exitCode = error instanceof CliError ? error.code : 1;
 }

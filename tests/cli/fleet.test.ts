@@ -1,0 +1,166 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
+import { type Running, startAgent, startManager } from "../helpers/fleet.ts";
+import { eventually } from "../helpers/net.ts";
+import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+
+const ADMIN_TOKEN = "admin-token-cli";
+const FLEET_TOKEN = "fleet-token-cli";
+
+describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
+  let database: TestDatabase;
+  let manager: Running;
+
+  async function fleet(args: string[], env: Record<string, string | undefined> = {}) {
+    const service = startProcess([bunBin, "bin/fleet.ts", ...args], {
+      env: { FLEET_URL: manager.url, ADMIN_TOKEN, ...env },
+    });
+    const code = await service.proc.exited;
+    await Bun.sleep(20); // let the output pumps drain
+    return { code, output: service.output() };
+  }
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    manager = await startManager({
+      database,
+      env: { ADMIN_TOKEN, FLEET_TOKEN, LAUNCH_RETRY_BASE_S: "60" },
+    });
+    await startAgent({
+      managerUrl: manager.url,
+      workerId: "gpu-box-1",
+      env: { FLEET_TOKEN, SIM_GPUS: "2x NVIDIA H100 80GB HBM3:81559", SIM_STARTUP_DELAY_MS: "800" },
+    });
+    await eventually(async () => {
+      const response = await fetch(`${manager.url}/v1/workers/gpu-box-1`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      return response.ok;
+    });
+  });
+  afterAll(async () => {
+    await stopAll();
+    await database?.destroy();
+  });
+
+  test("register --wait shows the launch until ready, then the route", async () => {
+    const { code, output } = await fleet([
+      "models",
+      "register",
+      "qwen",
+      "Qwen/Qwen2-VL-2B-Instruct",
+      "--gpu-memory-utilization",
+      "0.5",
+      "--max-model-len",
+      "4096",
+      "--wait",
+    ]);
+    expect(code).toBe(0);
+    expect(output).toMatch(/gpu-box-1: placed on GPU \d/);
+    expect(output).toContain("gpu-box-1: ready");
+    expect(output).toMatch(/ALIAS\s+MODEL\s+WORKER\s+WORKER URL/);
+    expect(output).toMatch(
+      /qwen\s+Qwen\/Qwen2-VL-2B-Instruct\s+gpu-box-1\s+http:\/\/127\.0\.0\.1:\d+/,
+    );
+  });
+
+  test("ls commands print tables for people and JSON for scripts", async () => {
+    const models = await fleet(["models", "ls", "--json"]);
+    expect(models.code).toBe(0);
+    expect(JSON.parse(models.output)).toEqual([
+      expect.objectContaining({ alias: "qwen", status: "ready", replicas: 1 }),
+    ]);
+
+    const table = await fleet(["models", "ls"]);
+    expect(table.output).toMatch(/^ALIAS\s+MODEL\s+STATUS\s+READY\s+WORKERS\n/);
+    expect(table.output).toMatch(/qwen\s+Qwen\/Qwen2-VL-2B-Instruct\s+ready\s+1\/1\s+gpu-box-1/);
+
+    const workers = await fleet(["workers", "ls", "--json"]);
+    expect(JSON.parse(workers.output)).toEqual([
+      expect.objectContaining({ worker_id: "gpu-box-1", status: "online" }),
+    ]);
+    const workerTable = await fleet(["workers", "ls"]);
+    expect(workerTable.output).toContain(
+      "0:NVIDIA H100 80GB HBM3 80G, 1:NVIDIA H100 80GB HBM3 80G",
+    );
+
+    const routes = await fleet(["routes", "ls", "--json"]);
+    const snapshot = JSON.parse(routes.output) as {
+      routes: Array<{ alias: string; ready: boolean }>;
+    };
+    expect(snapshot.routes).toEqual([expect.objectContaining({ alias: "qwen", ready: true })]);
+  });
+
+  test("logs shows the engine's last lines", async () => {
+    const { code, output } = await fleet(["logs", "qwen", "--tail", "20"]);
+    expect(code).toBe(0);
+    expect(output).toContain("Application startup complete.");
+  });
+
+  test("keys create shows the key once; revoke ends it", async () => {
+    const created = await fleet(["keys", "create", "--name", "ci", "--json"]);
+    expect(created.code).toBe(0);
+    const key = JSON.parse(created.output) as { id: string; key: string; name: string };
+    expect(key.key).toStartWith("sk-fleet-");
+    expect(key.name).toBe("ci");
+
+    const listed = await fleet(["keys", "ls", "--json"]);
+    expect(listed.output).not.toContain(key.key);
+
+    const chat = () =>
+      fetch(`${manager.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "qwen", messages: [{ role: "user", content: "hi" }] }),
+      }).then((response) => response.status);
+    await eventually(async () => (await chat()) === 200, { what: "the key to work" });
+
+    // A second key keeps the gateway closed once the first is revoked (with no active key
+    // left, a loopback gateway is open again, as it was before any key existed).
+    expect((await fleet(["keys", "create", "--name", "other"])).code).toBe(0);
+    const revoked = await fleet(["keys", "revoke", key.id]);
+    expect(revoked.code).toBe(0);
+    expect(revoked.output).toContain(`revoked ${key.id}`);
+    await eventually(async () => (await chat()) === 401, { what: "the revoked key to fail" });
+  });
+
+  test("register --wait on an engine that cannot start fails with its log lines", async () => {
+    const { code, output } = await fleet([
+      "models",
+      "register",
+      "broken",
+      "org/broken",
+      "--gpu-memory-utilization",
+      "0.3",
+      "--extra-arg=--fail-startup",
+      "--wait",
+    ]);
+    expect(code).toBe(1);
+    expect(output).toContain("gpu-box-1: failed");
+    expect(output).toContain("CUDA out of memory");
+  });
+
+  test("bad flags and a missing token are explained", async () => {
+    const bad = await fleet(["models", "register", "x", "org/x", "--gpu-memory-utilization", "2"]);
+    expect(bad.code).toBe(2);
+    expect(bad.output).toContain("--gpu-memory-utilization must be in (0, 1]");
+
+    const noToken = await fleet(["models", "ls"], { ADMIN_TOKEN: "" });
+    expect(noToken.code).toBe(1);
+    expect(noToken.output).toContain("HTTP 401");
+    expect(noToken.output).toContain("set ADMIN_TOKEN or pass --token");
+
+    const unknown = await fleet(["models", "frobnicate"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.output).toContain("unknown command");
+  });
+
+  test("rm stops the model and removes its route", async () => {
+    const { code, output } = await fleet(["models", "rm", "qwen"]);
+    expect(code).toBe(0);
+    expect(output).toContain("removed qwen");
+    const routes = await fleet(["routes", "ls", "--json"]);
+    const snapshot = JSON.parse(routes.output) as { routes: Array<{ alias: string }> };
+    expect(snapshot.routes.map((route) => route.alias)).not.toContain("qwen");
+  });
+});

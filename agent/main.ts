@@ -1,19 +1,17 @@
 import { EnvError } from "../protocol/index.ts";
+import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
 import { inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
-import { reexecWith } from "./lib/reexec.ts";
 import { WorkerService } from "./service.ts";
 
 /** In-flight engine requests the proxy may hold (Bun's default is 256). */
-const maxHttpRequests = "4096";
+const maxHttpRequests = 4096;
 
 let agent: WorkerService;
 let reexecFailure: string | null = null;
 try {
   const env = loadAgentEnv(inheritedEnv());
-  if (env.BUN_CONFIG_MAX_HTTP_REQUESTS === undefined) {
-    // Returns only on failure; the agent then runs with Bun's default cap.
-    reexecFailure = reexecWith(inheritedEnv(), { BUN_CONFIG_MAX_HTTP_REQUESTS: maxHttpRequests });
-  }
+  // Returns only when nothing was needed or on failure (then Bun's default cap applies).
+  reexecFailure = ensureFetchCapacity(inheritedEnv(), maxHttpRequests);
   agent = new WorkerService(serviceOptionsFromEnv(env, inheritedEnv()));
 } catch (error) {
   console.error(`agent: ${error instanceof EnvError ? error.message : String(error)}`);

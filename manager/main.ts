@@ -1,5 +1,14 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
+import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
 import { runManager } from "./server.ts";
+
+// The mounted router proxies every OpenAI request with one fetch; see the function's doc.
+const fetchCapacityProblem = ensureFetchCapacity(process.env, 65_000);
+if (fetchCapacityProblem) {
+  console.warn(
+    `manager: could not raise Bun's fetch cap (${fetchCapacityProblem}); at most 256 requests reach agents at once`,
+  );
+}
 
 await runManager({
   env: process.env,

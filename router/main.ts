@@ -4,24 +4,13 @@
  */
 import { getConnInfo } from "hono/bun";
 import { EnvError } from "../protocol/index.ts";
+import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
 import { loadRouterEnv, type RouterEnv } from "./env.ts";
 import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
-// Bun's fetch runs at most 256 requests at once unless BUN_CONFIG_MAX_HTTP_REQUESTS is set
-// when the process starts (setting it later has no effect); a gateway holding long LLM
-// streams needs far more, or request 257 waits inside fetch while its first-byte timeout
-// runs. So the entry re-executes itself once with the variable set.
-if (!process.env.BUN_CONFIG_MAX_HTTP_REQUESTS) {
-  const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
-    env: { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: "65000" },
-    stdio: ["inherit", "inherit", "inherit"],
-  });
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.on(signal, () => child.kill(signal));
-  }
-  process.exit(await child.exited);
-}
+// A gateway holds long LLM streams: far more than Bun's default of 256 fetches in flight.
+const fetchCapacityProblem = ensureFetchCapacity(process.env, 65_000);
 
 let env: RouterEnv;
 try {
@@ -32,6 +21,11 @@ try {
   process.exit(1);
 }
 const log = consoleLogger("router");
+if (fetchCapacityProblem) {
+  log.warn("could not raise Bun's fetch cap; at most 256 requests reach agents at once", {
+    reason: fetchCapacityProblem,
+  });
+}
 const firstByteMs = env.FIRST_BYTE_TIMEOUT_MS;
 // Bun's fetch drops a socket idle for 5 min by default; vLLM may queue longer than that.
 const bunFetch = (input: string | URL | Request, init?: RequestInit) =>

@@ -92,7 +92,11 @@ describe("agent instance API", () => {
     const { pid, port } = res.json;
     expect(pid).toBeGreaterThan(0);
     // agent/sim/vllm execs the simulator, so /proc shows what vLLM itself would receive.
-    const argv = procArgv(pid as number);
+    // A process just spawned shows an empty cmdline until its exec completes.
+    const argv = await eventually(() => {
+      const seen = procArgv(pid as number);
+      return seen.includes("serve") ? seen : null;
+    });
     const serve = argv.indexOf("serve");
     expect(argv.slice(serve)).toEqual([
       "serve",

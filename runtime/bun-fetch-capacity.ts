@@ -1,6 +1,23 @@
 import { dlopen, FFIType, ptr } from "bun:ffi";
 
 /**
+ * Makes sure Bun's `fetch` may keep `capacity` requests in flight. Bun reads
+ * `BUN_CONFIG_MAX_HTTP_REQUESTS` only at startup (default 256), and every proxied request
+ * or stream is one fetch, so the agent, the router and the manager (which mounts the
+ * router) would otherwise stall request 257 inside fetch while its timeouts run. When the
+ * variable is unset, the process replaces itself with the same argv and the variable set.
+ * Call it first thing in a Bun entry; it returns only when nothing needed doing (null) or
+ * when re-executing failed (the reason, for a warning).
+ */
+export function ensureFetchCapacity(
+  env: Record<string, string | undefined>,
+  capacity: number,
+): string | null {
+  if (env.BUN_CONFIG_MAX_HTTP_REQUESTS) return null;
+  return reexecWith(env, { BUN_CONFIG_MAX_HTTP_REQUESTS: String(capacity) });
+}
+
+/**
  * Replaces this process with the same Bun and argv plus `extra` variables (execve: same
  * pid, same stdio, so systemd and supervisors see nothing). Only returns if execve failed;
  * the reason is returned for a warning.
@@ -11,7 +28,7 @@ import { dlopen, FFIType, ptr } from "bun:ffi";
  * sequences running across its engines (vLLM runs up to 1,024 per engine on big GPUs),
  * and the excess would wait invisibly inside the agent instead of in vLLM's queue.
  */
-export function reexecWith(
+function reexecWith(
   env: Record<string, string | undefined>,
   extra: Record<string, string>,
 ): string {

@@ -61,9 +61,11 @@ export async function runManager(options: {
   });
 
   const open = !config.adminToken || !config.fleetToken;
+  const base = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`;
   console.log(
-    `manager listening on http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port} (${options.runtime}, ${db.kind} at ${db.location}, router mounted)`,
+    `manager listening on ${base} (${options.runtime}, ${db.kind} at ${db.location}, router mounted)`,
   );
+  console.log(startupHelp(base, config));
   if (open && isLoopbackHost(config.host)) {
     const which = [!config.adminToken && "ADMIN_TOKEN", !config.fleetToken && "FLEET_TOKEN"]
       .filter(Boolean)
@@ -112,4 +114,18 @@ function mountRouter(manager: Manager, config: ManagerConfig): FetchHandler {
     log: consoleLogger("router"),
   });
   return { fetch: (request) => router.fetch(request) };
+}
+
+/** What a newcomer needs after `npm start`: where things are and how to add a GPU host. */
+function startupHelp(base: string, config: ManagerConfig): string {
+  const reach = isLoopbackHost(config.host) ? base : base.replace(config.host, "<this-host>");
+  const token = config.fleetToken ? " FLEET_TOKEN=<the same token>" : "";
+  return [
+    `  OpenAI API   ${reach}/v1  (chat/completions, completions, embeddings, models)`,
+    `  API docs     ${reach}/docs  (OpenAPI: ${reach}/openapi.json)`,
+    "  add a GPU host (on that host, in a checkout of vllm-fleet):",
+    `    MANAGER_URL=${reach}${token} PUBLIC_URL=<its port-forwarding URL, if any> npm run agent`,
+    "  no GPU? run the agent on the simulator kit:",
+    `    MANAGER_URL=${reach}${token} WORKER_HOST=127.0.0.1 VLLM_BIN=agent/sim/vllm PATH=agent/sim:$PATH npm run agent`,
+  ].join("\n");
 }

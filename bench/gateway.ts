@@ -9,6 +9,7 @@
  * 1,000 concurrent streams. The load generator (bench/lib/load.ts) runs in this process,
  * every server in its own.
  *
+ * `BENCH_ONLY=memory bun bench/gateway.ts` measures only the router's memory with 1,000 streams.
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
@@ -172,70 +173,73 @@ async function main() {
 
   const results: Result[] = [];
   try {
-    const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
-    const paths: Path[] = [{ name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}` }];
+    // BENCH_ONLY=memory skips the throughput cases (for iterating on the router's memory).
+    if (process.env.BENCH_ONLY !== "memory") {
+      const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
+      const paths: Path[] = [{ name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}` }];
 
-    const barePort = await freePort();
-    const bare = await spawnServer({
-      argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
-      env: bunFetchEnv,
-      readyUrl: `http://127.0.0.1:${barePort}/health`,
-    });
-    servers.push(bare);
-    paths.push({
-      name: "(b) bare Hono fetch-proxy",
-      url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
-    });
+      const barePort = await freePort();
+      const bare = await spawnServer({
+        argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
+        env: bunFetchEnv,
+        readyUrl: `http://127.0.0.1:${barePort}/health`,
+      });
+      servers.push(bare);
+      paths.push({
+        name: "(b) bare Hono fetch-proxy",
+        url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
+      });
 
-    const router = await spawnRouter("c", [route("sim", sim.url)]);
-    paths.push({ name: "(c) router → simulator", url: router.url });
-    // (d) the full path: a real agent launching the simulator through VLLM_BIN.
-    const agentPort = await freePort();
-    const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
-    const agent = await spawnServer({
-      argv: [bunBin, "agent/main.ts"],
-      env: {
-        WORKER_ID: "bench-agent",
-        WORKER_HOST: "127.0.0.1",
-        WORKER_PORT: String(agentPort),
-        MANAGER_URL: "http://127.0.0.1:9",
-        FLEET_TOKEN: token,
-        VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
-        PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
-        ENGINE_PORT_MIN: String(enginePort),
-        ENGINE_PORT_MAX: String(enginePort + 10),
-        LOG_LEVEL: "error",
-        ...bunFetchEnv,
-      },
-      readyUrl: `http://127.0.0.1:${agentPort}/health`,
-    });
-    servers.push(agent);
-    const agentUrl = `http://127.0.0.1:${agentPort}`;
-    const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-    const launched = await fetch(`${agentUrl}/v1/instances`, {
-      method: "POST",
-      headers: auth,
-      body: JSON.stringify({
-        alias,
-        model_name: `org/${alias}`,
-        extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
-      }),
-    });
-    if (launched.status !== 202)
-      throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
-    for (let tries = 0; ; tries++) {
-      const status = (await (
-        await fetch(`${agentUrl}/v1/instances/${alias}`, { headers: auth })
-      ).json()) as {
-        status?: string;
-      };
-      if (status.status === "ready") break;
-      if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
-      await Bun.sleep(100);
+      const router = await spawnRouter("c", [route("sim", sim.url)]);
+      paths.push({ name: "(c) router → simulator", url: router.url });
+      // (d) the full path: a real agent launching the simulator through VLLM_BIN.
+      const agentPort = await freePort();
+      const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
+      const agent = await spawnServer({
+        argv: [bunBin, "agent/main.ts"],
+        env: {
+          WORKER_ID: "bench-agent",
+          WORKER_HOST: "127.0.0.1",
+          WORKER_PORT: String(agentPort),
+          MANAGER_URL: "http://127.0.0.1:9",
+          FLEET_TOKEN: token,
+          VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
+          PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
+          ENGINE_PORT_MIN: String(enginePort),
+          ENGINE_PORT_MAX: String(enginePort + 10),
+          LOG_LEVEL: "error",
+          ...bunFetchEnv,
+        },
+        readyUrl: `http://127.0.0.1:${agentPort}/health`,
+      });
+      servers.push(agent);
+      const agentUrl = `http://127.0.0.1:${agentPort}`;
+      const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+      const launched = await fetch(`${agentUrl}/v1/instances`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({
+          alias,
+          model_name: `org/${alias}`,
+          extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
+        }),
+      });
+      if (launched.status !== 202)
+        throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
+      for (let tries = 0; ; tries++) {
+        const status = (await (
+          await fetch(`${agentUrl}/v1/instances/${alias}`, { headers: auth })
+        ).json()) as {
+          status?: string;
+        };
+        if (status.status === "ready") break;
+        if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
+        await Bun.sleep(100);
+      }
+      const router2 = await spawnRouter("d", [route("agent", agentUrl)]);
+      paths.push({ name: "(d) router → agent → simulator", url: router2.url });
+      results.push(...(await measureAll(paths)));
     }
-    const router2 = await spawnRouter("d", [route("agent", agentUrl)]);
-    paths.push({ name: "(d) router → agent → simulator", url: router2.url });
-    results.push(...(await measureAll(paths)));
 
     // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).
     const streamSim = await spawnSim([

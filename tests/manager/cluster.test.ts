@@ -1,8 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { InstanceList, ModelInfo, WorkerList } from "../../protocol/index.ts";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
-import { eventually, freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, repoRoot, type Service, startProcess, stopAll } from "../helpers/proc.ts";
+import {
+  type Running,
+  startAgent as startFleetAgent,
+  startManager as startFleetManager,
+} from "../helpers/fleet.ts";
+import { eventually, freePort } from "../helpers/net.ts";
+import { stopAll } from "../helpers/proc.ts";
 import { ADMIN, FLEET } from "./helpers.ts";
 
 /**
@@ -11,59 +16,43 @@ import { ADMIN, FLEET } from "./helpers.ts";
  * through the mounted router, a restart that adopts running engines, and a worker death
  * that moves a model.
  */
-const simDir = `${repoRoot}/agent/sim`;
 
 describe(`manager with real agents (${serviceDbTarget})`, () => {
   let database: TestDatabase;
-  let manager: Service;
+  let manager: Running;
   let managerUrl: string;
   let managerPort: number;
-  const agents = new Map<string, Service & { url: string }>();
+  const agents = new Map<string, Running>();
 
-  const managerEnv = () => ({
-    ...database.env,
-    HOST: "127.0.0.1",
-    PORT: String(managerPort),
-    FLEET_TOKEN: FLEET,
-    ADMIN_TOKEN: ADMIN,
-    HEARTBEAT_INTERVAL_S: "0.3",
-    WORKER_TIMEOUT_S: "2",
-    RECONCILE_INTERVAL_S: "0.3",
-    RESCHEDULE_AFTER_S: "0",
-    LAUNCH_RETRY_BASE_S: "1",
-    ROUTES_POLL_MS: "100",
-  });
   const startManager = async () => {
-    manager = startProcess([bunBin, "manager/main.ts"], { env: managerEnv() });
-    await manager.waitFor("manager listening", 30_000);
-    await waitForHttp(`${managerUrl}/health`);
+    manager = await startFleetManager({
+      database,
+      port: managerPort,
+      env: {
+        FLEET_TOKEN: FLEET,
+        ADMIN_TOKEN: ADMIN,
+        HEARTBEAT_INTERVAL_S: "0.3",
+        WORKER_TIMEOUT_S: "2",
+        RESCHEDULE_AFTER_S: "0",
+        LAUNCH_RETRY_BASE_S: "1",
+      },
+    });
   };
   const startAgent = async (id: string, options: { publicUrl?: (port: number) => string } = {}) => {
     const port = await freePort();
-    const engineMin = 20_000 + Math.floor(Math.random() * 40_000);
-    const agent = startProcess([bunBin, "agent/main.ts"], {
+    const agent = await startFleetAgent({
+      managerUrl,
+      workerId: id,
+      port,
       env: {
-        WORKER_ID: id,
-        WORKER_HOST: "127.0.0.1",
-        WORKER_PORT: String(port),
-        MANAGER_URL: managerUrl,
         PUBLIC_URL: options.publicUrl?.(port),
         FLEET_TOKEN: FLEET,
-        VLLM_BIN: `${simDir}/vllm`,
-        PATH: `${simDir}:${process.env.PATH ?? ""}`,
         SIM_GPUS: "2x NVIDIA H100 80GB HBM3:81559",
         SIM_STARTUP_DELAY_MS: "200",
-        ENGINE_PORT_MIN: String(engineMin),
-        ENGINE_PORT_MAX: String(engineMin + 20),
-        ENGINE_HEALTH_POLL_MS: "100",
-        ENGINE_STOP_GRACE_S: "2",
-        MANAGER_RETRY_MAX_S: "1",
       },
     });
-    await agent.waitFor("agent listening", 20_000);
-    const url = `http://127.0.0.1:${port}`;
-    agents.set(id, Object.assign(agent, { url }));
-    return url;
+    agents.set(id, agent);
+    return agent.url;
   };
   const api = async <T>(
     method: string,

@@ -16,6 +16,8 @@ const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const env = parseEnv(
   z.object({
     PORT: z.coerce.number().int().min(0).max(65535).default(18000),
+    /** The agent's port: 6006 as on a rental host, or a free one when that is taken. */
+    DEMO_WORKER_PORT: z.coerce.number().int().min(0).max(65535).default(6006),
     DEMO_ALIAS: z.string().default("qwen-vl-2b"),
     DEMO_MODEL: z.string().default("Qwen/Qwen2-VL-2B-Instruct"),
   }),
@@ -109,7 +111,7 @@ async function waitFor(url: string, timeoutMs: number): Promise<void> {
 const managerPort = (await portFree(env.PORT)) ? env.PORT : await anyPort();
 if (managerPort !== env.PORT)
   console.log(`port ${env.PORT} is busy; the manager takes ${managerPort}`);
-const workerPort = (await portFree(6006)) ? 6006 : await anyPort();
+const workerPort = (await portFree(env.DEMO_WORKER_PORT)) ? env.DEMO_WORKER_PORT : await anyPort();
 const manager = `http://127.0.0.1:${managerPort}`;
 
 start("manager", [process.execPath, "manager/main.ts"], {

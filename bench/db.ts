@@ -6,6 +6,7 @@
  *   npx bun bench/db.ts            # DATABASE_URL defaults to postgres://postgres@127.0.0.1:5432/test
  */
 import { eq, sql } from "drizzle-orm";
+import postgres from "postgres";
 import { schema } from "../db/index.ts";
 import { type DbTarget, type OpenTestDb, openFreshDb } from "../tests/helpers/db.ts";
 
@@ -116,6 +117,28 @@ async function snapshotQuery(
   return { p50: times[100] ?? 0, p99: times[198] ?? 0, rows };
 }
 
+/** The same query through postgres.js alone (prepared), to separate driver from ORM cost. */
+async function snapshotQueryRaw(url: string): Promise<{ p50: number; p99: number }> {
+  const client = postgres(url, { max: 1, onnotice: () => {} });
+  const query = () => client`
+    select r.alias, r.model_name, r.worker_id, r.worker_url, r.vllm_port, r.created_at,
+           r.instance_id, r.ready and w.status = 'online' as ready
+    from routes r join workers w on w.worker_id = r.worker_id`;
+  try {
+    for (let i = 0; i < 20; i++) await query();
+    const times: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      const t = performance.now();
+      await query();
+      times.push(performance.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    return { p50: times[100] ?? 0, p99: times[198] ?? 0 };
+  } finally {
+    await client.end();
+  }
+}
+
 const results: string[] = [];
 for (const target of ["postgres", "pglite"] satisfies DbTarget[]) {
   const fleet = await openFreshDb(target);
@@ -123,8 +146,11 @@ for (const target of ["postgres", "pglite"] satisfies DbTarget[]) {
     await seed(fleet);
     const rate = await heartbeats(fleet);
     const snap = await snapshotQuery(fleet);
+    const url = fleet.database.env.DATABASE_URL;
+    const raw = url ? await snapshotQueryRaw(url) : undefined;
+    const rawCell = raw ? `${raw.p50.toFixed(2)} / ${raw.p99.toFixed(2)}` : "-";
     results.push(
-      `| ${target} | ${Math.round(rate).toLocaleString("en-US")} | ${snap.rows} | ${snap.p50.toFixed(2)} | ${snap.p99.toFixed(2)} |`,
+      `| ${target} | ${Math.round(rate).toLocaleString("en-US")} | ${snap.rows} | ${snap.p50.toFixed(2)} | ${snap.p99.toFixed(2)} | ${rawCell} |`,
     );
   } finally {
     await fleet.destroy();
@@ -133,6 +159,8 @@ for (const target of ["postgres", "pglite"] satisfies DbTarget[]) {
 console.log(
   `heartbeat upserts: ${CONCURRENCY} concurrent for ${HEARTBEAT_SECONDS} s over ${WORKERS} workers (worker row + GPU row each)`,
 );
-console.log("| database | heartbeats/s | snapshot rows | snapshot p50 ms | snapshot p99 ms |");
-console.log("| --- | --- | --- | --- | --- |");
+console.log(
+  "| database | heartbeats/s | snapshot rows | snapshot p50 ms (Drizzle) | p99 ms | p50 / p99 ms (postgres.js alone) |",
+);
+console.log("| --- | --- | --- | --- | --- | --- |");
 for (const line of results) console.log(line);

@@ -1,5 +1,5 @@
 import { and, count, eq, inArray, lt, sql } from "drizzle-orm";
-import { schema } from "../../db/index.ts";
+import { type Db, schema } from "../../db/index.ts";
 import { type EventInput, type ManagerContext, recordEvents } from "../context.ts";
 import { describeError } from "../errors.ts";
 import { gpuRefusal, place } from "./placement.ts";
@@ -10,6 +10,7 @@ import {
   placementRequest,
   routeUrl,
 } from "./scheduler.ts";
+import type { InstanceRow } from "./views.ts";
 
 const SWEEP_LOCK = 0x766c6c6d_73776570n; // "vllmswep"
 const RECONCILE_LOCK = 0x766c6c6d_72636e6cn; // "vllmrcnl"
@@ -226,6 +227,19 @@ async function guarded(
   }
 }
 
+/**
+ * An instance and its model, read after the placement lock, if it is still in `status`
+ * (another manager replica, or this one's previous tick, may have handled it meanwhile).
+ */
+async function instanceWithModel(tx: Db, instanceId: string, status: InstanceRow["status"]) {
+  const [row] = await tx
+    .select({ instance: schema.instances, model: schema.models })
+    .from(schema.instances)
+    .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+    .where(eq(schema.instances.id, instanceId));
+  return row?.instance.status === status ? row : undefined;
+}
+
 /** Moves a lost instance to a worker that fits: the old row (and route) go, a pending one comes. */
 async function replaceLost(
   ctx: ManagerContext,
@@ -234,12 +248,8 @@ async function replaceLost(
 ): Promise<string | undefined> {
   const outcome = await ctx.db.transaction(async (tx) => {
     await lockPlacement(tx);
-    const [row] = await tx
-      .select({ instance: schema.instances, model: schema.models })
-      .from(schema.instances)
-      .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
-      .where(eq(schema.instances.id, instanceId));
-    if (row?.instance.status !== "lost") return undefined;
+    const row = await instanceWithModel(tx, instanceId, "lost");
+    if (!row) return undefined;
     const { instance, model } = row;
     const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
     const result = place(state, {
@@ -337,12 +347,8 @@ async function retryFailed(
 ): Promise<string | undefined> {
   const outcome = await ctx.db.transaction(async (tx) => {
     await lockPlacement(tx);
-    const [row] = await tx
-      .select({ instance: schema.instances, model: schema.models })
-      .from(schema.instances)
-      .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
-      .where(eq(schema.instances.id, instanceId));
-    if (row?.instance.status !== "failed") return undefined;
+    const row = await instanceWithModel(tx, instanceId, "failed");
+    if (!row) return undefined;
     const { instance, model } = row;
     const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
     const home = state.find((w) => w.workerId === instance.workerId);

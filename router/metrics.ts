@@ -23,7 +23,12 @@ export const latencyBuckets = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 ] as const;
 
+const needsEscape = /[\\"\n]/;
+
 function escapeLabel(value: string): string {
+  // Labels are aliases, statuses and worker ids: almost never anything to escape, and this
+  // runs several times per proxied request.
+  if (!needsEscape.test(value)) return value;
   return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 }
 

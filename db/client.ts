@@ -43,7 +43,7 @@ export type CreateDbOptions = {
 };
 
 const migrationsFolder = resolve(import.meta.dirname, "migrations");
-/** Advisory lock key for migrations: any fixed 64-bit number unique to vllm-fleet. */
+/** Advisory lock key for migrations (a fixed 64-bit number unique to vllm-fleet). */
 const MIGRATION_LOCK = 0x766c6c6d_6d696772n; // "vllmmigr"
 
 export class DatabaseError extends Error {

@@ -88,7 +88,7 @@ export async function testManager(
 
 /**
  * Empties a test database between tests (much cheaper than a new one); statement triggers
- * bump the route version, as any write would.
+ * bump the route version, like every other write.
  */
 export async function resetDb(db: OpenTestDb): Promise<void> {
   await db.query(

@@ -6,8 +6,8 @@ import { SnapshotPoller } from "./snapshot-poller.ts";
 import { UsageBatcher } from "./usage-batcher.ts";
 
 /**
- * A standalone router's parts, shared by the Bun and Node entries: the poller for routes,
- * the batcher for usage and the app. Web-standard only; the entries add the server.
+ * A standalone router's parts, shared by the Bun, Node and workerd entries: the poller for
+ * routes, the batcher for usage and the app. Web-standard only; the entries add the server.
  */
 export function createStandaloneRouter(options: {
   env: RouterEnv;
@@ -15,6 +15,11 @@ export function createStandaloneRouter(options: {
   fetch?: FetchLike;
   clientAddress?: AppDeps["clientAddress"];
   requireApiKey?: boolean;
+  /**
+   * workerd: timers do not outlive a request, so each response's usage is flushed under
+   * the request's `executionCtx.waitUntil` instead of on the batcher's interval.
+   */
+  flushUnderWaitUntil?: boolean;
 }) {
   const { env, log } = options;
   const metrics = new Metrics();
@@ -52,6 +57,9 @@ export function createStandaloneRouter(options: {
       maxCooldownMs: Math.max(60_000, env.EJECT_COOLDOWN_MS),
     },
     clientAddress: options.clientAddress,
+    waitUntil: options.flushUnderWaitUntil
+      ? (c, task) => c.executionCtx.waitUntil(task.then(() => usage.flushSoon()))
+      : undefined,
   });
   return {
     app,

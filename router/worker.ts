@@ -7,19 +7,12 @@
  */
 import type { ExecutionContext } from "hono";
 import { errorBody } from "../protocol/index.ts";
-import { createApp } from "./app.ts";
 import { loadRouterEnv } from "./env.ts";
 import { consoleLogger } from "./log.ts";
-import { Metrics } from "./metrics.ts";
-import { SnapshotPoller } from "./snapshot-poller.ts";
-import { UsageBatcher } from "./usage-batcher.ts";
+import { createStandaloneRouter } from "./standalone.ts";
 
 type Bindings = Record<string, unknown>;
-type Edge = {
-  app: ReturnType<typeof createApp>;
-  routes: SnapshotPoller;
-  usage: UsageBatcher;
-};
+type Edge = ReturnType<typeof createStandaloneRouter>;
 
 // One router per isolate, built on the first request (bindings are only known then).
 let edge: Edge | { error: string } | undefined;
@@ -36,42 +29,14 @@ function build(bindings: Bindings): Edge | { error: string } {
     return { error: error instanceof Error ? error.message : String(error) };
   }
   if (!source.MANAGER_URL) return { error: "invalid environment: MANAGER_URL must be set" };
-  const log = consoleLogger("router-edge");
-  const metrics = new Metrics();
-  const routes = new SnapshotPoller({
-    managerUrl: env.MANAGER_URL,
-    fleetToken: env.FLEET_TOKEN,
-    intervalMs: env.ROUTES_REFRESH_MS,
-    log,
-    metrics,
-  });
-  const usage = new UsageBatcher({
-    managerUrl: env.MANAGER_URL,
-    fleetToken: env.FLEET_TOKEN,
-    maxBuffer: env.USAGE_BUFFER_MAX,
-    log,
-    metrics,
-  });
-  const app = createApp({
-    routes,
-    usage,
-    fleetToken: env.FLEET_TOKEN,
+  return createStandaloneRouter({
+    env,
+    log: consoleLogger("router-edge"),
     // An edge router is public by nature: keys are required unless explicitly turned off.
     requireApiKey: env.REQUIRE_API_KEY ?? true,
-    log,
-    metrics,
-    maxBodyBytes: env.MAX_BODY_BYTES,
-    timeouts: { firstByteMs: env.FIRST_BYTE_TIMEOUT_MS, idleMs: env.IDLE_TIMEOUT_MS },
-    retry: { maxAttempts: env.RETRY_MAX_ATTEMPTS, budgetMs: env.RETRY_BUDGET_MS },
-    ejection: {
-      after: env.EJECT_AFTER_FAILURES,
-      cooldownMs: env.EJECT_COOLDOWN_MS,
-      maxCooldownMs: Math.max(60_000, env.EJECT_COOLDOWN_MS),
-    },
     clientAddress: (c) => c.req.header("cf-connecting-ip") ?? undefined,
-    waitUntil: (c, task) => c.executionCtx.waitUntil(task.then(() => usage.flushSoon())),
+    flushUnderWaitUntil: true,
   });
-  return { app, routes, usage };
 }
 
 export default {

@@ -20,6 +20,8 @@ describe.if(Boolean(process.env.DATABASE_URL))("two managers sharing one Postgre
   let managerA: Running;
   let managerB: Running;
   const agents = new Map<string, Running>();
+  /** Engines of agents killed with SIGKILL: nobody stops them (a known agent limit). */
+  const orphanedEngines: number[] = [];
 
   const call = async <T>(manager: Running, method: string, path: string, body?: unknown) => {
     const response = await fetch(`${manager.url}${path}`, {
@@ -77,6 +79,11 @@ describe.if(Boolean(process.env.DATABASE_URL))("two managers sharing one Postgre
     });
   });
   afterAll(async () => {
+    for (const pid of orphanedEngines) {
+      try {
+        process.kill(-pid, "SIGKILL"); // each engine leads its own process group
+      } catch {}
+    }
     await stopAll();
     await sql?.end();
     await database?.destroy();
@@ -106,6 +113,8 @@ describe.if(Boolean(process.env.DATABASE_URL))("two managers sharing one Postgre
     const before = (await call<ModelInfo>(managerA, "GET", "/v1/models/shared")).body;
     const dead = before.instances[0]?.worker_id ?? "";
     const survivor = dead === "w-a" ? "w-b" : "w-a";
+    const enginePid = before.instances[0]?.pid;
+    if (enginePid) orphanedEngines.push(enginePid);
     await agents.get(dead)?.stop("SIGKILL");
 
     const after = await eventually(

@@ -10,15 +10,14 @@
  */
 
 import { readFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { type Subprocess, spawn } from "bun";
+import { freePort, waitForHttp } from "../../tests/helpers/net.ts";
+import { bunBin, repoRoot, type Service, startProcess } from "../../tests/helpers/proc.ts";
 
-export const repoRoot = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-/** The Bun running the benchmark; servers run on the same one. */
-export const bunBin = process.execPath;
+// The process helpers the tests use; benchmarks start their servers the same way.
+export { bunBin, freePort, repoRoot };
 
 export type SpawnedServer = {
-  proc: Subprocess<"ignore", "pipe", "pipe">;
+  proc: Service["proc"];
   pid: number;
   /** Everything it printed so far (stdout + stderr). */
   output(): string;
@@ -29,18 +28,6 @@ export type SpawnedServer = {
   /** SIGTERM, SIGKILL after 3 s; resolves when it is gone. */
   stop(): Promise<void>;
 };
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export function rssMiB(pid: number): number | null {
   try {
@@ -73,52 +60,30 @@ export async function spawnServer(options: {
   timeoutMs?: number;
   cwd?: string;
 }): Promise<SpawnedServer> {
-  const proc = spawn(options.argv, {
-    cwd: options.cwd ?? repoRoot,
-    env: { ...process.env, ...options.env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  let text = "";
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const decoder = new TextDecoder();
-    const reader = stream.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      text += decoder.decode(value, { stream: true });
-    }
-  };
-  void pump(proc.stdout);
-  void pump(proc.stderr);
+  const service: Service = startProcess(options.argv, { env: options.env, cwd: options.cwd });
+  const { proc } = service;
   const server: SpawnedServer = {
     proc,
     pid: proc.pid,
-    output: () => text,
+    output: service.output,
     rssMiB: () => rssMiB(proc.pid),
     cpuMs: () => cpuMs(proc.pid),
-    async stop() {
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
-      proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 3000);
-      await proc.exited;
-      clearTimeout(timer);
+    stop: async () => {
+      await service.stop("SIGTERM", 3000);
     },
   };
-  const deadline = Date.now() + (options.timeoutMs ?? 15_000);
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null)
-      throw new Error(`${options.argv.join(" ")} exited ${proc.exitCode}\n${text}`);
-    try {
-      const response = await fetch(options.readyUrl, { signal: AbortSignal.timeout(1000) });
-      await response.body?.cancel();
-      if (response.ok) return server;
-    } catch {
-      // not listening yet
-    }
-    await Bun.sleep(50);
+  try {
+    await Promise.race([
+      waitForHttp(options.readyUrl, { timeoutMs: options.timeoutMs ?? 15_000 }),
+      proc.exited.then((code) => {
+        throw new Error(`${options.argv.join(" ")} exited ${code}`);
+      }),
+    ]);
+  } catch (error) {
+    await server.stop();
+    throw new Error(
+      `${error instanceof Error ? error.message : String(error)}\n${service.output()}`,
+    );
   }
-  await server.stop();
-  throw new Error(`${options.readyUrl} not ready after ${options.timeoutMs ?? 15_000} ms\n${text}`);
+  return server;
 }

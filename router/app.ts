@@ -113,6 +113,8 @@ function buildView(snapshot: RouteSnapshot): RouteView {
 }
 
 const encoder = new TextEncoder();
+// One per module: every inference request decodes its body once on the hot path.
+const decoder = new TextDecoder();
 const keyCacheLimit = 1024;
 
 async function sha256Hex(text: string): Promise<string> {
@@ -351,7 +353,7 @@ export function createApp(deps: AppDeps): Hono {
 
       let json: unknown;
       try {
-        json = JSON.parse(new TextDecoder().decode(raw));
+        json = JSON.parse(decoder.decode(raw));
       } catch {
         throw new AppError("invalid_json", "the request body is not valid JSON");
       }

@@ -1,0 +1,543 @@
+import type { Socket, SocketHandler } from "bun";
+import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser.ts";
+
+/**
+ * A `fetch` for the router's hop to agents on Bun: HTTP/1.1 over Bun's own TCP and TLS
+ * sockets, with a keep-alive pool per origin.
+ *
+ * Why not Bun's `fetch`: a gateway reads every upstream body in JavaScript (to find the
+ * usage), and a body Bun's `fetch` hands to JavaScript costs about 68 KiB of native memory
+ * that lives until the next garbage collection, while its requests cross to Bun's HTTP
+ * thread and back. With 1,000 streams that was a third of the router's memory (see
+ * docs/router.md "Memory"). Here a body is the socket's own reads, enqueued as they come.
+ * It also gives the router a real connect timeout, which Bun's `fetch` lacks.
+ *
+ *   const client = createHttp1Fetch({ connectTimeoutMs: 5000 });
+ *   const response = await client.fetch("http://10.0.0.7:6006/proxy/m/v1/chat/completions", {
+ *     method: "POST", headers, body, signal,
+ *   });
+ *   client.close();
+ *
+ * What it handles: `http:` and `https:` URLs given as strings or URLs, a string or bytes
+ * body (or none), `redirect: "manual"`-style behaviour (a 3xx is returned as is), abort
+ * signals before and after the head. Everything else (a `Request` object, a stream or form
+ * body) goes to `fallback` (the runtime's `fetch`). TLS is verified the way Bun verifies it
+ * (its bundled roots plus `NODE_EXTRA_CA_CERTS`), with the URL's host as the server name.
+ * Responses are not decompressed: it asks for `Accept-Encoding: identity` unless the caller
+ * set that header.
+ */
+
+export type FetchFn = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+
+export type Http1FetchOptions = {
+  /** TCP connect plus TLS handshake (default 5 s). */
+  connectTimeoutMs?: number;
+  /**
+   * A pooled connection idle this long is closed (default 4 s: under the idle limits of
+   * common servers — Bun's is 10 s, uvicorn's 5 s — so we close first, not they).
+   */
+  keepAliveMs?: number;
+  /** Idle connections kept per origin (default 256). */
+  maxIdlePerOrigin?: number;
+  /** Largest response head accepted (default 64 KiB). */
+  maxHeadBytes?: number;
+  /** For requests this client does not handle (default: the global `fetch`). */
+  fallback?: FetchFn;
+};
+
+export type Http1Fetch = {
+  fetch: FetchFn;
+  /** Connections open now, and how many of them sit idle in the pool. */
+  stats(): { open: number; idle: number };
+  /** Closes idle connections and stops the pool's sweeper; in-flight requests finish. */
+  close(): void;
+};
+
+type Origin = { key: string; hostname: string; port: number; tls: boolean; hostHeader: string };
+
+type Exchange = {
+  method: string;
+  resolve(response: Response): void;
+  reject(error: unknown): void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  /** A small body with a Content-Length, collected whole before the promise resolves. */
+  small: { head: ResponseHead; bytes: Uint8Array<ArrayBuffer>; filled: number } | undefined;
+  /** The head arrived (the promise is settled); errors now go to the body. */
+  answered: boolean;
+  /** Any response byte arrived: a failure is no longer a stale keep-alive connection. */
+  heard: boolean;
+  /** Request bytes not yet accepted by the socket. */
+  unsent: Uint8Array | undefined;
+  /** Retry once on a new connection when a reused one dies before answering. */
+  retry: (() => void) | undefined;
+};
+
+type Connection = {
+  origin: Origin;
+  socket: Socket<Connection> | undefined;
+  parser: ResponseParser;
+  exchange: Exchange | undefined;
+  /** Served a request before: its death before any byte may be the server's idle close. */
+  reused: boolean;
+  idleSince: number;
+  closed: boolean;
+  /** Reading stopped because the body's reader fell behind. */
+  paused: boolean;
+  /** Resolves the connect wait (TLS: after a verified handshake). */
+  ready: ((error?: Error) => void) | undefined;
+};
+
+const defaults = {
+  connectTimeoutMs: 5000,
+  keepAliveMs: 4000,
+  maxIdlePerOrigin: 256,
+  maxHeadBytes: 64 * 1024,
+};
+const encoder = new TextEncoder();
+/** Below this, the head and body go out in one write (one packet, one syscall). */
+const coalesceBytes = 64 * 1024;
+/** Bodies with a Content-Length up to this are read whole before `fetch` resolves. */
+const smallBody = 256 * 1024;
+/** Response body queued for a slow reader before the socket stops reading. */
+const bodyHighWater = 256 * 1024;
+
+function fetchFailed(origin: Origin, reason: string, cause?: unknown): TypeError {
+  return new TypeError(`fetch to ${origin.key} failed: ${reason}`, { cause });
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException("The operation was aborted.", "AbortError");
+}
+
+export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
+  const config = { ...defaults, ...options };
+  const fallback: FetchFn = options.fallback ?? ((input, init) => fetch(input, init));
+  const idle = new Map<string, Connection[]>();
+  let open = 0;
+  let idleCount = 0;
+  let sweeper: ReturnType<typeof setInterval> | undefined;
+
+  const destroy = (conn: Connection) => {
+    if (conn.closed) return;
+    conn.closed = true;
+    open--;
+    conn.socket?.terminate();
+  };
+
+  const removeIdle = (conn: Connection) => {
+    const list = idle.get(conn.origin.key);
+    const index = list?.indexOf(conn) ?? -1;
+    if (list && index >= 0) {
+      list.splice(index, 1);
+      idleCount--;
+    }
+  };
+
+  const park = (conn: Connection) => {
+    conn.exchange = undefined;
+    const list = idle.get(conn.origin.key) ?? [];
+    if (conn.closed || list.length >= config.maxIdlePerOrigin) return destroy(conn);
+    conn.reused = true;
+    conn.idleSince = performance.now();
+    list.push(conn);
+    idle.set(conn.origin.key, list);
+    idleCount++;
+    sweeper ??= setInterval(sweep, Math.max(250, Math.min(config.keepAliveMs / 2, 5000)));
+    sweeper.unref?.();
+  };
+
+  const sweep = () => {
+    const cutoff = performance.now() - config.keepAliveMs;
+    for (const [key, list] of idle) {
+      // Oldest first: connections are taken from and returned to the end.
+      while (list.length > 0 && (list[0] as Connection).idleSince <= cutoff) {
+        const conn = list.shift() as Connection;
+        idleCount--;
+        destroy(conn);
+      }
+      if (list.length === 0) idle.delete(key);
+    }
+    if (idleCount === 0 && sweeper) {
+      clearInterval(sweeper);
+      sweeper = undefined;
+    }
+  };
+
+  /** Ends the current exchange with an error, wherever it stands. */
+  const failExchange = (conn: Connection, error: unknown) => {
+    const exchange = conn.exchange;
+    if (!exchange) return;
+    conn.exchange = undefined;
+    exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+    if (exchange.answered) {
+      try {
+        exchange.controller?.error(error);
+      } catch {
+        // already closed or errored by the reader
+      }
+    } else if (exchange.retry && !exchange.heard) {
+      exchange.retry();
+    } else {
+      exchange.reject(
+        error instanceof ProtocolError ? fetchFailed(conn.origin, error.message) : error,
+      );
+    }
+  };
+
+  const onHead = (conn: Connection, head: ResponseHead) => {
+    const exchange = conn.exchange;
+    if (!exchange) return;
+    if (!head.bodyless && head.bodyLength !== null && head.bodyLength <= smallBody) {
+      // A unary answer (a completion, an error): one native-backed Response at the end is
+      // far cheaper for the caller to read than a stream, and nobody reads half a JSON.
+      exchange.small = { head, bytes: new Uint8Array(head.bodyLength), filled: 0 };
+      return;
+    }
+    exchange.answered = true;
+    let body: ReadableStream<Uint8Array> | null = null;
+    if (!head.bodyless) {
+      body = new ReadableStream<Uint8Array>(
+        {
+          start(controller) {
+            exchange.controller = controller;
+          },
+          pull() {
+            if (!conn.paused) return;
+            conn.paused = false;
+            conn.socket?.resume();
+          },
+          cancel() {
+            // The reader gave up mid-body: the connection is out of step, so it goes.
+            if (conn.exchange !== exchange) return;
+            conn.exchange = undefined;
+            exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+            destroy(conn);
+          },
+        },
+        { highWaterMark: bodyHighWater, size: (chunk) => chunk?.byteLength ?? 0 },
+      );
+    }
+    exchange.resolve(
+      new Response(body, {
+        status: head.status,
+        statusText: head.statusText,
+        headers: head.headers,
+      }),
+    );
+  };
+
+  const parserFor = (conn: () => Connection) =>
+    new ResponseParser(
+      {
+        onHead: (head) => onHead(conn(), head),
+        onBody(chunk) {
+          const c = conn();
+          const { exchange, socket } = c;
+          const small = exchange?.small;
+          if (small) {
+            small.bytes.set(chunk, small.filled);
+            small.filled += chunk.byteLength;
+            return;
+          }
+          const controller = exchange?.controller;
+          if (!controller) return;
+          controller.enqueue(chunk);
+          if ((controller.desiredSize ?? 1) <= 0 && !c.paused) {
+            c.paused = true;
+            socket?.pause();
+          }
+        },
+        onEnd(reusable) {
+          const c = conn();
+          const exchange = c.exchange;
+          if (!exchange) return;
+          exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+          const small = exchange.small;
+          if (small) {
+            exchange.answered = true;
+            exchange.resolve(
+              new Response(small.bytes, {
+                status: small.head.status,
+                statusText: small.head.statusText,
+                headers: small.head.headers,
+              }),
+            );
+          }
+          try {
+            exchange.controller?.close();
+          } catch {
+            // the reader cancelled in the meantime
+          }
+          if (reusable && !exchange.unsent) park(c);
+          else {
+            c.exchange = undefined;
+            destroy(c);
+          }
+        },
+        onError(error) {
+          const c = conn();
+          failExchange(c, error);
+          removeIdle(c);
+          destroy(c);
+        },
+      },
+      { maxHeadBytes: config.maxHeadBytes },
+    );
+
+  const handlers: SocketHandler<Connection> = {
+    // Plain Uint8Arrays (the type still says Buffer): what a web body stream should carry.
+    binaryType: "uint8array",
+    open(socket) {
+      if (!socket.data.origin.tls) socket.data.ready?.();
+    },
+    handshake(socket, success, authorizationError) {
+      const ready = socket.data.ready;
+      if (success) return ready?.();
+      ready?.(new Error(authorizationError?.message ?? "TLS handshake failed"));
+    },
+    data(socket, bytes) {
+      const conn = socket.data;
+      if (conn.exchange) conn.exchange.heard = true;
+      conn.parser.push(bytes);
+    },
+    drain(socket) {
+      const exchange = socket.data.exchange;
+      if (exchange?.unsent) exchange.unsent = writeSome(socket, exchange.unsent);
+    },
+    close(socket, error) {
+      const conn = socket.data;
+      conn.ready?.(error ?? new Error("connection closed during connect"));
+      if (!conn.closed) {
+        conn.closed = true;
+        open--;
+      }
+      removeIdle(conn);
+      if (conn.exchange) {
+        conn.parser.closed();
+        // The parser ended a close-delimited body, or reported the early close.
+        failExchange(conn, new Error("connection closed"));
+      }
+    },
+    error(socket, error) {
+      const conn = socket.data;
+      failExchange(conn, fetchFailed(conn.origin, error.message, error));
+    },
+    connectError(socket, error) {
+      socket.data.ready?.(error);
+    },
+  };
+
+  /** Opens a connection; resolves once it can carry a request. */
+  const connect = (origin: Origin): Promise<Connection> => {
+    const conn: Connection = {
+      origin,
+      socket: undefined,
+      parser: undefined as unknown as ResponseParser,
+      exchange: undefined,
+      reused: false,
+      idleSince: 0,
+      closed: false,
+      paused: false,
+      ready: undefined,
+    };
+    conn.parser = parserFor(() => conn);
+    open++;
+    return new Promise<Connection>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        conn.ready?.(new Error(`connect timeout after ${config.connectTimeoutMs} ms`));
+      }, config.connectTimeoutMs);
+      conn.ready = (error) => {
+        conn.ready = undefined;
+        clearTimeout(timer);
+        if (error) {
+          destroy(conn);
+          reject(fetchFailed(origin, error.message, error));
+        } else {
+          resolve(conn);
+        }
+      };
+      Bun.connect<Connection>({
+        hostname: origin.hostname,
+        port: origin.port,
+        tls: origin.tls ? { serverName: origin.hostname } : undefined,
+        data: conn,
+        socket: handlers,
+      }).then(
+        (socket) => {
+          conn.socket = socket;
+          socket.setNoDelay(true);
+          // Timed out or failed while connecting: nobody wants this socket any more.
+          if (conn.closed) socket.terminate();
+        },
+        (error: Error) => conn.ready?.(error),
+      );
+    });
+  };
+
+  const take = (origin: Origin): Connection | undefined => {
+    const list = idle.get(origin.key);
+    while (list && list.length > 0) {
+      const conn = list.pop() as Connection;
+      idleCount--;
+      if (!conn.closed && conn.socket && conn.socket.readyState === 1) return conn;
+      destroy(conn);
+    }
+    return undefined;
+  };
+
+  const send = async (
+    origin: Origin,
+    method: string,
+    head: string,
+    body: Uint8Array | undefined,
+    signal: AbortSignal | undefined,
+    allowRetry: boolean,
+  ): Promise<Response> => {
+    let conn = take(origin);
+    if (!conn) {
+      const connecting = connect(origin);
+      if (signal) {
+        // An abort while connecting rejects now; the connection closes once it opens.
+        const aborted = new Promise<never>((_, reject) => {
+          const onAbort = () => reject(abortReason(signal));
+          if (signal.aborted) onAbort();
+          else signal.addEventListener("abort", onAbort, { once: true });
+          connecting.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
+        });
+        conn = await Promise.race([connecting, aborted]).catch((error: unknown) => {
+          connecting.then(destroy, () => {});
+          throw error;
+        });
+      } else {
+        conn = await connecting;
+      }
+    }
+    const socket = conn.socket as Socket<Connection>;
+    const reused = conn.reused;
+    return new Promise<Response>((resolve, reject) => {
+      const exchange: Exchange = {
+        method,
+        resolve,
+        reject,
+        signal,
+        onAbort: undefined,
+        controller: undefined,
+        small: undefined,
+        answered: false,
+        heard: false,
+        unsent: undefined,
+        retry: undefined,
+      };
+      if (reused && allowRetry) {
+        exchange.retry = () => {
+          destroy(conn);
+          send(origin, method, head, body, signal, false).then(resolve, reject);
+        };
+      }
+      if (signal) {
+        exchange.onAbort = () => {
+          if (conn.exchange !== exchange) return;
+          exchange.retry = undefined;
+          failExchange(conn, abortReason(signal));
+          destroy(conn);
+        };
+        if (signal.aborted) {
+          park(conn);
+          reject(abortReason(signal));
+          return;
+        }
+        signal.addEventListener("abort", exchange.onAbort, { once: true });
+      }
+      conn.exchange = exchange;
+      conn.parser.expect(method);
+      const headBytes = encoder.encode(head);
+      if (!body || body.byteLength === 0) {
+        exchange.unsent = writeSome(socket, headBytes);
+      } else if (body.byteLength <= coalesceBytes) {
+        const joined = new Uint8Array(headBytes.byteLength + body.byteLength);
+        joined.set(headBytes);
+        joined.set(body, headBytes.byteLength);
+        exchange.unsent = writeSome(socket, joined);
+      } else {
+        const rest = writeSome(socket, headBytes);
+        exchange.unsent = rest ? concat(rest, body) : writeSome(socket, body);
+      }
+    });
+  };
+
+  const http1Fetch: FetchFn = async (input, init) => {
+    const body = init?.body;
+    const bodyBytes =
+      body === undefined || body === null
+        ? undefined
+        : typeof body === "string"
+          ? encoder.encode(body)
+          : body instanceof Uint8Array
+            ? body
+            : body instanceof ArrayBuffer
+              ? new Uint8Array(body)
+              : null;
+    if (typeof input !== "string" && !(input instanceof URL)) return fallback(input, init);
+    const url = typeof input === "string" ? new URL(input) : input;
+    if (bodyBytes === null || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      return fallback(input, init);
+    }
+    const tls = url.protocol === "https:";
+    const port = url.port ? Number(url.port) : tls ? 443 : 80;
+    const origin: Origin = {
+      key: `${url.protocol}//${url.host}`,
+      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port,
+      tls,
+      hostHeader: url.host,
+    };
+    const method = (init?.method ?? "GET").toUpperCase();
+    const headers = new Headers(init?.headers);
+    if (url.username || url.password) {
+      const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+      headers.set("authorization", `Basic ${btoa(credentials)}`);
+    }
+    let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
+    headers.forEach((value, name) => {
+      if (name === "host" || name === "connection" || name === "content-length") return;
+      if (name === "transfer-encoding" || name === "keep-alive") return;
+      head += `${name}: ${value}\r\n`;
+    });
+    if (!headers.has("accept-encoding")) head += "accept-encoding: identity\r\n";
+    if (bodyBytes !== undefined || (method !== "GET" && method !== "HEAD")) {
+      head += `content-length: ${bodyBytes?.byteLength ?? 0}\r\n`;
+    }
+    head += "\r\n";
+    const signal = init?.signal ?? undefined;
+    if (signal?.aborted) throw abortReason(signal);
+    return send(origin, method, head, bodyBytes, signal, true);
+  };
+
+  return {
+    fetch: http1Fetch,
+    stats: () => ({ open, idle: idleCount }),
+    close() {
+      for (const list of idle.values()) for (const conn of list) destroy(conn);
+      idle.clear();
+      idleCount = 0;
+      if (sweeper) clearInterval(sweeper);
+      sweeper = undefined;
+    },
+  };
+}
+
+/** Writes what the socket takes now; returns the rest (sent on `drain`), or undefined. */
+function writeSome(socket: Socket<Connection>, bytes: Uint8Array): Uint8Array | undefined {
+  const written = socket.write(bytes);
+  if (written < 0) return bytes; // closing: the close handler fails the exchange
+  return written < bytes.byteLength ? bytes.subarray(written) : undefined;
+}
+
+function concat(first: Uint8Array, second: Uint8Array): Uint8Array {
+  const joined = new Uint8Array(first.byteLength + second.byteLength);
+  joined.set(first);
+  joined.set(second, first.byteLength);
+  return joined;
+}

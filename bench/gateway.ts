@@ -41,8 +41,8 @@ async function main() {
   const alias = "bench";
   const chat = { model: alias, messages: [{ role: "user", content: "Say hello to the fleet." }] };
   const servers: SpawnedServer[] = [];
-  // Bun's fetch allows 256 concurrent requests by default; a gateway holding long streams
-  // needs more (see docs/router.md).
+  // Bun's fetch allows 256 concurrent requests by default; the bare proxy and the agent,
+  // which proxy with it, need more (the router has its own client: runtime/http1-fetch.ts).
   const bunFetchEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "8192" };
 
   const spawnSim = async (flags: string[]) => {
@@ -110,7 +110,6 @@ async function main() {
         FLEET_TOKEN: token,
         HOST: "127.0.0.1",
         PORT: String(port),
-        ...bunFetchEnv,
       },
       readyUrl: `http://127.0.0.1:${port}/healthz`,
     });

@@ -1,6 +1,6 @@
 import { createDb } from "../db/index.ts";
 import { parseEnv } from "../protocol/index.ts";
-import { createApp as createRouterApp } from "../router/app.ts";
+import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
 import { consoleLogger } from "../router/log.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
 import { consoleLog } from "./deps.ts";
@@ -28,6 +28,8 @@ export async function runManager(options: {
   env: Record<string, string | undefined>;
   serve: Serve;
   runtime: string;
+  /** How the mounted router reaches agents (default: the runtime's `fetch`). */
+  upstreamFetch?: FetchLike;
 }): Promise<void> {
   const log = consoleLog();
   let env: ManagerEnv;
@@ -52,7 +54,7 @@ export async function runManager(options: {
     process.exit(1);
   }
   const manager = createApp({ db, config, log });
-  manager.mount(mountRouter(manager, config));
+  manager.mount(mountRouter(manager, config, options.upstreamFetch));
   await manager.start();
   const server = await options.serve({
     fetch: manager.app.fetch,
@@ -104,8 +106,13 @@ export async function runManager(options: {
 }
 
 /** The router (router/app.ts) in this process, reading the manager's snapshot and usage sink. */
-function mountRouter(manager: Manager, config: ManagerConfig): FetchHandler {
+function mountRouter(
+  manager: Manager,
+  config: ManagerConfig,
+  upstreamFetch: FetchLike | undefined,
+): FetchHandler {
   const router = createRouterApp({
+    fetch: upstreamFetch,
     routes: manager.routes,
     usage: manager.usage,
     fleetToken: config.fleetToken,

@@ -4,13 +4,10 @@
  */
 import { getConnInfo } from "hono/bun";
 import { EnvError } from "../protocol/index.ts";
-import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
+import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
 import { loadRouterEnv, type RouterEnv } from "./env.ts";
 import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
-
-// A gateway holds long LLM streams: far more than Bun's default of 256 fetches in flight.
-const fetchCapacityProblem = ensureFetchCapacity(process.env, 65_000);
 
 let env: RouterEnv;
 try {
@@ -21,19 +18,14 @@ try {
   process.exit(1);
 }
 const log = consoleLogger("router");
-if (fetchCapacityProblem) {
-  log.warn("could not raise Bun's fetch cap; at most 256 requests reach agents at once", {
-    reason: fetchCapacityProblem,
-  });
-}
-const firstByteMs = env.FIRST_BYTE_TIMEOUT_MS;
-// Bun's fetch drops a socket idle for 5 min by default; vLLM may queue longer than that.
-const bunFetch = (input: string | URL | Request, init?: RequestInit) =>
-  fetch(input, { ...init, timeout: firstByteMs + 60_000 } as RequestInit);
+// Agents (and the manager) are reached over our own HTTP/1.1 client: a real connect timeout,
+// no cap on requests in flight, and far less memory per stream than Bun's fetch
+// (runtime/http1-fetch.ts; docs/router.md "Memory").
+const upstream = createHttp1Fetch({ connectTimeoutMs: env.CONNECT_TIMEOUT_MS });
 const router = createStandaloneRouter({
   env,
   log,
-  fetch: bunFetch,
+  fetch: upstream.fetch,
   clientAddress: (c) => getConnInfo(c).remote.address,
 });
 await router.start();
@@ -60,6 +52,7 @@ const shutdown = async (signal: string) => {
   // In-flight streams get a short grace, then usage still buffered goes to the manager.
   await Promise.race([server.stop(false), Bun.sleep(10_000)]);
   await Promise.race([router.stop(), Bun.sleep(5000)]);
+  upstream.close();
   process.exit(0);
 };
 process.on("SIGTERM", () => void shutdown("SIGTERM"));

@@ -194,17 +194,21 @@ async function tryReplica(
   const { balancer, clock } = config;
   const { route, state } = pick;
   const clientSignal = request.c.req.raw.signal;
+  // One controller per attempt: the client's disconnect and our timeouts both abort it.
+  // (A listener removed at the end, not AbortSignal.any, whose links outlive the request.)
+  const upstream = new AbortController();
+  const onClientGone = () => upstream.abort(clientSignal.reason);
+  if (clientSignal.aborted) onClientGone();
+  else clientSignal.addEventListener("abort", onClientGone, { once: true });
+
   state.inflight++;
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
     state.inflight--;
+    clientSignal.removeEventListener("abort", onClientGone);
   };
-
-  // One controller per attempt: the client's disconnect and our timeouts both abort it.
-  const upstream = new AbortController();
-  const signal = AbortSignal.any([clientSignal, upstream.signal]);
   let timedOut = false;
   const firstByteTimer = setTimeout(() => {
     timedOut = true;
@@ -233,7 +237,7 @@ async function tryReplica(
       method: "POST",
       headers,
       body: request.body,
-      signal,
+      signal: upstream.signal,
       redirect: "manual",
     });
   } catch {

@@ -46,7 +46,8 @@ export class SseUsageFilter {
   usage: Usage | undefined;
   /** Text of the trailing event not yet terminated by a blank line. */
   private pending = "";
-  private readonly decoder = new TextDecoder();
+  /** Made on the first chunk that needs decoding: most streams never need one. */
+  private decoder: TextDecoder | undefined;
 
   /** `hide`: drop the usage event (the client did not ask for it). */
   constructor(private readonly hide: boolean) {}
@@ -56,6 +57,7 @@ export class SseUsageFilter {
     // Fast path, taken for almost every vLLM chunk: whole events, no usage key; no decoding.
     if (this.pending === "" && endsWithBlankLine(chunk) && !containsUsageKey(chunk)) return chunk;
     const wasAligned = this.pending === "";
+    this.decoder ??= new TextDecoder();
     const text = this.pending + this.decoder.decode(chunk, { stream: true });
     let end = -1;
     eventBoundary.lastIndex = 0;
@@ -107,7 +109,7 @@ export class SseUsageFilter {
 
   /** Whatever is left when the upstream ends (an unterminated last event). */
   finish(): Uint8Array | undefined {
-    const rest = this.pending + this.decoder.decode();
+    const rest = this.pending + (this.decoder?.decode() ?? "");
     this.pending = "";
     if (!this.hide || !rest) return undefined;
     return encoder.encode(rest);

@@ -287,26 +287,38 @@ export function createApp(deps: AppDeps): Hono {
 
   const app = new Hono();
 
-  app.onError((error, c) => {
-    const requestId = c.res.headers.get("x-request-id") ?? undefined;
+  const renderError = (error: Error, requestId: string | undefined): Response => {
+    const requestIdHeader: Record<string, string> = requestId ? { "x-request-id": requestId } : {};
     if (error instanceof AppError) {
       return errorResponse({
         status: error.status,
         code: error.code,
         message: error.message,
         param: error.param,
-        headers: { ...error.extraHeaders, ...(requestId ? { "x-request-id": requestId } : {}) },
+        headers: { ...error.extraHeaders, ...requestIdHeader },
       });
     }
     if (error instanceof HTTPException) {
-      return errorResponse({ status: error.status, code: null, message: error.message });
+      return errorResponse({
+        status: error.status,
+        code: null,
+        message: error.message,
+        headers: requestIdHeader,
+      });
     }
     log.error("unhandled error", {
       request_id: requestId,
-      error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+      error: error.stack ?? error.message,
     });
-    return errorResponse({ status: 500, code: "internal_error", message: "internal error" });
-  });
+    return errorResponse({
+      status: 500,
+      code: "internal_error",
+      message: "internal error",
+      headers: requestIdHeader,
+    });
+  };
+
+  app.onError((error) => renderError(error, undefined));
 
   app.notFound(() =>
     errorResponse({ status: 404, code: "not_found", message: "no such endpoint on this gateway" }),
@@ -337,6 +349,99 @@ export function createApp(deps: AppDeps): Hono {
     );
   });
 
+  const proxyInference = async (
+    c: Context,
+    path: (typeof inferencePaths)[number],
+    requestId: string,
+    startedAt: number,
+    startedWall: number,
+  ): Promise<Response> => {
+    const routeView = currentView();
+    if (!routeView) throw notLoaded();
+    const apiKeyId = await authenticate(c, routeView);
+    const raw = await readBody(c.req.raw, maxBodyBytes);
+
+    let json: unknown;
+    try {
+      json = JSON.parse(decoder.decode(raw));
+    } catch {
+      throw new AppError("invalid_json", "the request body is not valid JSON");
+    }
+    const parsed = inferenceBodySchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const param = issue?.path.join(".") || null;
+      throw new AppError(
+        "invalid_request",
+        typeof json === "object" && json !== null && !Array.isArray(json)
+          ? `${param ?? "body"}: ${issue?.message ?? "invalid"}`
+          : "the request body must be a JSON object",
+        { param },
+      );
+    }
+    const body = parsed.data;
+    const alias = body.model;
+    const group = routeView.aliases.get(alias);
+    if (!group) {
+      throw new AppError("model_not_found", `The model \`${alias}\` does not exist.`, {
+        param: "model",
+      });
+    }
+    const stream = body.stream === true && path !== "/v1/embeddings";
+    const askedForUsage = clientAskedForUsage(body.stream_options);
+    const upstreamBody =
+      stream && !askedForUsage ? withIncludeUsage(raw, json as Record<string, unknown>) : raw;
+    const sessionKey = c.req.header("x-session-id") || body.user || undefined;
+
+    let settle: (() => void) | undefined;
+    if (deps.waitUntil) {
+      const settled = new Promise<void>((resolve) => {
+        settle = resolve;
+      });
+      deps.waitUntil(c, settled);
+    }
+
+    return forward(proxyConfig, {
+      c,
+      alias,
+      path,
+      candidates: group.ready,
+      body: upstreamBody,
+      stream,
+      hideUsage: stream && !askedForUsage,
+      sessionKey,
+      requestId,
+      clientAddress: deps.clientAddress?.(c),
+      startedAt,
+      onDone: (outcome) => {
+        const latencyMs = Math.max(0, clock.now() - startedAt);
+        const labels = { alias };
+        metrics.inc("fleet_router_requests_total", { alias, status: String(outcome.status) });
+        metrics.observe("fleet_router_request_duration_seconds", labels, latencyMs / 1000);
+        if (outcome.ttftMs !== null) {
+          metrics.observe("fleet_router_ttft_seconds", labels, outcome.ttftMs / 1000);
+        }
+        try {
+          deps.usage.record({
+            ts: new Date(startedWall).toISOString(),
+            api_key_id: apiKeyId,
+            alias,
+            worker_id: outcome.workerId,
+            status: outcome.status,
+            latency_ms: Math.round(latencyMs),
+            ttft_ms: outcome.ttftMs === null ? null : Math.round(outcome.ttftMs),
+            prompt_tokens: outcome.usage?.promptTokens ?? null,
+            completion_tokens: outcome.usage?.completionTokens ?? null,
+            stream,
+          });
+        } catch (error) {
+          log.error("usage sink failed", { error: String(error) });
+        }
+        settle?.();
+      },
+    });
+  };
+
   for (const path of inferencePaths) {
     app.post(path, async (c) => {
       const startedAt = clock.now();
@@ -344,92 +449,12 @@ export function createApp(deps: AppDeps): Hono {
       const incomingId = c.req.header("x-request-id");
       const requestId =
         incomingId && /^[\w.:-]{1,128}$/.test(incomingId) ? incomingId : crypto.randomUUID();
-      c.header("x-request-id", requestId);
-
-      const routeView = currentView();
-      if (!routeView) throw notLoaded();
-      const apiKeyId = await authenticate(c, routeView);
-      const raw = await readBody(c.req.raw, maxBodyBytes);
-
-      let json: unknown;
       try {
-        json = JSON.parse(decoder.decode(raw));
-      } catch {
-        throw new AppError("invalid_json", "the request body is not valid JSON");
+        return await proxyInference(c, path, requestId, startedAt, startedWall);
+      } catch (error) {
+        // Errors before the proxy answers carry the request id like everything else.
+        return renderError(error instanceof Error ? error : new Error(String(error)), requestId);
       }
-      const parsed = inferenceBodySchema.safeParse(json);
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        const param = issue?.path.join(".") || null;
-        throw new AppError(
-          "invalid_request",
-          typeof json === "object" && json !== null && !Array.isArray(json)
-            ? `${param ?? "body"}: ${issue?.message ?? "invalid"}`
-            : "the request body must be a JSON object",
-          { param },
-        );
-      }
-      const body = parsed.data;
-      const alias = body.model;
-      const group = routeView.aliases.get(alias);
-      if (!group) {
-        throw new AppError("model_not_found", `The model \`${alias}\` does not exist.`, {
-          param: "model",
-        });
-      }
-      const stream = body.stream === true && path !== "/v1/embeddings";
-      const askedForUsage = clientAskedForUsage(body.stream_options);
-      const upstreamBody =
-        stream && !askedForUsage ? withIncludeUsage(raw, json as Record<string, unknown>) : raw;
-      const sessionKey = c.req.header("x-session-id") || body.user || undefined;
-
-      let settle: (() => void) | undefined;
-      if (deps.waitUntil) {
-        const settled = new Promise<void>((resolve) => {
-          settle = resolve;
-        });
-        deps.waitUntil(c, settled);
-      }
-
-      return forward(proxyConfig, {
-        c,
-        alias,
-        path,
-        candidates: group.ready,
-        body: upstreamBody,
-        stream,
-        hideUsage: stream && !askedForUsage,
-        sessionKey,
-        requestId,
-        clientAddress: deps.clientAddress?.(c),
-        startedAt,
-        onDone: (outcome) => {
-          const latencyMs = Math.max(0, clock.now() - startedAt);
-          const labels = { alias };
-          metrics.inc("fleet_router_requests_total", { alias, status: String(outcome.status) });
-          metrics.observe("fleet_router_request_duration_seconds", labels, latencyMs / 1000);
-          if (outcome.ttftMs !== null) {
-            metrics.observe("fleet_router_ttft_seconds", labels, outcome.ttftMs / 1000);
-          }
-          try {
-            deps.usage.record({
-              ts: new Date(startedWall).toISOString(),
-              api_key_id: apiKeyId,
-              alias,
-              worker_id: outcome.workerId,
-              status: outcome.status,
-              latency_ms: Math.round(latencyMs),
-              ttft_ms: outcome.ttftMs === null ? null : Math.round(outcome.ttftMs),
-              prompt_tokens: outcome.usage?.promptTokens ?? null,
-              completion_tokens: outcome.usage?.completionTokens ?? null,
-              stream,
-            });
-          } catch (error) {
-            log.error("usage sink failed", { error: String(error) });
-          }
-          settle?.();
-        },
-      });
     });
   }
 

@@ -102,13 +102,12 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     request.onDone(outcome);
   };
 
-  const url = new URL(c.req.url);
   const headers = upstreamHeaders({
     incoming: c.req.raw.headers,
     fleetToken: config.fleetToken,
     requestId: request.requestId,
     clientAddress: request.clientAddress,
-    proto: url.protocol.replace(":", ""),
+    proto: c.req.url.startsWith("https:") ? "https" : "http",
     host: c.req.header("host") ?? null,
   });
 
@@ -188,7 +187,7 @@ async function tryReplica(
   config: ProxyConfig,
   request: ForwardRequest,
   pick: Pick,
-  headers: Headers,
+  headers: Record<string, string>,
   done: (outcome: Outcome) => void,
 ): Promise<AttemptResult> {
   const { balancer, clock } = config;

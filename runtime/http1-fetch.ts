@@ -96,6 +96,16 @@ const defaults = {
   maxHeadBytes: 64 * 1024,
 };
 const encoder = new TextEncoder();
+const headerName = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+const unsafeValue = /[\r\n\0]/;
+/** Set by this client from the body and the connection, never taken from the caller. */
+const framingHeaders = new Set([
+  "host",
+  "connection",
+  "content-length",
+  "transfer-encoding",
+  "keep-alive",
+]);
 /** Below this, the head and body go out in one write (one packet, one syscall). */
 const coalesceBytes = 64 * 1024;
 /** Bodies with a Content-Length up to this are read whole before `fetch` resolves. */
@@ -494,18 +504,29 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
       hostHeader: url.host,
     };
     const method = (init?.method ?? "GET").toUpperCase();
-    const headers = new Headers(init?.headers);
-    if (url.username || url.password) {
-      const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
-      headers.set("authorization", `Basic ${btoa(credentials)}`);
-    }
     let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
-    headers.forEach((value, name) => {
-      if (name === "host" || name === "connection" || name === "content-length") return;
-      if (name === "transfer-encoding" || name === "keep-alive") return;
+    let acceptEncoding = false;
+    let authorization = false;
+    const add = (rawName: string, value: string) => {
+      const name = rawName.toLowerCase();
+      if (!headerName.test(name) || unsafeValue.test(value)) {
+        throw new TypeError(`invalid header: ${rawName}`);
+      }
+      if (framingHeaders.has(name)) return;
+      if (name === "accept-encoding") acceptEncoding = true;
+      if (name === "authorization") authorization = true;
       head += `${name}: ${value}\r\n`;
-    });
-    if (!headers.has("accept-encoding")) head += "accept-encoding: identity\r\n";
+    };
+    // A plain record (what the router passes) is read as is: no Headers object per request.
+    const headers = init?.headers;
+    if (headers instanceof Headers) headers.forEach((value, name) => add(name, value));
+    else if (Array.isArray(headers)) for (const [name, value] of headers) add(name, value);
+    else if (headers) for (const name in headers) add(name, String(headers[name]));
+    if (!authorization && (url.username || url.password)) {
+      const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+      head += `authorization: Basic ${btoa(credentials)}\r\n`;
+    }
+    if (!acceptEncoding) head += "accept-encoding: identity\r\n";
     if (bodyBytes !== undefined || (method !== "GET" && method !== "HEAD")) {
       head += `content-length: ${bodyBytes?.byteLength ?? 0}\r\n`;
     }

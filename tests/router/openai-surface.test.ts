@@ -220,6 +220,8 @@ for (const runtime of runtimes) {
     test("rejects malformed JSON and a missing model with 400 in OpenAI's shape", async () => {
       const malformed = await post("/v1/chat/completions", "{not json");
       expect(malformed.status).toBe(400);
+      // Refusals carry a request id for the logs like proxied answers do.
+      expect(malformed.headers.get("x-request-id")).toMatch(/^[\w.:-]+$/);
       expect(((await malformed.json()) as { error: { code: string } }).error.code).toBe(
         "invalid_json",
       );

@@ -299,6 +299,16 @@ describe("http1 fetch", () => {
     await expect(http.fetch(`${garbage.url}/`)).rejects.toThrow("malformed status line");
   });
 
+  test("refuses header names and values that would split the request", async () => {
+    const { fetch } = client();
+    await expect(
+      fetch("http://127.0.0.1:1/", { headers: { "x-evil": "a\r\nhost: elsewhere" } }),
+    ).rejects.toThrow("invalid header: x-evil");
+    await expect(fetch("http://127.0.0.1:1/", { headers: [["bad name", "x"]] })).rejects.toThrow(
+      "invalid header",
+    );
+  });
+
   test("leaves Request objects and stream bodies to the fallback", async () => {
     const seen: string[] = [];
     const fallback = async (input: string | URL | Request) => {

@@ -519,9 +519,13 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     };
     // A plain record (what the router passes) is read as is: no Headers object per request.
     const headers = init?.headers;
-    if (headers instanceof Headers) headers.forEach((value, name) => add(name, value));
-    else if (Array.isArray(headers)) for (const [name, value] of headers) add(name, value);
-    else if (headers) for (const name in headers) add(name, String(headers[name]));
+    if (headers instanceof Headers) {
+      for (const [name, value] of headers) add(name, value);
+    } else if (Array.isArray(headers)) {
+      for (const [name, value] of headers) add(name, value);
+    } else if (headers) {
+      for (const name in headers) add(name, String(headers[name]));
+    }
     if (!authorization && (url.username || url.password)) {
       const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
       head += `authorization: Basic ${btoa(credentials)}\r\n`;

@@ -98,6 +98,9 @@ const defaults = {
 const encoder = new TextEncoder();
 const headerName = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
 const unsafeValue = /[\r\n\0]/;
+/** `http(s)://host[:port]` and a printable-ASCII path without a fragment: no URL parser needed. */
+const simpleUrl =
+  /^(https?:)\/\/([A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?)(\/[!"$-~]*)?$/;
 /** Set by this client from the body and the connection, never taken from the caller. */
 const framingHeaders = new Set([
   "host",
@@ -397,7 +400,8 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     return undefined;
   };
 
-  const send = async (
+  /** Sends on a pooled connection when one is free (no await), else on a new one. */
+  const send = (
     origin: Origin,
     method: string,
     head: string,
@@ -405,25 +409,49 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     signal: AbortSignal | undefined,
     allowRetry: boolean,
   ): Promise<Response> => {
-    let conn = take(origin);
-    if (!conn) {
-      const connecting = connect(origin);
-      if (signal) {
-        // An abort while connecting rejects now; the connection closes once it opens.
-        const aborted = new Promise<never>((_, reject) => {
-          const onAbort = () => reject(abortReason(signal));
-          if (signal.aborted) onAbort();
-          else signal.addEventListener("abort", onAbort, { once: true });
-          connecting.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
-        });
-        conn = await Promise.race([connecting, aborted]).catch((error: unknown) => {
-          connecting.then(destroy, () => {});
-          throw error;
-        });
-      } else {
-        conn = await connecting;
-      }
+    const pooled = take(origin);
+    if (pooled) return exchangeOn(pooled, origin, method, head, body, signal, allowRetry);
+    return connectAndSend(origin, method, head, body, signal, allowRetry);
+  };
+
+  const connectAndSend = async (
+    origin: Origin,
+    method: string,
+    head: string,
+    body: Uint8Array | undefined,
+    signal: AbortSignal | undefined,
+    allowRetry: boolean,
+  ): Promise<Response> => {
+    const connecting = connect(origin);
+    let conn: Connection;
+    if (signal) {
+      // An abort while connecting rejects now; the connection closes once it opens.
+      const aborted = new Promise<never>((_, reject) => {
+        const onAbort = () => reject(abortReason(signal));
+        if (signal.aborted) onAbort();
+        else signal.addEventListener("abort", onAbort, { once: true });
+        connecting.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
+      });
+      conn = await Promise.race([connecting, aborted]).catch((error: unknown) => {
+        connecting.then(destroy, () => {});
+        throw error;
+      });
+    } else {
+      conn = await connecting;
     }
+    return exchangeOn(conn, origin, method, head, body, signal, allowRetry);
+  };
+
+  /** Writes one request on `conn` and settles with its response head. */
+  const exchangeOn = (
+    conn: Connection,
+    origin: Origin,
+    method: string,
+    head: string,
+    body: Uint8Array | undefined,
+    signal: AbortSignal | undefined,
+    allowRetry: boolean,
+  ): Promise<Response> => {
     const socket = conn.socket as Socket<Connection>;
     const reused = conn.reused;
     return new Promise<Response>((resolve, reject) => {
@@ -477,7 +505,50 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     });
   };
 
-  const http1Fetch: FetchFn = async (input, init) => {
+  const origins = new Map<string, Origin>();
+  const originOf = (url: URL): Origin => {
+    const key = `${url.protocol}//${url.host}`;
+    let origin = origins.get(key);
+    if (!origin) {
+      const tls = url.protocol === "https:";
+      origin = {
+        key,
+        hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+        port: url.port ? Number(url.port) : tls ? 443 : 80,
+        tls,
+        hostHeader: url.host,
+      };
+      // Workers are few; a bound keeps a client fed arbitrary URLs from growing forever.
+      if (origins.size >= 4096) origins.clear();
+      origins.set(key, origin);
+    }
+    return origin;
+  };
+
+  /** Origin and request target; plain `http(s)://host[:port]/path` strings skip `new URL`. */
+  const target = (input: string | URL): { origin: Origin; path: string; url?: URL } | null => {
+    if (typeof input === "string") {
+      const match = simpleUrl.exec(input);
+      if (match) {
+        const key = `${match[1]}//${match[2]}`;
+        const origin = origins.get(key);
+        if (origin) return { origin, path: match[3] || "/" };
+      }
+    }
+    const url = typeof input === "string" ? new URL(input) : input;
+    if (url.protocol !== "http:" && url.protocol !== "https:") return null;
+    return { origin: originOf(url), path: `${url.pathname}${url.search}`, url };
+  };
+
+  const http1Fetch: FetchFn = (input, init) => {
+    try {
+      return request(input, init);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  };
+
+  const request = (input: string | URL | Request, init: RequestInit | undefined) => {
     const body = init?.body;
     const bodyBytes =
       body === undefined || body === null
@@ -490,21 +561,11 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
               ? new Uint8Array(body)
               : null;
     if (typeof input !== "string" && !(input instanceof URL)) return fallback(input, init);
-    const url = typeof input === "string" ? new URL(input) : input;
-    if (bodyBytes === null || (url.protocol !== "http:" && url.protocol !== "https:")) {
-      return fallback(input, init);
-    }
-    const tls = url.protocol === "https:";
-    const port = url.port ? Number(url.port) : tls ? 443 : 80;
-    const origin: Origin = {
-      key: `${url.protocol}//${url.host}`,
-      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
-      port,
-      tls,
-      hostHeader: url.host,
-    };
+    const where = bodyBytes === null ? null : target(input);
+    if (!where) return fallback(input, init);
+    const { origin, path, url } = where;
     const method = (init?.method ?? "GET").toUpperCase();
-    let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
+    let head = `${method} ${path} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
     let acceptEncoding = false;
     let authorization = false;
     const add = (rawName: string, value: string) => {
@@ -526,7 +587,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     } else if (headers) {
       for (const name in headers) add(name, String(headers[name]));
     }
-    if (!authorization && (url.username || url.password)) {
+    if (!authorization && url && (url.username || url.password)) {
       const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
       head += `authorization: Basic ${btoa(credentials)}\r\n`;
     }
@@ -536,8 +597,8 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     }
     head += "\r\n";
     const signal = init?.signal ?? undefined;
-    if (signal?.aborted) throw abortReason(signal);
-    return send(origin, method, head, bodyBytes, signal, true);
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    return send(origin, method, head, bodyBytes ?? undefined, signal, true);
   };
 
   return {

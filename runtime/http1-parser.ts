@@ -274,7 +274,11 @@ export class ResponseParser {
       this.fail("malformed status line");
       return null;
     }
-    const headers = new Headers();
+    // Framing headers are picked out while scanning; the Headers object is built once.
+    const pairs: Array<[string, string]> = [];
+    let connection = "";
+    let transferEncoding: string | null = null;
+    let contentLength: string | null = null;
     for (let index = 1; index < lines.length; index++) {
       const line = lines[index] ?? "";
       const colon = line.indexOf(":");
@@ -283,23 +287,30 @@ export class ResponseParser {
         this.fail("malformed header line");
         return null;
       }
-      try {
-        headers.append(name, line.slice(colon + 1).trim());
-      } catch {
-        this.fail("malformed header value");
-        return null;
+      const value = line.slice(colon + 1).trim();
+      pairs.push([name, value]);
+      const lower = name.toLowerCase();
+      if (lower === "connection") connection += `${value.toLowerCase()},`;
+      else if (lower === "transfer-encoding") {
+        transferEncoding = transferEncoding === null ? value : `${transferEncoding}, ${value}`;
+      } else if (lower === "content-length") {
+        contentLength = contentLength === null ? value : `${contentLength}, ${value}`;
       }
+    }
+    let headers: Headers;
+    try {
+      headers = new Headers(pairs);
+    } catch {
+      this.fail("malformed header value");
+      return null;
     }
     if (status < 200) {
       return { status, statusText: "", headers, keepAlive: true, bodyless: true, bodyLength: 0 };
     }
 
     const http10 = match[1] === "0";
-    const connection = (headers.get("connection") ?? "").toLowerCase();
     let keepAlive = http10 ? /\bkeep-alive\b/.test(connection) : !/\bclose\b/.test(connection);
     const noBody = this.method === "HEAD" || status === 204 || status === 304;
-    const transferEncoding = headers.get("transfer-encoding");
-    const contentLength = headers.get("content-length");
     let bodyless = noBody;
     let bodyLength: number | null = noBody ? 0 : null;
     if (noBody) {

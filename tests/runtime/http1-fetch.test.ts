@@ -97,6 +97,26 @@ describe("http1 fetch", () => {
     });
   });
 
+  test("sends the request target as fetch would, with or without the URL parser", async () => {
+    const { url } = serve((request) => {
+      const target = new URL(request.url);
+      return new Response(target.pathname + target.search);
+    });
+    const { fetch } = client();
+    const paths = [
+      "/proxy/m/v1/chat/completions", // first sight of the origin: parsed with URL
+      "/proxy/m/v1/chat/completions?x=1&y=%20", // known origin: taken as is
+      "/a b?q=c d#fragment", // not plain: URL encodes it and drops the fragment
+    ];
+    const seen = [];
+    for (const path of paths) seen.push(await (await fetch(`${url}${path}`)).text());
+    expect(seen).toEqual([
+      "/proxy/m/v1/chat/completions",
+      "/proxy/m/v1/chat/completions?x=1&y=%20",
+      "/a%20b?q=c%20d",
+    ]);
+  });
+
   test("keeps one connection alive across sequential requests", async () => {
     const ports = new Set<number>();
     const { url } = serve((request, server) => {

@@ -41,6 +41,8 @@ export const managerEnvSchema = z.object({
   AGENT_TIMEOUT_S: seconds(10),
   /** How often the route snapshot checks `fleet_state.routes_version`. */
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
+  /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
+  GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
 });
 export type ManagerEnv = z.infer<typeof managerEnvSchema>;
 

@@ -1,5 +1,6 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
 import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
+import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
 import { runManager } from "./server.ts";
 
@@ -16,6 +17,7 @@ await runManager({
   runtime: `bun ${Bun.version}`,
   // The mounted router proxies over the same HTTP/1.1 client as a standalone Bun router.
   upstreamFetch: createHttp1Fetch().fetch,
+  startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
   serve: async ({ fetch, hostname, port }) => {
     const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });
     return { port: server.port ?? port, stop: () => server.stop() };

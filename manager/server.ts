@@ -30,6 +30,8 @@ export async function runManager(options: {
   runtime: string;
   /** How the mounted router reaches agents (default: the runtime's `fetch`). */
   upstreamFetch?: FetchLike;
+  /** Bun: keeps relayed garbage from piling up (runtime/gc-pacer.ts); GC_GROWTH_MB sets it. */
+  startGcPacer?: (growthBytes: number) => { stop(): void };
 }): Promise<void> {
   const log = consoleLog();
   let env: ManagerEnv;
@@ -77,6 +79,9 @@ export async function runManager(options: {
     );
   }
 
+  const pacer =
+    env.GC_GROWTH_MB > 0 ? options.startGcPacer?.(env.GC_GROWTH_MB * 1024 * 1024) : undefined;
+
   let ticking = false;
   const timer = setInterval(async () => {
     if (ticking) return;
@@ -96,6 +101,7 @@ export async function runManager(options: {
     stopping = true;
     console.log(`manager stopping (${signal})`);
     clearInterval(timer);
+    pacer?.stop();
     await server.stop().catch(() => {});
     await manager.close().catch(() => {});
     await db.close().catch(() => {});

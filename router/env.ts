@@ -40,6 +40,8 @@ export const routerEnvSchema = z.object({
   ROUTES_REFRESH_MS: ms(1000),
   USAGE_FLUSH_MS: ms(1000),
   USAGE_BUFFER_MAX: z.coerce.number().int().min(100).default(50_000),
+  /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
+  GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
 });
 export type RouterEnv = z.infer<typeof routerEnvSchema>;
 

@@ -4,6 +4,7 @@
  */
 import { getConnInfo } from "hono/bun";
 import { EnvError } from "../protocol/index.ts";
+import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
 import { loadRouterEnv, type RouterEnv } from "./env.ts";
 import { consoleLogger } from "./log.ts";
@@ -30,6 +31,21 @@ const router = createStandaloneRouter({
 });
 await router.start();
 
+// Relayed chunks are short-lived garbage; collect it before it piles up (runtime/gc-pacer.ts).
+router.metrics.declare(
+  "fleet_router_gc_pause_seconds",
+  "histogram",
+  "Full garbage collections run by the pacer, by pause",
+);
+const pacer =
+  env.GC_GROWTH_MB > 0
+    ? startGcPacer({
+        growthBytes: env.GC_GROWTH_MB * 1024 * 1024,
+        onCollect: (pauseMs) =>
+          router.metrics.observe("fleet_router_gc_pause_seconds", undefined, pauseMs / 1000),
+      })
+    : undefined;
+
 const server = Bun.serve({
   hostname: env.HOST,
   port: env.PORT,
@@ -53,6 +69,7 @@ const shutdown = async (signal: string) => {
   await Promise.race([server.stop(false), Bun.sleep(10_000)]);
   await Promise.race([router.stop(), Bun.sleep(5000)]);
   upstream.close();
+  pacer?.stop();
   process.exit(0);
 };
 process.on("SIGTERM", () => void shutdown("SIGTERM"));

@@ -128,8 +128,6 @@ export function routerEnv(manager: StubManager, extra: Record<string, string> = 
     HOST: "127.0.0.1",
     ROUTES_REFRESH_MS: "200",
     USAGE_FLUSH_MS: "200",
-    // Set up front so the Bun entry does not re-execute itself (see router/main.ts).
-    BUN_CONFIG_MAX_HTTP_REQUESTS: "4096",
     ...extra,
   };
 }

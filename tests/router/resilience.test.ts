@@ -309,6 +309,46 @@ describe("router without its manager", () => {
 });
 
 describe("router timeouts", () => {
+  for (const runtime of ["bun", "node"] as const) {
+    test(`${runtime}: skips a replica that never completes its connection after CONNECT_TIMEOUT_MS`, async () => {
+      const manager = await startStubManager();
+      const sim = await startSim({ names: ["qwen"] });
+      // A port mapping whose backend accepts and then says nothing: the TLS handshake to
+      // its https:// URL never finishes. Only the connect timeout can tell it apart.
+      const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+      manager.set([
+        route({ alias: "qwen", workerId: "silent", url: `https://127.0.0.1:${silent.port}` }),
+        route({ alias: "qwen", workerId: "live", url: sim.url }),
+      ]);
+      const router = await startRouter(runtime, manager, {
+        CONNECT_TIMEOUT_MS: "300",
+        FIRST_BYTE_TIMEOUT_MS: "60000",
+      });
+      try {
+        // Until the balancer has tried the silent replica at least once (p2c is random).
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const started = performance.now();
+          const response = await fetch(`${router.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify(chat(`request ${attempt}`)),
+          });
+          expect(response.status).toBe(200);
+          await response.arrayBuffer();
+          expect(performance.now() - started).toBeLessThan(5000);
+          const metrics = await (await fetch(`${router.url}/metrics`)).text();
+          if (metricValue(metrics, "fleet_router_retries_total", { reason: "connect" }) > 0) return;
+        }
+        throw new Error("the silent replica was never tried");
+      } finally {
+        silent.stop(true);
+        manager.stop();
+        await router.stop();
+        await sim.stop();
+      }
+    });
+  }
+
   test("ends a stream that stalls mid-way with an error event, and a silent agent with 504", async () => {
     const manager = await startStubManager();
     const encoder = new TextEncoder();

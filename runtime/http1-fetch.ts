@@ -391,10 +391,13 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
 
   const take = (origin: Origin): Connection | undefined => {
     const list = idle.get(origin.key);
+    // The sweeper runs every keepAliveMs / 2; past the limit a connection is never reused.
+    const cutoff = performance.now() - config.keepAliveMs;
     while (list && list.length > 0) {
       const conn = list.pop() as Connection;
       idleCount--;
-      if (!conn.closed && conn.socket && conn.socket.readyState === 1) return conn;
+      const usable = !conn.closed && conn.socket?.readyState === 1 && conn.idleSince > cutoff;
+      if (usable) return conn;
       destroy(conn);
     }
     return undefined;

@@ -5,8 +5,9 @@
  *  (c) client → router (bun router/main.ts) → simulator standing in as a worker
  *  (d) client → router → agent (bun agent/main.ts, VLLM_BIN=agent/sim/vllm) → simulator
  * For each: req/s and p50/p99 at concurrency 1 and 64 (non-stream chat, simulator latency
- * off), stream time-to-first-byte at concurrency 1; then the router's RSS while it holds
- * 1,000 concurrent streams. The load generator (bench/lib/load.ts) runs in this process,
+ * off), stream time-to-first-byte at concurrency 1, and the CPU time the hop's process spends
+ * per request; then the router's RSS while it holds 1,000 concurrent streams. Paths run in
+ * BENCH_ROUNDS (5) interleaved rounds; (c)/(b) is the median of the per-round ratios. The load generator (bench/lib/load.ts) runs in this process,
  * every server in its own.
  *
  * `BENCH_ONLY=memory bun bench/gateway.ts` measures only the router's memory with 1,000 streams.
@@ -117,8 +118,18 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  type Path = { name: string; url: string };
-  type Result = { name: string; c1: LoadResult; c64: LoadResult; ttfb: number };
+  /** `proc`: the process doing the hop, whose CPU time per request is reported. */
+  type Path = { name: string; url: string; proc?: SpawnedServer };
+  type Result = {
+    name: string;
+    c1: LoadResult;
+    c64: LoadResult;
+    ttfb: number;
+    /** c=64 throughput of every round, in order (rounds are paired across paths). */
+    c64Rounds: number[];
+    /** CPU time of `proc` per request at c=64, median round, in µs. */
+    cpuUsPerRequest: number | null;
+  };
   const median = <T>(items: T[], key: (item: T) => number): T => {
     const sorted = [...items].sort((x, y) => key(x) - key(y));
     return sorted[Math.floor(sorted.length / 2)] as T;
@@ -126,11 +137,12 @@ async function main() {
   // The machine is shared and noisy: paths are measured in interleaved rounds and each
   // figure is the median round, so every path sees the same background load.
   const measureAll = async (paths: Path[]): Promise<Result[]> => {
-    const rounds = 3;
+    const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
     const roundMs = Math.max(1000, (seconds * 1000) / rounds);
     const c1: LoadResult[][] = paths.map(() => []);
     const c64: LoadResult[][] = paths.map(() => []);
     const ttfb: number[][] = paths.map(() => []);
+    const cpu: number[][] = paths.map(() => []);
     for (const path of paths) {
       await runLoad({
         url: `${path.url}/v1/chat/completions`,
@@ -145,9 +157,18 @@ async function main() {
         c1[index]?.push(
           await runLoad({ url: target, body: chat, concurrency: 1, durationMs: roundMs }),
         );
-        c64[index]?.push(
-          await runLoad({ url: target, body: chat, concurrency: 64, durationMs: roundMs }),
-        );
+        const cpuBefore = path.proc?.cpuMs() ?? null;
+        const loaded = await runLoad({
+          url: target,
+          body: chat,
+          concurrency: 64,
+          durationMs: roundMs,
+        });
+        c64[index]?.push(loaded);
+        const cpuAfter = path.proc?.cpuMs() ?? null;
+        if (cpuBefore !== null && cpuAfter !== null && loaded.requests > 0) {
+          cpu[index]?.push(((cpuAfter - cpuBefore) * 1000) / loaded.requests);
+        }
         const streams = await runStreams({
           url: target,
           body: { ...chat, stream: true, max_tokens: 8 },
@@ -158,14 +179,22 @@ async function main() {
       }
     }
     return paths.map((path, index) => {
+      const cpuRounds = cpu[index] ?? [];
       const r: Result = {
         name: path.name,
         c1: median(c1[index] ?? [], (x) => x.rps),
         c64: median(c64[index] ?? [], (x) => x.rps),
         ttfb: median(ttfb[index] ?? [], (x) => x),
+        c64Rounds: (c64[index] ?? []).map((x) => x.rps),
+        cpuUsPerRequest: cpuRounds.length ? median(cpuRounds, (x) => x) : null,
       };
       console.log(`${r.name}\n  c=1   ${formatLoad(r.c1)}\n  c=64  ${formatLoad(r.c64)}`);
       console.log(`  stream TTFB p50 ${r.ttfb.toFixed(2)} ms`);
+      if (r.cpuUsPerRequest !== null) {
+        console.log(
+          `  CPU of the hop's process at c=64: ${r.cpuUsPerRequest.toFixed(0)} µs/request`,
+        );
+      }
       return r;
     });
   };
@@ -175,7 +204,9 @@ async function main() {
     // BENCH_ONLY=memory skips the throughput cases (for iterating on the router's memory).
     if (process.env.BENCH_ONLY !== "memory") {
       const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
-      const paths: Path[] = [{ name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}` }];
+      const paths: Path[] = [
+        { name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}`, proc: sim.server },
+      ];
 
       const barePort = await freePort();
       const bare = await spawnServer({
@@ -187,10 +218,11 @@ async function main() {
       paths.push({
         name: "(b) bare Hono fetch-proxy",
         url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
+        proc: bare,
       });
 
       const router = await spawnRouter("c", [route("sim", sim.url)]);
-      paths.push({ name: "(c) router → simulator", url: router.url });
+      paths.push({ name: "(c) router → simulator", url: router.url, proc: router.server });
       // (d) the full path: a real agent launching the simulator through VLLM_BIN.
       const agentPort = await freePort();
       const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
@@ -236,7 +268,7 @@ async function main() {
         await Bun.sleep(100);
       }
       const router2 = await spawnRouter("d", [route("agent", agentUrl)]);
-      paths.push({ name: "(d) router → agent → simulator", url: router2.url });
+      paths.push({ name: "(d) router → agent → simulator", url: router2.url, proc: agent });
       results.push(...(await measureAll(paths)));
     }
 
@@ -288,9 +320,18 @@ async function main() {
     console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (const r of results) console.log(row(r));
     if (a && b && c) {
+      // Paired rounds: each round measured (b) and (c) back to back, so the ratio of one
+      // round cancels the machine's slow drifts; the median round is the figure.
+      const ratios = c.c64Rounds.map((rps, round) => rps / (b.c64Rounds[round] ?? Number.NaN));
+      const percent = (x: number) => `${(x * 100).toFixed(0)}%`;
       console.log(
-        `\n(c)/(b) throughput at c=64: ${((c.c64.rps / b.c64.rps) * 100).toFixed(0)}% (goal ≥ 70%)`,
+        `\n(c)/(b) throughput at c=64: ${percent(median(ratios, (x) => x))} median of ${ratios.length} paired rounds (${ratios.map(percent).join(", ")}); ratio of medians ${percent(c.c64.rps / b.c64.rps)} (goal ≥ 70%)`,
       );
+      if (b.cpuUsPerRequest !== null && c.cpuUsPerRequest !== null) {
+        console.log(
+          `CPU per request at c=64: router ${c.cpuUsPerRequest.toFixed(0)} µs, bare proxy ${b.cpuUsPerRequest.toFixed(0)} µs`,
+        );
+      }
       console.log(
         `router hop, added p50 at c=1: ${(c.c1.latencyMs.p50 - a.c1.latencyMs.p50).toFixed(2)} ms (goal ≤ 1 ms)`,
       );

@@ -136,6 +136,7 @@ function containsUsageKey(chunk: Uint8Array): boolean {
 }
 
 const tailBytes = 16 * 1024;
+const tailDecoder = new TextDecoder();
 
 /** Keeps the last ~16 KiB of a JSON body and reads `usage` from it at the end. */
 export class JsonUsageTail {
@@ -158,10 +159,13 @@ export class JsonUsageTail {
       tail.set(chunk, offset);
       offset += chunk.byteLength;
     }
-    const text = new TextDecoder().decode(tail);
-    // Inside JSON strings a quote is escaped, so `"prompt_tokens":` only matches real keys.
-    const prompt = lastNumber(text, /"prompt_tokens"\s*:\s*(\d+)/g);
-    const completion = lastNumber(text, /"completion_tokens"\s*:\s*(\d+)/g);
+    const text = tailDecoder.decode(tail);
+    // Inside JSON strings a quote is escaped, so `"prompt_tokens":` only matches real keys;
+    // searching from the last `"usage"` key keeps the scan to the usage object itself.
+    const usageAt = text.lastIndexOf('"usage"');
+    const scope = usageAt >= 0 ? text.slice(usageAt) : text;
+    const prompt = lastNumber(scope, /"prompt_tokens"\s*:\s*(\d+)/g);
+    const completion = lastNumber(scope, /"completion_tokens"\s*:\s*(\d+)/g);
     if (prompt === null && completion === null) return undefined;
     return { promptTokens: prompt, completionTokens: completion };
   }

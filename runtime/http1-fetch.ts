@@ -509,6 +509,8 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
   };
 
   const origins = new Map<string, Origin>();
+  /** Header name as given → its lower-case form, once it passed the token check. */
+  const checkedNames = new Map<string, string>();
   const originOf = (url: URL): Origin => {
     const key = `${url.protocol}//${url.host}`;
     let origin = origins.get(key);
@@ -572,10 +574,14 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     let acceptEncoding = false;
     let authorization = false;
     const add = (rawName: string, value: string) => {
-      const name = rawName.toLowerCase();
-      if (!headerName.test(name) || unsafeValue.test(value)) {
-        throw new TypeError(`invalid header: ${rawName}`);
+      let name = checkedNames.get(rawName);
+      if (name === undefined) {
+        name = rawName.toLowerCase();
+        if (!headerName.test(name)) throw new TypeError(`invalid header: ${rawName}`);
+        // Header names repeat on every request: remember the few that passed.
+        if (checkedNames.size < 1024) checkedNames.set(rawName, name);
       }
+      if (unsafeValue.test(value)) throw new TypeError(`invalid header: ${rawName}`);
       if (framingHeaders.has(name)) return;
       if (name === "accept-encoding") acceptEncoding = true;
       if (name === "authorization") authorization = true;

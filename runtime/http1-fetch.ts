@@ -55,6 +55,15 @@ export type Http1Fetch = {
 
 type Origin = { key: string; hostname: string; port: number; tls: boolean; hostHeader: string };
 
+/** One request as written on the wire: its origin, method, head text and body. */
+type Outgoing = {
+  origin: Origin;
+  method: string;
+  head: string;
+  body: Uint8Array | undefined;
+  signal: AbortSignal | undefined;
+};
+
 type Exchange = {
   method: string;
   resolve(response: Response): void;
@@ -404,28 +413,15 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
   };
 
   /** Sends on a pooled connection when one is free (no await), else on a new one. */
-  const send = (
-    origin: Origin,
-    method: string,
-    head: string,
-    body: Uint8Array | undefined,
-    signal: AbortSignal | undefined,
-    allowRetry: boolean,
-  ): Promise<Response> => {
-    const pooled = take(origin);
-    if (pooled) return exchangeOn(pooled, origin, method, head, body, signal, allowRetry);
-    return connectAndSend(origin, method, head, body, signal, allowRetry);
+  const send = (request: Outgoing, allowRetry: boolean): Promise<Response> => {
+    const pooled = take(request.origin);
+    if (pooled) return exchangeOn(pooled, request, allowRetry);
+    return connectAndSend(request, allowRetry);
   };
 
-  const connectAndSend = async (
-    origin: Origin,
-    method: string,
-    head: string,
-    body: Uint8Array | undefined,
-    signal: AbortSignal | undefined,
-    allowRetry: boolean,
-  ): Promise<Response> => {
-    const connecting = connect(origin);
+  const connectAndSend = async (request: Outgoing, allowRetry: boolean): Promise<Response> => {
+    const connecting = connect(request.origin);
+    const { signal } = request;
     let conn: Connection;
     if (signal) {
       // An abort while connecting rejects now; the connection closes once it opens.
@@ -442,19 +438,16 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     } else {
       conn = await connecting;
     }
-    return exchangeOn(conn, origin, method, head, body, signal, allowRetry);
+    return exchangeOn(conn, request, allowRetry);
   };
 
   /** Writes one request on `conn` and settles with its response head. */
   const exchangeOn = (
     conn: Connection,
-    origin: Origin,
-    method: string,
-    head: string,
-    body: Uint8Array | undefined,
-    signal: AbortSignal | undefined,
+    request: Outgoing,
     allowRetry: boolean,
   ): Promise<Response> => {
+    const { method, head, body, signal } = request;
     const socket = conn.socket as Socket<Connection>;
     const reused = conn.reused;
     return new Promise<Response>((resolve, reject) => {
@@ -474,7 +467,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
       if (reused && allowRetry) {
         exchange.retry = () => {
           destroy(conn);
-          send(origin, method, head, body, signal, false).then(resolve, reject);
+          send(request, false).then(resolve, reject);
         };
       }
       if (signal) {
@@ -607,7 +600,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     head += "\r\n";
     const signal = init?.signal ?? undefined;
     if (signal?.aborted) return Promise.reject(abortReason(signal));
-    return send(origin, method, head, bodyBytes ?? undefined, signal, true);
+    return send({ origin, method, head, body: bodyBytes ?? undefined, signal }, true);
   };
 
   return {

@@ -107,10 +107,7 @@ export class ResponseParser {
           break;
         }
         case "length": {
-          const take = Math.min(this.remaining, bytes.byteLength - at);
-          this.remaining -= take;
-          this.handlers.onBody(bytes.subarray(at, at + take));
-          at += take;
+          at = this.deliver(bytes, at);
           if (this.remaining === 0) this.end(this.keepAlive);
           break;
         }
@@ -171,10 +168,7 @@ export class ResponseParser {
           break;
         }
         case "chunk-data": {
-          const take = Math.min(this.remaining, bytes.byteLength - at);
-          this.remaining -= take;
-          this.handlers.onBody(bytes.subarray(at, at + take));
-          at += take;
+          at = this.deliver(bytes, at);
           if (this.remaining === 0) {
             this.phase = "chunk-crlf";
             this.remaining = 2;
@@ -215,6 +209,14 @@ export class ResponseParser {
       return;
     }
     if (this.busy) this.fail("connection closed before the response ended");
+  }
+
+  /** Hands on up to `remaining` body bytes from `at`; returns the offset after them. */
+  private deliver(bytes: Uint8Array, at: number): number {
+    const take = Math.min(this.remaining, bytes.byteLength - at);
+    this.remaining -= take;
+    this.handlers.onBody(bytes.subarray(at, at + take));
+    return at + take;
   }
 
   private end(reusable: boolean): void {

@@ -24,7 +24,8 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  * body) goes to `fallback` (the runtime's `fetch`). TLS is verified the way Bun verifies it
  * (its bundled roots plus `NODE_EXTRA_CA_CERTS`), with the URL's host as the server name.
  * Responses are not decompressed: it asks for `Accept-Encoding: identity` unless the caller
- * set that header.
+ * set that header. Answers with a Content-Length up to 256 KiB (not event streams) are read
+ * whole before the promise resolves.
  */
 
 export type FetchFn = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
@@ -211,10 +212,12 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
   const onHead = (conn: Connection, head: ResponseHead) => {
     const exchange = conn.exchange;
     if (!exchange) return;
-    if (!head.bodyless && head.bodyLength !== null && head.bodyLength <= smallBody) {
+    const small = !head.bodyless && head.bodyLength !== null && head.bodyLength <= smallBody;
+    // An event stream is relayed as it comes even when the server gave it a length.
+    if (small && !(head.headers.get("content-type") ?? "").includes("text/event-stream")) {
       // A unary answer (a completion, an error): one native-backed Response at the end is
       // far cheaper for the caller to read than a stream, and nobody reads half a JSON.
-      exchange.small = { head, bytes: new Uint8Array(head.bodyLength), filled: 0 };
+      exchange.small = { head, bytes: new Uint8Array(head.bodyLength ?? 0), filled: 0 };
       return;
     }
     exchange.answered = true;

@@ -173,6 +173,39 @@ describe("http1 fetch", () => {
     expect(rest).toBe("data: two\n\n");
   });
 
+  test("an event stream with a Content-Length still arrives event by event", async () => {
+    const events = ["data: one\n\n", "data: two\n\n"];
+    const length = events.join("").length;
+    const server = rawServer((socket) => {
+      socket.write(
+        `HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: ${length}\r\n\r\n${events[0]}`,
+      );
+      setTimeout(() => socket.write(events[1] ?? ""), 300);
+    });
+    const started = performance.now();
+    const response = await client().fetch(`${server.url}/`, { method: "POST", body: "{}" });
+    const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+    const first = await reader.read();
+    expect(new TextDecoder().decode(first.value)).toBe("data: one\n\n");
+    // The first event came before the server sent the second.
+    expect(performance.now() - started).toBeLessThan(250);
+    const second = await reader.read();
+    expect(new TextDecoder().decode(second.value)).toBe("data: two\n\n");
+  });
+
+  test("reads a small answer with a Content-Length whole before resolving", async () => {
+    const server = rawServer((socket) => {
+      socket.write(
+        'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":',
+      );
+      setTimeout(() => socket.write("true}"), 100);
+    });
+    const started = performance.now();
+    const response = await client().fetch(`${server.url}/`, { method: "POST", body: "{}" });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(90);
+    expect(await response.json()).toEqual({ ok: true });
+  });
+
   test("sends a large body through socket backpressure intact", async () => {
     const { url } = serve(
       async (request) => new Response(await sha256(await request.arrayBuffer())),

@@ -134,8 +134,10 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array<Arr
     await request.body?.cancel().catch(() => {});
     throw tooLarge();
   }
-  if (!request.body) return new Uint8Array(0);
+  // With a declared length, read it whole without touching `request.body`: on Bun, making
+  // the body a stream first sends arrayBuffer() through the stream machinery.
   if (declared !== null) return new Uint8Array(await request.arrayBuffer());
+  if (!request.body) return new Uint8Array(0);
   const reader = request.body.getReader();
   const chunks: Uint8Array<ArrayBuffer>[] = [];
   let size = 0;

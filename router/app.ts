@@ -5,7 +5,7 @@ import type { RouteEntry, RouteSnapshot, UsageRecord } from "../protocol/index.t
 import { Balancer } from "./balancer.ts";
 import { AppError, errorResponse } from "./errors.ts";
 import { type Logger, silentLogger } from "./log.ts";
-import { Metrics } from "./metrics.ts";
+import { type BoundHistogram, type BoundSeries, Metrics } from "./metrics.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 
 /** Where the router reads routes: synchronous and cached (an in-process table or a poller). */
@@ -256,6 +256,37 @@ export function createApp(deps: AppDeps): Hono {
     metrics.set("fleet_router_ejected_replicas", undefined, balancer.ejectedCount()),
   );
 
+  // Per-alias series, bound once: a request's metrics cost a few additions, no formatting.
+  type AliasSeries = {
+    inFlight: BoundSeries;
+    duration: BoundHistogram;
+    ttft: BoundHistogram;
+    byStatus: Map<number, BoundSeries>;
+  };
+  const aliasSeries = new Map<string, AliasSeries>();
+  const seriesFor = (alias: string): AliasSeries => {
+    let series = aliasSeries.get(alias);
+    if (!series) {
+      const labels = { alias };
+      series = {
+        inFlight: metrics.series("fleet_router_in_flight", labels, "gauge"),
+        duration: metrics.histogramSeries("fleet_router_request_duration_seconds", labels),
+        ttft: metrics.histogramSeries("fleet_router_ttft_seconds", labels),
+        byStatus: new Map(),
+      };
+      aliasSeries.set(alias, series);
+    }
+    return series;
+  };
+  const countRequest = (series: AliasSeries, alias: string, status: number) => {
+    let counter = series.byStatus.get(status);
+    if (!counter) {
+      counter = metrics.series("fleet_router_requests_total", { alias, status: String(status) });
+      series.byStatus.set(status, counter);
+    }
+    counter.add(1);
+  };
+
   let view: RouteView | undefined;
   const currentView = (): RouteView | undefined => {
     const snapshot = deps.routes.current();
@@ -394,6 +425,7 @@ export function createApp(deps: AppDeps): Hono {
     const upstreamBody =
       stream && !askedForUsage ? withIncludeUsage(raw, json as Record<string, unknown>) : raw;
     const sessionKey = c.req.header("x-session-id") || body.user || undefined;
+    const series = seriesFor(alias);
 
     let settle: (() => void) | undefined;
     if (deps.waitUntil) {
@@ -406,6 +438,7 @@ export function createApp(deps: AppDeps): Hono {
     return forward(proxyConfig, {
       c,
       alias,
+      inFlight: series.inFlight,
       path,
       candidates: group.ready,
       body: upstreamBody,
@@ -417,12 +450,9 @@ export function createApp(deps: AppDeps): Hono {
       startedAt,
       onDone: (outcome) => {
         const latencyMs = Math.max(0, clock.now() - startedAt);
-        const labels = { alias };
-        metrics.inc("fleet_router_requests_total", { alias, status: String(outcome.status) });
-        metrics.observe("fleet_router_request_duration_seconds", labels, latencyMs / 1000);
-        if (outcome.ttftMs !== null) {
-          metrics.observe("fleet_router_ttft_seconds", labels, outcome.ttftMs / 1000);
-        }
+        countRequest(series, alias, outcome.status);
+        series.duration.observe(latencyMs / 1000);
+        if (outcome.ttftMs !== null) series.ttft.observe(outcome.ttftMs / 1000);
         try {
           deps.usage.record({
             ts: new Date(startedWall).toISOString(),

@@ -12,11 +12,18 @@ type Family = {
   help: string;
   kind: Kind;
   buckets?: readonly number[];
-  /** label text (`a="x",b="y"`) → value (counter/gauge) */
-  values: Map<string, number>;
+  /** label text (`a="x",b="y"`) → value (counter/gauge), in a cell bound series update */
+  values: Map<string, { value: number }>;
   /** label text → per-bucket counts (non-cumulative) + sum + count */
-  histograms: Map<string, { counts: number[]; sum: number; count: number }>;
+  histograms: Map<string, Histogram>;
 };
+
+type Histogram = { counts: number[]; sum: number; count: number };
+
+/** A counter or gauge series with its labels fixed: updates skip formatting and lookups. */
+export type BoundSeries = { add(by: number): void };
+/** A histogram series with its labels fixed. */
+export type BoundHistogram = { observe(value: number): void };
 
 /** Request latencies in seconds: sub-millisecond proxying up to vLLM's long generations. */
 export const latencyBuckets = [
@@ -60,23 +67,58 @@ export class Metrics {
   }
 
   inc(name: string, labels?: Labels, by = 1, help = ""): void {
-    const family = this.family(name, "counter", help);
-    const key = labelText(labels);
-    family.values.set(key, (family.values.get(key) ?? 0) + by);
+    this.cell(this.family(name, "counter", help), labels).value += by;
   }
 
   set(name: string, labels: Labels | undefined, value: number, help = ""): void {
-    this.family(name, "gauge", help).values.set(labelText(labels), value);
+    this.cell(this.family(name, "gauge", help), labels).value = value;
   }
 
   add(name: string, labels: Labels | undefined, by: number, help = ""): void {
-    const family = this.family(name, "gauge", help);
-    const key = labelText(labels);
-    family.values.set(key, (family.values.get(key) ?? 0) + by);
+    this.cell(this.family(name, "gauge", help), labels).value += by;
   }
 
   observe(name: string, labels: Labels | undefined, value: number, help = ""): void {
     const family = this.family(name, "histogram", help, latencyBuckets);
+    record(family.buckets ?? latencyBuckets, this.histogram(family, labels), value);
+  }
+
+  /**
+   * The series `name{labels}` of a counter or gauge, bound for the hot path (per alias,
+   * made once per route table): `series.add(1)` costs an addition.
+   */
+  series(name: string, labels: Labels, kind: "counter" | "gauge" = "counter"): BoundSeries {
+    const cell = this.cell(this.family(name, kind, ""), labels);
+    return {
+      add(by: number) {
+        cell.value += by;
+      },
+    };
+  }
+
+  /** The histogram series `name{labels}`, bound like `series`. */
+  histogramSeries(name: string, labels: Labels): BoundHistogram {
+    const family = this.family(name, "histogram", "", latencyBuckets);
+    const buckets = family.buckets ?? latencyBuckets;
+    const histogram = this.histogram(family, labels);
+    return {
+      observe(value: number) {
+        record(buckets, histogram, value);
+      },
+    };
+  }
+
+  private cell(family: Family, labels: Labels | undefined): { value: number } {
+    const key = labelText(labels);
+    let cell = family.values.get(key);
+    if (!cell) {
+      cell = { value: 0 };
+      family.values.set(key, cell);
+    }
+    return cell;
+  }
+
+  private histogram(family: Family, labels: Labels | undefined): Histogram {
     const buckets = family.buckets ?? latencyBuckets;
     const key = labelText(labels);
     let histogram = family.histograms.get(key);
@@ -84,11 +126,7 @@ export class Metrics {
       histogram = { counts: new Array<number>(buckets.length).fill(0), sum: 0, count: 0 };
       family.histograms.set(key, histogram);
     }
-    let index = 0;
-    while (index < buckets.length && value > (buckets[index] ?? Number.POSITIVE_INFINITY)) index++;
-    if (index < buckets.length) histogram.counts[index] = (histogram.counts[index] ?? 0) + 1;
-    histogram.sum += value;
-    histogram.count += 1;
+    return histogram;
   }
 
   /** Runs before each render: lets a component refresh gauges computed on demand. */
@@ -103,8 +141,8 @@ export class Metrics {
       lines.push(`# HELP ${family.name} ${family.help || family.name}`);
       lines.push(`# TYPE ${family.name} ${family.kind}`);
       if (family.kind !== "histogram") {
-        for (const [labels, value] of family.values) {
-          lines.push(`${family.name}${labels ? `{${labels}}` : ""} ${value}`);
+        for (const [labels, cell] of family.values) {
+          lines.push(`${family.name}${labels ? `{${labels}}` : ""} ${cell.value}`);
         }
         continue;
       }
@@ -124,4 +162,12 @@ export class Metrics {
     }
     return `${lines.join("\n")}\n`;
   }
+}
+
+function record(buckets: readonly number[], histogram: Histogram, value: number): void {
+  let index = 0;
+  while (index < buckets.length && value > (buckets[index] ?? Number.POSITIVE_INFINITY)) index++;
+  if (index < buckets.length) histogram.counts[index] = (histogram.counts[index] ?? 0) + 1;
+  histogram.sum += value;
+  histogram.count += 1;
 }

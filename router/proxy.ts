@@ -5,7 +5,7 @@ import type { Balancer, Pick } from "./balancer.ts";
 import { errorResponse } from "./errors.ts";
 import { downstreamHeaders, upstreamHeaders } from "./headers.ts";
 import type { Logger } from "./log.ts";
-import type { Metrics } from "./metrics.ts";
+import type { BoundSeries, Metrics } from "./metrics.ts";
 import { JsonUsageTail, SseUsageFilter, type Usage } from "./usage-scan.ts";
 
 export type ProxyConfig = {
@@ -32,6 +32,8 @@ export type Outcome = {
 export type ForwardRequest = {
   c: Context;
   alias: string;
+  /** The alias's `fleet_router_in_flight` series. */
+  inFlight: BoundSeries;
   path: string;
   candidates: readonly RouteEntry[];
   body: Uint8Array<ArrayBuffer> | string;
@@ -93,12 +95,12 @@ async function readSmall(response: Response): Promise<string> {
 export async function forward(config: ProxyConfig, request: ForwardRequest): Promise<Response> {
   const { metrics, balancer, clock } = config;
   const { c, alias } = request;
-  metrics.add("fleet_router_in_flight", { alias }, 1);
+  request.inFlight.add(1);
   let finished = false;
   const done = (outcome: Outcome) => {
     if (finished) return;
     finished = true;
-    metrics.add("fleet_router_in_flight", { alias }, -1);
+    request.inFlight.add(-1);
     request.onDone(outcome);
   };
 

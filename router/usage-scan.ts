@@ -136,7 +136,6 @@ function containsUsageKey(chunk: Uint8Array): boolean {
 }
 
 const tailBytes = 16 * 1024;
-const tailDecoder = new TextDecoder();
 
 /** Keeps the last ~16 KiB of a JSON body and reads `usage` from it at the end. */
 export class JsonUsageTail {
@@ -153,28 +152,60 @@ export class JsonUsageTail {
 
   usage(): Usage | undefined {
     if (this.size === 0) return undefined;
-    const tail = new Uint8Array(this.size);
-    let offset = 0;
-    for (const chunk of this.chunks) {
-      tail.set(chunk, offset);
-      offset += chunk.byteLength;
+    let tail = this.chunks[0] as Uint8Array;
+    if (this.chunks.length > 1) {
+      tail = new Uint8Array(this.size);
+      let offset = 0;
+      for (const chunk of this.chunks) {
+        tail.set(chunk, offset);
+        offset += chunk.byteLength;
+      }
     }
-    const text = tailDecoder.decode(tail);
-    // Inside JSON strings a quote is escaped, so `"prompt_tokens":` only matches real keys;
-    // searching from the last `"usage"` key keeps the scan to the usage object itself.
-    const usageAt = text.lastIndexOf('"usage"');
-    const scope = usageAt >= 0 ? text.slice(usageAt) : text;
-    const prompt = lastNumber(scope, /"prompt_tokens"\s*:\s*(\d+)/g);
-    const completion = lastNumber(scope, /"completion_tokens"\s*:\s*(\d+)/g);
+    // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
+    // Searched as bytes from the end: no decoding, no regular expressions.
+    const prompt = lastNumberAfter(tail, promptKey);
+    const completion = lastNumberAfter(tail, completionKey);
     if (prompt === null && completion === null) return undefined;
     return { promptTokens: prompt, completionTokens: completion };
   }
 }
 
-function lastNumber(text: string, pattern: RegExp): number | null {
-  let value: number | null = null;
-  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
-    value = Number(match[1]);
+const promptKey = encoder.encode('"prompt_tokens"');
+const completionKey = encoder.encode('"completion_tokens"');
+
+/** The integer after the last `key` (then optional spaces, `:`, spaces) in `bytes`, or null. */
+function lastNumberAfter(bytes: Uint8Array, key: Uint8Array): number | null {
+  const last = key.byteLength - 1;
+  for (let end = bytes.lastIndexOf(key[last] as number); end >= last; ) {
+    let matches = true;
+    for (let index = 1; index <= last; index++) {
+      if (bytes[end - index] !== key[last - index]) {
+        matches = false;
+        break;
+      }
+    }
+    if (matches) {
+      let at = end + 1;
+      while (bytes[at] === 0x20 || bytes[at] === 0x09 || bytes[at] === 0x0a || bytes[at] === 0x0d)
+        at++;
+      if (bytes[at] === 0x3a /* : */) {
+        at++;
+        while (bytes[at] === 0x20 || bytes[at] === 0x09 || bytes[at] === 0x0a || bytes[at] === 0x0d)
+          at++;
+        let value = 0;
+        let digits = 0;
+        for (
+          let byte = bytes[at];
+          byte !== undefined && byte >= 0x30 && byte <= 0x39;
+          byte = bytes[++at]
+        ) {
+          value = value * 10 + (byte - 0x30);
+          digits++;
+        }
+        if (digits > 0 && digits <= 15) return value;
+      }
+    }
+    end = end > 0 ? bytes.lastIndexOf(key[last] as number, end - 1) : -1;
   }
-  return value;
+  return null;
 }

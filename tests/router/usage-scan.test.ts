@@ -60,7 +60,7 @@ describe("SseUsageFilter", () => {
     const filter = new SseUsageFilter(true);
     const chunk = encoder.encode(token);
     expect(filter.push(chunk)).toBe(chunk);
-    const rest = filter.push(encoder.encode(usage + "data: [DONE]\n\n"));
+    const rest = filter.push(encoder.encode(`${usage}data: [DONE]\n\n`));
     expect(new TextDecoder().decode(rest)).toBe("data: [DONE]\n\n");
     expect(filter.usage).toEqual({ promptTokens: 3, completionTokens: 1 });
   });

@@ -44,6 +44,11 @@ export type Http1FetchOptions = {
   maxHeadBytes?: number;
   /** For requests this client does not handle (default: the global `fetch`). */
   fallback?: FetchFn;
+  /**
+   * Where HTTP_PROXY / HTTPS_PROXY / NO_PROXY are read (default `process.env`). A request the
+   * environment sends through a proxy goes to `fallback`: Bun's fetch speaks to proxies.
+   */
+  env?: Record<string, string | undefined>;
 };
 
 export type Http1Fetch = {
@@ -54,7 +59,15 @@ export type Http1Fetch = {
   close(): void;
 };
 
-type Origin = { key: string; hostname: string; port: number; tls: boolean; hostHeader: string };
+type Origin = {
+  key: string;
+  hostname: string;
+  port: number;
+  tls: boolean;
+  hostHeader: string;
+  /** Set on first use when a proxy is configured: the environment proxies this origin. */
+  proxied?: boolean;
+};
 
 /** One request as written on the wire: its origin, method, head text and body. */
 type Outgoing = {
@@ -504,6 +517,13 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     });
   };
 
+  const proxyRules = readProxyEnv(options.env ?? process.env);
+  /** Whether the environment routes this origin through a proxy (decided once per origin). */
+  const proxied = (origin: Origin): boolean => {
+    if (!proxyRules.http && !proxyRules.https) return false;
+    origin.proxied ??= usesProxy(proxyRules, origin);
+    return origin.proxied;
+  };
   const origins = new Map<string, Origin>();
   /** Header name as given → its lower-case form, once it passed the token check. */
   const checkedNames = new Map<string, string>();
@@ -563,7 +583,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
               : null;
     if (typeof input !== "string" && !(input instanceof URL)) return fallback(input, init);
     const where = bodyBytes === null ? null : target(input);
-    if (!where) return fallback(input, init);
+    if (!where || proxied(where.origin)) return fallback(input, init);
     const { origin, path, url } = where;
     const method = (init?.method ?? "GET").toUpperCase();
     let head = `${method} ${path} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
@@ -631,4 +651,39 @@ function concat(first: Uint8Array, second: Uint8Array): Uint8Array {
   joined.set(first);
   joined.set(second, first.byteLength);
   return joined;
+}
+
+type ProxyRules = { http: boolean; https: boolean; noProxy: string[] };
+
+function readProxyEnv(env: Record<string, string | undefined>): ProxyRules {
+  const noProxy = (env.NO_PROXY ?? env.no_proxy ?? "")
+    .split(/[\s,]+/)
+    .map((entry) => entry.trim().toLowerCase())
+    .filter(Boolean);
+  return {
+    http: Boolean(env.HTTP_PROXY || env.http_proxy),
+    https: Boolean(env.HTTPS_PROXY || env.https_proxy),
+    noProxy,
+  };
+}
+
+/** curl's rules: a proxy for the scheme, unless NO_PROXY names the host (or a parent). */
+function usesProxy(rules: ProxyRules, origin: Origin): boolean {
+  if (!(origin.tls ? rules.https : rules.http)) return false;
+  const host = origin.hostname.toLowerCase();
+  for (const entry of rules.noProxy) {
+    if (entry === "*") return false;
+    let name = entry;
+    let port: string | undefined;
+    if (entry.startsWith("[")) {
+      name = entry.slice(1, entry.indexOf("]"));
+      port = entry.slice(entry.indexOf("]") + 2) || undefined;
+    } else if (entry.split(":").length === 2) {
+      [name = "", port] = entry.split(":");
+    }
+    if (port !== undefined && Number(port) !== origin.port) continue;
+    const bare = name.replace(/^\*?\./, "");
+    if (host === bare || host.endsWith(`.${bare}`)) return false;
+  }
+  return true;
 }

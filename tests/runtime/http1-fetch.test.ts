@@ -374,6 +374,27 @@ describe("http1 fetch", () => {
     expect(seen).toEqual(["request", "http://127.0.0.1:1/"]);
   });
 
+  test("leaves what the environment proxies to the fallback, minus NO_PROXY", async () => {
+    const proxiedServer = serve(() => new Response("direct"));
+    const excludedServer = serve(() => new Response("direct"));
+    const excludedPort = Number(new URL(excludedServer.url).port);
+    const fallback = async () => new Response("via fallback");
+    const env = {
+      HTTP_PROXY: "http://proxy.internal:3128",
+      NO_PROXY: `.example.org, [::1], 127.0.0.1:${excludedPort}`,
+    };
+    const http = client({ fallback, env });
+    // Not excluded: the proxy (here the fallback) gets it.
+    expect(await (await http.fetch(`${proxiedServer.url}/`)).text()).toBe("via fallback");
+    // Excluded by host and port: straight to the server.
+    expect(await (await http.fetch(`${excludedServer.url}/`)).text()).toBe("direct");
+    // NO_PROXY=* turns the proxy off; no proxy variables, no proxy.
+    const none = client({ fallback, env: { ...env, NO_PROXY: "*" } });
+    expect(await (await none.fetch(`${proxiedServer.url}/`)).text()).toBe("direct");
+    const unset = client({ fallback, env: {} });
+    expect(await (await unset.fetch(`${proxiedServer.url}/`)).text()).toBe("direct");
+  });
+
   test("verifies TLS: an unknown certificate is refused, a trusted one works", async () => {
     const tlsServer = Bun.serve({
       hostname: "127.0.0.1",

@@ -3,7 +3,7 @@ import { createLogger } from "../../agent/lib/log.ts";
 import { canBind } from "../../agent/lib/net.ts";
 import { WorkerService, type WorkerServiceOptions } from "../../agent/service.ts";
 import type { InstanceList, InstanceReport } from "../../protocol/index.ts";
-import { eventually } from "../helpers/net.ts";
+import { eventually, freePort } from "../helpers/net.ts";
 import { repoRoot } from "../helpers/proc.ts";
 import {
   call,
@@ -226,7 +226,8 @@ describe("agent instance API", () => {
       const busy = await launch({ alias: "named-port", model_name: "m/p", port: taken.port });
       expect(busy.status).toBe(409);
       expect(busy.json.error.param).toBe("port");
-      const port = (await enginePortRange()).min;
+      // A port free a moment ago (a random one can be some connection's ephemeral port).
+      const port = await freePort();
       const ok = await launch({ alias: "named-port", model_name: "m/p", port });
       expect(ok.status).toBe(202);
       expect(ok.json.port).toBe(port);

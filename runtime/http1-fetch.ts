@@ -8,7 +8,7 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  * Why not Bun's `fetch`: a gateway reads every upstream body in JavaScript (to find the
  * usage), and a body Bun's `fetch` hands to JavaScript costs about 68 KiB of native memory
  * that lives until the next garbage collection, while its requests cross to Bun's HTTP
- * thread and back. With 1,000 streams that was a third of the router's memory (see
+ * thread and back. With 1,000 streams that was about a fifth of the router's memory (see
  * docs/router.md "Memory"). Here a body is the socket's own reads, enqueued as they come.
  * It also gives the router a real connect timeout, which Bun's `fetch` lacks.
  *
@@ -21,7 +21,8 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  * What it handles: `http:` and `https:` URLs given as strings or URLs, a string or bytes
  * body (or none), `redirect: "manual"`-style behaviour (a 3xx is returned as is), abort
  * signals before and after the head. Everything else (a `Request` object, a stream or form
- * body) goes to `fallback` (the runtime's `fetch`). TLS is verified the way Bun verifies it
+ * body, a request HTTP(S)_PROXY sends through a proxy) goes to `fallback` (the runtime's
+ * `fetch`). TLS is verified the way Bun verifies it
  * (its bundled roots plus `NODE_EXTRA_CA_CERTS`), with the URL's host as the server name.
  * Responses are not decompressed: it asks for `Accept-Encoding: identity` unless the caller
  * set that header. Answers with a Content-Length up to 256 KiB (not event streams) are read

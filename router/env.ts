@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { baseUrlSchema, parseEnv } from "../protocol/index.ts";
+import { baseUrlSchema, EnvError, parseEnv } from "../protocol/index.ts";
 
 const optionalString = z
   .string()
@@ -47,6 +47,17 @@ export type RouterEnv = z.infer<typeof routerEnvSchema>;
 
 export function loadRouterEnv(source: Record<string, string | undefined>): RouterEnv {
   return parseEnv(routerEnvSchema, source);
+}
+
+/** For the Bun and Node entries: a bad variable prints what is wrong and exits with 1. */
+export function loadRouterEnvOrExit(source: Record<string, string | undefined>): RouterEnv {
+  try {
+    return loadRouterEnv(source);
+  } catch (error) {
+    if (!(error instanceof EnvError)) throw error;
+    console.error(error.message);
+    process.exit(1);
+  }
 }
 
 export function isLoopback(host: string): boolean {

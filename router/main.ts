@@ -3,21 +3,13 @@
  * manager (MANAGER_URL, FLEET_TOKEN) and sends usage back in batches.
  */
 import { getConnInfo } from "hono/bun";
-import { EnvError } from "../protocol/index.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
-import { loadRouterEnv, type RouterEnv } from "./env.ts";
+import { loadRouterEnvOrExit } from "./env.ts";
 import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
-let env: RouterEnv;
-try {
-  env = loadRouterEnv(process.env);
-} catch (error) {
-  if (!(error instanceof EnvError)) throw error;
-  console.error(error.message);
-  process.exit(1);
-}
+const env = loadRouterEnvOrExit(process.env);
 const log = consoleLogger("router");
 // Agents (and the manager) are reached over our own HTTP/1.1 client: a real connect timeout,
 // no cap on requests in flight, and far less memory per stream than Bun's fetch

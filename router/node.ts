@@ -6,20 +6,12 @@
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { Agent, fetch as undiciFetch } from "undici";
-import { EnvError } from "../protocol/index.ts";
 import type { FetchLike } from "./app.ts";
-import { loadRouterEnv, type RouterEnv } from "./env.ts";
+import { loadRouterEnvOrExit } from "./env.ts";
 import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
-let env: RouterEnv;
-try {
-  env = loadRouterEnv(process.env);
-} catch (error) {
-  if (!(error instanceof EnvError)) throw error;
-  console.error(error.message);
-  process.exit(1);
-}
+const env = loadRouterEnvOrExit(process.env);
 const log = consoleLogger("router");
 const dispatcher = new Agent({
   connect: { timeout: env.CONNECT_TIMEOUT_MS },

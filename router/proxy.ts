@@ -254,8 +254,8 @@ async function tryReplica(
   // client cannot use half a JSON document anyway, and one native read plus a byte
   // response costs far less than relaying it through a JS stream. Streams never come here.
   const declaredLength = Number(response.headers.get("content-length") ?? Number.NaN);
-  const contentType = response.headers.get("content-type") ?? "";
-  if (declaredLength <= maxBufferedBody && !contentType.includes("text/event-stream")) {
+  const isSse = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+  if (declaredLength <= maxBufferedBody && !isSse) {
     let bytes: Uint8Array<ArrayBuffer>;
     try {
       bytes = new Uint8Array(await response.arrayBuffer());
@@ -297,7 +297,6 @@ async function tryReplica(
   balancer.succeeded(state);
   const ttftMs = clock.now() - request.startedAt;
 
-  const isSse = (response.headers.get("content-type") ?? "").includes("text/event-stream");
   const filter = isSse ? new SseUsageFilter(request.hideUsage) : undefined;
   const tail = isSse ? undefined : new JsonUsageTail();
   const responseHeaders = downstreamHeaders(

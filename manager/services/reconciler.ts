@@ -4,6 +4,7 @@ import { type EventInput, type ManagerContext, recordEvents } from "../context.t
 import { describeError } from "../errors.ts";
 import { gpuRefusal, place } from "./placement.ts";
 import {
+  insertPlacements,
   launchInstance,
   loadPlacementState,
   lockPlacement,
@@ -278,34 +279,8 @@ async function replaceLost(
     const target = result.placements[0];
     if (!target) return undefined;
     await tx.delete(schema.instances).where(eq(schema.instances.id, instance.id));
-    const [workerRow] = await tx
-      .select()
-      .from(schema.workers)
-      .where(eq(schema.workers.workerId, target.workerId));
-    if (!workerRow) return undefined;
-    const [created] = await tx
-      .insert(schema.instances)
-      .values({
-        alias: model.alias,
-        workerId: target.workerId,
-        gpuIds: target.gpuIds,
-        gpuMemoryUtilization: model.gpuMemoryUtilization,
-        status: "pending",
-        createdAt: now,
-        updatedAt: now,
-      })
-      .returning();
+    const [created] = await insertPlacements(tx, model, [target], now);
     if (!created) return undefined;
-    await tx.insert(schema.routes).values({
-      alias: model.alias,
-      modelName: model.modelName,
-      workerId: target.workerId,
-      workerUrl: routeUrl(workerRow),
-      instanceId: created.id,
-      ready: false,
-      createdAt: now,
-      updatedAt: now,
-    });
     await recordEvents(tx, now, [
       {
         kind: "instance.rescheduled",

@@ -3,6 +3,7 @@ import { type FleetDb, schema } from "../../db/index.ts";
 import type { RouteSnapshot } from "../../protocol/index.ts";
 import type { Log } from "../deps.ts";
 import { describeError } from "../errors.ts";
+import { routingRecord } from "./views.ts";
 
 export type CachedSnapshot = { snapshot: RouteSnapshot; etag: string; body: string };
 
@@ -86,12 +87,7 @@ export class RouteCache {
       const snapshot: RouteSnapshot = {
         version: key,
         routes: rows.map(({ route, workerStatus }) => ({
-          alias: route.alias,
-          model_name: route.modelName,
-          worker_id: route.workerId,
-          worker_url: route.workerUrl,
-          vllm_port: route.vllmPort,
-          created_at: route.createdAt.toISOString(),
+          ...routingRecord(route),
           instance_id: route.instanceId,
           ready: route.ready && workerStatus === "online",
         })),

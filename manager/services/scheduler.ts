@@ -96,6 +96,32 @@ export async function writePlacements(
   placements: Placement[],
   now: Date,
 ): Promise<string[]> {
+  const inserted = await insertPlacements(tx, model, placements, now);
+  await recordEvents(
+    tx,
+    now,
+    inserted.map((instance) => ({
+      kind: "instance.placed",
+      workerId: instance.workerId,
+      alias: model.alias,
+      instanceId: instance.id,
+      toStatus: "pending",
+      detail: { gpu_ids: instance.gpuIds, gpu_memory_utilization: instance.gpuMemoryUtilization },
+    })),
+  );
+  return inserted.map((i) => i.id);
+}
+
+/**
+ * The rows behind `writePlacements`, without its events: pending instances and their routes
+ * (through the worker's public URL when it has one). Rescheduling records its own event.
+ */
+export async function insertPlacements(
+  tx: Db,
+  model: ModelRow,
+  placements: Placement[],
+  now: Date,
+): Promise<InstanceRow[]> {
   if (placements.length === 0) return [];
   const workerRows = await tx
     .select()
@@ -138,19 +164,7 @@ export async function writePlacements(
       };
     }),
   );
-  await recordEvents(
-    tx,
-    now,
-    inserted.map((instance) => ({
-      kind: "instance.placed",
-      workerId: instance.workerId,
-      alias: model.alias,
-      instanceId: instance.id,
-      toStatus: "pending",
-      detail: { gpu_ids: instance.gpuIds, gpu_memory_utilization: instance.gpuMemoryUtilization },
-    })),
-  );
-  return inserted.map((i) => i.id);
+  return inserted;
 }
 
 /**

@@ -229,16 +229,20 @@ async function guarded(
 }
 
 /**
- * An instance and its model, read after the placement lock, if it is still in `status`
- * (another manager replica, or this one's previous tick, may have handled it meanwhile).
+ * Takes the placement lock, then reads an instance and its model if it is still in `status`
+ * (another manager replica, or this one's previous tick, may have handled it meanwhile), and
+ * the fleet as placement sees it without that instance.
  */
-async function instanceWithModel(tx: Db, instanceId: string, status: InstanceRow["status"]) {
+async function lockedForPlacement(tx: Db, instanceId: string, status: InstanceRow["status"]) {
+  await lockPlacement(tx);
   const [row] = await tx
     .select({ instance: schema.instances, model: schema.models })
     .from(schema.instances)
     .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
     .where(eq(schema.instances.id, instanceId));
-  return row?.instance.status === status ? row : undefined;
+  if (row?.instance.status !== status) return undefined;
+  const state = await loadPlacementState(tx, { ignoreInstanceId: row.instance.id });
+  return { ...row, state };
 }
 
 /** Moves a lost instance to a worker that fits: the old row (and route) go, a pending one comes. */
@@ -248,11 +252,9 @@ async function replaceLost(
   now: Date,
 ): Promise<string | undefined> {
   const outcome = await ctx.db.transaction(async (tx) => {
-    await lockPlacement(tx);
-    const row = await instanceWithModel(tx, instanceId, "lost");
+    const row = await lockedForPlacement(tx, instanceId, "lost");
     if (!row) return undefined;
-    const { instance, model } = row;
-    const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
+    const { instance, model, state } = row;
     const result = place(state, {
       ...placementRequest(model, 1),
       exclude: new Set([instance.workerId]),
@@ -321,11 +323,9 @@ async function retryFailed(
   now: Date,
 ): Promise<string | undefined> {
   const outcome = await ctx.db.transaction(async (tx) => {
-    await lockPlacement(tx);
-    const row = await instanceWithModel(tx, instanceId, "failed");
+    const row = await lockedForPlacement(tx, instanceId, "failed");
     if (!row) return undefined;
-    const { instance, model } = row;
-    const state = await loadPlacementState(tx, { ignoreInstanceId: instance.id });
+    const { instance, model, state } = row;
     const home = state.find((w) => w.workerId === instance.workerId);
     const homeFits =
       home?.online === true &&

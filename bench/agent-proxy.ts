@@ -9,8 +9,9 @@
  * the bare proxy is this file run as `bun bench/agent-proxy.ts bare-proxy PORT UPSTREAM`.
  */
 import { Hono } from "hono";
+import { simAgentEnv } from "../tests/helpers/fleet.ts";
 import { formatLoad, formatStreams, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
-import { bunBin, freePort, repoRoot, rssMiB, spawnServer } from "./lib/server.ts";
+import { bunBin, freePort, rssMiB, spawnServer } from "./lib/server.ts";
 
 if (process.argv[2] === "bare-proxy") {
   // (b): the least a Hono proxy can do: forward method, headers, body and abort signal.
@@ -35,19 +36,16 @@ async function main(): Promise<void> {
   const token = "bench-fleet-token";
   const auth = { authorization: `Bearer ${token}` };
   const agentPort = await freePort();
-  const enginePortMin = 30_000 + Math.floor(Math.random() * 20_000);
   const agent = await spawnServer({
     argv: [bunBin, "agent/main.ts"],
     env: {
-      WORKER_HOST: "127.0.0.1",
-      WORKER_PORT: String(agentPort),
-      FLEET_TOKEN: token,
-      MANAGER_URL: "http://127.0.0.1:9",
+      ...simAgentEnv({
+        workerId: "bench-agent",
+        port: agentPort,
+        managerUrl: "http://127.0.0.1:9",
+        fleetToken: token,
+      }),
       MANAGER_RETRY_MAX_S: "60",
-      VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
-      PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
-      ENGINE_PORT_MIN: String(enginePortMin),
-      ENGINE_PORT_MAX: String(enginePortMin + 10),
       ENGINE_HEALTH_POLL_MS: "100",
       LOG_LEVEL: "error",
     },

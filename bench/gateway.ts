@@ -14,8 +14,9 @@
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
+import { simAgentEnv } from "../tests/helpers/fleet.ts";
 import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
-import { bunBin, freePort, repoRoot, type SpawnedServer, spawnServer } from "./lib/server.ts";
+import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 
 if (process.argv[2] === "bare-proxy") {
   // The baseline: what a minimal Hono proxy costs (no parsing, balancing or accounting).
@@ -225,19 +226,15 @@ async function main() {
       paths.push({ name: "(c) router → simulator", url: router.url, proc: router.server });
       // (d) the full path: a real agent launching the simulator through VLLM_BIN.
       const agentPort = await freePort();
-      const enginePort = 30_000 + Math.floor(Math.random() * 20_000);
       const agent = await spawnServer({
         argv: [bunBin, "agent/main.ts"],
         env: {
-          WORKER_ID: "bench-agent",
-          WORKER_HOST: "127.0.0.1",
-          WORKER_PORT: String(agentPort),
-          MANAGER_URL: "http://127.0.0.1:9",
-          FLEET_TOKEN: token,
-          VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
-          PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
-          ENGINE_PORT_MIN: String(enginePort),
-          ENGINE_PORT_MAX: String(enginePort + 10),
+          ...simAgentEnv({
+            workerId: "bench-agent",
+            port: agentPort,
+            managerUrl: "http://127.0.0.1:9",
+            fleetToken: token,
+          }),
           LOG_LEVEL: "error",
           ...bunFetchEnv,
         },

@@ -12,8 +12,9 @@
  */
 import postgres from "postgres";
 import type { InstanceList, RouteSnapshot } from "../protocol/index.ts";
+import { simAgentEnv } from "../tests/helpers/fleet.ts";
 import { formatLoad, percentiles, runLoad } from "./lib/load.ts";
-import { bunBin, freePort, repoRoot, spawnServer } from "./lib/server.ts";
+import { bunBin, freePort, spawnServer } from "./lib/server.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
@@ -184,17 +185,15 @@ try {
 
   // 3. Register-to-ready with a real agent launching the simulator.
   const agentPort = await freePort();
-  const simDir = `${repoRoot}/agent/sim`;
   const agent = await spawnServer({
     argv: [bunBin, "agent/main.ts"],
     env: {
-      WORKER_ID: "bench-agent",
-      WORKER_HOST: "127.0.0.1",
-      WORKER_PORT: String(agentPort),
-      MANAGER_URL: base,
-      FLEET_TOKEN: FLEET,
-      VLLM_BIN: `${simDir}/vllm`,
-      PATH: `${simDir}:${process.env.PATH ?? ""}`,
+      ...simAgentEnv({
+        workerId: "bench-agent",
+        port: agentPort,
+        managerUrl: base,
+        fleetToken: FLEET,
+      }),
       SIM_GPUS: "1x NVIDIA H100 80GB HBM3:81559",
       SIM_STARTUP_DELAY_MS: "500",
       ENGINE_HEALTH_POLL_MS: "50",

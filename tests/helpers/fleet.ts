@@ -34,6 +34,30 @@ export async function startManager(options: {
 }
 
 /**
+ * The environment of `bun agent/main.ts` on loopback whose engines (and nvidia-smi) are the
+ * simulator kit, with a random range of engine ports; tests and benchmarks add their own.
+ */
+export function simAgentEnv(options: {
+  workerId: string;
+  port: number;
+  managerUrl: string;
+  fleetToken?: string;
+}): Record<string, string> {
+  const engineMin = 20_000 + Math.floor(Math.random() * 40_000);
+  return {
+    WORKER_ID: options.workerId,
+    WORKER_HOST: "127.0.0.1",
+    WORKER_PORT: String(options.port),
+    MANAGER_URL: options.managerUrl,
+    ...(options.fleetToken ? { FLEET_TOKEN: options.fleetToken } : {}),
+    VLLM_BIN: `${simDir}/vllm`,
+    PATH: `${simDir}:${process.env.PATH ?? ""}`,
+    ENGINE_PORT_MIN: String(engineMin),
+    ENGINE_PORT_MAX: String(engineMin + 20),
+  };
+}
+
+/**
  * `bun agent/main.ts` on loopback with the simulator kit standing in for vLLM and
  * nvidia-smi; waits until it listens (registration happens in the background).
  */
@@ -45,18 +69,10 @@ export async function startAgent(options: {
   env?: Record<string, string | undefined>;
 }): Promise<Running> {
   const port = options.port ?? (await freePort());
-  const engineMin = 20_000 + Math.floor(Math.random() * 40_000);
   const service = startProcess([bunBin, "agent/main.ts"], {
     env: {
-      WORKER_ID: options.workerId,
-      WORKER_HOST: "127.0.0.1",
-      WORKER_PORT: String(port),
-      MANAGER_URL: options.managerUrl,
-      VLLM_BIN: `${simDir}/vllm`,
-      PATH: `${simDir}:${process.env.PATH ?? ""}`,
+      ...simAgentEnv({ workerId: options.workerId, port, managerUrl: options.managerUrl }),
       SIM_STARTUP_DELAY_MS: "300",
-      ENGINE_PORT_MIN: String(engineMin),
-      ENGINE_PORT_MAX: String(engineMin + 20),
       ENGINE_HEALTH_POLL_MS: "100",
       ENGINE_STOP_GRACE_S: "2",
       MANAGER_RETRY_MAX_S: "1",

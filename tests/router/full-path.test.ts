@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
+import { simAgentEnv } from "../helpers/fleet.ts";
 import { eventually, freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, repoRoot, startProcess, stopAll } from "../helpers/proc.ts";
+import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
 import {
   fleetToken,
   type Router,
@@ -24,18 +25,14 @@ const auth = { authorization: `Bearer ${fleetToken}`, "content-type": "applicati
 
 beforeAll(async () => {
   const agentPort = await freePort();
-  const enginePort = 20_000 + Math.floor(Math.random() * 40_000);
   startProcess([bunBin, "agent/main.ts"], {
     env: {
-      WORKER_ID: "full-path",
-      WORKER_HOST: "127.0.0.1",
-      WORKER_PORT: String(agentPort),
-      MANAGER_URL: "http://127.0.0.1:9",
-      FLEET_TOKEN: fleetToken,
-      VLLM_BIN: `${repoRoot}/agent/sim/vllm`,
-      PATH: `${repoRoot}/agent/sim:${process.env.PATH ?? ""}`,
-      ENGINE_PORT_MIN: String(enginePort),
-      ENGINE_PORT_MAX: String(enginePort + 10),
+      ...simAgentEnv({
+        workerId: "full-path",
+        port: agentPort,
+        managerUrl: "http://127.0.0.1:9",
+        fleetToken,
+      }),
       LOG_LEVEL: "error",
     },
   });

@@ -394,12 +394,9 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     if (typeof prompt === "string") {
       promptText = prompt;
       promptTokens = countTokens(prompt);
-    } else if (typeof prompt === "number") {
-      const ids = body.prompt as number[];
-      promptText = ids.join(" ");
-      promptTokens = ids.length;
     } else {
-      const ids = prompt ?? [];
+      // Token ids: one list (`prompt` is then its first id) or the first of several lists.
+      const ids = typeof prompt === "number" ? (body.prompt as number[]) : (prompt ?? []);
       promptText = ids.join(" ");
       promptTokens = ids.length;
     }

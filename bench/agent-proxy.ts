@@ -9,7 +9,7 @@
  * the bare proxy is this file run as `bun bench/agent-proxy.ts bare-proxy PORT UPSTREAM`.
  */
 import { Hono } from "hono";
-import { simAgentEnv } from "../tests/helpers/fleet.ts";
+import { simAgentEnv } from "../devkit/fleet.ts";
 import { formatLoad, formatStreams, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, rssMiB, spawnServer } from "./lib/server.ts";
 

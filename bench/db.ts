@@ -8,7 +8,7 @@
 import { eq, sql } from "drizzle-orm";
 import postgres from "postgres";
 import { schema } from "../db/index.ts";
-import { type DbTarget, type OpenTestDb, openFreshDb } from "../tests/helpers/db.ts";
+import { type DbTarget, type OpenTestDb, openFreshDb } from "../devkit/db.ts";
 
 process.env.DATABASE_URL ||= "postgres://postgres@127.0.0.1:5432/test";
 const { workers, gpus, models, instances, routes } = schema;

@@ -14,7 +14,7 @@
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
-import { simAgentEnv } from "../tests/helpers/fleet.ts";
+import { simAgentEnv } from "../devkit/fleet.ts";
 import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 

@@ -11,8 +11,8 @@
  * Prints figures; not a test.
  */
 import postgres from "postgres";
+import { simAgentEnv } from "../devkit/fleet.ts";
 import type { InstanceList, RouteSnapshot } from "../protocol/index.ts";
-import { simAgentEnv } from "../tests/helpers/fleet.ts";
 import { formatLoad, percentiles, runLoad } from "./lib/load.ts";
 import { bunBin, freePort, spawnServer } from "./lib/server.ts";
 

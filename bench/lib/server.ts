@@ -10,8 +10,8 @@
  */
 
 import { readFileSync } from "node:fs";
-import { freePort, waitForHttp } from "../../tests/helpers/net.ts";
-import { bunBin, repoRoot, type Service, startProcess } from "../../tests/helpers/proc.ts";
+import { freePort, waitForHttp } from "../../devkit/net.ts";
+import { bunBin, repoRoot, type Service, startProcess } from "../../devkit/proc.ts";
 
 // The process helpers the tests use; benchmarks start their servers the same way.
 export { bunBin, freePort, repoRoot };

@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
+import { freePort, waitForHttp } from "../../devkit/net.ts";
+import { bunBin, repoRoot, type Service, startProcess } from "../../devkit/proc.ts";
 import type {
   Heartbeat,
   InstanceReport,
   OpenAiError,
   WorkerRegistration,
 } from "../../protocol/index.ts";
-import { freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, repoRoot, type Service, startProcess } from "../helpers/proc.ts";
 
 export const simDir = `${repoRoot}/agent/sim`;
 export const simVllm = `${simDir}/vllm`;

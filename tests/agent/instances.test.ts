@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createLogger } from "../../agent/lib/log.ts";
 import { canBind } from "../../agent/lib/net.ts";
 import { WorkerService, type WorkerServiceOptions } from "../../agent/service.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
+import { repoRoot } from "../../devkit/proc.ts";
+import { createLogger } from "../../kit/log.ts";
 import type { InstanceList, InstanceReport } from "../../protocol/index.ts";
-import { eventually, freePort } from "../helpers/net.ts";
-import { repoRoot } from "../helpers/proc.ts";
 import {
   call,
   enginePortRange,
@@ -41,7 +41,7 @@ function newAgent(vllmBin = simVllm, overrides: Partial<WorkerServiceOptions> = 
         restartBackoffMaxMs: 600,
         healthPollMs: 50,
         engineEnv: { ...process.env, PATH: simPath, SIM_GPUS: twoH100, FLEET_TOKEN: token },
-        log: createLogger("error"),
+        log: createLogger({ service: "agent", level: "error" }),
         ...overrides,
       }),
   );

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createLogger } from "../../agent/lib/log.ts";
 import { WorkerService } from "../../agent/service.ts";
-import { eventually } from "../helpers/net.ts";
-import { repoRoot } from "../helpers/proc.ts";
+import { eventually } from "../../devkit/net.ts";
+import { repoRoot } from "../../devkit/proc.ts";
+import { createLogger } from "../../kit/log.ts";
 import { call, enginePortRange, metric, simPath, simVllm } from "./helpers.ts";
 
 // Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
@@ -27,7 +27,7 @@ async function newAgent(vllmBin: string): Promise<WorkerService> {
     healthPollMs: 50,
     stopGraceMs: 2000,
     engineEnv: { ...process.env, PATH: simPath },
-    log: createLogger("error"),
+    log: createLogger({ service: "agent", level: "error" }),
   });
   agents.push(agent);
   await agent.run();

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { eventually, freePort } from "../helpers/net.ts";
-import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
+import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 import {
   call,
   enginePortRange,
@@ -271,7 +271,7 @@ describe("agent process", () => {
     const agent = startProcess([bunBin, "agent/main.ts"], {
       env: { WORKER_HOST: "0.0.0.0", WORKER_PORT: String(await freePort()), FLEET_TOKEN: "" },
     });
-    const code = await agent.proc.exited;
+    const code = await agent.exited();
     expect(code).toBe(1);
     expect(agent.output()).toContain("FLEET_TOKEN");
     expect(agent.output()).not.toContain("agent listening");
@@ -281,7 +281,7 @@ describe("agent process", () => {
     const agent = startProcess([bunBin, "agent/main.ts"], {
       env: { WORKER_HOST: "127.0.0.1", WORKER_PORT: "sixty", PUBLIC_URL: "ftp://x" },
     });
-    expect(await agent.proc.exited).toBe(1);
+    expect(await agent.exited()).toBe(1);
     expect(agent.output()).toContain("WORKER_PORT");
     expect(agent.output()).toContain("PUBLIC_URL");
   });

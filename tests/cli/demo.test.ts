@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { eventually, freePort } from "../helpers/net.ts";
-import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
+import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 
 afterAll(stopAll);
 

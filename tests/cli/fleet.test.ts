@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
-import { type Running, startAgent, startManager } from "../helpers/fleet.ts";
-import { eventually } from "../helpers/net.ts";
-import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
+import { type Running, startAgent, startManager } from "../../devkit/fleet.ts";
+import { eventually } from "../../devkit/net.ts";
+import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 
 const ADMIN_TOKEN = "admin-token-cli";
 const FLEET_TOKEN = "fleet-token-cli";
@@ -15,8 +15,7 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     const service = startProcess([bunBin, "bin/fleet.ts", ...args], {
       env: { FLEET_URL: manager.url, ADMIN_TOKEN, ...env },
     });
-    const code = await service.proc.exited;
-    await Bun.sleep(20); // let the output pumps drain
+    const code = await service.exited();
     return { code, output: service.output() };
   }
 

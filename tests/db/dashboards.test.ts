@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
-import { dbTargets, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
+import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 
 /** Every ```sql block of docs/dashboards.md except the role setup, in order. */
 const doc = await Bun.file(new URL("../../docs/dashboards.md", import.meta.url)).text();

@@ -4,16 +4,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { createDb } from "../../db/index.ts";
-import { freePort } from "../helpers/net.ts";
-import { bunBin, startProcess } from "../helpers/proc.ts";
+import { freePort } from "../../devkit/net.ts";
+import { bunBin, startProcess } from "../../devkit/proc.ts";
 
 const scratch = mkdtempSync(join(tmpdir(), "fleet-open-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 async function runMigrate(env: Record<string, string | undefined>) {
   const service = startProcess([bunBin, "db/migrate.ts"], { env });
-  const code = await service.proc.exited;
-  await Bun.sleep(10); // let the output pumps drain
+  const code = await service.exited();
   return { code, output: service.output() };
 }
 
@@ -80,7 +79,7 @@ describe("npm run db:migrate", () => {
 
 describe.if(Boolean(process.env.DATABASE_URL))("migration on a shared Postgres", () => {
   test("managers starting together migrate once", async () => {
-    const { createTestDatabase } = await import("../helpers/db.ts");
+    const { createTestDatabase } = await import("../../devkit/db.ts");
     const database = await createTestDatabase("postgres");
     try {
       const replicas = await Promise.all(

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { eq, sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
-import { dbTargets, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
+import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 
 /** Drizzle's query builders are thenables; `expect().rejects` wants a real Promise. */
 const attempt = (query: PromiseLike<unknown>) => Promise.resolve(query);

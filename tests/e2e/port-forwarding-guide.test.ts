@@ -1,17 +1,17 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import postgres from "postgres";
-import type { ModelInfo, RouteSnapshot } from "../../protocol/index.ts";
-import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
+import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import {
   type Running,
   startAgent,
   startManager,
   startTcpForwarder,
   type TcpForwarder,
-} from "../helpers/fleet.ts";
-import { eventually } from "../helpers/net.ts";
-import { stopAll } from "../helpers/proc.ts";
+} from "../../devkit/fleet.ts";
+import { eventually } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
+import type { ModelInfo, RouteSnapshot } from "../../protocol/index.ts";
 
 /**
  * The original system's port-forwarding guide, run as written with this project's commands:
@@ -72,7 +72,7 @@ describe(`the port-forwarding guide, end to end (${serviceDbTarget})`, () => {
     manager = await startManager({ database, env: { FLEET_TOKEN, ADMIN_TOKEN } });
     // 2. The worker on the rented box: listens on 0.0.0.0, reached from outside only through
     // the provider's port mapping, played here by a forwarder on another loopback address.
-    const { freePort } = await import("../helpers/net.ts");
+    const { freePort } = await import("../../devkit/net.ts");
     const workerPort = await freePort();
     forwarder = await startTcpForwarder(workerPort, "127.0.0.2");
     publicUrl = `http://127.0.0.2:${forwarder.port}`;

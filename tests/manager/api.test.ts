@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import type { ApiKeyCreated, ModelInfo, OpenAiError, RouteSnapshot } from "../../protocol/index.ts";
-import { dbTargets, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
 import {
   ADMIN,
   FLEET,

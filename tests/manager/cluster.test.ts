@@ -1,13 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { InstanceList, ModelInfo, WorkerList } from "../../protocol/index.ts";
-import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
+import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import {
   type Running,
   startAgent as startFleetAgent,
   startManager as startFleetManager,
-} from "../helpers/fleet.ts";
-import { eventually, freePort } from "../helpers/net.ts";
-import { stopAll } from "../helpers/proc.ts";
+} from "../../devkit/fleet.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
+import type { InstanceList, ModelInfo, WorkerList } from "../../protocol/index.ts";
 import { ADMIN, FLEET } from "./helpers.ts";
 
 /**

@@ -1,7 +1,9 @@
 import type { Server } from "bun";
 import { sql } from "drizzle-orm";
+import { type DbTarget, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
+import type { Clock } from "../../kit/clock.ts";
+import { silentLogger as silentLog } from "../../kit/log.ts";
 import { createApp, type Manager } from "../../manager/app.ts";
-import { type Clock, silentLog } from "../../manager/deps.ts";
 import { defaultConfig, type ManagerConfig } from "../../manager/env.ts";
 import type {
   Gpu,
@@ -9,7 +11,6 @@ import type {
   InstanceSpec,
   WorkerRegistrationInput,
 } from "../../protocol/index.ts";
-import { type DbTarget, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
 
 export type TestManager = {
   manager: Manager;

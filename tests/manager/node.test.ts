@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../helpers/db.ts";
-import { freePort, waitForHttp } from "../helpers/net.ts";
-import { type Service, startProcess, stopAll } from "../helpers/proc.ts";
+import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
+import { freePort, waitForHttp } from "../../devkit/net.ts";
+import { type Service, startProcess, stopAll } from "../../devkit/proc.ts";
 
 /** `npm run manager:node`: the same manager app, with the router mounted, on Node. */
 describe(`manager on Node (${serviceDbTarget})`, () => {

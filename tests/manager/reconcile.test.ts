@@ -1,9 +1,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
+import { eventually } from "../../devkit/net.ts";
 import type { ManagerConfig } from "../../manager/env.ts";
 import type { ModelInfo, RouteSnapshot } from "../../protocol/index.ts";
-import { dbTargets, type OpenTestDb, openFreshDb } from "../helpers/db.ts";
-import { eventually } from "../helpers/net.ts";
 import {
   FLEET,
   gpu,
@@ -226,7 +226,7 @@ for (const target of dbTargets) {
       // A new manager process on the same database: fresh caches, same rows.
       const { createApp } = await import("../../manager/app.ts");
       const { defaultConfig } = await import("../../manager/env.ts");
-      const { silentLog } = await import("../../manager/deps.ts");
+      const { silentLogger: silentLog } = await import("../../kit/log.ts");
       const restarted = createApp({
         db,
         clock,

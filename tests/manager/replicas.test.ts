@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import postgres from "postgres";
+import { createTestDatabase, type TestDatabase } from "../../devkit/db.ts";
+import { type Running, startAgent, startManager } from "../../devkit/fleet.ts";
+import { eventually } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
 import type { ModelInfo } from "../../protocol/index.ts";
-import { createTestDatabase, type TestDatabase } from "../helpers/db.ts";
-import { type Running, startAgent, startManager } from "../helpers/fleet.ts";
-import { eventually } from "../helpers/net.ts";
-import { stopAll } from "../helpers/proc.ts";
 
 const ADMIN_TOKEN = "admin-token-replicas";
 const FLEET_TOKEN = "fleet-token-replicas";

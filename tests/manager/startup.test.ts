@@ -2,8 +2,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "../helpers/net.ts";
-import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import { freePort } from "../../devkit/net.ts";
+import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 
 const dirs: string[] = [];
 afterAll(async () => {
@@ -28,7 +28,7 @@ describe("manager startup", () => {
         ADMIN_TOKEN: "",
       },
     });
-    expect(await manager.proc.exited).toBe(1);
+    expect(await manager.exited()).toBe(1);
     expect(manager.output()).toContain("refusing to start");
     expect(manager.output()).toContain("ADMIN_TOKEN");
     expect(manager.output()).not.toContain("a-fleet-token");
@@ -38,7 +38,7 @@ describe("manager startup", () => {
     const manager = startProcess([bunBin, "manager/main.ts"], {
       env: { PORT: "eighteen-thousand", FLEET_DATA_DIR: dataDir() },
     });
-    expect(await manager.proc.exited).toBe(1);
+    expect(await manager.exited()).toBe(1);
     expect(manager.output()).toContain("PORT must be a port number");
   }, 30_000);
 

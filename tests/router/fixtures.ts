@@ -1,6 +1,6 @@
+import { freePort, waitForHttp } from "../../devkit/net.ts";
+import { bunBin, type Service, startProcess } from "../../devkit/proc.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
-import { freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, type Service, startProcess } from "../helpers/proc.ts";
 
 export const fleetToken = "fleet-secret-for-tests";
 

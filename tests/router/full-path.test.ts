@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { simAgentEnv } from "../helpers/fleet.ts";
-import { eventually, freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, startProcess, stopAll } from "../helpers/proc.ts";
+import { simAgentEnv } from "../../devkit/fleet.ts";
+import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
+import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 import {
   fleetToken,
   type Router,

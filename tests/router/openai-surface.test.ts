@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Miniflare } from "miniflare";
 import OpenAI, { APIError } from "openai";
-import { eventually } from "../helpers/net.ts";
-import { bunBin, repoRoot, stopAll } from "../helpers/proc.ts";
+import { eventually } from "../../devkit/net.ts";
+import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
 import {
   fleetToken,
   route,

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { eventually, freePort } from "../helpers/net.ts";
-import { stopAll } from "../helpers/proc.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
 import {
   metricValue,
   type Router,

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
+import { eventually } from "../../devkit/net.ts";
 import { startGcPacer } from "../../runtime/gc-pacer.ts";
-import { eventually } from "../helpers/net.ts";
 
 test("collects once resident memory grows past the threshold, and reports the pause", async () => {
   const pauses: number[] = [];

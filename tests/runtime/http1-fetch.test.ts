@@ -1,8 +1,8 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket, TCPSocketListener } from "bun";
+import { eventually } from "../../devkit/net.ts";
+import { bunBin, repoRoot } from "../../devkit/proc.ts";
 import { createHttp1Fetch, type Http1Fetch } from "../../runtime/http1-fetch.ts";
-import { eventually } from "../helpers/net.ts";
-import { bunBin, repoRoot } from "../helpers/proc.ts";
 
 const certPath = `${repoRoot}/tests/fixtures/tls/cert.pem`;
 const keyPath = `${repoRoot}/tests/fixtures/tls/key.pem`;

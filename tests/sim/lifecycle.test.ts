@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { eventually, freePort, waitForHttp } from "../helpers/net.ts";
-import { startProcess, stopAll } from "../helpers/proc.ts";
+import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
+import { startProcess, stopAll } from "../../devkit/proc.ts";
 import { startSim } from "./sim-helpers.ts";
 
 afterAll(stopAll);
@@ -65,7 +65,7 @@ describe("engine simulator: lifecycle", () => {
 
   test("--fail-startup prints a CUDA OOM error and exits 1 without listening", async () => {
     const sim = await startSim([], { env: { SIM_FAIL_STARTUP: "1" }, wait: false });
-    const code = await sim.service.proc.exited;
+    const code = await sim.service.exited();
     expect(code).toBe(1);
     expect(sim.service.output()).toContain("CUDA out of memory");
     expect(sim.service.output()).not.toContain("Application startup complete.");
@@ -74,7 +74,7 @@ describe("engine simulator: lifecycle", () => {
   test("SIM_EXIT_AFTER_MS makes a running engine die with a non-zero code", async () => {
     const sim = await startSim([], { env: { SIM_EXIT_AFTER_MS: "1500" } });
     expect((await fetch(`${sim.base}/health`)).status).toBe(200);
-    const code = await sim.service.proc.exited;
+    const code = await sim.service.exited();
     expect(code).not.toBe(0);
     expect(sim.service.output()).toMatch(/died unexpectedly/);
   });
@@ -118,9 +118,7 @@ describe("engine simulator: lifecycle", () => {
 
   test("bad flags stop the simulator with a usage error", async () => {
     const sim = await startSim(["--max-num-seqs", "zero"], { wait: false });
-    expect(await sim.service.proc.exited).toBe(2);
-    await eventually(() => sim.service.output().includes("--max-num-seqs"), {
-      what: "usage message",
-    });
+    expect(await sim.service.exited()).toBe(2);
+    expect(sim.service.output()).toContain("--max-num-seqs");
   });
 });

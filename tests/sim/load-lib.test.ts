@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { runLoad, runStreams } from "../../bench/lib/load.ts";
-import { stopAll } from "../helpers/proc.ts";
+import { stopAll } from "../../devkit/proc.ts";
 import { startSim } from "./sim-helpers.ts";
 
 afterAll(stopAll);

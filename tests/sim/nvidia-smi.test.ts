@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { repoRoot } from "../helpers/proc.ts";
+import { repoRoot } from "../../devkit/proc.ts";
 
 const QUERY = "--query-gpu=index,uuid,name,memory.total,memory.used,memory.free,utilization.gpu";
 

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { stopAll } from "../helpers/proc.ts";
+import { stopAll } from "../../devkit/proc.ts";
 import { metric, type Sim, startSim } from "./sim-helpers.ts";
 
 let sim: Sim;

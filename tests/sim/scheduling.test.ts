@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { eventually } from "../helpers/net.ts";
-import { stopAll } from "../helpers/proc.ts";
+import { eventually } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
 import { metric, startSim } from "./sim-helpers.ts";
 
 afterAll(stopAll);

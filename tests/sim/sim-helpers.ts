@@ -1,5 +1,5 @@
-import { freePort, waitForHttp } from "../helpers/net.ts";
-import { bunBin, type Service, startProcess } from "../helpers/proc.ts";
+import { freePort, waitForHttp } from "../../devkit/net.ts";
+import { bunBin, type Service, startProcess } from "../../devkit/proc.ts";
 
 export type Sim = { base: string; port: number; service: Service };
 

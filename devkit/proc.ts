@@ -1,6 +1,6 @@
 import { type Subprocess, spawn } from "bun";
 
-export const repoRoot = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 /** The Bun binary running the tests; child services run on the same one. */
 export const bunBin = process.execPath;
 
@@ -8,6 +8,11 @@ export type Service = {
   proc: Subprocess<"ignore", "pipe", "pipe">;
   /** Everything the process has printed so far (stdout and stderr interleaved). */
   output(): string;
+  /**
+   * Resolves with the exit code once the process has exited and both of its output streams
+   * are drained, so `output()` then holds everything it printed.
+   */
+  exited(): Promise<number>;
   /** Resolves when `pattern` appears in the output; rejects on exit or after `timeoutMs`. */
   waitFor(pattern: RegExp | string, timeoutMs?: number): Promise<void>;
   /** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves with the exit code. */
@@ -40,22 +45,34 @@ export function startProcess(
   const pump = async (stream: ReadableStream<Uint8Array>) => {
     const decoder = new TextDecoder();
     const reader = stream.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      text += decoder.decode(value, { stream: true });
-      for (const wake of waiters) wake();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        for (const wake of waiters) wake();
+      }
+    } catch {
+      // The pipe broke: what was read so far is all there is.
     }
+    text += decoder.decode();
   };
-  void pump(proc.stdout);
-  void pump(proc.stderr);
-  void proc.exited.then(() => {
-    for (const wake of waiters) wake();
-  });
+  const drained = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+  const exited = Promise.all([proc.exited, drained]).then(([code]) => code);
+  // `waitFor` gives up once the process is gone and its output drained; a grandchild that
+  // inherited the pipes may hold them open, so it does not wait for that longer than 1 s.
+  let finished = false;
+  void proc.exited
+    .then(() => Promise.race([drained, Bun.sleep(1000)]))
+    .then(() => {
+      finished = true;
+      for (const wake of waiters) wake();
+    });
 
   const service: Service = {
     proc,
     output: () => text,
+    exited: () => exited,
     waitFor(pattern, timeoutMs = 15_000) {
       const matches = () =>
         typeof pattern === "string" ? text.includes(pattern) : pattern.test(text);
@@ -69,7 +86,8 @@ export function startProcess(
             clearTimeout(timer);
             waiters.delete(check);
             resolve();
-          } else if (proc.exitCode !== null || proc.signalCode !== null) {
+          } else if (finished) {
+            // Exited and drained: the pattern can no longer appear.
             clearTimeout(timer);
             waiters.delete(check);
             reject(

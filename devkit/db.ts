@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { createDb, type FleetDb } from "../../db/index.ts";
+import { createDb, type FleetDb } from "../db/index.ts";
 
 export type DbTarget = "pglite" | "postgres";
 

@@ -1,5 +1,7 @@
 import { Hono } from "hono";
 import { z } from "zod";
+import { AppError, errorResponse, renderError } from "../kit/errors.ts";
+import type { Logger } from "../kit/log.ts";
 import {
   aliasSchema,
   type GpuInfo,
@@ -8,8 +10,6 @@ import {
   reservedEngineFlags,
 } from "../protocol/index.ts";
 import { bearerChecker } from "./lib/auth.ts";
-import { AppError, errorResponse, onError } from "./lib/errors.ts";
-import type { Logger } from "./lib/log.ts";
 import { createProxy } from "./lib/proxy.ts";
 import type { Supervisor } from "./lib/supervisor.ts";
 
@@ -38,7 +38,7 @@ export function createApp(deps: AppDeps): Hono {
   const proxy = createProxy({ supervisor, log });
   const authorized = deps.fleetToken ? bearerChecker(deps.fleetToken) : () => true;
 
-  app.onError(onError(log));
+  app.onError((error, c) => renderError(error, { log, path: c.req.path }));
   app.notFound(() => errorResponse("not_found", "no such endpoint on the agent"));
 
   app.get("/health", (c) => c.json({ status: "ok" }));

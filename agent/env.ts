@@ -1,7 +1,8 @@
 import { hostname } from "node:os";
 import { z } from "zod";
-import { baseUrlSchema, parseEnv, workerIdSchema } from "../protocol/index.ts";
-import { isLoopbackHost } from "./lib/net.ts";
+import { logLevelSchema, parseEnv } from "../kit/env.ts";
+import { isLoopbackHost } from "../kit/net.ts";
+import { baseUrlSchema, workerIdSchema } from "../protocol/index.ts";
 import type { WorkerServiceOptions } from "./service.ts";
 
 const optionalString = z
@@ -44,7 +45,7 @@ export const agentEnvSchema = z
     ENGINE_RESTART_BACKOFF_MAX_S: seconds(60),
     ENGINE_HEALTH_POLL_MS: z.coerce.number().int().min(10).default(500),
     MANAGER_RETRY_MAX_S: seconds(30),
-    LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    LOG_LEVEL: logLevelSchema,
     /** Bun's cap on in-flight fetches (default 256); the entry raises it unless set. */
     BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
   })

@@ -1,4 +1,4 @@
-import { EnvError } from "../protocol/index.ts";
+import { EnvError } from "../kit/env.ts";
 import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
 import { inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
 import { WorkerService } from "./service.ts";

@@ -1,5 +1,7 @@
 import { hostname } from "node:os";
 import type { Server } from "bun";
+import { createLogger, type Logger, type LogLevel } from "../kit/log.ts";
+import { isLoopbackHost } from "../kit/net.ts";
 import packageJson from "../package.json" with { type: "json" };
 import {
   baseUrlSchema,
@@ -11,9 +13,8 @@ import {
 import { createApp } from "./app.ts";
 import { inheritedEnv } from "./env.ts";
 import { discoverGpus } from "./lib/gpus.ts";
-import { createLogger, type Logger, type LogLevel } from "./lib/log.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
-import { defaultWorkerUrl, isLoopbackHost } from "./lib/net.ts";
+import { defaultWorkerUrl } from "./lib/net.ts";
 import { PortLeaser, type PortRange } from "./lib/ports.ts";
 import { Supervisor } from "./lib/supervisor.ts";
 
@@ -78,7 +79,7 @@ export class WorkerService {
 
   constructor(options: WorkerServiceOptions = {}) {
     this.#options = options;
-    this.log = options.log ?? createLogger(options.logLevel ?? "info");
+    this.log = options.log ?? createLogger({ service: "agent", level: options.logLevel ?? "info" });
     this.workerId = workerIdSchema.parse(options.workerId ?? hostname());
     this.listenHost = options.listenHost ?? "0.0.0.0";
     this.managerUrl = baseUrlSchema.parse(options.managerUrl ?? "http://localhost:18000");

@@ -10,7 +10,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
-import { parseEnv } from "../protocol/env.ts";
+import { parseEnv } from "../kit/env.ts";
 
 const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const env = parseEnv(

@@ -14,8 +14,8 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
-import { parseEnv } from "../protocol/env.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
 import { printTable } from "./table.ts";
 

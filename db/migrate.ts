@@ -3,7 +3,7 @@
  * embedded database under FLEET_DATA_DIR. Running it again is a no-op.
  */
 import { z } from "zod";
-import { parseEnv } from "../protocol/env.ts";
+import { parseEnv } from "../kit/env.ts";
 import { createDb } from "./client.ts";
 import { dbEnvShape } from "./env.ts";
 

@@ -1,9 +1,9 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { AppError, renderError } from "../kit/errors.ts";
 import type { RouteSnapshot, UsageRecord } from "../protocol/index.ts";
 import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
-import { AppError, renderError } from "./errors.ts";
 import { docsPage, openApiDocument } from "./openapi.ts";
 import { keysRoutes } from "./routes/keys.ts";
 import { type FetchHandler, modelsRoutes } from "./routes/models.ts";
@@ -40,7 +40,13 @@ export function createApp(deps: ManagerDeps): Manager {
   let router: FetchHandler | undefined;
 
   const app = new Hono();
-  app.onError((error, c) => renderError(error, c, ctx.log));
+  app.onError((error, c) =>
+    renderError(error, {
+      log: ctx.log,
+      requestId: c.req.header("x-request-id") ?? crypto.randomUUID(),
+      path: c.req.path,
+    }),
+  );
   app.notFound((c) => {
     if (router) return router.fetch(c.req.raw);
     throw new AppError("not_found", `no route for ${c.req.method} ${c.req.path}`);

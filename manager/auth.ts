@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from "hono";
+import { AppError } from "../kit/errors.ts";
 import type { ManagerConfig } from "./env.ts";
-import { AppError } from "./errors.ts";
 
 /**
  * Who may call what. `admin` endpoints (models, workers list, keys) take ADMIN_TOKEN;

@@ -1,7 +1,9 @@
 import type { Db, FleetDb } from "../db/index.ts";
 import { schema } from "../db/index.ts";
-import type { Clock, Fetch, Log, ManagerDeps } from "./deps.ts";
-import { consoleLog, systemClock } from "./deps.ts";
+import { type Clock, systemClock } from "../kit/clock.ts";
+import type { FetchLike } from "../kit/fetch.ts";
+import { createLogger, type Logger } from "../kit/log.ts";
+import type { ManagerDeps } from "./deps.ts";
 import type { ManagerConfig } from "./env.ts";
 import { AgentClient } from "./services/agent-client.ts";
 import { RouteCache } from "./services/route-cache.ts";
@@ -15,8 +17,8 @@ export type ManagerContext = {
   db: Db;
   config: ManagerConfig;
   clock: Clock;
-  fetch: Fetch;
-  log: Log;
+  fetch: FetchLike;
+  log: Logger;
   agents: AgentClient;
   routes: RouteCache;
   /** Per worker: the last report fully applied (see registry.ts). */
@@ -33,7 +35,7 @@ export type ManagerContext = {
 
 export function createContext(deps: ManagerDeps): ManagerContext {
   const clock = deps.clock ?? systemClock;
-  const log = deps.log ?? consoleLog();
+  const log = deps.log ?? createLogger({ service: "manager" });
   const fetchImpl = deps.fetch ?? ((input, init) => fetch(input, init));
   return {
     fleetDb: deps.db,

@@ -1,5 +1,7 @@
 import { z } from "zod";
 import { dbEnvShape } from "../db/env.ts";
+import { logLevelSchema } from "../kit/env.ts";
+import { isLoopbackHost } from "../kit/net.ts";
 
 const optionalToken = z
   .string()
@@ -24,6 +26,7 @@ export const managerEnvSchema = z.object({
     .min(0)
     .max(65535)
     .default(18000),
+  LOG_LEVEL: logLevelSchema,
   ...dbEnvShape,
   /** Cluster secret: agents (register, heartbeat) and routers (routes, usage). */
   FLEET_TOKEN: optionalToken,
@@ -82,11 +85,6 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
 /** Defaults for every setting, with overrides: what tests and benchmarks start from. */
 export function defaultConfig(overrides: Partial<ManagerConfig> = {}): ManagerConfig {
   return { ...configFromEnv(managerEnvSchema.parse({})), ...overrides };
-}
-
-export function isLoopbackHost(host: string): boolean {
-  const bare = host.replace(/^\[|\]$/g, "");
-  return bare === "localhost" || bare === "::1" || /^127(\.\d{1,3}){3}$/.test(bare);
 }
 
 /**

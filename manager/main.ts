@@ -1,15 +1,22 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
+import { parseEnv } from "../kit/env.ts";
+import { routerEnvSchema } from "../router/env.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
-import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
+import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
 import { runManager } from "./server.ts";
 
+// The mounted router reaches agents over the same client as a standalone Bun router.
+const upstreamEnv = parseEnv(
+  routerEnvSchema.pick({ UPSTREAM_CLIENT: true, CONNECT_TIMEOUT_MS: true }),
+  process.env,
+);
 await runManager({
   env: process.env,
   runtime: `bun ${Bun.version}`,
-  // The mounted router proxies over the same HTTP/1.1 client as a standalone Bun router (no
-  // cap on requests in flight, a real connect timeout); the manager's own few calls to
-  // agents (launch, stop) use Bun's fetch.
-  upstreamFetch: createHttp1Fetch().fetch,
+  upstreamFetch: createUpstreamFetch({
+    client: upstreamEnv.UPSTREAM_CLIENT,
+    connectTimeoutMs: upstreamEnv.CONNECT_TIMEOUT_MS,
+  }).fetch,
   startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
   serve: async ({ fetch, hostname, port }) => {
     const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });

@@ -1,18 +1,17 @@
 import { createDb } from "../db/index.ts";
-import { parseEnv } from "../protocol/index.ts";
+import { parseEnv } from "../kit/env.ts";
+import { describeError } from "../kit/errors.ts";
+import { createLogger, type Logger } from "../kit/log.ts";
+import { isLoopbackHost } from "../kit/net.ts";
 import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
-import { consoleLogger } from "../router/log.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
-import { consoleLog } from "./deps.ts";
 import {
   configFromEnv,
   exposureProblem,
-  isLoopbackHost,
   type ManagerConfig,
   type ManagerEnv,
   managerEnvSchema,
 } from "./env.ts";
-import { describeError } from "./errors.ts";
 
 export type Serve = (options: {
   fetch: (request: Request) => Response | Promise<Response>;
@@ -33,7 +32,6 @@ export async function runManager(options: {
   /** Bun: keeps relayed garbage from piling up (runtime/gc-pacer.ts); GC_GROWTH_MB sets it. */
   startGcPacer?: (growthBytes: number) => { stop(): void };
 }): Promise<void> {
-  const log = consoleLog();
   let env: ManagerEnv;
   try {
     env = parseEnv(managerEnvSchema, options.env);
@@ -41,6 +39,7 @@ export async function runManager(options: {
     console.error(`manager: ${describeError(error)}`);
     process.exit(1);
   }
+  const log = createLogger({ service: "manager", level: env.LOG_LEVEL });
   const config = configFromEnv(env);
   const problem = exposureProblem(config);
   if (problem) {
@@ -56,7 +55,7 @@ export async function runManager(options: {
     process.exit(1);
   }
   const manager = createApp({ db, config, log });
-  manager.mount(mountRouter(manager, config, options.upstreamFetch));
+  manager.mount(mountRouter(manager, config, options.upstreamFetch, log));
   await manager.start();
   const server = await options.serve({
     fetch: manager.app.fetch,
@@ -116,6 +115,7 @@ function mountRouter(
   manager: Manager,
   config: ManagerConfig,
   upstreamFetch: FetchLike | undefined,
+  log: Logger,
 ): FetchHandler {
   const router = createRouterApp({
     fetch: upstreamFetch,
@@ -124,7 +124,7 @@ function mountRouter(
     fleetToken: config.fleetToken,
     // Beyond loopback the OpenAI surface needs an API key even before the first key exists.
     requireApiKey: !isLoopbackHost(config.host),
-    log: consoleLogger("router"),
+    log: log.child("router"),
   });
   return { fetch: (request) => router.fetch(request) };
 }

@@ -3,7 +3,6 @@
  * boundary. Services import this module, never each other's internals.
  */
 export * from "./common.ts";
-export * from "./env.ts";
 export * from "./errors.ts";
 export * from "./gpus.ts";
 export * from "./instances.ts";

@@ -1,21 +1,17 @@
 import { type Context, Hono } from "hono";
-import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
-import type { RouteEntry, RouteSnapshot, UsageRecord } from "../protocol/index.ts";
+import { type MonotonicClock, monotonicClock } from "../kit/clock.ts";
+import { sha256Hex } from "../kit/crypto.ts";
+import { AppError, errorResponse, renderError } from "../kit/errors.ts";
+import { type Logger, silentLogger } from "../kit/log.ts";
+import type { RouteEntry, RouteSnapshot } from "../protocol/index.ts";
 import { Balancer } from "./balancer.ts";
-import { AppError, errorResponse } from "./errors.ts";
-import { type Logger, silentLogger } from "./log.ts";
 import { type BoundHistogram, type BoundSeries, Metrics } from "./metrics.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 
-/** Where the router reads routes: synchronous and cached (an in-process table or a poller). */
-export type RouteSource = { current(): RouteSnapshot | undefined };
-/** Where finished requests go; `record` must never block the request. */
-export type UsageSink = { record(record: UsageRecord): void };
-/** `fetch` as the router calls it; entries may pass a runtime-tuned one (undici on Node). */
-export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
-/** Monotonic milliseconds (performance.now by default). */
-export type Clock = { now(): number };
+import type { FetchLike, RouteSource, UsageSink } from "./types.ts";
+
+export type { FetchLike, RouteSource, UsageSink };
 
 export type AppDeps = {
   routes: RouteSource;
@@ -25,7 +21,8 @@ export type AppDeps = {
   /** Require an API key even when no key exists (a router listening beyond loopback). */
   requireApiKey?: boolean;
   fetch?: FetchLike;
-  clock?: Clock;
+  /** Monotonic milliseconds for latencies and deadlines (performance.now by default). */
+  clock?: MonotonicClock;
   log?: Logger;
   /** Shared registry so a poller/batcher in the same process export on the same /metrics. */
   metrics?: Metrics;
@@ -117,13 +114,6 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const keyCacheLimit = 1024;
 
-async function sha256Hex(text: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(text)));
-  let hex = "";
-  for (const byte of digest) hex += byte.toString(16).padStart(2, "0");
-  return hex;
-}
-
 async function readBody(request: Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
   const tooLarge = () =>
     new AppError("payload_too_large", `request body exceeds the limit of ${limit} bytes`);
@@ -203,7 +193,7 @@ const inferencePaths = ["/v1/chat/completions", "/v1/completions", "/v1/embeddin
 
 export function createApp(deps: AppDeps): Hono {
   const log = deps.log ?? silentLogger;
-  const clock: Clock = deps.clock ?? { now: () => performance.now() };
+  const clock = deps.clock ?? monotonicClock;
   const metrics = deps.metrics ?? new Metrics();
   const maxBodyBytes = deps.maxBodyBytes ?? 32 * MiB;
   const balancer = new Balancer({
@@ -320,42 +310,9 @@ export function createApp(deps: AppDeps): Hono {
 
   const app = new Hono();
 
-  const renderError = (error: Error, requestId: string | undefined): Response => {
-    const requestIdHeader: Record<string, string> = requestId ? { "x-request-id": requestId } : {};
-    if (error instanceof AppError) {
-      return errorResponse({
-        status: error.status,
-        code: error.code,
-        message: error.message,
-        param: error.param,
-        headers: { ...error.extraHeaders, ...requestIdHeader },
-      });
-    }
-    if (error instanceof HTTPException) {
-      return errorResponse({
-        status: error.status,
-        code: null,
-        message: error.message,
-        headers: requestIdHeader,
-      });
-    }
-    log.error("unhandled error", {
-      request_id: requestId,
-      error: error.stack ?? error.message,
-    });
-    return errorResponse({
-      status: 500,
-      code: "internal_error",
-      message: "internal error",
-      headers: requestIdHeader,
-    });
-  };
+  app.onError((error, c) => renderError(error, { log, path: c.req.path }));
 
-  app.onError((error) => renderError(error, undefined));
-
-  app.notFound(() =>
-    errorResponse({ status: 404, code: "not_found", message: "no such endpoint on this gateway" }),
-  );
+  app.notFound(() => errorResponse("not_found", "no such endpoint on this gateway"));
 
   app.get("/v1/models", async (c) => {
     const routeView = currentView();
@@ -485,7 +442,7 @@ export function createApp(deps: AppDeps): Hono {
         return await proxyInference(c, path, requestId, startedAt, startedWall);
       } catch (error) {
         // Errors before the proxy answers carry the request id like everything else.
-        return renderError(error instanceof Error ? error : new Error(String(error)), requestId);
+        return renderError(error, { log, requestId, path });
       }
     });
   }

@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { baseUrlSchema, EnvError, parseEnv } from "../protocol/index.ts";
+import { EnvError, logLevelSchema, parseEnv } from "../kit/env.ts";
+import { baseUrlSchema } from "../protocol/index.ts";
 
 const optionalString = z
   .string()
@@ -19,6 +20,7 @@ export const routerEnvSchema = z.object({
   MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
   FLEET_TOKEN: optionalString,
   HOST: z.string().trim().min(1).default("127.0.0.1"),
+  LOG_LEVEL: logLevelSchema,
   PORT: z.coerce.number().int().min(0).max(65535).default(18080),
   /** Largest accepted request body; larger ones get 413. */
   MAX_BODY_BYTES: z.coerce
@@ -29,6 +31,8 @@ export const routerEnvSchema = z.object({
   /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
   REQUIRE_API_KEY: flag,
   CONNECT_TIMEOUT_MS: ms(5000),
+  /** Bun: how the router reaches agents (`fetch`: Bun's own; `http1`: runtime/http1-fetch.ts). */
+  UPSTREAM_CLIENT: z.enum(["fetch", "http1"]).default("http1"),
   FIRST_BYTE_TIMEOUT_MS: ms(600_000),
   IDLE_TIMEOUT_MS: ms(300_000),
   RETRY_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),
@@ -58,9 +62,4 @@ export function loadRouterEnvOrExit(source: Record<string, string | undefined>):
     console.error(error.message);
     process.exit(1);
   }
-}
-
-export function isLoopback(host: string): boolean {
-  const bare = host.replace(/^\[|\]$/g, "").toLowerCase();
-  return bare === "localhost" || bare === "::1" || /^127(\.\d{1,3}){3}$/.test(bare);
 }

@@ -1,3 +1,5 @@
+import { connectionNamedHeaders, hopByHopHeaders } from "../kit/http-headers.ts";
+
 /**
  * Header hygiene for the hop to the agent and back.
  *
@@ -17,18 +19,6 @@ const forwardedRequestHeaders = [
   "openai-organization",
   "openai-project",
 ] as const;
-
-const hopByHop = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
 
 export function upstreamHeaders(options: {
   incoming: Headers;
@@ -58,11 +48,9 @@ export function upstreamHeaders(options: {
 /** The agent's response headers minus hop-by-hop ones and those `Connection` names. */
 export function downstreamHeaders(upstream: Headers, bodyRewritten: boolean): Headers {
   const headers = new Headers();
-  const named = new Set<string>();
-  const connection = upstream.get("connection");
-  if (connection) for (const token of connection.split(",")) named.add(token.trim().toLowerCase());
+  const named = connectionNamedHeaders(upstream);
   upstream.forEach((value, name) => {
-    if (hopByHop.has(name) || named.has(name)) return;
+    if (hopByHopHeaders.has(name) || named.has(name)) return;
     if (name === "content-encoding") return;
     if (name === "content-length" && (bodyRewritten || upstream.has("content-encoding"))) return;
     if (name === "set-cookie") return;

@@ -3,18 +3,21 @@
  * manager (MANAGER_URL, FLEET_TOKEN) and sends usage back in batches.
  */
 import { getConnInfo } from "hono/bun";
+import { createLogger } from "../kit/log.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
-import { createHttp1Fetch } from "../runtime/http1-fetch.ts";
+import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
-import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
-const log = consoleLogger("router");
+const log = createLogger({ service: "router", level: env.LOG_LEVEL });
 // Agents (and the manager) are reached over our own HTTP/1.1 client: a real connect timeout,
 // no cap on requests in flight, and far less memory per stream than Bun's fetch
 // (runtime/http1-fetch.ts; docs/router.md "Memory").
-const upstream = createHttp1Fetch({ connectTimeoutMs: env.CONNECT_TIMEOUT_MS });
+const upstream = createUpstreamFetch({
+  client: env.UPSTREAM_CLIENT,
+  connectTimeoutMs: env.CONNECT_TIMEOUT_MS,
+});
 const router = createStandaloneRouter({
   env,
   log,

@@ -6,13 +6,13 @@
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { Agent, fetch as undiciFetch } from "undici";
+import { createLogger } from "../kit/log.ts";
 import type { FetchLike } from "./app.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
-import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
-const log = consoleLogger("router");
+const log = createLogger({ service: "router", level: env.LOG_LEVEL });
 const dispatcher = new Agent({
   connect: { timeout: env.CONNECT_TIMEOUT_MS },
   // The app enforces first-byte and idle timeouts itself; these are only backstops.

@@ -1,11 +1,12 @@
 import type { Context } from "hono";
+import type { MonotonicClock } from "../kit/clock.ts";
+import { errorResponse } from "../kit/errors.ts";
+import type { Logger } from "../kit/log.ts";
 import type { RouteEntry } from "../protocol/index.ts";
-import type { Clock, FetchLike } from "./app.ts";
 import type { Balancer, Pick } from "./balancer.ts";
-import { errorResponse } from "./errors.ts";
 import { downstreamHeaders, upstreamHeaders } from "./headers.ts";
-import type { Logger } from "./log.ts";
 import type { BoundSeries, Metrics } from "./metrics.ts";
+import type { FetchLike } from "./types.ts";
 import { JsonUsageTail, SseUsageFilter, type Usage } from "./usage-scan.ts";
 
 export type ProxyConfig = {
@@ -17,7 +18,7 @@ export type ProxyConfig = {
   budgetMs: number;
   balancer: Balancer;
   metrics: Metrics;
-  clock: Clock;
+  clock: MonotonicClock;
   log: Logger;
 };
 
@@ -148,12 +149,16 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     const waitMs =
       request.candidates.length === 0 ? 5000 : balancer.retryAfterMs(request.candidates);
     done({ status: 503, ttftMs: null, usage: undefined, workerId: null });
-    return errorResponse({
-      status: 503,
-      code: "no_ready_replica",
-      message: `no ready replica for model \`${alias}\` right now; retry shortly`,
-      headers: { "retry-after": String(Math.max(1, Math.ceil(waitMs / 1000))), ...requestIdHeader },
-    });
+    return errorResponse(
+      "no_ready_replica",
+      `no ready replica for model \`${alias}\` right now; retry shortly`,
+      {
+        headers: {
+          "retry-after": String(Math.max(1, Math.ceil(waitMs / 1000))),
+          ...requestIdHeader,
+        },
+      },
+    );
   }
   done({
     status: last.reply?.status ?? (last.reason === "timeout" ? 504 : 502),
@@ -170,17 +175,11 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     return new Response(last.reply.text, { status: last.reply.status, headers: replyHeaders });
   }
   if (last.reason === "timeout") {
-    return errorResponse({
-      status: 504,
-      code: "upstream_timeout",
-      message: `model \`${alias}\` did not start answering in time`,
+    return errorResponse("upstream_timeout", `model \`${alias}\` did not start answering in time`, {
       headers: requestIdHeader,
     });
   }
-  return errorResponse({
-    status: 502,
-    code: "upstream_error",
-    message: `could not reach a replica of model \`${alias}\``,
+  return errorResponse("upstream_error", `could not reach a replica of model \`${alias}\``, {
     headers: requestIdHeader,
   });
 }

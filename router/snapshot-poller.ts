@@ -1,6 +1,6 @@
+import { type Logger, silentLogger } from "../kit/log.ts";
 import { type RouteSnapshot, routeSnapshotSchema } from "../protocol/index.ts";
 import type { FetchLike, RouteSource } from "./app.ts";
-import { type Logger, silentLogger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 
 export type SnapshotPollerOptions = {

@@ -1,6 +1,7 @@
+import type { Logger } from "../kit/log.ts";
+import { isLoopbackHost } from "../kit/net.ts";
 import { type AppDeps, createApp, type FetchLike } from "./app.ts";
-import { isLoopback, type RouterEnv } from "./env.ts";
-import type { Logger } from "./log.ts";
+import type { RouterEnv } from "./env.ts";
 import { Metrics } from "./metrics.ts";
 import { SnapshotPoller } from "./snapshot-poller.ts";
 import { UsageBatcher } from "./usage-batcher.ts";
@@ -44,7 +45,7 @@ export function createStandaloneRouter(options: {
     routes,
     usage,
     fleetToken: env.FLEET_TOKEN,
-    requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopback(env.HOST),
+    requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopbackHost(env.HOST),
     fetch: options.fetch,
     log,
     metrics,

@@ -6,9 +6,9 @@
  * under `ctx.waitUntil` after each response.
  */
 import type { ExecutionContext } from "hono";
+import { createLogger } from "../kit/log.ts";
 import { errorBody } from "../protocol/index.ts";
 import { loadRouterEnv } from "./env.ts";
-import { consoleLogger } from "./log.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
 type Bindings = Record<string, unknown>;
@@ -31,7 +31,7 @@ function build(bindings: Bindings): Edge | { error: string } {
   if (!source.MANAGER_URL) return { error: "invalid environment: MANAGER_URL must be set" };
   return createStandaloneRouter({
     env,
-    log: consoleLogger("router-edge"),
+    log: createLogger({ service: "router-edge", level: env.LOG_LEVEL }),
     // An edge router is public by nature: keys are required unless explicitly turned off.
     requireApiKey: env.REQUIRE_API_KEY ?? true,
     clientAddress: (c) => c.req.header("cf-connecting-ip") ?? undefined,

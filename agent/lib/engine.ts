@@ -1,6 +1,6 @@
 import type { Subprocess } from "bun";
+import type { Logger } from "../../kit/log.ts";
 import type { InstanceReport, InstanceSpec, InstanceStatus } from "../../protocol/index.ts";
-import type { Logger } from "./log.ts";
 import { LineBuffer } from "./log-buffer.ts";
 
 /** How an engine is supervised; every duration in milliseconds. */

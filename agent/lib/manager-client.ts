@@ -1,10 +1,10 @@
+import type { Logger } from "../../kit/log.ts";
 import {
   type Heartbeat,
   heartbeatReplySchema,
   type WorkerRegistrationInput,
   workerRegistrationReplySchema,
 } from "../../protocol/index.ts";
-import type { Logger } from "./log.ts";
 
 export type ManagerClientOptions = {
   managerUrl: string;

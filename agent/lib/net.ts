@@ -1,19 +1,5 @@
 import { createServer } from "node:net";
-
-/** True for addresses that only this host can reach. */
-export function isLoopbackHost(host: string): boolean {
-  const h = host
-    .trim()
-    .toLowerCase()
-    .replace(/^\[|\]$/g, "");
-  return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
-}
-
-/** True for addresses that mean "every interface". */
-export function isWildcardHost(host: string): boolean {
-  const h = host.trim().replace(/^\[|\]$/g, "");
-  return h === "0.0.0.0" || h === "::" || h === "";
-}
+import { isLoopbackHost, isWildcardHost } from "../../kit/net.ts";
 
 /**
  * The URL the manager dials: `http://127.0.0.1:{port}` when listening on every interface or

@@ -1,5 +1,6 @@
-import { errorResponse } from "./errors.ts";
-import type { Logger } from "./log.ts";
+import { errorResponse } from "../../kit/errors.ts";
+import { connectionNamedHeaders, hopByHopHeaders } from "../../kit/http-headers.ts";
+import type { Logger } from "../../kit/log.ts";
 import type { Supervisor } from "./supervisor.ts";
 
 /** The engine paths reachable through `/proxy/{alias}/v1/...`, with the method each takes. */
@@ -10,18 +11,7 @@ const allowed: Record<string, string> = {
   models: "GET",
 };
 
-/** RFC 9110 §7.6.1 plus the legacy names Go's ReverseProxy strips. */
-const hopByHop = [
-  "connection",
-  "proxy-connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-];
+const hopByHop = [...hopByHopHeaders];
 
 /** Seconds a client should wait before retrying an engine that is still loading. */
 const retryAfterStarting = "10";
@@ -114,12 +104,6 @@ function hasAny(headers: Headers, names: string[]): boolean {
 }
 
 function stripHopByHop(headers: Headers): void {
-  const named = headers.get("connection");
-  if (named) {
-    for (const name of named.split(",")) {
-      const trimmed = name.trim();
-      if (trimmed) headers.delete(trimmed);
-    }
-  }
+  for (const name of connectionNamedHeaders(headers)) headers.delete(name);
   for (const name of hopByHop) headers.delete(name);
 }

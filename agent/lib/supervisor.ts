@@ -1,6 +1,6 @@
+import type { Logger } from "../../kit/log.ts";
 import type { InstanceReport, InstanceSpec } from "../../protocol/index.ts";
 import { Engine, type EngineTimings } from "./engine.ts";
-import type { Logger } from "./log.ts";
 import type { PortLeaser } from "./ports.ts";
 
 export type SupervisorOptions = EngineTimings & {

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { parseEnv } from "../../protocol/env.ts";
+import { parseEnv } from "../../kit/env.ts";
 
 const ms = z.coerce.number().int().min(0);
 const flag = z

@@ -1,6 +1,7 @@
 import { asc, eq, sql } from "drizzle-orm";
 import { Hono } from "hono";
 import { schema } from "../../db/index.ts";
+import { AppError, parseWith } from "../../kit/errors.ts";
 import {
   type ApiKeyCreated,
   type ApiKeyInfo,
@@ -9,7 +10,6 @@ import {
 } from "../../protocol/index.ts";
 import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { AppError, parseWith } from "../errors.ts";
 
 type KeyRow = typeof schema.apiKeys.$inferSelect;
 

@@ -2,6 +2,7 @@ import { and, asc, eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { z } from "zod";
 import { schema } from "../../db/index.ts";
+import { AppError, parseWith, readJson } from "../../kit/errors.ts";
 import {
   aliasSchema,
   modelRegistrationSchema,
@@ -10,7 +11,6 @@ import {
 } from "../../protocol/index.ts";
 import { isAuthorized, requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { AppError, parseWith, readJson } from "../errors.ts";
 import { deleteModel, loadModelInfo, registerModel } from "../services/scheduler.ts";
 import { modelStatus } from "../services/views.ts";
 
@@ -33,7 +33,7 @@ export function modelsRoutes(ctx: ManagerContext, router: () => FetchHandler | u
   const app = new Hono();
 
   app.post("/register", admin, async (c) => {
-    const input = parseWith(modelRegistrationSchema, await readJson(c));
+    const input = parseWith(modelRegistrationSchema, await readJson(c.req.raw));
     return c.json(await registerModel(ctx, input), 201);
   });
 

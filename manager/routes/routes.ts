@@ -1,8 +1,8 @@
 import { Hono } from "hono";
+import { AppError, parseWith } from "../../kit/errors.ts";
 import { aliasSchema } from "../../protocol/index.ts";
 import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { AppError, parseWith } from "../errors.ts";
 import type { CachedSnapshot } from "../services/route-cache.ts";
 
 /**

@@ -1,6 +1,7 @@
 import { asc, eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { schema } from "../../db/index.ts";
+import { AppError, parseWith, readJson } from "../../kit/errors.ts";
 import {
   heartbeatSchema,
   type WorkerList,
@@ -9,7 +10,6 @@ import {
 } from "../../protocol/index.ts";
 import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { AppError, parseWith, readJson } from "../errors.ts";
 import { heartbeat, registerWorker } from "../services/registry.ts";
 import { workerInfo } from "../services/views.ts";
 
@@ -20,13 +20,13 @@ export function workersRoutes(ctx: ManagerContext): Hono {
   const app = new Hono();
 
   app.post("/register", fleet, async (c) => {
-    const registration = parseWith(workerRegistrationSchema, await readJson(c));
+    const registration = parseWith(workerRegistrationSchema, await readJson(c.req.raw));
     return c.json(await registerWorker(ctx, registration), 200);
   });
 
   app.post("/:id/heartbeat", fleet, async (c) => {
     const id = parseWith(workerIdSchema, c.req.param("id"), "worker_id");
-    const beat = parseWith(heartbeatSchema, await readJson(c));
+    const beat = parseWith(heartbeatSchema, await readJson(c.req.raw));
     return c.json(await heartbeat(ctx, id, beat), 200);
   });
 

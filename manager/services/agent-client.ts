@@ -1,11 +1,11 @@
+import { describeError } from "../../kit/errors.ts";
+import type { FetchLike } from "../../kit/fetch.ts";
 import {
   type InstanceReport,
   type InstanceSpecInput,
   instanceListSchema,
   instanceReportSchema,
 } from "../../protocol/index.ts";
-import type { Fetch } from "../deps.ts";
-import { describeError } from "../errors.ts";
 
 export type AgentCallResult<T> =
   | { ok: true; value: T }
@@ -14,7 +14,7 @@ export type AgentCallResult<T> =
 /** Manager → agent calls on the agent's internal `worker_url`, bearer FLEET_TOKEN. */
 export class AgentClient {
   constructor(
-    private readonly options: { fetch: Fetch; token: string | undefined; timeoutMs: number },
+    private readonly options: { fetch: FetchLike; token: string | undefined; timeoutMs: number },
   ) {}
 
   /** `POST /v1/instances`; the agent answers 202 with the instance (port leased by it). */

@@ -1,7 +1,7 @@
 import { and, count, eq, inArray, lt, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
+import { describeError } from "../../kit/errors.ts";
 import { type EventInput, type ManagerContext, recordEvents } from "../context.ts";
-import { describeError } from "../errors.ts";
 import { gpuRefusal, place } from "./placement.ts";
 import {
   insertPlacements,

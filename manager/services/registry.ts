@@ -1,5 +1,6 @@
 import { and, eq, inArray, ne, sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
+import { AppError, describeError } from "../../kit/errors.ts";
 import type {
   GpuInfo,
   Heartbeat,
@@ -10,7 +11,6 @@ import type {
   WorkerRegistrationReply,
 } from "../../protocol/index.ts";
 import { type EventInput, type ManagerContext, recordEvents } from "../context.ts";
-import { AppError, describeError } from "../errors.ts";
 import { routeUrl } from "./scheduler.ts";
 import type { InstanceRow, RouteRow } from "./views.ts";
 

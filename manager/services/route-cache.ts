@@ -1,8 +1,8 @@
 import { asc, eq, isNull } from "drizzle-orm";
 import { type FleetDb, schema } from "../../db/index.ts";
+import { describeError } from "../../kit/errors.ts";
+import type { Logger } from "../../kit/log.ts";
 import type { RouteSnapshot } from "../../protocol/index.ts";
-import type { Log } from "../deps.ts";
-import { describeError } from "../errors.ts";
 import { routingRecord } from "./views.ts";
 
 export type CachedSnapshot = { snapshot: RouteSnapshot; etag: string; body: string };
@@ -21,7 +21,7 @@ export class RouteCache {
   private queued: Promise<void> | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly options: { fleetDb: FleetDb; log: Log; pollMs: number }) {}
+  constructor(private readonly options: { fleetDb: FleetDb; log: Logger; pollMs: number }) {}
 
   current(): RouteSnapshot | undefined {
     return this.cached?.snapshot;

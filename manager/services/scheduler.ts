@@ -1,5 +1,6 @@
 import { and, asc, eq, inArray, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
+import { AppError } from "../../kit/errors.ts";
 import type {
   InstanceReport,
   InstanceSpecInput,
@@ -7,7 +8,6 @@ import type {
   ModelRegistration,
 } from "../../protocol/index.ts";
 import { type ManagerContext, recordEvents } from "../context.ts";
-import { AppError } from "../errors.ts";
 import { type Placement, type PlacementRequest, type PlacementWorker, place } from "./placement.ts";
 import { type InstanceRow, type ModelRow, modelInfo, type WorkerRow } from "./views.ts";
 

@@ -1,8 +1,8 @@
 import { inArray } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
+import { describeError } from "../../kit/errors.ts";
+import type { Logger } from "../../kit/log.ts";
 import type { UsageRecord } from "../../protocol/index.ts";
-import type { Log } from "../deps.ts";
-import { describeError } from "../errors.ts";
 
 /** Rows per INSERT: 10 parameters a row stays far below Postgres' 65,535-parameter limit. */
 const CHUNK = 1000;
@@ -59,7 +59,7 @@ export class UsageBuffer {
   constructor(
     private readonly options: {
       db: Db;
-      log: Log;
+      log: Logger;
       maxBatch?: number;
       flushMs?: number;
       maxBuffered?: number;

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { WorkerService } from "../../agent/service.ts";
+import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { repoRoot } from "../../devkit/proc.ts";
 import { createLogger } from "../../kit/log.ts";
-import { call, enginePortRange, metric, simPath, simVllm } from "./helpers.ts";
+import { call, enginePortRange, simPath, simVllm } from "./helpers.ts";
 
 // Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
 setDefaultTimeout(30_000);

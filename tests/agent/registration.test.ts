@@ -1,10 +1,10 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { metric } from "../../devkit/metrics.ts";
 import { eventually, freePort } from "../../devkit/net.ts";
 import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 import {
   call,
   enginePortRange,
-  metric,
   processAlive,
   StubManager,
   simPath,
@@ -207,7 +207,7 @@ describe("agent process", () => {
     const code = await agent.stop("SIGTERM", 15_000);
     expect(code).toBe(0);
     for (const pid of pids) expect(processAlive(pid)).toBe(false);
-    expect(agent.output()).toContain("engine stopped alias=one");
+    expect(agent.output()).toContain(`"msg":"engine stopped","alias":"one"`);
   });
 
   test("holds more than Bun's default 256 engine requests in flight, and frees them on disconnect", async () => {

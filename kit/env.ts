@@ -1,4 +1,5 @@
-import type { z } from "zod";
+import { z } from "zod";
+import { logLevels } from "./log.ts";
 
 export class EnvError extends Error {
   override name = "EnvError";
@@ -21,3 +22,6 @@ export function parseEnv<S extends z.ZodType>(
   );
   throw new EnvError(`invalid environment: ${problems.join("; ")}`);
 }
+
+/** `LOG_LEVEL` of every service. */
+export const logLevelSchema = z.enum(logLevels).default("info");

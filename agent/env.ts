@@ -3,7 +3,7 @@ import { z } from "zod";
 import { logLevelSchema, parseEnv } from "../kit/env.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import { baseUrlSchema, workerIdSchema } from "../protocol/index.ts";
-import type { WorkerServiceOptions } from "./service.ts";
+import type { WorkerServiceOptions } from "./options.ts";
 
 const optionalString = z
   .string()

@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import type { Server } from "bun";
-import { createLogger, type Logger, type LogLevel } from "../kit/log.ts";
+import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import packageJson from "../package.json" with { type: "json" };
 import {
@@ -15,40 +15,13 @@ import { inheritedEnv } from "./env.ts";
 import { discoverGpus } from "./lib/gpus.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
 import { defaultWorkerUrl } from "./lib/net.ts";
-import { PortLeaser, type PortRange } from "./lib/ports.ts";
+import { PortLeaser } from "./lib/ports.ts";
 import { Supervisor } from "./lib/supervisor.ts";
+import type { WorkerServiceOptions } from "./options.ts";
+
+export type { WorkerServiceOptions } from "./options.ts";
 
 export const agentVersion = packageJson.version;
-
-/** Everything but the identity has a default; durations are in milliseconds. */
-export type WorkerServiceOptions = {
-  /** Stable id of this host (default: the host name). */
-  workerId?: string;
-  /** Listen address (default 0.0.0.0, which requires `fleetToken`). */
-  listenHost?: string;
-  /** Listen port (default 6006; 0 picks a free one, see `port` after `run()`). */
-  listenPort?: number;
-  managerUrl?: string;
-  /** `PUBLIC_URL`: how the outside world reaches this agent (port forwarding). */
-  publicUrl?: string | null;
-  /** The URL the manager dials (default derived from the listen address). */
-  workerUrl?: string;
-  /** `FLEET_TOKEN`: required for every endpoint but `GET /health`. */
-  fleetToken?: string;
-  vllmBin?: string;
-  nvidiaSmiBin?: string;
-  enginePorts?: PortRange;
-  startupTimeoutMs?: number;
-  stopGraceMs?: number;
-  restartBackoffMs?: number;
-  restartBackoffMaxMs?: number;
-  healthPollMs?: number;
-  registerRetryMaxMs?: number;
-  /** The environment engines and nvidia-smi inherit (default: this process's). */
-  engineEnv?: Record<string, string | undefined>;
-  logLevel?: LogLevel;
-  log?: Logger;
-};
 
 /** Variables of the agent's own that an engine must never see. */
 const privateVariables = ["FLEET_TOKEN", "VLLM_BIN", "NVIDIA_SMI_BIN"];

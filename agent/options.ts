@@ -1,0 +1,32 @@
+import type { Logger, LogLevel } from "../kit/log.ts";
+import type { PortRange } from "./lib/ports.ts";
+
+/** Everything but the identity has a default; durations are in milliseconds. */
+export type WorkerServiceOptions = {
+  /** Stable id of this host (default: the host name). */
+  workerId?: string;
+  /** Listen address (default 0.0.0.0, which requires `fleetToken`). */
+  listenHost?: string;
+  /** Listen port (default 6006; 0 picks a free one, see `port` after `run()`). */
+  listenPort?: number;
+  managerUrl?: string;
+  /** `PUBLIC_URL`: how the outside world reaches this agent (port forwarding). */
+  publicUrl?: string | null;
+  /** The URL the manager dials (default derived from the listen address). */
+  workerUrl?: string;
+  /** `FLEET_TOKEN`: required for every endpoint but `GET /health`. */
+  fleetToken?: string;
+  vllmBin?: string;
+  nvidiaSmiBin?: string;
+  enginePorts?: PortRange;
+  startupTimeoutMs?: number;
+  stopGraceMs?: number;
+  restartBackoffMs?: number;
+  restartBackoffMaxMs?: number;
+  healthPollMs?: number;
+  registerRetryMaxMs?: number;
+  /** The environment engines and nvidia-smi inherit (default: this process's). */
+  engineEnv?: Record<string, string | undefined>;
+  logLevel?: LogLevel;
+  log?: Logger;
+};

@@ -171,14 +171,3 @@ export function processAlive(pid: number): boolean {
     return false;
   }
 }
-
-/** A sample from a Prometheus text page, e.g. `vllm:request_success_total{finished_reason="abort"}`. */
-export function metric(text: string, name: string, labels: Record<string, string> = {}): number {
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (!Object.entries(labels).every(([key, value]) => line.includes(`${key}="${value}"`)))
-      continue;
-    return Number(line.slice(line.lastIndexOf(" ") + 1));
-  }
-  return Number.NaN;
-}

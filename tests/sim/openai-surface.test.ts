@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
+import { metricAt } from "../../devkit/metrics.ts";
 import { stopAll } from "../../devkit/proc.ts";
-import { metric, type Sim, startSim } from "./sim-helpers.ts";
+import { type Sim, startSim } from "./sim-helpers.ts";
 
 let sim: Sim;
 let client: OpenAI;
@@ -227,12 +228,14 @@ describe("engine simulator: OpenAI surface", () => {
   });
 
   test("metrics use vLLM names and labels and count tokens", async () => {
-    const before = await metric(sim.base, "vllm:generation_tokens_total", { model_name: "chat-a" });
+    const before = await metricAt(`${sim.base}/metrics`, "vllm:generation_tokens_total", {
+      model_name: "chat-a",
+    });
     await client.chat.completions.create({
       model: "chat-a",
       messages: [{ role: "user", content: "12345678" }],
     });
-    const after = await metric(sim.base, "vllm:generation_tokens_total", {
+    const after = await metricAt(`${sim.base}/metrics`, "vllm:generation_tokens_total", {
       model_name: "chat-a",
       engine: "0",
     });

@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { metricAt } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { stopAll } from "../../devkit/proc.ts";
-import { metric, startSim } from "./sim-helpers.ts";
+import { startSim } from "./sim-helpers.ts";
 
 afterAll(stopAll);
 
@@ -28,6 +29,10 @@ describe("engine simulator: scheduling", () => {
     ]);
     const controllers = Array.from({ length: 5 }, () => new AbortController());
     const finished: number[] = [];
+    const aborted: number[] = [];
+    const statuses: number[] = [];
+    // Each request either completes or is aborted by the test; anything else fails the test
+    // (the status is checked below, outside the promise chain).
     const requests = controllers.map((controller, index) =>
       fetch(`${sim.base}/v1/chat/completions`, {
         method: "POST",
@@ -35,43 +40,57 @@ describe("engine simulator: scheduling", () => {
         signal: controller.signal,
       })
         .then(async (response) => {
-          expect(response.status).toBe(200);
+          statuses.push(response.status);
           await response.json();
           finished.push(index);
         })
-        .catch(() => {}),
+        .catch((error: unknown) => {
+          if (!controller.signal.aborted) throw error;
+          aborted.push(index);
+        }),
     );
     await eventually(
       async () =>
-        (await metric(sim.base, "vllm:num_requests_running")) === 2 &&
-        (await metric(sim.base, "vllm:num_requests_waiting")) === 3,
+        (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")) === 2 &&
+        (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_waiting")) === 3,
       { what: "2 running and 3 waiting" },
     );
     // Cancelling a queued request removes it from the queue and counts it as abort.
     controllers[4]?.abort();
-    await eventually(async () => (await metric(sim.base, "vllm:num_requests_waiting")) === 2, {
-      what: "aborted request left the queue",
-    });
-    expect(await metric(sim.base, "vllm:request_success_total", { finished_reason: "abort" })).toBe(
-      1,
+    await eventually(
+      async () => (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_waiting")) === 2,
+      {
+        what: "aborted request left the queue",
+      },
     );
+    expect(
+      await metricAt(`${sim.base}/metrics`, "vllm:request_success_total", {
+        finished_reason: "abort",
+      }),
+    ).toBe(1);
     for (const controller of controllers.slice(0, 2)) controller.abort();
     // The two still queued (2 and 3) take the freed slots.
     await eventually(
       async () =>
-        (await metric(sim.base, "vllm:num_requests_running")) === 2 &&
-        (await metric(sim.base, "vllm:num_requests_waiting")) === 0,
+        (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")) === 2 &&
+        (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_waiting")) === 0,
       { what: "queue advanced after aborts" },
     );
     controllers[3]?.abort();
     await Promise.all(requests);
-    expect(await metric(sim.base, "vllm:num_requests_running")).toBe(0);
+    expect(statuses.every((status) => status === 200)).toBe(true);
+    expect(aborted.toSorted((a, b) => a - b)).toEqual([0, 1, 3, 4]);
+    expect(await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")).toBe(0);
     expect(finished).toEqual([2]);
-    expect(await metric(sim.base, "vllm:request_success_total", { finished_reason: "abort" })).toBe(
-      4,
-    );
     expect(
-      await metric(sim.base, "vllm:request_success_total", { finished_reason: "length" }),
+      await metricAt(`${sim.base}/metrics`, "vllm:request_success_total", {
+        finished_reason: "abort",
+      }),
+    ).toBe(4);
+    expect(
+      await metricAt(`${sim.base}/metrics`, "vllm:request_success_total", {
+        finished_reason: "length",
+      }),
     ).toBe(1);
   }, 30_000);
 
@@ -106,8 +125,8 @@ describe("engine simulator: scheduling", () => {
       // Arrival order must be unambiguous: wait until the engine has seen this one.
       await eventually(
         async () =>
-          (await metric(sim.base, "vllm:num_requests_running")) +
-            (await metric(sim.base, "vllm:num_requests_waiting")) ===
+          (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")) +
+            (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_waiting")) ===
           index + 1 - order.length,
         { what: `request ${index} arrived` },
       );
@@ -140,18 +159,25 @@ describe("engine simulator: scheduling", () => {
     const reader = response.body?.getReader();
     const first = await reader?.read();
     expect(new TextDecoder().decode(first?.value)).toStartWith("data: ");
-    expect(await metric(sim.base, "vllm:num_requests_running")).toBe(1);
+    expect(await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")).toBe(1);
     controller.abort();
-    await eventually(async () => (await metric(sim.base, "vllm:num_requests_running")) === 0, {
-      what: "running back to 0",
-      timeoutMs: 5000,
-    });
-    expect(await metric(sim.base, "vllm:request_success_total", { finished_reason: "abort" })).toBe(
-      1,
+    await eventually(
+      async () => (await metricAt(`${sim.base}/metrics`, "vllm:num_requests_running")) === 0,
+      {
+        what: "running back to 0",
+        timeoutMs: 5000,
+      },
     );
+    expect(
+      await metricAt(`${sim.base}/metrics`, "vllm:request_success_total", {
+        finished_reason: "abort",
+      }),
+    ).toBe(1);
     // A partial stream still counts the tokens that were generated before the abort.
-    expect(await metric(sim.base, "vllm:generation_tokens_total")).toBeGreaterThan(0);
-    expect(await metric(sim.base, "vllm:generation_tokens_total")).toBeLessThan(500);
+    expect(await metricAt(`${sim.base}/metrics`, "vllm:generation_tokens_total")).toBeGreaterThan(
+      0,
+    );
+    expect(await metricAt(`${sim.base}/metrics`, "vllm:generation_tokens_total")).toBeLessThan(500);
   });
 
   test("streams pace tokens at the inter-token latency after the first token", async () => {

@@ -27,21 +27,3 @@ export async function startSim(
   if (options.wait !== false) await waitForHttp(`${base}/health`, { timeoutMs: 20_000 });
   return { base, port, service };
 }
-
-/** Reads one sample from /metrics: `name` with all of `labels` (e.g. finished_reason). */
-export async function metric(
-  base: string,
-  name: string,
-  labels: Record<string, string> = {},
-): Promise<number> {
-  const text = await (await fetch(`${base}/metrics`)).text();
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(`${name}{`)) continue;
-    const close = line.lastIndexOf("}");
-    const labelText = line.slice(name.length + 1, close);
-    if (Object.entries(labels).every(([key, value]) => labelText.includes(`${key}="${value}"`))) {
-      return Number(line.slice(close + 2));
-    }
-  }
-  throw new Error(`metric ${name} ${JSON.stringify(labels)} not found`);
-}

@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import { AppError, errorResponse, renderError } from "../kit/errors.ts";
+import { AppError, errorResponse, parseWith, renderError } from "../kit/errors.ts";
 import type { Logger } from "../kit/log.ts";
 import {
   aliasSchema,
@@ -121,13 +121,10 @@ export function createApp(deps: AppDeps): Hono {
   return app;
 }
 
+const aliasParamSchema = z.object({ alias: aliasSchema });
+
 function validAlias(alias: string): string {
-  const parsed = aliasSchema.safeParse(alias);
-  if (!parsed.success)
-    throw new AppError("invalid_request", `alias ${parsed.error.issues[0]?.message}`, {
-      param: "alias",
-    });
-  return parsed.data;
+  return parseWith(aliasParamSchema, { alias }).alias;
 }
 
 function engineOf(supervisor: Supervisor, raw: string) {
@@ -146,17 +143,7 @@ async function readJson(req: Request): Promise<unknown> {
 }
 
 function parseSpec(body: unknown): InstanceSpec {
-  const parsed = instanceSpecSchema.safeParse(body);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const param = issue?.path.length ? issue.path.join(".") : null;
-    const what =
-      issue?.code === "unrecognized_keys"
-        ? `unknown field(s) ${issue.keys.join(", ")}`
-        : issue?.message;
-    throw new AppError("invalid_request", param ? `${param}: ${what}` : `${what}`, { param });
-  }
-  const spec = parsed.data;
+  const spec = parseWith(instanceSpecSchema, body);
   spec.extra_args.forEach((arg, i) => {
     if (arg.includes("\0")) {
       throw new AppError("invalid_request", "extra_args may not contain NUL bytes", {

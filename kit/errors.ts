@@ -91,7 +91,11 @@ export function validationError(error: z.ZodError, where = "body"): AppError {
   const issue = error.issues[0];
   const path = issue?.path.map(String).join(".") ?? "";
   const param = path === "" ? null : path;
-  const message = issue ? `${param ?? where}: ${issue.message}` : `invalid ${where}`;
+  const what =
+    issue?.code === "unrecognized_keys"
+      ? `unknown field(s) ${issue.keys.join(", ")}`
+      : issue?.message;
+  const message = issue ? `${param ?? where}: ${what}` : `invalid ${where}`;
   return new AppError("invalid_request", message, { param });
 }
 

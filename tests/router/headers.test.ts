@@ -1,0 +1,134 @@
+import { describe, expect, test } from "bun:test";
+import { downstreamHeaders, upstreamHeaders } from "../../router/headers.ts";
+
+/** Everything a hostile or careless client might send along with a chat request. */
+const clientHeaders = () =>
+  new Headers({
+    "content-type": "application/json; charset=utf-8",
+    accept: "text/event-stream",
+    "user-agent": "OpenAI/Python 1.99.0",
+    "x-session-id": "conversation-7",
+    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    tracestate: "vendor=1",
+    "openai-organization": "org-1",
+    "openai-project": "proj-1",
+    // Credentials meant for the gateway, never for a worker.
+    authorization: "Bearer sk-fleet-client-key",
+    cookie: "session=secret",
+    "api-key": "azure-style-key",
+    "x-api-key": "anthropic-style-key",
+    "proxy-authorization": "Basic cHJveHk6c2VjcmV0",
+    // Hop-by-hop, and one header the client's Connection marks as hop-by-hop.
+    connection: "keep-alive, x-hop",
+    "keep-alive": "timeout=5",
+    te: "trailers",
+    upgrade: "websocket",
+    "x-hop": "per-connection",
+    // Spoofed forwarding and identity headers.
+    "x-forwarded-for": "6.6.6.6",
+    "x-forwarded-proto": "gopher",
+    "x-forwarded-host": "evil.example",
+    "x-request-id": "client-chosen",
+    "accept-encoding": "gzip, br",
+    "x-custom": "anything",
+  });
+
+describe("upstreamHeaders: what the router sends an agent", () => {
+  test("an allowlist: client credentials, hop-by-hop and unknown headers never reach a worker", () => {
+    const headers = upstreamHeaders({
+      incoming: clientHeaders(),
+      fleetToken: "fleet-secret",
+      requestId: "req-1",
+      clientAddress: "203.0.113.9",
+      proto: "https",
+      host: "gateway.example:8443",
+    });
+    expect(headers).toEqual({
+      "content-type": "application/json; charset=utf-8",
+      accept: "text/event-stream",
+      "user-agent": "OpenAI/Python 1.99.0",
+      "x-session-id": "conversation-7",
+      traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+      tracestate: "vendor=1",
+      "openai-organization": "org-1",
+      "openai-project": "proj-1",
+      // The agent's credential replaces the client's key.
+      authorization: "Bearer fleet-secret",
+      // Set by the router from what it knows, never copied from the client.
+      "x-forwarded-for": "203.0.113.9",
+      "x-forwarded-proto": "https",
+      "x-forwarded-host": "gateway.example:8443",
+      "x-request-id": "req-1",
+      // Bytes pass through untouched, so ask the agent not to compress them.
+      "accept-encoding": "identity",
+    });
+  });
+
+  test("without a fleet token or a known client address, nothing stands in for them", () => {
+    const headers = upstreamHeaders({
+      incoming: clientHeaders(),
+      fleetToken: undefined,
+      requestId: "req-2",
+      clientAddress: undefined,
+      proto: "http",
+      host: null,
+    });
+    expect(headers.authorization).toBeUndefined();
+    expect(headers["x-forwarded-for"]).toBeUndefined();
+    expect(headers["x-forwarded-host"]).toBeUndefined();
+    expect(headers["x-forwarded-proto"]).toBe("http");
+  });
+
+  test("a request without a content type is sent as JSON", () => {
+    const headers = upstreamHeaders({
+      incoming: new Headers(),
+      fleetToken: "t",
+      requestId: "req-3",
+      clientAddress: undefined,
+      proto: "http",
+      host: "127.0.0.1:18000",
+    });
+    expect(headers["content-type"]).toBe("application/json");
+  });
+});
+
+describe("downstreamHeaders: what the client gets back from an agent", () => {
+  const agentHeaders = () =>
+    new Headers({
+      "content-type": "application/json",
+      "content-length": "42",
+      "x-request-id": "req-1",
+      "retry-after": "3",
+      "x-vllm-custom": "kept",
+      connection: "keep-alive, x-agent-hop",
+      "keep-alive": "timeout=5",
+      "x-agent-hop": "per-connection",
+      "proxy-authenticate": "Basic",
+      trailer: "x-checksum",
+      "set-cookie": "agent=1",
+    });
+
+  test("drops hop-by-hop headers, those Connection names, and cookies; keeps the rest", () => {
+    const headers = downstreamHeaders(agentHeaders(), false);
+    expect(Object.fromEntries(headers)).toEqual({
+      "content-type": "application/json",
+      "content-length": "42",
+      "x-request-id": "req-1",
+      "retry-after": "3",
+      "x-vllm-custom": "kept",
+    });
+  });
+
+  test("drops Content-Length when the router rewrites the body (a hidden usage event)", () => {
+    expect(downstreamHeaders(agentHeaders(), true).has("content-length")).toBe(false);
+  });
+
+  test("drops Content-Encoding and the encoded length: fetch hands over decoded bytes", () => {
+    const encoded = agentHeaders();
+    encoded.set("content-encoding", "gzip");
+    const headers = downstreamHeaders(encoded, false);
+    expect(headers.has("content-encoding")).toBe(false);
+    expect(headers.has("content-length")).toBe(false);
+    expect(headers.get("content-type")).toBe("application/json");
+  });
+});

@@ -76,4 +76,62 @@ describe("SseUsageFilter", () => {
     expect(out).toBe(whole);
     expect(filter.usage).toEqual({ promptTokens: 3, completionTokens: 1 });
   });
+
+  /** Feeds `whole` in pieces cut at `cuts`, returning what the client would receive. */
+  function relay(filter: SseUsageFilter, whole: string, cuts: number[]): string {
+    const decoder = new TextDecoder();
+    let out = "";
+    let from = 0;
+    for (const cut of [...cuts, whole.length]) {
+      const piece = filter.push(encoder.encode(whole.slice(from, cut)));
+      if (piece) out += decoder.decode(piece, { stream: true });
+      from = cut;
+    }
+    const rest = filter.finish();
+    if (rest) out += decoder.decode(rest);
+    return out;
+  }
+
+  test("hides the usage event however the stream is split, and passes every other byte", () => {
+    const done = "data: [DONE]\n\n";
+    const whole = token + token + usage + done;
+    for (let a = 1; a < whole.length; a += 3) {
+      for (const b of [a + 1, a + 7, a + 40]) {
+        const filter = new SseUsageFilter(true);
+        const cuts = b < whole.length ? [a, b] : [a];
+        expect(relay(filter, whole, cuts)).toBe(token + token + done);
+        expect(filter.usage).toEqual({ promptTokens: 3, completionTokens: 1 });
+      }
+    }
+  });
+
+  test("hides the usage event split byte by byte, with CRLF event boundaries", () => {
+    const crlf = (text: string) => text.replaceAll("\n", "\r\n");
+    const whole = crlf(`${token}${usage}data: [DONE]\n\n`);
+    const filter = new SseUsageFilter(true);
+    const cuts = Array.from({ length: whole.length - 1 }, (_, index) => index + 1);
+    expect(relay(filter, whole, cuts)).toBe(crlf(`${token}data: [DONE]\n\n`));
+    expect(filter.usage).toEqual({ promptTokens: 3, completionTokens: 1 });
+  });
+
+  test("when hiding, keeps chunks that carry usage next to content (continuous usage stats)", () => {
+    const withContent = event({
+      choices: [{ index: 0, delta: { content: "Hi" } }],
+      usage: { prompt_tokens: 3, completion_tokens: 1 },
+    });
+    const final = event({ choices: [], usage: { prompt_tokens: 3, completion_tokens: 2 } });
+    const filter = new SseUsageFilter(true);
+    const whole = withContent + final;
+    expect(relay(filter, whole, [withContent.length - 3, withContent.length + 5])).toBe(
+      withContent,
+    );
+    expect(filter.usage).toEqual({ promptTokens: 3, completionTokens: 2 });
+  });
+
+  test("an unterminated last event is flushed at the end when hiding", () => {
+    const filter = new SseUsageFilter(true);
+    expect(relay(filter, `${token}data: {"partial":`, [token.length + 4])).toBe(
+      `${token}data: {"partial":`,
+    );
+  });
 });

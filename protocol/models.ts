@@ -34,8 +34,10 @@ export type ModelRegistrationInput = z.input<typeof modelRegistrationSchema>;
 /**
  * The manager's view of an instance (desired placement plus what the agent last reported).
  * `pending`: placed, launch not yet accepted by the agent; `lost`: its worker went offline.
+ * The one list of instance statuses: the `instances.status` column and its check are built
+ * from it. Transitions between them: manager/services/lifecycle.ts and docs/manager.md.
  */
-export const instanceRecordStatusSchema = z.enum([
+export const instanceRecordStatuses = [
   "pending",
   "starting",
   "ready",
@@ -43,8 +45,21 @@ export const instanceRecordStatusSchema = z.enum([
   "stopping",
   "stopped",
   "lost",
-]);
+] as const;
+export const instanceRecordStatusSchema = z.enum(instanceRecordStatuses);
 export type InstanceRecordStatus = z.infer<typeof instanceRecordStatusSchema>;
+
+/**
+ * Statuses whose GPU claims count against placement: the engine runs, is on its way, or may
+ * still run on a worker that went silent. `failed` and `stopped` hold no claim.
+ */
+export const claimingInstanceStatuses = [
+  "pending",
+  "starting",
+  "ready",
+  "stopping",
+  "lost",
+] as const satisfies readonly InstanceRecordStatus[];
 
 export const instanceRecordSchema = z.object({
   id: z.string(),

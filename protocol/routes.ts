@@ -15,14 +15,12 @@ export const routingRecordSchema = z.strictObject({
 });
 export type RoutingRecord = z.infer<typeof routingRecordSchema>;
 
-/** One route in the snapshot routers read: the routing record plus what routers need. */
+/**
+ * One route in the snapshot routers read: the routing record plus what routers need. Not
+ * strict (unlike the record), so a router ignores fields a newer manager adds.
+ */
 export const routeEntrySchema = z.object({
-  alias: aliasSchema,
-  model_name: z.string(),
-  worker_id: workerIdSchema,
-  worker_url: z.string(),
-  vllm_port: portSchema.nullable(),
-  created_at: isoTimeSchema,
+  ...routingRecordSchema.shape,
   instance_id: z.string(),
   /** Ready instance on an online worker: the only routes a router may send traffic to. */
   ready: z.boolean(),

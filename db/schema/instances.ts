@@ -10,19 +10,13 @@ import {
   unique,
   uuid,
 } from "drizzle-orm/pg-core";
+import { instanceRecordStatuses } from "../../protocol/models.ts";
 import { timestamps } from "./columns.ts";
 import { models } from "./models.ts";
 import { workers } from "./workers.ts";
 
-export const instanceStatuses = [
-  "pending",
-  "starting",
-  "ready",
-  "failed",
-  "stopping",
-  "stopped",
-  "lost",
-] as const;
+/** The statuses an instance row may have: the protocol's list, so the wire and the check agree. */
+export const instanceStatuses = instanceRecordStatuses;
 
 /** Actual state: one engine of a model on one worker, as placed and as the agent reports it. */
 export const instances = pgTable(
@@ -52,7 +46,7 @@ export const instances = pgTable(
     unique("instances_alias_worker_id_unique").on(t.alias, t.workerId),
     check(
       "instances_status_check",
-      sql`${t.status} in ('pending', 'starting', 'ready', 'failed', 'stopping', 'stopped', 'lost')`,
+      sql`${t.status} in (${sql.raw(instanceStatuses.map((s) => `'${s}'`).join(", "))})`,
     ),
     check(
       "instances_gpu_memory_utilization_check",
@@ -62,3 +56,5 @@ export const instances = pgTable(
     index("instances_worker_id_idx").on(t.workerId),
   ],
 );
+
+export type InstanceRow = typeof instances.$inferSelect;

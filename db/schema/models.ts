@@ -35,3 +35,5 @@ export const models = pgTable(
     check("models_placement_check", sql`${t.placement} in ('binpack', 'spread')`),
   ],
 );
+
+export type ModelRow = typeof models.$inferSelect;

@@ -31,3 +31,5 @@ export const routes = pgTable(
   },
   (t) => [index("routes_alias_idx").on(t.alias), index("routes_worker_id_idx").on(t.workerId)],
 );
+
+export type RouteRow = typeof routes.$inferSelect;

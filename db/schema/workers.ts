@@ -54,3 +54,6 @@ export const gpus = pgTable(
   },
   (t) => [primaryKey({ columns: [t.workerId, t.index] })],
 );
+
+export type WorkerRow = typeof workers.$inferSelect;
+export type GpuRow = typeof gpus.$inferSelect;

@@ -2,7 +2,7 @@ import { hostname } from "node:os";
 import { z } from "zod";
 import { logLevelSchema, parseEnv } from "../kit/env.ts";
 import { isLoopbackHost } from "../kit/net.ts";
-import { baseUrlSchema, workerIdSchema } from "../protocol/index.ts";
+import { baseUrlSchema, workerIdSchema, workerUrlSchema } from "../protocol/index.ts";
 import type { WorkerServiceOptions } from "./options.ts";
 
 const optionalString = z
@@ -14,7 +14,7 @@ const optionalString = z
 /** Unset and empty both mean "not given". */
 const optionalUrl = z.preprocess(
   (value) => (value === "" ? undefined : value),
-  baseUrlSchema.optional(),
+  workerUrlSchema.optional(),
 );
 
 const seconds = (fallback: number) => z.coerce.number().positive().default(fallback);

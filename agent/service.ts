@@ -9,6 +9,7 @@ import {
   type Heartbeat,
   type WorkerRegistrationInput,
   workerIdSchema,
+  workerUrlSchema,
 } from "../protocol/index.ts";
 import { createApp } from "./app.ts";
 import { inheritedEnv } from "./env.ts";
@@ -56,7 +57,7 @@ export class WorkerService {
     this.workerId = workerIdSchema.parse(options.workerId ?? hostname());
     this.listenHost = options.listenHost ?? "0.0.0.0";
     this.managerUrl = baseUrlSchema.parse(options.managerUrl ?? "http://localhost:18000");
-    this.publicUrl = options.publicUrl ? baseUrlSchema.parse(options.publicUrl) : null;
+    this.publicUrl = options.publicUrl ? workerUrlSchema.parse(options.publicUrl) : null;
     this.#fleetToken = options.fleetToken || undefined;
     if (!this.#fleetToken && !isLoopbackHost(this.listenHost)) {
       throw new Error(
@@ -95,7 +96,7 @@ export class WorkerService {
   /** The internal URL the manager dials. */
   get workerUrl(): string {
     return this.#options.workerUrl
-      ? baseUrlSchema.parse(this.#options.workerUrl)
+      ? workerUrlSchema.parse(this.#options.workerUrl)
       : defaultWorkerUrl(this.listenHost, this.port);
   }
 

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { baseUrlSchema, isoTimeSchema, workerIdSchema } from "./common.ts";
+import { isoTimeSchema, workerIdSchema, workerUrlSchema } from "./common.ts";
 import { gpuInfoSchema } from "./gpus.ts";
 import { instanceReportSchema } from "./instances.ts";
 import { instanceRecordStatusSchema } from "./models.ts";
@@ -11,9 +11,9 @@ export type WorkerStatus = z.infer<typeof workerStatusSchema>;
 export const workerRegistrationSchema = z.object({
   worker_id: workerIdSchema,
   /** The internal URL the manager dials (`http://127.0.0.1:6006` for an agent on 0.0.0.0). */
-  worker_url: baseUrlSchema,
+  worker_url: workerUrlSchema,
   /** `PUBLIC_URL`: how the outside world reaches the agent through port forwarding. */
-  public_worker_url: baseUrlSchema.nullable().default(null),
+  public_worker_url: workerUrlSchema.nullable().default(null),
   gpu_info: gpuInfoSchema,
   instances: z.array(instanceReportSchema).max(256).default([]),
   agent_version: z.string().max(64),

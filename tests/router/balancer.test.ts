@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { RouteEntry } from "../../protocol/index.ts";
 import { Balancer, type BalancerOptions } from "../../router/balancer.ts";
-import { route } from "./fixtures.ts";
+import { route } from "./route-entry.ts";
 
 /** A balancer on a clock the test moves by hand; `random` defaults to Math.random. */
 function balancer(options: Partial<BalancerOptions> = {}) {

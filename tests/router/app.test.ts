@@ -1,0 +1,361 @@
+import { describe, expect, test } from "bun:test";
+import { createSimApp } from "../../agent/sim/app.ts";
+import { parseServeArgs } from "../../agent/sim/config.ts";
+import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
+import { type AppDeps, createApp } from "../../router/app.ts";
+import { route } from "./route-entry.ts";
+
+/**
+ * The router app driven with `app.request`: no listener, no process. Its replicas are the
+ * engine simulator's own fetch handler (which answers `/proxy/{alias}/v1/*` like a worker),
+ * plus a replica that refuses connections and one that answers 503.
+ */
+
+const fleetToken = "fleet-token-for-app-tests";
+
+/** The simulator serving `qwen` and `loading`, instant tokens, in this process. */
+const sim = createSimApp(
+  parseServeArgs(
+    [
+      "serve",
+      "org/qwen",
+      "--served-model-name",
+      "qwen",
+      "loading",
+      "--time-to-first-token",
+      "0",
+      "--inter-token-latency",
+      "0",
+      "--max-model-len",
+      "2048",
+    ],
+    {},
+  ),
+);
+
+type Upstream = { url: string; headers: Headers; body: string };
+
+const keyHash = (key: string) => new Bun.CryptoHasher("sha256").update(key).digest("hex");
+
+/**
+ * A router over a fixed route table: `live.test` is the simulator, `down.test` refuses
+ * connections, `sick.test` answers 503 like an agent whose engine is not serving.
+ */
+function router(
+  options: {
+    routes?: RouteEntry[];
+    apiKeys?: RouteSnapshot["api_keys"];
+    loaded?: boolean;
+    deps?: Partial<AppDeps>;
+  } = {},
+) {
+  const snapshot: RouteSnapshot = {
+    version: "1",
+    routes: options.routes ?? [
+      route({ alias: "qwen", workerId: "live", url: "http://live.test" }),
+      route({ alias: "loading", workerId: "live", url: "http://live.test", ready: false }),
+    ],
+    api_keys: options.apiKeys ?? [],
+  };
+  const usage: UsageRecord[] = [];
+  const upstream: Upstream[] = [];
+  const app = createApp({
+    routes: { current: () => (options.loaded === false ? undefined : snapshot) },
+    usage: { record: (record) => usage.push(record) },
+    fleetToken,
+    fetch: async (input, init) => {
+      const request = new Request(input, init);
+      const host = new URL(request.url).hostname;
+      upstream.push({
+        url: request.url,
+        headers: request.headers,
+        body: await request.clone().text(),
+      });
+      if (host === "down.test") throw new TypeError("fetch failed: connection refused");
+      if (host === "sick.test") {
+        return Response.json(
+          { error: { message: "engine not ready", type: "server_error", param: null, code: 503 } },
+          { status: 503 },
+        );
+      }
+      return sim.fetch(request);
+    },
+    ...options.deps,
+  });
+  const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    app.request(path, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: typeof body === "string" ? body : JSON.stringify(body),
+    });
+  return { app, usage, upstream, post };
+}
+
+const chat = (extra: Record<string, unknown> = {}) => ({
+  model: "qwen",
+  messages: [{ role: "user", content: "hello there" }],
+  max_tokens: 5,
+  ...extra,
+});
+
+type ErrorBody = { error: { message: string; type: string; param: string | null; code: string } };
+
+/** The `data:` payloads of an event stream, `[DONE]` included. */
+function events(text: string): string[] {
+  return text
+    .split("\n\n")
+    .filter((event) => event.startsWith("data: "))
+    .map((event) => event.slice(6));
+}
+
+describe("router app: proxying", () => {
+  test("answers a chat completion from a replica and records its usage", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post("/v1/chat/completions", chat(), {
+      authorization: "Bearer client-secret",
+      "x-request-id": "req-abc.1",
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("x-request-id")).toBe("req-abc.1");
+    const body = (await response.json()) as {
+      choices: { message: { content: string } }[];
+      usage: { prompt_tokens: number; completion_tokens: number };
+    };
+    expect(body.choices[0]?.message.content).toBe("hello there");
+    // The replica got the fleet's credential, never the client's.
+    expect(upstream.map((u) => u.url)).toEqual(["http://live.test/proxy/qwen/v1/chat/completions"]);
+    expect(upstream[0]?.headers.get("authorization")).toBe(`Bearer ${fleetToken}`);
+    expect(usage).toEqual([
+      expect.objectContaining({
+        api_key_id: null,
+        alias: "qwen",
+        worker_id: "live",
+        status: 200,
+        stream: false,
+        prompt_tokens: body.usage.prompt_tokens,
+        completion_tokens: body.usage.completion_tokens,
+      }),
+    ]);
+    expect(usage[0]?.ttft_ms).not.toBeNull();
+  });
+
+  test("a stream that did not ask for usage gets none, yet its tokens are recorded", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post("/v1/chat/completions", chat({ stream: true, ignore_eos: true }));
+    expect(response.headers.get("content-type")).toContain("text/event-stream");
+    const data = events(await response.text());
+    expect(data.at(-1)).toBe("[DONE]");
+    const chunks = data.slice(0, -1).map((d) => JSON.parse(d) as { usage?: unknown });
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(chunks.filter((chunk) => chunk.usage)).toEqual([]);
+    // The router asked the replica for usage on the client's behalf...
+    expect(JSON.parse(upstream[0]?.body ?? "{}").stream_options).toEqual({ include_usage: true });
+    // ...and recorded it.
+    expect(usage).toEqual([
+      expect.objectContaining({ status: 200, stream: true, completion_tokens: 5 }),
+    ]);
+  });
+
+  test("include_usage: false is honoured the same way, other stream options kept", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post(
+      "/v1/chat/completions",
+      chat({
+        stream: true,
+        ignore_eos: true,
+        stream_options: { include_usage: false, continuous_usage_stats: false },
+      }),
+    );
+    const data = events(await response.text());
+    expect(data.some((d) => d.includes('"usage"'))).toBe(false);
+    expect(JSON.parse(upstream[0]?.body ?? "{}").stream_options).toEqual({
+      include_usage: true,
+      continuous_usage_stats: false,
+    });
+    expect(usage[0]?.completion_tokens).toBe(5);
+  });
+
+  test("a stream that asked for usage gets the usage chunk once, as sent", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post(
+      "/v1/chat/completions",
+      chat({ stream: true, ignore_eos: true, stream_options: { include_usage: true } }),
+    );
+    const data = events(await response.text());
+    const withUsage = data.filter((d) => d.includes('"usage"'));
+    expect(withUsage).toHaveLength(1);
+    expect(JSON.parse(withUsage[0] ?? "{}").choices).toEqual([]);
+    // Passed through as the client wrote it.
+    expect(JSON.parse(upstream[0]?.body ?? "{}").stream_options).toEqual({ include_usage: true });
+    expect(usage[0]?.completion_tokens).toBe(5);
+  });
+
+  test("a 503 from one replica is retried on another; the client never sees it", async () => {
+    const { post, usage, upstream } = router({
+      routes: [
+        route({ alias: "qwen", workerId: "sick", url: "http://sick.test" }),
+        route({ alias: "qwen", workerId: "live", url: "http://live.test" }),
+      ],
+    });
+    for (let index = 0; index < 6; index++) {
+      const response = await post("/v1/chat/completions", chat());
+      expect(response.status).toBe(200);
+      await response.text();
+    }
+    expect(upstream.some((u) => u.url.startsWith("http://sick.test"))).toBe(true);
+    expect(usage.map((r) => [r.status, r.worker_id])).toEqual(Array(6).fill([200, "live"]));
+  });
+
+  test("no replica reachable: 502 after trying each once; all answering 503: the 503 with Retry-After", async () => {
+    const down = router({
+      routes: [
+        route({ alias: "qwen", workerId: "down-1", url: "http://down.test" }),
+        route({ alias: "qwen", workerId: "down-2", url: "http://down.test:81" }),
+      ],
+    });
+    const unreachable = await down.post("/v1/chat/completions", chat());
+    expect(unreachable.status).toBe(502);
+    expect(((await unreachable.json()) as ErrorBody).error.code).toBe("upstream_error");
+    expect(down.upstream.map((u) => new URL(u.url).host).sort()).toEqual([
+      "down.test",
+      "down.test:81",
+    ]);
+    expect(down.usage.map((r) => r.status)).toEqual([502]);
+
+    const sick = router({
+      routes: [route({ alias: "qwen", workerId: "sick", url: "http://sick.test" })],
+    });
+    const busy = await sick.post("/v1/chat/completions", chat());
+    expect(busy.status).toBe(503);
+    expect(busy.headers.get("retry-after")).toBe("1");
+    expect(((await busy.json()) as ErrorBody).error.message).toBe("engine not ready");
+  });
+
+  test("an engine's 400 reaches the client as is and is not retried", async () => {
+    const { post, upstream } = router({
+      routes: [
+        route({ alias: "qwen", workerId: "a", url: "http://live.test" }),
+        route({ alias: "qwen", workerId: "b", url: "http://live.test:81" }),
+      ],
+    });
+    const response = await post("/v1/chat/completions", chat({ max_tokens: 1_000_000 }));
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as ErrorBody).error.message).toMatch(
+      /maximum context length is 2048/,
+    );
+    expect(upstream).toHaveLength(1);
+  });
+});
+
+describe("router app: what it refuses before any replica is asked", () => {
+  test("API keys: none configured is open; once one exists, missing or wrong keys get 401", async () => {
+    const key = "sk-fleet-app-test";
+    const { post, usage, upstream } = router({
+      apiKeys: [{ id: "key_1", key_hash: keyHash(key) }],
+    });
+    const missing = await post("/v1/chat/completions", chat());
+    expect(missing.status).toBe(401);
+    const wrong = await post("/v1/chat/completions", chat(), { authorization: "Bearer sk-nope" });
+    expect(wrong.status).toBe(401);
+    expect(((await wrong.json()) as ErrorBody).error).toMatchObject({
+      type: "authentication_error",
+      code: "invalid_api_key",
+    });
+    expect(upstream).toHaveLength(0);
+    const ok = await post("/v1/chat/completions", chat(), { authorization: `Bearer ${key}` });
+    expect(ok.status).toBe(200);
+    await ok.text();
+    expect(usage.map((r) => r.api_key_id)).toEqual(["key_1"]);
+    const models = await router({ apiKeys: [{ id: "key_1", key_hash: keyHash(key) }] }).app.request(
+      "/v1/models",
+    );
+    expect(models.status).toBe(401);
+  });
+
+  test("requireApiKey refuses a keyless request even when no key exists", async () => {
+    const { post, upstream } = router({ deps: { requireApiKey: true } });
+    expect((await post("/v1/chat/completions", chat())).status).toBe(401);
+    expect(upstream).toHaveLength(0);
+  });
+
+  test("400 for a body that is not JSON, not an object, or has no model; the field is named", async () => {
+    const { post, upstream } = router();
+    const notJson = await post("/v1/chat/completions", "{nope");
+    expect(notJson.status).toBe(400);
+    expect(notJson.headers.get("x-request-id")).toMatch(/^[\w.:-]+$/);
+    expect(((await notJson.json()) as ErrorBody).error.code).toBe("invalid_json");
+    const array = await post("/v1/chat/completions", "[1,2]");
+    expect(array.status).toBe(400);
+    expect(((await array.json()) as ErrorBody).error.type).toBe("invalid_request_error");
+    const noModel = await post("/v1/chat/completions", { messages: [] });
+    expect(noModel.status).toBe(400);
+    expect(((await noModel.json()) as ErrorBody).error.param).toBe("model");
+    const badStream = await post("/v1/chat/completions", chat({ stream: "yes" }));
+    expect(badStream.status).toBe(400);
+    expect(((await badStream.json()) as ErrorBody).error.param).toBe("stream");
+    expect(upstream).toHaveLength(0);
+  });
+
+  test("404 for an unknown model (param: model) and for an unknown path", async () => {
+    const { app, post } = router();
+    const model = await post("/v1/chat/completions", chat({ model: "nope" }));
+    expect(model.status).toBe(404);
+    expect(((await model.json()) as ErrorBody).error).toMatchObject({
+      code: "model_not_found",
+      param: "model",
+    });
+    const path = await app.request("/v1/nowhere");
+    expect(path.status).toBe(404);
+    expect(((await path.json()) as ErrorBody).error.code).toBe("not_found");
+  });
+
+  test("413 for a body over maxBodyBytes, declared or streamed", async () => {
+    const { app, upstream } = router({ deps: { maxBodyBytes: 1024 } });
+    const big = JSON.stringify(chat({ padding: "x".repeat(2048) }));
+    const declared = await app.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json", "content-length": String(big.length) },
+      body: big,
+    });
+    expect(declared.status).toBe(413);
+    expect(((await declared.json()) as ErrorBody).error.code).toBe("payload_too_large");
+    const bytes = new TextEncoder().encode(big);
+    const streamed = await app.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: new ReadableStream<Uint8Array>({
+        start(controller) {
+          for (let at = 0; at < bytes.length; at += 256)
+            controller.enqueue(bytes.slice(at, at + 256));
+          controller.close();
+        },
+      }),
+    });
+    expect(streamed.status).toBe(413);
+    expect(upstream).toHaveLength(0);
+  });
+
+  test("503 with Retry-After before the route table is loaded, and for a model with no ready replica", async () => {
+    const empty = router({ loaded: false });
+    const early = await empty.post("/v1/chat/completions", chat());
+    expect(early.status).toBe(503);
+    expect(early.headers.get("retry-after")).toBe("1");
+    expect((await empty.app.request("/healthz")).status).toBe(503);
+
+    const { post, usage, upstream } = router();
+    const loading = await post("/v1/chat/completions", chat({ model: "loading" }));
+    expect(loading.status).toBe(503);
+    expect(((await loading.json()) as ErrorBody).error.code).toBe("no_ready_replica");
+    expect(Number(loading.headers.get("retry-after"))).toBeGreaterThan(0);
+    expect(upstream).toHaveLength(0);
+    expect(usage.map((r) => [r.alias, r.status, r.worker_id])).toEqual([["loading", 503, null]]);
+  });
+
+  test("/v1/models lists only aliases with a ready replica", async () => {
+    const { app } = router();
+    const response = await app.request("/v1/models");
+    const body = (await response.json()) as { object: string; data: { id: string }[] };
+    expect(body.object).toBe("list");
+    expect(body.data.map((model) => model.id)).toEqual(["qwen"]);
+  });
+});

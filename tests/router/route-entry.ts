@@ -1,0 +1,20 @@
+import type { RouteEntry } from "../../protocol/index.ts";
+
+/** A route table entry as the manager's snapshot carries it, for in-process router tests. */
+export function route(options: {
+  alias: string;
+  workerId: string;
+  url: string;
+  ready?: boolean;
+}): RouteEntry {
+  return {
+    alias: options.alias,
+    model_name: `org/${options.alias}`,
+    worker_id: options.workerId,
+    worker_url: options.url,
+    vllm_port: null,
+    created_at: "2025-01-01T00:00:00.000Z",
+    instance_id: `${options.workerId}-${options.alias}`,
+    ready: options.ready ?? true,
+  };
+}

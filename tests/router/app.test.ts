@@ -29,7 +29,7 @@ const sim = createSimApp(
       "--max-model-len",
       "2048",
     ],
-    {},
+    { SIM_FAIL_STARTUP: false, SIM_ACCESS_LOG: false },
   ),
 );
 

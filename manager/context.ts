@@ -1,17 +1,20 @@
 import type { Db, FleetDb } from "../db/index.ts";
-import { schema } from "../db/index.ts";
 import { type Clock, systemClock } from "../kit/clock.ts";
 import type { FetchLike } from "../kit/fetch.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
 import type { ManagerDeps } from "./deps.ts";
 import type { ManagerConfig } from "./env.ts";
 import { AgentClient } from "./services/agent-client.ts";
+import { HeartbeatMemo } from "./services/heartbeat-memo.ts";
+import { Launcher } from "./services/launcher.ts";
+import { Lifecycle } from "./services/lifecycle.ts";
 import { RouteCache } from "./services/route-cache.ts";
 
-/** What heartbeats remember per worker so that an unchanged report costs one UPDATE. */
-export type HeartbeatMemo = { reports: string; gpus: string; checkedAt: number };
-
-/** Shared state of one manager process: its deps plus small in-memory caches. */
+/**
+ * One manager process: its deps and the services that keep state in memory. Each service
+ * owns its state: the lifecycle writes instance state, the launcher knows its calls in
+ * flight, the heartbeat memo what the last reports were.
+ */
 export type ManagerContext = {
   fleetDb: FleetDb;
   db: Db;
@@ -21,12 +24,12 @@ export type ManagerContext = {
   log: Logger;
   agents: AgentClient;
   routes: RouteCache;
-  /** Per worker: the last report fully applied (see registry.ts). */
-  heartbeatMemo: Map<string, HeartbeatMemo>;
-  /** Instance ids with a launch call in flight from this process. */
-  launching: Set<string>;
-  /** `${workerId}/${alias}` → when this process last asked the agent to stop it. */
-  stopRequested: Map<string, number>;
+  /** The one writer of instance state (and the routes that mirror it). */
+  lifecycle: Lifecycle;
+  /** Launch and stop calls to agents. */
+  launcher: Launcher;
+  /** Per worker: the last report fully applied (see worker-reports.ts). */
+  heartbeats: HeartbeatMemo;
   /** When this process started acting (the liveness sweep waits one timeout after it). */
   startedAt: number;
   /** Whether reconciliation is holding off rescheduling (most workers silent at once). */
@@ -37,52 +40,32 @@ export function createContext(deps: ManagerDeps): ManagerContext {
   const clock = deps.clock ?? systemClock;
   const log = deps.log ?? createLogger({ service: "manager" });
   const fetchImpl = deps.fetch ?? ((input, init) => fetch(input, init));
+  const db = deps.db.db;
+  const agents = new AgentClient({
+    fetch: fetchImpl,
+    token: deps.config.fleetToken,
+    timeoutMs: deps.config.agentTimeoutS * 1000,
+  });
+  const routes = new RouteCache({ fleetDb: deps.db, log, pollMs: deps.config.routesPollMs });
+  const heartbeats = new HeartbeatMemo();
+  const lifecycle = new Lifecycle({
+    db,
+    routes,
+    onWorkerChanged: (workerId) => heartbeats.forget(workerId),
+  });
   return {
     fleetDb: deps.db,
-    db: deps.db.db,
+    db,
     config: deps.config,
     clock,
     fetch: fetchImpl,
     log,
-    agents: new AgentClient({
-      fetch: fetchImpl,
-      token: deps.config.fleetToken,
-      timeoutMs: deps.config.agentTimeoutS * 1000,
-    }),
-    routes: new RouteCache({ fleetDb: deps.db, log, pollMs: deps.config.routesPollMs }),
-    heartbeatMemo: new Map(),
-    launching: new Set(),
-    stopRequested: new Map(),
+    agents,
+    routes,
+    lifecycle,
+    launcher: new Launcher({ db, agents, lifecycle, clock, log }),
+    heartbeats,
     startedAt: clock.now().getTime(),
     holdingOff: false,
   };
-}
-
-export type EventInput = {
-  kind: string;
-  workerId?: string | null;
-  alias?: string | null;
-  instanceId?: string | null;
-  fromStatus?: string | null;
-  toStatus?: string | null;
-  message?: string | null;
-  detail?: Record<string, unknown> | null;
-};
-
-/** Appends events (state transitions only; callers never write one when nothing changed). */
-export async function recordEvents(db: Db, ts: Date, events: EventInput[]): Promise<void> {
-  if (events.length === 0) return;
-  await db.insert(schema.events).values(
-    events.map((e) => ({
-      ts,
-      kind: e.kind,
-      workerId: e.workerId ?? null,
-      alias: e.alias ?? null,
-      instanceId: e.instanceId ?? null,
-      fromStatus: e.fromStatus ?? null,
-      toStatus: e.toStatus ?? null,
-      message: e.message ?? null,
-      detail: e.detail ?? null,
-    })),
-  );
 }

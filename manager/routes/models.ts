@@ -11,8 +11,8 @@ import {
 } from "../../protocol/index.ts";
 import { isAuthorized, requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { deleteModel, loadModelInfo, registerModel } from "../services/scheduler.ts";
-import { modelStatus } from "../services/views.ts";
+import { deleteModel, loadModelInfo, registerModel } from "../services/models.ts";
+import { modelStatus } from "../services/wire.ts";
 
 const logsQuerySchema = z.object({
   tail: z.coerce.number().int().min(1).max(10_000).default(100),

@@ -10,8 +10,8 @@ import {
 } from "../../protocol/index.ts";
 import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
-import { heartbeat, registerWorker } from "../services/registry.ts";
-import { workerInfo } from "../services/views.ts";
+import { workerInfo } from "../services/wire.ts";
+import { heartbeat, registerWorker } from "../services/worker-reports.ts";
 
 /** `/v1/workers`: agents register and heartbeat (FLEET_TOKEN); operators list (ADMIN_TOKEN). */
 export function workersRoutes(ctx: ManagerContext): Hono {

@@ -1,17 +1,11 @@
-import { and, count, eq, inArray, lt, sql } from "drizzle-orm";
+import { and, count, eq, lt, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
+import type { InstanceRow } from "../../db/schema/index.ts";
 import { describeError } from "../../kit/errors.ts";
-import { type EventInput, type ManagerContext, recordEvents } from "../context.ts";
+import type { ManagerContext } from "../context.ts";
+import { recordEvents } from "./events.ts";
 import { gpuRefusal, place } from "./placement.ts";
-import {
-  insertPlacements,
-  launchInstance,
-  loadPlacementState,
-  lockPlacement,
-  placementRequest,
-  routeUrl,
-} from "./scheduler.ts";
-import type { InstanceRow } from "./views.ts";
+import { loadPlacementState, lockPlacement, placementRequest } from "./placement-store.ts";
 
 const SWEEP_LOCK = 0x766c6c6d_73776570n; // "vllmswep"
 const RECONCILE_LOCK = 0x766c6c6d_72636e6cn; // "vllmrcnl"
@@ -36,7 +30,7 @@ export async function tick(ctx: ManagerContext): Promise<TickResult> {
   const offline = await ctx.fleetDb.tryWithLock(SWEEP_LOCK, () => sweep(ctx));
   const launches = await ctx.fleetDb.tryWithLock(RECONCILE_LOCK, () => reconcile(ctx));
   if (launches && launches.length > 0)
-    await Promise.all(launches.map((id) => launchInstance(ctx, id)));
+    await Promise.all(launches.map((id) => ctx.launcher.launch(id)));
   return {
     offline: offline ?? [],
     launched: launches ?? [],
@@ -56,8 +50,8 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
   const timeoutMs = ctx.config.workerTimeoutS * 1000;
   if (now.getTime() - ctx.startedAt < timeoutMs) return [];
   const cutoff = new Date(now.getTime() - timeoutMs);
-  const gone = await ctx.db.transaction(async (tx) => {
-    const workers = await tx
+  const gone = await ctx.lifecycle.write(now, async (w) => {
+    const workers = await w.tx
       .update(schema.workers)
       .set({ status: "offline" })
       .where(and(eq(schema.workers.status, "online"), lt(schema.workers.lastHeartbeat, cutoff)))
@@ -65,62 +59,16 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
         workerId: schema.workers.workerId,
         lastHeartbeat: schema.workers.lastHeartbeat,
       });
-    if (workers.length === 0) return [];
-    const ids = workers.map((w) => w.workerId);
-    const affected = await tx
-      .select({
-        id: schema.instances.id,
-        alias: schema.instances.alias,
-        workerId: schema.instances.workerId,
-        status: schema.instances.status,
-      })
-      .from(schema.instances)
-      .where(
-        and(
-          inArray(schema.instances.workerId, ids),
-          inArray(schema.instances.status, ["pending", "starting", "ready", "stopping"]),
-        ),
+    for (const worker of workers) {
+      const silentS = Math.round((now.getTime() - worker.lastHeartbeat.getTime()) / 1000);
+      await w.workerOffline(
+        worker.workerId,
+        `no heartbeat for ${silentS} s (WORKER_TIMEOUT_S ${ctx.config.workerTimeoutS})`,
       );
-    if (affected.length > 0) {
-      await tx
-        .update(schema.instances)
-        .set({ status: "lost", updatedAt: now })
-        .where(
-          inArray(
-            schema.instances.id,
-            affected.map((i) => i.id),
-          ),
-        );
     }
-    await tx
-      .update(schema.routes)
-      .set({ ready: false, updatedAt: now })
-      .where(and(inArray(schema.routes.workerId, ids), eq(schema.routes.ready, true)));
-    const events: EventInput[] = workers.map((w) => ({
-      kind: "worker.offline",
-      workerId: w.workerId,
-      fromStatus: "online",
-      toStatus: "offline",
-      message: `no heartbeat for ${Math.round((now.getTime() - w.lastHeartbeat.getTime()) / 1000)} s (WORKER_TIMEOUT_S ${ctx.config.workerTimeoutS})`,
-    }));
-    for (const i of affected) {
-      events.push({
-        kind: "instance.lost",
-        workerId: i.workerId,
-        alias: i.alias,
-        instanceId: i.id,
-        fromStatus: i.status,
-        toStatus: "lost",
-      });
-    }
-    await recordEvents(tx, now, events);
-    return ids;
+    return workers.map((worker) => worker.workerId);
   });
-  for (const id of gone) {
-    ctx.heartbeatMemo.delete(id);
-    ctx.log.warn("worker offline", { worker_id: id });
-  }
-  if (gone.length > 0) await ctx.routes.refresh();
+  for (const id of gone) ctx.log.warn("worker offline", { worker_id: id });
   return gone;
 }
 
@@ -204,7 +152,7 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
         lt(schema.instances.updatedAt, staleCutoff),
       ),
     );
-  for (const { id } of stale) if (!ctx.launching.has(id)) launches.push(id);
+  for (const { id } of stale) if (!ctx.launcher.isLaunching(id)) launches.push(id);
   return launches;
 }
 
@@ -251,8 +199,8 @@ async function replaceLost(
   instanceId: string,
   now: Date,
 ): Promise<string | undefined> {
-  const outcome = await ctx.db.transaction(async (tx) => {
-    const row = await lockedForPlacement(tx, instanceId, "lost");
+  const outcome = await ctx.lifecycle.write(now, async (w) => {
+    const row = await lockedForPlacement(w.tx, instanceId, "lost");
     if (!row) return undefined;
     const { instance, model, state } = row;
     const result = place(state, {
@@ -260,45 +208,13 @@ async function replaceLost(
       exclude: new Set([instance.workerId]),
     });
     if (!result.ok) {
-      const message = `not rescheduled: ${result.message}`;
-      if (instance.lastError !== message) {
-        await tx
-          .update(schema.instances)
-          .set({ lastError: message })
-          .where(eq(schema.instances.id, instance.id));
-        await recordEvents(tx, now, [
-          {
-            kind: "instance.reschedule_blocked",
-            workerId: instance.workerId,
-            alias: instance.alias,
-            instanceId: instance.id,
-            message,
-          },
-        ]);
-      }
+      await w.rescheduleBlocked(instance, `not rescheduled: ${result.message}`);
       return undefined;
     }
     const target = result.placements[0];
     if (!target) return undefined;
-    await tx.delete(schema.instances).where(eq(schema.instances.id, instance.id));
-    const [created] = await insertPlacements(tx, model, [target], now);
+    const created = await w.rescheduled(instance, model, target);
     if (!created) return undefined;
-    await recordEvents(tx, now, [
-      {
-        kind: "instance.rescheduled",
-        workerId: target.workerId,
-        alias: model.alias,
-        instanceId: created.id,
-        fromStatus: "lost",
-        toStatus: "pending",
-        message: `replaces ${instance.id} on offline worker ${instance.workerId}`,
-        detail: {
-          from_worker: instance.workerId,
-          to_worker: target.workerId,
-          gpu_ids: target.gpuIds,
-        },
-      },
-    ]);
     return { id: created.id, from: instance.workerId, to: target.workerId };
   });
   if (!outcome) return undefined;
@@ -307,8 +223,6 @@ async function replaceLost(
     from: outcome.from,
     to: outcome.to,
   });
-  ctx.heartbeatMemo.delete(outcome.to);
-  await ctx.routes.refresh();
   return outcome.id;
 }
 
@@ -322,11 +236,11 @@ async function retryFailed(
   instanceId: string,
   now: Date,
 ): Promise<string | undefined> {
-  const outcome = await ctx.db.transaction(async (tx) => {
-    const row = await lockedForPlacement(tx, instanceId, "failed");
+  return ctx.lifecycle.write(now, async (w) => {
+    const row = await lockedForPlacement(w.tx, instanceId, "failed");
     if (!row) return undefined;
     const { instance, model, state } = row;
-    const home = state.find((w) => w.workerId === instance.workerId);
+    const home = state.find((worker) => worker.workerId === instance.workerId);
     const homeFits =
       home?.online === true &&
       !home.aliases.has(instance.alias) &&
@@ -344,73 +258,12 @@ async function retryFailed(
     if (!target) {
       const result = place(state, placementRequest(model, 1));
       if (!result.ok) {
-        const message = `retry not possible: ${result.message}`;
-        await tx
-          .update(schema.instances)
-          .set({ lastError: message, updatedAt: now })
-          .where(eq(schema.instances.id, instance.id));
-        await recordEvents(tx, now, [
-          {
-            kind: "instance.retry_blocked",
-            workerId: instance.workerId,
-            alias: instance.alias,
-            instanceId: instance.id,
-            fromStatus: "failed",
-            toStatus: "failed",
-            message,
-          },
-        ]);
+        await w.retryBlocked(instance, `retry not possible: ${result.message}`);
         return undefined;
       }
       target = result.placements[0];
     }
     if (!target) return undefined;
-    const [workerRow] = await tx
-      .select()
-      .from(schema.workers)
-      .where(eq(schema.workers.workerId, target.workerId));
-    if (!workerRow) return undefined;
-    await tx
-      .update(schema.instances)
-      .set({
-        status: "pending",
-        workerId: target.workerId,
-        gpuIds: target.gpuIds,
-        port: null,
-        pid: null,
-        updatedAt: now,
-      })
-      .where(eq(schema.instances.id, instance.id));
-    await tx
-      .update(schema.routes)
-      .set({
-        workerId: target.workerId,
-        workerUrl: routeUrl(workerRow),
-        vllmPort: null,
-        ready: false,
-        updatedAt: now,
-      })
-      .where(eq(schema.routes.instanceId, instance.id));
-    await recordEvents(tx, now, [
-      {
-        kind: "instance.retry",
-        workerId: target.workerId,
-        alias: instance.alias,
-        instanceId: instance.id,
-        fromStatus: "failed",
-        toStatus: "pending",
-        message: instance.lastError,
-        detail: {
-          from_worker: instance.workerId,
-          to_worker: target.workerId,
-          gpu_ids: target.gpuIds,
-        },
-      },
-    ]);
-    return { id: instance.id, workers: [instance.workerId, target.workerId] };
+    return (await w.retried(instance, target)) ? instance.id : undefined;
   });
-  if (!outcome) return undefined;
-  for (const w of outcome.workers) ctx.heartbeatMemo.delete(w);
-  await ctx.routes.refresh();
-  return outcome.id;
 }

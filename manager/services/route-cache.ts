@@ -3,7 +3,7 @@ import { type FleetDb, schema } from "../../db/index.ts";
 import { describeError } from "../../kit/errors.ts";
 import type { Logger } from "../../kit/log.ts";
 import type { RouteSnapshot } from "../../protocol/index.ts";
-import { routingRecord } from "./views.ts";
+import { routingRecord } from "./wire.ts";
 
 export type CachedSnapshot = { snapshot: RouteSnapshot; etag: string; body: string };
 

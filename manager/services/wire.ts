@@ -1,4 +1,5 @@
-import type { schema } from "../../db/index.ts";
+/** Database rows → the wire shapes of `protocol/` (what the manager's API answers). */
+import type { GpuRow, InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
 import type {
   InstanceRecord,
   ModelInfo,
@@ -6,12 +7,6 @@ import type {
   RoutingRecord,
   WorkerInfo,
 } from "../../protocol/index.ts";
-
-export type WorkerRow = typeof schema.workers.$inferSelect;
-export type GpuRow = typeof schema.gpus.$inferSelect;
-export type ModelRow = typeof schema.models.$inferSelect;
-export type InstanceRow = typeof schema.instances.$inferSelect;
-export type RouteRow = typeof schema.routes.$inferSelect;
 
 /** The original `ModelRouting`, exactly these six fields. */
 export function routingRecord(route: RouteRow): RoutingRecord {

@@ -272,7 +272,7 @@ for (const target of dbTargets) {
       // Lose the instance rows of "wanted" and the whole model "orphan".
       await db.query(sql`delete from instances where alias = 'wanted'`);
       await db.query(sql`delete from models where alias = 'orphan'`);
-      t.manager.context.heartbeatMemo.clear();
+      t.manager.context.heartbeats.clear();
       await beat(a, "w1");
       const wanted = await info("wanted");
       expect(

@@ -1,0 +1,131 @@
+/**
+ * Launching and stopping engines on agents (`POST` / `DELETE /v1/instances` on the internal
+ * worker_url). The launcher owns what this process has in flight: the launch calls it is
+ * making and when it last asked an agent to stop an alias. What the agent answers becomes
+ * an instance transition through the lifecycle.
+ */
+import { eq } from "drizzle-orm";
+import { type Db, schema } from "../../db/index.ts";
+import type { InstanceRow, ModelRow } from "../../db/schema/index.ts";
+import type { Clock } from "../../kit/clock.ts";
+import type { Logger } from "../../kit/log.ts";
+import type { InstanceSpecInput } from "../../protocol/index.ts";
+import type { AgentCallResult, AgentClient } from "./agent-client.ts";
+import type { Lifecycle } from "./lifecycle.ts";
+
+export type LauncherDeps = {
+  db: Db;
+  agents: AgentClient;
+  lifecycle: Lifecycle;
+  clock: Clock;
+  log: Logger;
+};
+
+export class Launcher {
+  /** Instance ids with a launch call in flight from this process. */
+  private readonly launching = new Set<string>();
+  /** `${workerId}/${alias}` → when this process last asked the agent to stop it. */
+  private readonly stopRequested = new Map<string, number>();
+
+  constructor(private readonly deps: LauncherDeps) {}
+
+  isLaunching(instanceId: string): boolean {
+    return this.launching.has(instanceId);
+  }
+
+  /**
+   * Asks the instance's agent to launch it. Only `pending` instances launch; on success they
+   * become what the agent says (starting), on failure `failed` with the agent's error, an
+   * event, and a retry later. An agent that already has the alias (409) keeps a live engine
+   * of the same model (adopted as the launch), else its stale one is stopped and the launch
+   * tried once more.
+   */
+  async launch(instanceId: string): Promise<void> {
+    if (this.launching.has(instanceId)) return;
+    this.launching.add(instanceId);
+    try {
+      const { db, agents, lifecycle, clock, log } = this.deps;
+      const [row] = await db
+        .select({ instance: schema.instances, model: schema.models, worker: schema.workers })
+        .from(schema.instances)
+        .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+        .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+        .where(eq(schema.instances.id, instanceId));
+      if (row?.instance.status !== "pending") return;
+      const { instance, model, worker } = row;
+      const spec = instanceSpec(model, instance);
+      let result = await agents.launch(worker.workerUrl, spec);
+      if (!result.ok && result.status === 409) {
+        const listed = await agents.list(worker.workerUrl);
+        const existing = listed.ok ? listed.value.find((r) => r.alias === model.alias) : undefined;
+        if (
+          existing &&
+          existing.model_name === model.modelName &&
+          (existing.status === "starting" || existing.status === "ready")
+        ) {
+          result = { ok: true, value: existing };
+        } else {
+          await agents.stop(worker.workerUrl, model.alias);
+          result = await agents.launch(worker.workerUrl, spec);
+        }
+      }
+      const outcome = result;
+      if (!outcome.ok) {
+        log.warn(`launch on worker ${worker.workerId} failed: ${outcome.error}`, {
+          instance_id: instance.id,
+          alias: instance.alias,
+        });
+      }
+      // A heartbeat may have recorded the engine first; then the row is no longer pending,
+      // holds newer facts, and the transition leaves it alone.
+      await lifecycle.write(clock.now(), (w) =>
+        outcome.ok
+          ? w.launched(instance, outcome.value)
+          : w.launchFailed(
+              instance,
+              `launch on worker ${worker.workerId} failed: ${outcome.error}`,
+            ),
+      );
+    } finally {
+      this.launching.delete(instanceId);
+    }
+  }
+
+  /**
+   * Asks a worker's agent to stop an alias. With `unlessAskedWithinMs`, a request this process
+   * made that recently is not repeated (the answer is then undefined).
+   */
+  async stop(
+    worker: { workerId: string; workerUrl: string },
+    alias: string,
+    options: { unlessAskedWithinMs?: number } = {},
+  ): Promise<AgentCallResult<null> | undefined> {
+    const key = `${worker.workerId}/${alias}`;
+    const now = this.deps.clock.now().getTime();
+    const last = this.stopRequested.get(key);
+    if (
+      options.unlessAskedWithinMs !== undefined &&
+      last !== undefined &&
+      now - last < options.unlessAskedWithinMs
+    ) {
+      return undefined;
+    }
+    this.stopRequested.set(key, now);
+    return this.deps.agents.stop(worker.workerUrl, alias);
+  }
+}
+
+/** The spec the agent gets: engine options only when the model sets them. */
+export function instanceSpec(model: ModelRow, instance: InstanceRow): InstanceSpecInput {
+  const spec: InstanceSpecInput = {
+    alias: model.alias,
+    model_name: model.modelName,
+    gpu_memory_utilization: instance.gpuMemoryUtilization,
+    tensor_parallel_size: model.tensorParallelSize,
+    gpu_ids: instance.gpuIds,
+    extra_args: model.extraArgs,
+  };
+  if (model.maxModelLen !== null) spec.max_model_len = model.maxModelLen;
+  if (model.dtype !== null) spec.dtype = model.dtype as InstanceSpecInput["dtype"];
+  return spec;
+}

@@ -1,0 +1,324 @@
+/**
+ * What agents tell the manager: registration, heartbeats, and the engine reports they carry,
+ * compared with the instance rows (desired against actual for one worker). Every change to
+ * an instance goes through the lifecycle; engines nobody wants are stopped by the launcher.
+ */
+import { and, asc, eq, inArray, sql } from "drizzle-orm";
+import { schema } from "../../db/index.ts";
+import { AppError, describeError } from "../../kit/errors.ts";
+import {
+  claimingInstanceStatuses,
+  type GpuInfo,
+  type Heartbeat,
+  type HeartbeatReply,
+  type InstanceReport,
+  type WorkerRegistration,
+  type WorkerRegistrationReply,
+} from "../../protocol/index.ts";
+import type { ManagerContext } from "../context.ts";
+import { recordEvents } from "./events.ts";
+import { routeUrl } from "./lifecycle.ts";
+
+/** How long an unwanted engine's stop request is not repeated. */
+const STOP_REPEAT_MS = 30_000;
+
+/**
+ * `POST /v1/workers/register`: an idempotent upsert per worker_id (GPUs replaced, URLs
+ * updated, routes following a URL change), then the reported engines are adopted or stopped.
+ */
+export async function registerWorker(
+  ctx: ManagerContext,
+  registration: WorkerRegistration,
+): Promise<WorkerRegistrationReply> {
+  const now = ctx.clock.now();
+  const id = registration.worker_id;
+  const registeredAt = await ctx.lifecycle.write(now, async (w) => {
+    const [before] = await w.tx
+      .select()
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, id))
+      .for("update");
+    const values = {
+      workerUrl: registration.worker_url,
+      publicWorkerUrl: registration.public_worker_url,
+      status: "online" as const,
+      lastHeartbeat: now,
+      agentVersion: registration.agent_version,
+      labels: registration.labels,
+      gpuWarning: registration.gpu_info.warning,
+      updatedAt: now,
+    };
+    const [row] = await w.tx
+      .insert(schema.workers)
+      .values({ workerId: id, ...values, registeredAt: now, createdAt: now })
+      .onConflictDoUpdate({ target: schema.workers.workerId, set: values })
+      .returning();
+    await replaceGpus(w.tx, id, registration.gpu_info, now);
+    w.event({
+      kind: "worker.registered",
+      workerId: id,
+      fromStatus: before?.status ?? null,
+      toStatus: "online",
+      detail: {
+        worker_url: registration.worker_url,
+        public_worker_url: registration.public_worker_url,
+        gpus: registration.gpu_info.gpus.length,
+        agent_version: registration.agent_version,
+      },
+    });
+    const url = routeUrl({
+      workerUrl: registration.worker_url,
+      publicWorkerUrl: registration.public_worker_url,
+    });
+    if (before && routeUrl(before) !== url) await w.workerUrlChanged(id, routeUrl(before), url);
+    // The worker may have come back online: what routers see can change without a route write.
+    w.routesChanged();
+    return row?.registeredAt ?? now;
+  });
+  await applyReports(ctx, id, registration.instances, now);
+  ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
+  return {
+    worker_id: id,
+    status: "online",
+    heartbeat_interval_s: ctx.config.heartbeatIntervalS,
+    registered_at: registeredAt.toISOString(),
+  };
+}
+
+/**
+ * `POST /v1/workers/{id}/heartbeat`. The common case (same GPUs, same engine states) is
+ * one UPDATE; GPU rows and instance rows are written only when something changed.
+ */
+export async function heartbeat(
+  ctx: ManagerContext,
+  workerId: string,
+  beat: Heartbeat,
+): Promise<HeartbeatReply> {
+  const now = ctx.clock.now();
+  const rows = await ctx.fleetDb.query<{ previous: string }>(sql`
+    with old as (select status from workers where worker_id = ${workerId} for update)
+    update workers w set last_heartbeat = ${now.toISOString()}::timestamptz, status = 'online'
+    from old where w.worker_id = ${workerId}
+    returning old.status as previous`);
+  const previous = rows[0]?.previous;
+  if (previous === undefined) {
+    throw new AppError("worker_not_found", `worker ${workerId} is not registered; register again`);
+  }
+  const cameBack = previous !== "online";
+  if (cameBack) ctx.log.info("worker back online", { worker_id: workerId });
+  if (ctx.heartbeats.gpusChanged(workerId, beat.gpu_info)) {
+    await ctx.db.transaction(async (tx) => {
+      await replaceGpus(tx, workerId, beat.gpu_info, now);
+      await tx
+        .update(schema.workers)
+        .set({ gpuWarning: beat.gpu_info.warning })
+        .where(
+          and(
+            eq(schema.workers.workerId, workerId),
+            sql`gpu_warning is distinct from ${beat.gpu_info.warning}`,
+          ),
+        );
+    });
+  }
+  if (cameBack || ctx.heartbeats.reportsDue(workerId, beat.instances, now)) {
+    await applyReports(
+      ctx,
+      workerId,
+      beat.instances,
+      now,
+      cameBack ? { cameBackFrom: previous } : {},
+    );
+    ctx.heartbeats.applied(workerId, beat.gpu_info, beat.instances, now);
+  } else {
+    ctx.heartbeats.gpusWritten(workerId, beat.gpu_info);
+  }
+  return { heartbeat_interval_s: ctx.config.heartbeatIntervalS };
+}
+
+async function replaceGpus(
+  tx: ManagerContext["db"],
+  workerId: string,
+  info: GpuInfo,
+  now: Date,
+): Promise<void> {
+  await tx.delete(schema.gpus).where(eq(schema.gpus.workerId, workerId));
+  if (info.gpus.length === 0) return;
+  await tx.insert(schema.gpus).values(
+    info.gpus.map((g) => ({
+      workerId,
+      index: g.index,
+      uuid: g.uuid,
+      name: g.name,
+      memoryTotalMib: g.memory_total_mib,
+      memoryUsedMib: g.memory_used_mib,
+      memoryFreeMib: g.memory_free_mib,
+      utilizationPct: g.utilization_pct === null ? null : Math.round(g.utilization_pct),
+      updatedAt: now,
+    })),
+  );
+}
+
+/**
+ * Desired (instance rows) against actual (what the agent reports) for one worker:
+ * - a reported engine with a row: the row takes the report's status, port, pid, restarts and
+ *   error (adoption after a manager restart: nothing is relaunched), its route readiness
+ *   follows; events only for status changes. `stopped` is recorded as `failed`: the model
+ *   still wants the engine, so it is retried;
+ * - a reported engine without a row: adopted when its model wants another replica, else
+ *   stopped (nobody wants it);
+ * - a row the agent no longer reports (and not just launched): failed, so it is retried.
+ */
+export async function applyReports(
+  ctx: ManagerContext,
+  workerId: string,
+  reports: InstanceReport[],
+  now: Date,
+  options: { cameBackFrom?: string } = {},
+): Promise<void> {
+  const graceMs = (ctx.config.heartbeatIntervalS * 2 + ctx.config.agentTimeoutS) * 1000;
+  const stops: { alias: string; reason: string }[] = [];
+  await ctx.lifecycle.write(now, async (w) => {
+    if (options.cameBackFrom !== undefined) w.workerOnline(workerId, options.cameBackFrom);
+    const [worker] = await w.tx
+      .select()
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, workerId));
+    if (!worker) return;
+    w.knowWorker(worker);
+    // Locked in id order: a launch reply or a second report for this worker waits its turn
+    // instead of being overwritten by facts read before it.
+    const rows = await w.tx
+      .select({ instance: schema.instances, modelName: schema.models.modelName })
+      .from(schema.instances)
+      .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+      .where(eq(schema.instances.workerId, workerId))
+      .orderBy(asc(schema.instances.id))
+      .for("update", { of: schema.instances });
+    const byAlias = new Map(rows.map((r) => [r.instance.alias, r]));
+    const reported = new Set(reports.map((r) => r.alias));
+
+    const unknown: InstanceReport[] = [];
+    for (const report of reports) {
+      const row = byAlias.get(report.alias);
+      if (!row) {
+        unknown.push(report);
+        continue;
+      }
+      if (row.modelName !== report.model_name) {
+        stops.push({
+          alias: report.alias,
+          reason: `runs ${report.model_name}, wanted ${row.modelName}`,
+        });
+        await w.reported(row.instance, {
+          status: "failed",
+          lastError: `worker ran ${report.model_name} under alias ${report.alias}; expected ${row.modelName}`,
+        });
+        continue;
+      }
+      const status = report.status === "stopped" ? "failed" : report.status;
+      const error =
+        report.status === "stopped"
+          ? (report.last_error ?? "the engine was stopped on the worker")
+          : report.last_error;
+      await w.reported(row.instance, {
+        status,
+        port: report.port,
+        pid: report.pid,
+        restarts: report.restarts,
+        lastError: error ?? (status === "ready" ? null : row.instance.lastError),
+      });
+    }
+
+    for (const { instance } of rows) {
+      if (reported.has(instance.alias)) continue;
+      const vanished =
+        instance.status === "lost" ||
+        ((instance.status === "starting" ||
+          instance.status === "ready" ||
+          instance.status === "stopping") &&
+          now.getTime() - instance.updatedAt.getTime() > graceMs);
+      if (vanished) {
+        await w.vanished(
+          instance,
+          `worker ${workerId} no longer reports this engine (was ${instance.status})`,
+        );
+      }
+    }
+
+    if (unknown.length > 0) {
+      const aliases = [...new Set(unknown.map((r) => r.alias))];
+      const models = await w.tx
+        .select()
+        .from(schema.models)
+        .where(inArray(schema.models.alias, aliases));
+      const active = await w.tx
+        .select({ alias: schema.instances.alias, n: sql<number>`count(*)::int` })
+        .from(schema.instances)
+        .where(
+          and(
+            inArray(schema.instances.alias, aliases),
+            inArray(schema.instances.status, [...claimingInstanceStatuses]),
+          ),
+        )
+        .groupBy(schema.instances.alias);
+      const counts = new Map(active.map((a) => [a.alias, Number(a.n)]));
+      for (const report of unknown) {
+        const model = models.find((m) => m.alias === report.alias);
+        const live = report.status === "starting" || report.status === "ready";
+        const wanted =
+          model &&
+          model.modelName === report.model_name &&
+          (counts.get(report.alias) ?? 0) < model.replicas;
+        if (model && live && wanted) {
+          if (await w.adopted(worker, model, report)) {
+            counts.set(report.alias, (counts.get(report.alias) ?? 0) + 1);
+          }
+        } else if (report.status !== "stopped" && report.status !== "stopping") {
+          const reason = !model
+            ? "no model has this alias"
+            : model.modelName !== report.model_name
+              ? `alias ${report.alias} serves ${model.modelName}, engine runs ${report.model_name}`
+              : "the model has all its replicas elsewhere";
+          stops.push({ alias: report.alias, reason });
+        }
+      }
+    }
+  });
+  if (stops.length > 0) stopUnwanted(ctx, workerId, stops);
+}
+
+/** Stops engines nobody wants, without holding up the heartbeat; repeated at most every 30 s. */
+function stopUnwanted(
+  ctx: ManagerContext,
+  workerId: string,
+  stops: { alias: string; reason: string }[],
+): void {
+  void (async () => {
+    const [worker] = await ctx.db
+      .select({ workerId: schema.workers.workerId, workerUrl: schema.workers.workerUrl })
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, workerId));
+    if (!worker) return;
+    for (const { alias, reason } of stops) {
+      const result = await ctx.launcher.stop(worker, alias, {
+        unlessAskedWithinMs: STOP_REPEAT_MS,
+      });
+      if (!result) continue;
+      ctx.log.info("stopping an engine nobody wants", { worker_id: workerId, alias, reason });
+      await recordEvents(ctx.db, ctx.clock.now(), [
+        {
+          kind: result.ok ? "instance.unwanted_stopped" : "instance.unwanted_stop_failed",
+          workerId,
+          alias,
+          message: result.ok ? reason : `${reason}; ${result.error}`,
+        },
+      ]);
+      ctx.heartbeats.forget(workerId);
+    }
+  })().catch((error) =>
+    ctx.log.warn("stopping unwanted engines failed", {
+      worker_id: workerId,
+      error: describeError(error),
+    }),
+  );
+}

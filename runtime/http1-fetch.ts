@@ -5,12 +5,10 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  * A `fetch` for the router's hop to agents on Bun: HTTP/1.1 over Bun's own TCP and TLS
  * sockets, with a keep-alive pool per origin.
  *
- * Why not Bun's `fetch`: a gateway reads every upstream body in JavaScript (to find the
- * usage), and a body Bun's `fetch` hands to JavaScript costs about 68 KiB of native memory
- * that lives until the next garbage collection, while its requests cross to Bun's HTTP
- * thread and back. With 1,000 streams that was about a fifth of the router's memory (see
- * docs/router.md "Memory"). Here a body is the socket's own reads, enqueued as they come.
- * It also gives the router a real connect timeout, which Bun's `fetch` lacks.
+ * Why not Bun's `fetch`: measured side by side (bench/gateway.ts; figures and the decision in
+ * docs/router.md "The upstream client on Bun"), Bun's `fetch` matched it on throughput but
+ * held about 30 MiB more with 1,000 streams open, and it has no connect timeout, so a replica
+ * whose TLS handshake never completes holds a request until the first-byte timeout.
  *
  *   const client = createHttp1Fetch({ connectTimeoutMs: 5000 });
  *   const response = await client.fetch("http://10.0.0.7:6006/proxy/m/v1/chat/completions", {
@@ -26,7 +24,8 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  * (its bundled roots plus `NODE_EXTRA_CA_CERTS`), with the URL's host as the server name.
  * Responses are not decompressed: it asks for `Accept-Encoding: identity` unless the caller
  * set that header. Answers with a Content-Length up to 256 KiB (not event streams) are read
- * whole before the promise resolves.
+ * whole before the promise resolves. Responses are parsed strictly (http1-parser.ts); a
+ * request is replayed only as `replayable` below allows.
  */
 
 export type FetchFn = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
@@ -94,7 +93,9 @@ type Exchange = {
   heard: boolean;
   /** Request bytes not yet accepted by the socket. */
   unsent: Uint8Array | undefined;
-  /** Retry once on a new connection when a reused one dies before answering. */
+  /** Any request byte was accepted by the socket: the server may have acted on it. */
+  sent: boolean;
+  /** Once, on a new connection, when a reused one dies before answering (see `replayable`). */
   retry: (() => void) | undefined;
 };
 
@@ -121,6 +122,11 @@ const defaults = {
 };
 const encoder = new TextEncoder();
 const headerName = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+const methodToken = /^[!#$%&'*+\-.^_`|~0-9A-Z]+$/;
+/** CONNECT turns the connection into a tunnel; TRACE and TRACK are refused as fetch does. */
+const forbiddenMethods = new Set(["CONNECT", "TRACE", "TRACK"]);
+/** RFC 9110 §9.2.2: sending one of these twice has the effect of sending it once. */
+const idempotentMethods = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
 const unsafeValue = /[\r\n\0]/;
 /** `http(s)://host[:port]` and a printable-ASCII path without a fragment: no URL parser needed. */
 const simpleUrl =
@@ -214,7 +220,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
       } catch {
         // already closed or errored by the reader
       }
-    } else if (exchange.retry && !exchange.heard) {
+    } else if (exchange.retry && replayable(exchange)) {
       exchange.retry();
     } else {
       exchange.reject(
@@ -343,7 +349,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     },
     drain(socket) {
       const exchange = socket.data.exchange;
-      if (exchange?.unsent) exchange.unsent = writeSome(socket, exchange.unsent);
+      if (exchange?.unsent) exchange.unsent = write(exchange, socket, exchange.unsent);
     },
     close(socket, error) {
       const conn = socket.data;
@@ -479,12 +485,14 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
         answered: false,
         heard: false,
         unsent: undefined,
+        sent: false,
         retry: undefined,
       };
       if (reused && allowRetry) {
+        // A new connection, never another pooled one that may be just as stale.
         exchange.retry = () => {
           destroy(conn);
-          send(request, false).then(resolve, reject);
+          connectAndSend(request, false).then(resolve, reject);
         };
       }
       if (signal) {
@@ -505,15 +513,15 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
       conn.parser.expect(method);
       const headBytes = encoder.encode(head);
       if (!body || body.byteLength === 0) {
-        exchange.unsent = writeSome(socket, headBytes);
+        exchange.unsent = write(exchange, socket, headBytes);
       } else if (body.byteLength <= coalesceBytes) {
         const joined = new Uint8Array(headBytes.byteLength + body.byteLength);
         joined.set(headBytes);
         joined.set(body, headBytes.byteLength);
-        exchange.unsent = writeSome(socket, joined);
+        exchange.unsent = write(exchange, socket, joined);
       } else {
-        const rest = writeSome(socket, headBytes);
-        exchange.unsent = rest ? concat(rest, body) : writeSome(socket, body);
+        const rest = write(exchange, socket, headBytes);
+        exchange.unsent = rest ? concat(rest, body) : write(exchange, socket, body);
       }
     });
   };
@@ -587,6 +595,10 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     if (!where || proxied(where.origin)) return fallback(input, init);
     const { origin, path, url } = where;
     const method = (init?.method ?? "GET").toUpperCase();
+    // The method goes on the wire as is: a token, or the request could be split.
+    if (!methodToken.test(method) || forbiddenMethods.has(method)) {
+      throw new TypeError(`invalid method: ${JSON.stringify(init?.method)}`);
+    }
     let head = `${method} ${path} HTTP/1.1\r\nhost: ${origin.hostHeader}\r\n`;
     let acceptEncoding = false;
     let authorization = false;
@@ -640,11 +652,32 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
   };
 }
 
-/** Writes what the socket takes now; returns the rest (sent on `drain`), or undefined. */
-function writeSome(socket: Socket<Connection>, bytes: Uint8Array): Uint8Array | undefined {
+/**
+ * Writes what the socket takes now and notes whether any byte went out; returns the rest
+ * (sent on `drain`), or undefined.
+ */
+function write(
+  exchange: Exchange,
+  socket: Socket<Connection>,
+  bytes: Uint8Array,
+): Uint8Array | undefined {
   const written = socket.write(bytes);
-  if (written < 0) return bytes; // closing: the close handler fails the exchange
+  if (written <= 0) return bytes; // full, or closing: then the close handler fails the exchange
+  exchange.sent = true;
   return written < bytes.byteLength ? bytes.subarray(written) : undefined;
+}
+
+/**
+ * The replay policy. A reused connection that dies before any byte of the answer is most
+ * often the server closing it as idle just as the request went out. The request is sent
+ * again, once and on a new connection, only when no response byte arrived and either none
+ * of its bytes left (the server cannot have seen it) or its method is idempotent. A POST
+ * that went out is never replayed here: the caller gets the error and decides (the router
+ * retries on another replica before the first byte; docs/router.md "Failure handling").
+ */
+function replayable(exchange: Exchange): boolean {
+  if (exchange.heard) return false;
+  return !exchange.sent || idempotentMethods.has(exchange.method);
 }
 
 function concat(first: Uint8Array, second: Uint8Array): Uint8Array {

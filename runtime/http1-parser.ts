@@ -49,7 +49,7 @@ type Phase =
 const CR = 13;
 const LF = 10;
 const maxChunkLine = 4096;
-const statusLine = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/;
+const statusLine = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/;
 const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const latin1 = new TextDecoder("latin1");
 
@@ -68,6 +68,8 @@ export class ResponseParser {
   private sizeDigits = 0;
   private sizeDone = false;
   private sawExtension = false;
+  /** The line's CR was read; only LF may follow. */
+  private sawCR = false;
 
   constructor(
     private readonly handlers: ResponseHandlers,
@@ -88,6 +90,7 @@ export class ResponseParser {
     this.sizeDigits = 0;
     this.sizeDone = false;
     this.sawExtension = false;
+    this.sawCR = false;
     this.remaining = 0;
   }
 
@@ -112,15 +115,31 @@ export class ResponseParser {
           break;
         }
         case "chunk-size": {
-          // hex digits, then optional whitespace and `;extensions`, then CRLF (or bare LF)
+          // hex digits, optional whitespace and `;extensions`, then CRLF. No leading
+          // whitespace, and a CR is always followed by LF: a bare CR or bare LF is an error
+          // (lenient line endings are what request smuggling is built on).
           for (; at < bytes.byteLength; at++) {
             const byte = bytes[at] as number;
-            if (byte === LF) break;
+            if (this.sawCR) {
+              if (byte !== LF) {
+                this.fail("bare CR in chunk line");
+                return;
+              }
+              break;
+            }
+            if (byte === CR) {
+              this.sawCR = true;
+              continue;
+            }
+            if (byte === LF) {
+              this.fail("bare LF in chunk line");
+              return;
+            }
             if (this.lineBytes++ > maxChunkLine) {
               this.fail("chunk line too long");
               return;
             }
-            if (byte === CR || this.sawExtension) continue;
+            if (this.sawExtension) continue;
             const digit = hexValue(byte);
             if (digit >= 0 && !this.sizeDone) {
               if (this.sizeDigits++ >= 12) {
@@ -128,10 +147,10 @@ export class ResponseParser {
                 return;
               }
               this.remaining = this.remaining * 16 + digit;
-            } else if (byte === 0x3b /* ; */) {
+            } else if (byte === 0x3b /* ; */ && this.sizeDigits > 0) {
               this.sawExtension = true;
-            } else if (byte === 0x20 || byte === 0x09) {
-              if (this.sizeDigits > 0) this.sizeDone = true;
+            } else if ((byte === 0x20 || byte === 0x09) && this.sizeDigits > 0) {
+              this.sizeDone = true;
             } else {
               this.fail("bad chunk size");
               return;
@@ -150,12 +169,30 @@ export class ResponseParser {
           break;
         }
         case "trailers": {
-          // Trailer fields are dropped; the section ends at an empty line.
+          // Trailer fields are dropped; the section ends at an empty line. Lines end in CRLF
+          // and none may start with whitespace (obsolete line folding).
           for (; at < bytes.byteLength; at++) {
             const byte = bytes[at] as number;
-            if (byte === LF) break;
-            if (byte !== CR) this.lineBytes++;
-            if (this.lineBytes > maxChunkLine) {
+            if (this.sawCR) {
+              if (byte !== LF) {
+                this.fail("bare CR in trailer line");
+                return;
+              }
+              break;
+            }
+            if (byte === CR) {
+              this.sawCR = true;
+              continue;
+            }
+            if (byte === LF) {
+              this.fail("bare LF in trailer line");
+              return;
+            }
+            if (this.lineBytes === 0 && (byte === 0x20 || byte === 0x09)) {
+              this.fail("malformed trailer line");
+              return;
+            }
+            if (this.lineBytes++ > maxChunkLine) {
               this.fail("trailer line too long");
               return;
             }
@@ -289,7 +326,9 @@ export class ResponseParser {
         this.fail("malformed header line");
         return null;
       }
-      const value = line.slice(colon + 1).trim();
+      // Optional whitespace is SP and HTAB only; a CR, LF or NUL left in the value is refused
+      // by Headers below.
+      const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
       pairs.push([name, value]);
       const lower = name.toLowerCase();
       if (lower === "connection") connection += `${value.toLowerCase()},`;
@@ -318,14 +357,19 @@ export class ResponseParser {
     if (noBody) {
       this.phase = "done";
     } else if (transferEncoding !== null) {
-      // Chunked must be the last coding; anything else runs until the server closes.
-      if (/(?:^|,)\s*chunked\s*$/i.test(transferEncoding)) {
-        this.resetLine();
-        this.phase = "chunk-size";
-      } else {
-        this.phase = "until-close";
-        keepAlive = false;
+      // Both framings in one answer is how responses get smuggled (RFC 9112 §6.3): refused,
+      // and the connection goes with it. We send no TE, so chunked is the only coding a
+      // server may apply (§7.4); anything else would be relayed still encoded.
+      if (contentLength !== null) {
+        this.fail("both Transfer-Encoding and Content-Length");
+        return null;
       }
+      if (!/^chunked$/i.test(transferEncoding.trim())) {
+        this.fail("unsupported Transfer-Encoding");
+        return null;
+      }
+      this.resetLine();
+      this.phase = "chunk-size";
     } else if (contentLength !== null) {
       // A repeated header must repeat the same value (RFC 9110 §8.6).
       const values = new Set(contentLength.split(",").map((value) => value.trim()));

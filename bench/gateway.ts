@@ -2,18 +2,28 @@
  * Gateway overhead benchmark: `bun bench/gateway.ts` (BENCH_SECONDS, default 3, per case).
  *  (a) client → simulator direct
  *  (b) client → a bare Hono fetch-proxy (below, in its own process) → simulator
- *  (c) client → router (bun router/main.ts) → simulator standing in as a worker
+ *  (c) client → router (bun router/main.ts) on Bun's fetch → simulator standing in as a worker
+ *  (h) client → router on the hand-written HTTP/1.1 client (UPSTREAM_CLIENT=http1) → simulator
+ *  (m) client → manager (bun manager/main.ts, PGlite) with the router mounted → simulator
  *  (d) client → router → agent (bun agent/main.ts, VLLM_BIN=agent/sim/vllm) → simulator
  * For each: req/s and p50/p99 at concurrency 1 and 64 (non-stream chat, simulator latency
  * off), stream time-to-first-byte at concurrency 1, and the CPU time the hop's process spends
- * per request; then the router's RSS while it holds 1,000 concurrent streams. Paths run in
- * BENCH_ROUNDS (5) interleaved rounds; (c)/(b) is the median of the per-round ratios. The load generator (bench/lib/load.ts) runs in this process,
- * every server in its own.
+ * per request. Paths run in BENCH_ROUNDS (5) interleaved rounds; a figure is the median
+ * round, and a ratio such as (c)/(b) is the median of the per-round ratios. Then:
+ *  - memory: each client's router RSS with 1,000 open streams, and with 1,000 slots turning
+ *    over for 5 s, in BENCH_MEMORY_ROUNDS (2) alternating rounds;
+ *  - connect: each client's router in front of a black-holed replica and a live one
+ *    (a TLS port that never completes the handshake; a TCP port that accepts and never
+ *    answers), with CONNECT_TIMEOUT_MS=500 and FIRST_BYTE_TIMEOUT_MS=5000.
+ * The load generator (bench/lib/load.ts) runs in this process, every server in its own.
+ * Routers that use Bun's fetch get BUN_CONFIG_MAX_HTTP_REQUESTS from the environment, as the
+ * npm scripts set it; every router runs with the GC pacer on (its default).
  *
- * `BENCH_ONLY=memory bun bench/gateway.ts` measures only the router's memory with 1,000 streams.
+ * `BENCH_ONLY=memory` (or `throughput`, `connect`, comma-separated) runs only those sections.
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
+import { createTestDatabase, type TestDatabase } from "../devkit/db.ts";
 import { simAgentEnv } from "../devkit/fleet.ts";
 import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
@@ -37,15 +47,28 @@ if (process.argv[2] === "bare-proxy") {
   await main();
 }
 
+type Client = "fetch" | "http1";
+
+function median<T>(items: T[], key: (item: T) => number): T {
+  const sorted = [...items].sort((x, y) => key(x) - key(y));
+  return sorted[Math.floor(sorted.length / 2)] as T;
+}
+function percent(x: number): string {
+  return `${(x * 100).toFixed(0)}%`;
+}
+
 async function main() {
   const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+  const only = new Set((process.env.BENCH_ONLY ?? "throughput,memory,connect").split(","));
   const token = "bench-fleet-token";
+  const adminToken = "bench-admin-token";
   const alias = "bench";
   const chat = { model: alias, messages: [{ role: "user", content: "Say hello to the fleet." }] };
   const servers: SpawnedServer[] = [];
-  // Bun's fetch allows 256 concurrent requests by default; the bare proxy and the agent,
-  // which proxy with it, need more (the router has its own client: runtime/http1-fetch.ts).
-  const bunFetchEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "8192" };
+  const cleanups: (() => Promise<void> | void)[] = [];
+  // Bun's fetch allows 256 concurrent requests unless this is set at startup (the npm
+  // scripts set it): the bare proxy, the agent and routers on Bun's fetch need it.
+  const bunFetchEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "65000" };
 
   const spawnSim = async (flags: string[]) => {
     const port = await freePort();
@@ -69,11 +92,11 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  // A stub manager for the routers: a route table per router (MANAGER_URL may carry a path,
-  // so each router reads /t/{table}/v1/routes) and a usage sink.
+  // A stub manager for the standalone routers: a route table per router (MANAGER_URL may
+  // carry a path, so each router reads /t/{table}/v1/routes) and a usage sink.
   const tables = new Map<string, unknown[]>();
   let usageRecords = 0;
-  const manager = Bun.serve({
+  const stubManager = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     async fetch(request) {
@@ -90,7 +113,8 @@ async function main() {
       return new Response(null, { status: 404 });
     },
   });
-  const managerUrl = `http://127.0.0.1:${manager.port}`;
+  cleanups.push(() => stubManager.stop(true));
+  const managerUrl = `http://127.0.0.1:${stubManager.port}`;
   const route = (workerId: string, url: string) => ({
     alias,
     model_name: `org/${alias}`,
@@ -102,7 +126,13 @@ async function main() {
     ready: true,
   });
 
-  const spawnRouter = async (table: string, routes: unknown[]) => {
+  let tableCount = 0;
+  const spawnRouter = async (
+    client: Client,
+    routes: unknown[],
+    extraEnv: Record<string, string> = {},
+  ) => {
+    const table = `t${tableCount++}`;
     tables.set(table, routes);
     const port = await freePort();
     const server = await spawnServer({
@@ -112,6 +142,10 @@ async function main() {
         FLEET_TOKEN: token,
         HOST: "127.0.0.1",
         PORT: String(port),
+        UPSTREAM_CLIENT: client,
+        LOG_LEVEL: "error",
+        ...(client === "fetch" ? bunFetchEnv : {}),
+        ...extraEnv,
       },
       readyUrl: `http://127.0.0.1:${port}/healthz`,
     });
@@ -119,9 +153,84 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  /** `proc`: the process doing the hop, whose CPU time per request is reported. */
-  type Path = { name: string; url: string; proc?: SpawnedServer };
-  type Result = {
+  const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+  const spawnAgent = async (env: Record<string, string> = {}) => {
+    const port = await freePort();
+    const agent = await spawnServer({
+      argv: [bunBin, "agent/main.ts"],
+      env: {
+        ...simAgentEnv({
+          workerId: "bench-agent",
+          port,
+          managerUrl: "http://127.0.0.1:9",
+          fleetToken: token,
+        }),
+        LOG_LEVEL: "error",
+        ...bunFetchEnv,
+        ...env,
+      },
+      readyUrl: `http://127.0.0.1:${port}/health`,
+    });
+    servers.push(agent);
+    return { server: agent, url: `http://127.0.0.1:${port}` };
+  };
+
+  /**
+   * The manager with the router mounted (PGlite, or Postgres when DATABASE_URL is set); its
+   * route to `workerUrl` comes from a real placement: an agent that advertises `workerUrl` as
+   * its PUBLIC_URL runs the model. Usage lands in its `request_logs`, in this process.
+   */
+  const spawnMountedRouter = async (workerUrl: string) => {
+    const database: TestDatabase = await createTestDatabase();
+    console.log(`manager database: ${database.target}`);
+    cleanups.push(() => database.destroy());
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const manager = await spawnServer({
+      argv: [bunBin, "manager/main.ts"],
+      env: {
+        DATABASE_URL: "",
+        ...database.env,
+        HOST: "127.0.0.1",
+        PORT: String(port),
+        FLEET_TOKEN: token,
+        ADMIN_TOKEN: adminToken,
+        RECONCILE_INTERVAL_S: "0.5",
+        LOG_LEVEL: "error",
+        ...bunFetchEnv,
+      },
+      readyUrl: `${url}/health`,
+      timeoutMs: 60_000,
+    });
+    servers.push(manager);
+    await spawnAgent({ MANAGER_URL: url, PUBLIC_URL: workerUrl, WORKER_ID: "bench-public" });
+    const admin = { authorization: `Bearer ${adminToken}`, "content-type": "application/json" };
+    for (let tries = 0; ; tries++) {
+      const registered = await fetch(`${url}/v1/models/register`, {
+        method: "POST",
+        headers: admin,
+        body: JSON.stringify({ alias, model_name: `org/${alias}`, gpu_memory_utilization: 0.5 }),
+      });
+      if (registered.ok) break;
+      // The agent may not have registered yet: no GPU to place on.
+      if (tries > 100) throw new Error(`register: ${registered.status} ${await registered.text()}`);
+      await Bun.sleep(200);
+    }
+    for (let tries = 0; ; tries++) {
+      const answer = await fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(chat),
+      });
+      await answer.arrayBuffer();
+      if (answer.status === 200) break;
+      if (tries > 300) throw new Error(`mounted router never answered: ${answer.status}`);
+      await Bun.sleep(200);
+    }
+    return { server: manager, url };
+  };
+
+  type Throughput = {
     name: string;
     c1: LoadResult;
     c64: LoadResult;
@@ -131,13 +240,12 @@ async function main() {
     /** CPU time of `proc` per request at c=64, median round, in µs. */
     cpuUsPerRequest: number | null;
   };
-  const median = <T>(items: T[], key: (item: T) => number): T => {
-    const sorted = [...items].sort((x, y) => key(x) - key(y));
-    return sorted[Math.floor(sorted.length / 2)] as T;
-  };
+  /** `proc`: the process doing the hop, whose CPU time per request is reported. */
+  type Path = { key: string; name: string; url: string; proc?: SpawnedServer };
+
   // The machine is shared and noisy: paths are measured in interleaved rounds and each
   // figure is the median round, so every path sees the same background load.
-  const measureAll = async (paths: Path[]): Promise<Result[]> => {
+  const measureAll = async (paths: Path[]): Promise<Map<string, Throughput>> => {
     const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
     const roundMs = Math.max(1000, (seconds * 1000) / rounds);
     const c1: LoadResult[][] = paths.map(() => []);
@@ -179,9 +287,10 @@ async function main() {
         ttfb[index]?.push(streams.ttfbMs.p50);
       }
     }
-    return paths.map((path, index) => {
+    const results = new Map<string, Throughput>();
+    for (const [index, path] of paths.entries()) {
       const cpuRounds = cpu[index] ?? [];
-      const r: Result = {
+      const r: Throughput = {
         name: path.name,
         c1: median(c1[index] ?? [], (x) => x.rps),
         c64: median(c64[index] ?? [], (x) => x.rps),
@@ -196,80 +305,92 @@ async function main() {
           `  CPU of the hop's process at c=64: ${r.cpuUsPerRequest.toFixed(0)} µs/request`,
         );
       }
-      return r;
-    });
+      results.set(path.key, r);
+    }
+    return results;
   };
 
-  const results: Result[] = [];
-  try {
-    // BENCH_ONLY=memory skips the throughput cases (for iterating on the router's memory).
-    if (process.env.BENCH_ONLY !== "memory") {
-      const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
-      const paths: Path[] = [
-        { name: "(a) direct to simulator", url: `${sim.url}/proxy/${alias}`, proc: sim.server },
-      ];
-
-      const barePort = await freePort();
-      const bare = await spawnServer({
-        argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
-        env: bunFetchEnv,
-        readyUrl: `http://127.0.0.1:${barePort}/health`,
-      });
-      servers.push(bare);
-      paths.push({
-        name: "(b) bare Hono fetch-proxy",
-        url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
-        proc: bare,
-      });
-
-      const router = await spawnRouter("c", [route("sim", sim.url)]);
-      paths.push({ name: "(c) router → simulator", url: router.url, proc: router.server });
-      // (d) the full path: a real agent launching the simulator through VLLM_BIN.
-      const agentPort = await freePort();
-      const agent = await spawnServer({
-        argv: [bunBin, "agent/main.ts"],
-        env: {
-          ...simAgentEnv({
-            workerId: "bench-agent",
-            port: agentPort,
-            managerUrl: "http://127.0.0.1:9",
-            fleetToken: token,
-          }),
-          LOG_LEVEL: "error",
-          ...bunFetchEnv,
-        },
-        readyUrl: `http://127.0.0.1:${agentPort}/health`,
-      });
-      servers.push(agent);
-      const agentUrl = `http://127.0.0.1:${agentPort}`;
-      const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-      const launched = await fetch(`${agentUrl}/v1/instances`, {
-        method: "POST",
-        headers: auth,
-        body: JSON.stringify({
-          alias,
-          model_name: `org/${alias}`,
-          extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
-        }),
-      });
-      if (launched.status !== 202)
-        throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
-      for (let tries = 0; ; tries++) {
-        const status = (await (
-          await fetch(`${agentUrl}/v1/instances/${alias}`, { headers: auth })
-        ).json()) as {
-          status?: string;
-        };
-        if (status.status === "ready") break;
-        if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
-        await Bun.sleep(100);
-      }
-      const router2 = await spawnRouter("d", [route("agent", agentUrl)]);
-      paths.push({ name: "(d) router → agent → simulator", url: router2.url, proc: agent });
-      results.push(...(await measureAll(paths)));
+  const throughput = async () => {
+    const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
+    const paths: Path[] = [
+      {
+        key: "a",
+        name: "(a) direct to simulator",
+        url: `${sim.url}/proxy/${alias}`,
+        proc: sim.server,
+      },
+    ];
+    const barePort = await freePort();
+    const bare = await spawnServer({
+      argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
+      env: bunFetchEnv,
+      readyUrl: `http://127.0.0.1:${barePort}/health`,
+    });
+    servers.push(bare);
+    paths.push({
+      key: "b",
+      name: "(b) bare Hono fetch-proxy",
+      url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
+      proc: bare,
+    });
+    const onFetch = await spawnRouter("fetch", [route("sim", sim.url)]);
+    paths.push({
+      key: "c",
+      name: "(c) router → simulator, Bun fetch",
+      url: onFetch.url,
+      proc: onFetch.server,
+    });
+    const onHttp1 = await spawnRouter("http1", [route("sim", sim.url)]);
+    paths.push({
+      key: "h",
+      name: "(h) router → simulator, HTTP/1.1 client",
+      url: onHttp1.url,
+      proc: onHttp1.server,
+    });
+    const mounted = await spawnMountedRouter(sim.url);
+    paths.push({
+      key: "m",
+      name: "(m) manager-mounted router → simulator",
+      url: mounted.url,
+      proc: mounted.server,
+    });
+    // (d) the full path: a real agent launching the simulator through VLLM_BIN.
+    const agent = await spawnAgent();
+    const launched = await fetch(`${agent.url}/v1/instances`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({
+        alias,
+        model_name: `org/${alias}`,
+        extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
+      }),
+    });
+    if (launched.status !== 202)
+      throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
+    for (let tries = 0; ; tries++) {
+      const status = (await (
+        await fetch(`${agent.url}/v1/instances/${alias}`, { headers: auth })
+      ).json()) as { status?: string };
+      if (status.status === "ready") break;
+      if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
+      await Bun.sleep(100);
     }
+    const viaAgent = await spawnRouter("fetch", [route("agent", agent.url)]);
+    paths.push({
+      key: "d",
+      name: "(d) router → agent → simulator",
+      url: viaAgent.url,
+      proc: agent.server,
+    });
+    return measureAll(paths);
+  };
 
-    // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).
+  // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).
+  // Two loads, each on a fresh router: (1) exactly 1,000 streams open at once (the goal's
+  // wording), (2) turnover: 2,000+ streams through 1,000 slots in 5 s, where finished
+  // streams' buffers wait for the garbage collector.
+  type MemoryRow = { client: Client; load: string; idle: number; peak: number; note: string };
+  const memory = async (): Promise<MemoryRow[]> => {
     const streamSim = await spawnSim([
       "--time-to-first-token",
       "20",
@@ -278,70 +399,180 @@ async function main() {
       "--max-num-seqs",
       "2048",
     ]);
-    // Two measurements, each on a fresh router: (1) exactly 1,000 streams open at once (the
-    // goal's wording), (2) turnover: 2,000+ streams through 1,000 slots in 5 s, where
-    // finished streams' buffers wait for the garbage collector.
     const streamBody = { ...chat, stream: true, max_tokens: 300, ignore_eos: true };
-    for (const [label, load] of [
-      ["1,000 open streams", { requests: 1000 }],
-      ["1,000 slots with turnover for 5 s", { durationMs: 5000 }],
-    ] as const) {
-      const streamRouter = await spawnRouter(`streams-${label.length}`, [
-        route("stream-sim", streamSim.url),
-      ]);
-      const idleRss = streamRouter.server.rssMiB() ?? 0;
-      let peakRss = idleRss;
-      const sampler = setInterval(() => {
-        peakRss = Math.max(peakRss, streamRouter.server.rssMiB() ?? 0);
-      }, 100);
-      const streamResult = await runStreams({
-        url: `${streamRouter.url}/v1/chat/completions`,
-        body: streamBody,
-        concurrency: 1000,
-        timeoutMs: 30_000,
-        ...load,
-      });
-      clearInterval(sampler);
-      console.log(
-        `router RSS, ${label}: idle ${idleRss.toFixed(0)} MiB, peak ${peakRss.toFixed(0)} MiB (${streamResult.streams} streams, errors ${streamResult.errors}, gap p99 ${streamResult.gapMs.p99.toFixed(1)} ms)`,
-      );
-      await streamRouter.server.stop();
+    const rows: MemoryRow[] = [];
+    const rounds = Number(process.env.BENCH_MEMORY_ROUNDS ?? 2);
+    for (let round = 0; round < rounds; round++) {
+      for (const [load, shape] of [
+        ["1,000 open", { requests: 1000 }],
+        ["turnover 5 s", { durationMs: 5000 }],
+      ] as const) {
+        // Alternate which client goes first, so neither always runs on a warmer machine.
+        const order: Client[] = round % 2 === 0 ? ["fetch", "http1"] : ["http1", "fetch"];
+        for (const client of order) {
+          const router = await spawnRouter(client, [route("stream-sim", streamSim.url)]);
+          const idle = router.server.rssMiB() ?? 0;
+          let peak = idle;
+          const sampler = setInterval(() => {
+            peak = Math.max(peak, router.server.rssMiB() ?? 0);
+          }, 100);
+          const result = await runStreams({
+            url: `${router.url}/v1/chat/completions`,
+            body: streamBody,
+            concurrency: 1000,
+            timeoutMs: 30_000,
+            ...shape,
+          });
+          clearInterval(sampler);
+          const note = `${result.streams} streams, errors ${result.errors}, gap p99 ${result.gapMs.p99.toFixed(1)} ms`;
+          console.log(
+            `router RSS (${client}), ${load}: idle ${idle.toFixed(0)} MiB, peak ${peak.toFixed(0)} MiB (${note})`,
+          );
+          rows.push({ client, load, idle, peak, note });
+          await router.server.stop();
+          servers.splice(servers.indexOf(router.server), 1);
+        }
+      }
     }
+    return rows;
+  };
 
-    const [a, b, c, d] = results;
-    const row = (r: { name: string; c1: LoadResult; c64: LoadResult; ttfb: number }) =>
-      `| ${r.name} | ${Math.round(r.c1.rps)} | ${r.c1.latencyMs.p50.toFixed(2)} | ${r.c1.latencyMs.p99.toFixed(2)} | ${Math.round(r.c64.rps)} | ${r.c64.latencyMs.p50.toFixed(2)} | ${r.c64.latencyMs.p99.toFixed(2)} | ${r.ttfb.toFixed(2)} |`;
-    console.log(
-      "\n| path | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=64 req/s | c=64 p50 ms | c=64 p99 ms | stream TTFB p50 ms |",
-    );
-    console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (const r of results) console.log(row(r));
-    if (a && b && c) {
-      // Paired rounds: each round measured (b) and (c) back to back, so the ratio of one
-      // round cancels the machine's slow drifts; the median round is the figure.
-      const ratios = c.c64Rounds.map((rps, round) => rps / (b.c64Rounds[round] ?? Number.NaN));
-      const percent = (x: number) => `${(x * 100).toFixed(0)}%`;
-      console.log(
-        `\n(c)/(b) throughput at c=64: ${percent(median(ratios, (x) => x))} median of ${ratios.length} paired rounds (${ratios.map(percent).join(", ")}); ratio of medians ${percent(c.c64.rps / b.c64.rps)} (goal ≥ 70%)`,
-      );
-      if (b.cpuUsPerRequest !== null && c.cpuUsPerRequest !== null) {
+  // A black-holed replica next to a live one. The router has no way to tell a replica that
+  // is slow to answer (vLLM queues) from one that is gone, except at connect time.
+  type ConnectRow = {
+    client: Client;
+    hole: string;
+    hits: number;
+    statuses: string;
+    slowest: number;
+    p50Hit: number;
+  };
+  const connect = async (): Promise<ConnectRow[]> => {
+    const sim = await spawnSim([]);
+    // TLS: the handshake never completes (a port mapping whose backend is gone).
+    const tlsHole = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    // TCP: accepts, reads the request, never answers (a wedged process).
+    const tcpHole = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    cleanups.push(() => tlsHole.stop(true));
+    cleanups.push(() => tcpHole.stop(true));
+    const holes = [
+      ["TLS, no handshake", `https://127.0.0.1:${tlsHole.port}`],
+      ["TCP, no answer", `http://127.0.0.1:${tcpHole.port}`],
+    ] as const;
+    const rows: ConnectRow[] = [];
+    for (const [hole, holeUrl] of holes) {
+      for (const client of ["fetch", "http1"] as const) {
+        const router = await spawnRouter(client, [route("hole", holeUrl), route("live", sim.url)], {
+          CONNECT_TIMEOUT_MS: "500",
+          FIRST_BYTE_TIMEOUT_MS: "5000",
+          // Keep the hole in rotation: every request that picks it shows the cost again.
+          EJECT_AFTER_FAILURES: "1000",
+        });
+        const latencies: number[] = [];
+        const statuses = new Map<number, number>();
+        // Each request is sent alone; p2c picks among two replicas, so about half try the hole.
+        for (let index = 0; index < 12; index++) {
+          const started = performance.now();
+          const response = await fetch(`${router.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ ...chat, max_tokens: 4 }),
+          });
+          await response.arrayBuffer();
+          latencies.push(performance.now() - started);
+          statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1);
+        }
+        const hits = latencies.filter((ms) => ms > 250);
+        const row: ConnectRow = {
+          client,
+          hole,
+          hits: hits.length,
+          statuses: [...statuses].map(([status, count]) => `${count}×${status}`).join(" "),
+          slowest: Math.max(...latencies),
+          p50Hit: hits.length ? median(hits, (x) => x) : 0,
+        };
         console.log(
-          `CPU per request at c=64: router ${c.cpuUsPerRequest.toFixed(0)} µs, bare proxy ${b.cpuUsPerRequest.toFixed(0)} µs`,
+          `black hole (${hole}) via ${client}: ${row.hits}/12 requests tried it, ${row.statuses}, p50 of those ${row.p50Hit.toFixed(0)} ms, slowest ${row.slowest.toFixed(0)} ms`,
+        );
+        rows.push(row);
+        await router.server.stop();
+        servers.splice(servers.indexOf(router.server), 1);
+      }
+    }
+    return rows;
+  };
+
+  try {
+    const results = only.has("throughput") ? await throughput() : new Map<string, Throughput>();
+    const memoryRows = only.has("memory") ? await memory() : [];
+    const connectRows = only.has("connect") ? await connect() : [];
+
+    if (results.size > 0) {
+      const row = (r: Throughput) =>
+        `| ${r.name} | ${Math.round(r.c1.rps)} | ${r.c1.latencyMs.p50.toFixed(2)} | ${Math.round(r.c64.rps)} | ${r.c64.latencyMs.p50.toFixed(2)} | ${r.c64.latencyMs.p99.toFixed(2)} | ${r.ttfb.toFixed(2)} | ${r.cpuUsPerRequest?.toFixed(0) ?? "-"} |`;
+      console.log(
+        "\n| path | c=1 req/s | c=1 p50 ms | c=64 req/s | c=64 p50 ms | c=64 p99 ms | stream TTFB p50 ms | CPU µs/req at c=64 |",
+      );
+      console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+      for (const r of results.values()) console.log(row(r));
+      // Paired rounds: each round measured every path back to back, so the ratio of one
+      // round cancels the machine's slow drifts; the median round is the figure.
+      const ratio = (top: string, bottom: string, goal: string) => {
+        const x = results.get(top);
+        const y = results.get(bottom);
+        if (!x || !y) return;
+        const ratios = x.c64Rounds.map((rps, round) => rps / (y.c64Rounds[round] ?? Number.NaN));
+        console.log(
+          `(${top})/(${bottom}) throughput at c=64: ${percent(median(ratios, (r) => r))} median of ${ratios.length} paired rounds (${ratios.map(percent).join(", ")}) ${goal}`,
+        );
+      };
+      console.log("");
+      ratio("c", "b", "(goal ≥ 85%)");
+      ratio("h", "b", "(goal ≥ 85%)");
+      ratio("c", "h", "(Bun fetch against the HTTP/1.1 client; within 10% to drop the client)");
+      ratio("m", "c", "(mounted against standalone; goal within 10%)");
+      const a = results.get("a");
+      for (const key of ["c", "h", "m"]) {
+        const r = results.get(key);
+        if (!a || !r) continue;
+        console.log(
+          `(${key}) added p50 at c=1: ${(r.c1.latencyMs.p50 - a.c1.latencyMs.p50).toFixed(2)} ms (goal ≤ 0.5 ms); added stream TTFB p50: ${(r.ttfb - a.ttfb).toFixed(2)} ms`,
         );
       }
-      console.log(
-        `router hop, added p50 at c=1: ${(c.c1.latencyMs.p50 - a.c1.latencyMs.p50).toFixed(2)} ms (goal ≤ 1 ms)`,
-      );
-      console.log(`router hop, added stream TTFB p50: ${(c.ttfb - a.ttfb).toFixed(2)} ms`);
+      const c = results.get("c");
+      const d = results.get("d");
+      if (c && d) {
+        console.log(
+          `agent hop, added p50 at c=1: ${(d.c1.latencyMs.p50 - c.c1.latencyMs.p50).toFixed(2)} ms`,
+        );
+      }
     }
-    if (c && d) {
-      console.log(
-        `agent hop, added p50 at c=1: ${(d.c1.latencyMs.p50 - c.c1.latencyMs.p50).toFixed(2)} ms`,
-      );
+    if (memoryRows.length > 0) {
+      console.log("\n| router client | load | idle MiB | peak MiB per round |");
+      console.log("| --- | --- | --- | --- |");
+      for (const client of ["fetch", "http1"] as const) {
+        for (const load of ["1,000 open", "turnover 5 s"]) {
+          const mine = memoryRows.filter((r) => r.client === client && r.load === load);
+          console.log(
+            `| ${client} | ${load} | ${mine.map((r) => r.idle.toFixed(0)).join(" / ")} | ${mine.map((r) => r.peak.toFixed(0)).join(" / ")} |`,
+          );
+        }
+      }
     }
-    console.log(`usage records received by the stub manager: ${usageRecords}`);
+    if (connectRows.length > 0) {
+      console.log(
+        "\n| black hole | router client | requests that tried it | statuses | p50 of those ms | slowest ms |",
+      );
+      console.log("| --- | --- | --- | --- | --- | --- |");
+      for (const r of connectRows) {
+        console.log(
+          `| ${r.hole} | ${r.client} | ${r.hits}/12 | ${r.statuses} | ${r.p50Hit.toFixed(0)} | ${r.slowest.toFixed(0)} |`,
+        );
+      }
+    }
+    console.log(`\nusage records received by the stub manager: ${usageRecords}`);
   } finally {
     await Promise.all(servers.map((server) => server.stop()));
-    manager.stop(true);
+    for (const cleanup of cleanups) await cleanup();
   }
 }

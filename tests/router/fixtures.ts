@@ -1,88 +1,143 @@
+import type { Server } from "bun";
+import { sql } from "drizzle-orm";
+import type { OpenTestDb } from "../../devkit/db.ts";
 import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, type Service, startProcess } from "../../devkit/proc.ts";
-import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
+import type { ModelInfo } from "../../protocol/index.ts";
+import {
+  FLEET,
+  gpu,
+  registration,
+  type StubAgent,
+  stubAgent,
+  type TestManager,
+  testManager,
+} from "../manager/helpers.ts";
 
-export const fleetToken = "fleet-secret-for-tests";
+/** The token routers and agents present to the manager (the test manager's FLEET_TOKEN). */
+export const fleetToken = FLEET;
 
 /**
- * A stand-in for the manager's router-facing API, run inside the test: `GET /v1/routes`
- * with ETag/304 and bearer FLEET_TOKEN, `POST /v1/usage` collecting records.
+ * The real manager app (`createApp` over the file's database, emptied first), listening on a
+ * loopback port so router processes can poll it and post usage to it. `stop()` is an outage
+ * (the listener goes away); `resume()` listens again on the same port.
  */
-export type StubManager = {
+export type ServedManager = TestManager & {
   url: string;
-  usage: UsageRecord[];
-  routeRequests: { status: number }[];
-  usageRequests: number;
-  set(routes: RouteEntry[], apiKeys?: RouteSnapshot["api_keys"]): void;
-  /** While true the stub answers 503 to everything (a manager outage). */
-  down: boolean;
   stop(): void;
+  resume(): void;
+  /** Stops listening, the stub agents and the app; the database stays for the next test. */
+  close(): Promise<void>;
+  /** The manager's request_logs, oldest first: what routers delivered. */
+  usage(): Promise<UsageRow[]>;
+  /** Stub agents for the workers `addReplicas` registered, by worker id. */
+  agents: Map<string, StubAgent>;
 };
 
-export async function startStubManager(token = fleetToken): Promise<StubManager> {
-  let snapshot: RouteSnapshot = { version: "0", routes: [], api_keys: [] };
-  let version = 0;
-  const stub: StubManager = {
-    url: "",
-    usage: [],
-    routeRequests: [],
-    usageRequests: 0,
-    down: false,
-    set(routes, apiKeys = []) {
-      version++;
-      snapshot = { version: String(version), routes, api_keys: apiKeys };
-    },
+export type UsageRow = {
+  api_key_id: string | null;
+  alias: string;
+  worker_id: string | null;
+  status: number;
+  latency_ms: number;
+  ttft_ms: number | null;
+  prompt_tokens: number | null;
+  completion_tokens: number | null;
+  stream: boolean;
+};
+
+export async function serveManager(
+  db: OpenTestDb,
+  config: Parameters<typeof testManager>[0] = {},
+): Promise<ServedManager> {
+  const t = await testManager({ ...config, db });
+  const listen = (port: number): Server<undefined> =>
+    Bun.serve({ hostname: "127.0.0.1", port, fetch: (request) => t.manager.app.fetch(request) });
+  let server: Server<undefined> | undefined = listen(0);
+  const port = server.port ?? 0;
+  const agents = new Map<string, StubAgent>();
+  const closeApp = t.close;
+  return Object.assign(t, {
+    url: `http://127.0.0.1:${port}`,
+    agents,
     stop() {
-      server.stop(true);
+      server?.stop(true);
+      server = undefined;
     },
-  };
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    async fetch(request) {
-      const url = new URL(request.url);
-      if (stub.down) return new Response("down", { status: 503 });
-      if (request.headers.get("authorization") !== `Bearer ${token}`) {
-        return Response.json({ error: { message: "bad token" } }, { status: 401 });
-      }
-      if (url.pathname === "/v1/routes" && request.method === "GET") {
-        const etag = `"${snapshot.version}"`;
-        if (request.headers.get("if-none-match") === etag) {
-          stub.routeRequests.push({ status: 304 });
-          return new Response(null, { status: 304, headers: { etag } });
-        }
-        stub.routeRequests.push({ status: 200 });
-        return Response.json(snapshot, { headers: { etag } });
-      }
-      if (url.pathname === "/v1/usage" && request.method === "POST") {
-        stub.usageRequests++;
-        const body = (await request.json()) as { records: UsageRecord[] };
-        stub.usage.push(...body.records);
-        return Response.json({ accepted: body.records.length });
-      }
-      return new Response("not found", { status: 404 });
+    resume() {
+      server ??= listen(port);
+    },
+    async close() {
+      server?.stop(true);
+      server = undefined;
+      for (const agent of agents.values()) agent.stop();
+      await closeApp();
+    },
+    async usage() {
+      return t.db.query<UsageRow>(
+        sql`select api_key_id, alias, worker_id, status, latency_ms, ttft_ms, prompt_tokens,
+                   completion_tokens, stream
+            from request_logs order by id`,
+      );
     },
   });
-  stub.url = `http://127.0.0.1:${server.port}`;
-  return stub;
 }
 
-export function route(options: {
-  alias: string;
-  workerId: string;
-  url: string;
-  ready?: boolean;
-}): RouteEntry {
-  return {
-    alias: options.alias,
-    model_name: `org/${options.alias}`,
-    worker_id: options.workerId,
-    worker_url: options.url,
-    vllm_port: null,
-    created_at: "2025-01-01T00:00:00.000Z",
-    instance_id: `${options.workerId}-${options.alias}`,
-    ready: options.ready ?? true,
-  };
+/**
+ * Puts `alias` on `replicas` the way a fleet does, through the manager's API: each replica is
+ * a worker that registers with one GPU (its management API is a stub agent; its public URL,
+ * the one routes carry, is `url`: a simulator or a test server answering
+ * `/proxy/{alias}/v1/*`), the model is placed on all of them, and their heartbeats report it
+ * ready unless `ready` is false. At the default gpu_memory_utilization (0.9) a worker holds
+ * one alias, so each alias lands on exactly the workers registered for it.
+ */
+export async function addReplicas(
+  manager: ServedManager,
+  alias: string,
+  replicas: { workerId: string; url: string }[],
+  options: { ready?: boolean } = {},
+): Promise<ModelInfo> {
+  for (const replica of replicas) {
+    const agent = stubAgent();
+    manager.agents.set(replica.workerId, agent);
+    const registered = await manager.call("POST", "/v1/workers/register", {
+      token: FLEET,
+      body: registration(replica.workerId, agent.url, [gpu(0)], { public_worker_url: replica.url }),
+    });
+    if (registered.status !== 200) {
+      throw new Error(
+        `register ${replica.workerId}: ${registered.status} ${await registered.text()}`,
+      );
+    }
+  }
+  const placed = await manager.json<ModelInfo>("POST", "/v1/models/register", {
+    body: { alias, model_name: `org/${alias}`, replicas: replicas.length, placement: "spread" },
+  });
+  const placedOn = placed.body.routes?.map((r) => r.worker_id).sort();
+  const wanted = replicas.map((r) => r.workerId).sort();
+  if (placed.status !== 201 || JSON.stringify(placedOn) !== JSON.stringify(wanted)) {
+    throw new Error(`placing ${alias}: ${placed.status} ${JSON.stringify(placed.body)}`);
+  }
+  if (options.ready !== false) {
+    for (const replica of replicas) await heartbeat(manager, replica.workerId, alias);
+  }
+  return placed.body;
+}
+
+/** The worker's heartbeat, reporting `alias` ready (as its agent would once vLLM answers). */
+export async function heartbeat(
+  manager: ServedManager,
+  workerId: string,
+  alias?: string,
+): Promise<void> {
+  const agent = manager.agents.get(workerId);
+  if (!agent) throw new Error(`no agent for ${workerId}`);
+  if (alias) agent.markReady(alias);
+  const response = await manager.call("POST", `/v1/workers/${workerId}/heartbeat`, {
+    token: FLEET,
+    body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances: agent.reports() },
+  });
+  if (response.status !== 200) throw new Error(`heartbeat ${workerId}: ${response.status}`);
 }
 
 export type Sim = Service & { url: string; port: number };
@@ -121,9 +176,9 @@ export async function startSim(options: {
 
 export type Router = Service & { url: string };
 
-export function routerEnv(manager: StubManager, extra: Record<string, string> = {}) {
+export function routerEnv(managerUrl: string, extra: Record<string, string> = {}) {
   return {
-    MANAGER_URL: manager.url,
+    MANAGER_URL: managerUrl,
     FLEET_TOKEN: fleetToken,
     HOST: "127.0.0.1",
     ROUTES_REFRESH_MS: "200",
@@ -135,7 +190,7 @@ export function routerEnv(manager: StubManager, extra: Record<string, string> = 
 /** A standalone router process: `bun router/main.ts` or `tsx router/node.ts`. */
 export async function startRouter(
   runtime: "bun" | "node",
-  manager: StubManager,
+  managerUrl: string,
   extra: Record<string, string> = {},
 ): Promise<Router> {
   const port = await freePort();
@@ -144,33 +199,11 @@ export async function startRouter(
       ? [bunBin, "router/main.ts"]
       : // tsx as a loader (not its CLI) keeps the router one process that stop() can reach.
         ["node", "--import", "tsx", "router/node.ts"];
-  const service = startProcess(argv, { env: routerEnv(manager, { PORT: String(port), ...extra }) });
+  const service = startProcess(argv, {
+    env: routerEnv(managerUrl, { PORT: String(port), ...extra }),
+  });
   const url = `http://127.0.0.1:${port}`;
   await service.waitFor("router listening", 30_000);
   await waitForHttp(`${url}/healthz`, { timeoutMs: 20_000 });
   return Object.assign(service, { url });
-}
-
-/** Reads one counter or gauge (summed over label sets matching `labels`) from Prometheus text. */
-export function metricValue(
-  text: string,
-  name: string,
-  labels: Record<string, string> = {},
-): number {
-  let total = 0;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(name)) continue;
-    const match = /^([^{\s]+)(\{[^}]*\})?\s+(\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const labelText = match[2] ?? "";
-    if (Object.entries(labels).every(([key, value]) => labelText.includes(`${key}="${value}"`))) {
-      total += Number(match[3]);
-    }
-  }
-  return total;
-}
-
-export async function sha256Hex(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Buffer.from(digest).toString("hex");
 }

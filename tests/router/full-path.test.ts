@@ -1,64 +1,62 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { simAgentEnv } from "../../devkit/fleet.ts";
-import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
-import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
+import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
+import { startAgent } from "../../devkit/fleet.ts";
+import { eventually } from "../../devkit/net.ts";
+import { stopAll } from "../../devkit/proc.ts";
+import type { ModelInfo } from "../../protocol/index.ts";
 import {
   fleetToken,
   type Router,
-  route,
-  type StubManager,
+  type ServedManager,
+  serveManager,
   startRouter,
-  startStubManager,
 } from "./fixtures.ts";
 
 /**
  * The full path: client → standalone router → real agent (`bun agent/main.ts`, launching
- * the simulator through VLLM_BIN) → engine. The router authenticates to the agent with
+ * the simulator through VLLM_BIN) → engine, with the real manager app (served on loopback by
+ * this process) placing the model on the agent. The router authenticates to the agent with
  * FLEET_TOKEN; the client's own key never travels past the router.
  */
 
-let manager: StubManager;
+let db: OpenTestDb;
+let manager: ServedManager;
 let router: Router;
 let agentUrl: string;
-const auth = { authorization: `Bearer ${fleetToken}`, "content-type": "application/json" };
 
 beforeAll(async () => {
-  const agentPort = await freePort();
-  startProcess([bunBin, "agent/main.ts"], {
-    env: {
-      ...simAgentEnv({
-        workerId: "full-path",
-        port: agentPort,
-        managerUrl: "http://127.0.0.1:9",
-        fleetToken,
-      }),
-      LOG_LEVEL: "error",
-    },
+  db = await openFreshDb();
+  manager = await serveManager(db, { config: { heartbeatIntervalS: 0.5 } });
+  const agent = await startAgent({
+    managerUrl: manager.url,
+    workerId: "full-path",
+    env: { FLEET_TOKEN: fleetToken },
   });
-  agentUrl = `http://127.0.0.1:${agentPort}`;
-  await waitForHttp(`${agentUrl}/health`, { timeoutMs: 20_000 });
-  const launched = await fetch(`${agentUrl}/v1/instances`, {
-    method: "POST",
-    headers: auth,
-    body: JSON.stringify({ alias: "qwen", model_name: "org/qwen" }),
+  agentUrl = agent.url;
+  await eventually(async () => (await manager.call("GET", "/v1/workers/full-path")).ok, {
+    what: "the agent to register",
+    timeoutMs: 20_000,
   });
-  expect(launched.status).toBe(202);
+  const placed = await manager.call("POST", "/v1/models/register", {
+    body: { alias: "qwen", model_name: "org/qwen", gpu_memory_utilization: 0.5 },
+  });
+  expect(placed.status).toBe(201);
   await eventually(
     async () => {
-      const response = await fetch(`${agentUrl}/v1/instances/qwen`, { headers: auth });
-      return ((await response.json()) as { status?: string }).status === "ready";
+      const { body } = await manager.json<ModelInfo>("GET", "/v1/models/qwen");
+      if (body.status === "failed") throw new Error(JSON.stringify(body.instances));
+      return body.status === "ready";
     },
     { what: "the engine behind the agent to be ready", timeoutMs: 30_000 },
   );
-  manager = await startStubManager();
-  manager.set([route({ alias: "qwen", workerId: "full-path", url: agentUrl })]);
-  router = await startRouter("bun", manager);
-});
+  router = await startRouter("bun", manager.url);
+}, 90_000);
 
 afterAll(async () => {
-  manager.stop();
   await stopAll();
+  await manager?.close();
+  await db?.destroy();
 });
 
 describe("router → agent → engine", () => {
@@ -79,7 +77,11 @@ describe("router → agent → engine", () => {
     let text = "";
     for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
     expect(text.length).toBeGreaterThan(0);
-    const records = await eventually(() => (manager.usage.length >= 2 ? manager.usage : undefined));
+    const records = await eventually(async () => {
+      const rows = await manager.usage();
+      return rows.length >= 2 ? rows : undefined;
+    });
+    expect(records).toHaveLength(2);
     expect(records.every((r) => r.status === 200 && r.worker_id === "full-path")).toBe(true);
     expect(records.find((r) => r.stream)?.completion_tokens).toBeGreaterThan(0);
   });

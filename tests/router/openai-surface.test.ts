@@ -4,31 +4,33 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Miniflare } from "miniflare";
 import OpenAI, { APIError } from "openai";
+import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { eventually } from "../../devkit/net.ts";
 import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
+import type { ApiKeyCreated } from "../../protocol/index.ts";
 import {
+  addReplicas,
   fleetToken,
-  route,
+  type ServedManager,
   type Sim,
-  type StubManager,
-  sha256Hex,
+  serveManager,
   startRouter,
   startSim,
-  startStubManager,
 } from "./fixtures.ts";
 
 /**
  * The OpenAI surface through a standalone router on each runtime: Bun (`bun router/main.ts`),
  * Node (`tsx router/node.ts`) and workerd (the built worker in Miniflare), driven by the
- * official `openai` client, with the engine simulator standing in for a worker.
+ * official `openai` client, with the engine simulator standing in for a worker. The routes,
+ * keys and usage are the real manager's (its app served on loopback by this process).
  */
 
-const apiKey = "sk-fleet-test-key";
 const maxBodyBytes = 64 * 1024;
 const runtimes = ["bun", "node", "workerd"] as const;
 
 let sim: Sim;
 let buildDir: string;
+let db: OpenTestDb;
 const miniflares: Miniflare[] = [];
 
 beforeAll(async () => {
@@ -46,18 +48,20 @@ beforeAll(async () => {
     { cwd: repoRoot, stdout: "pipe", stderr: "pipe" },
   );
   sim = await startSim({ names: ["qwen"] });
+  db = await openFreshDb();
   expect(await build.exited).toBe(0);
 });
 
 afterAll(async () => {
   await Promise.all(miniflares.map((mf) => mf.dispose()));
   await stopAll();
+  await db?.destroy();
   rmSync(buildDir, { recursive: true, force: true });
 });
 
-async function startRuntime(runtime: (typeof runtimes)[number], manager: StubManager) {
+async function startRuntime(runtime: (typeof runtimes)[number], manager: ServedManager) {
   const extra = { MAX_BODY_BYTES: String(maxBodyBytes) };
-  if (runtime !== "workerd") return (await startRouter(runtime, manager, extra)).url;
+  if (runtime !== "workerd") return (await startRouter(runtime, manager.url, extra)).url;
   const mf = new Miniflare({
     modules: [
       {
@@ -82,26 +86,27 @@ async function startRuntime(runtime: (typeof runtimes)[number], manager: StubMan
 
 for (const runtime of runtimes) {
   describe(`router on ${runtime}`, () => {
-    let manager: StubManager;
+    let manager: ServedManager;
     let url: string;
     let client: OpenAI;
-    let keyHash: string;
+    let apiKey: string;
+    let keyId: string;
 
     beforeAll(async () => {
-      keyHash = await sha256Hex(apiKey);
-      manager = await startStubManager();
-      manager.set(
-        [
-          route({ alias: "qwen", workerId: "w1", url: sim.url }),
-          route({ alias: "loading", workerId: "w1", url: sim.url, ready: false }),
-        ],
-        [{ id: "key-1", key_hash: keyHash }],
-      );
+      manager = await serveManager(db);
+      await addReplicas(manager, "qwen", [{ workerId: "w1", url: sim.url }]);
+      // Placed, but its engine never reports ready.
+      await addReplicas(manager, "loading", [{ workerId: "w2", url: sim.url }], { ready: false });
+      const key = await manager.json<ApiKeyCreated>("POST", "/v1/keys", {
+        body: { name: `client-${runtime}` },
+      });
+      apiKey = key.body.key;
+      keyId = key.body.id;
       url = await startRuntime(runtime, manager);
       client = new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0 });
     });
 
-    afterAll(() => manager.stop());
+    afterAll(() => manager.close());
 
     const post = (path: string, body: BodyInit, headers: Record<string, string> = {}) =>
       fetch(`${url}${path}`, {
@@ -268,6 +273,12 @@ for (const runtime of runtimes) {
     });
 
     test("sends usage records with key, tokens and time to first token to the manager", async () => {
+      const loading = await post(
+        "/v1/chat/completions",
+        JSON.stringify({ model: "loading", messages: [{ role: "user", content: "hi" }] }),
+      );
+      expect(loading.status).toBe(503);
+      await loading.body?.cancel();
       const reply = await client.chat.completions.create({
         model: "qwen",
         messages: [{ role: "user", content: "usage please" }],
@@ -284,31 +295,37 @@ for (const runtime of runtimes) {
         // drain
       }
       const records = await eventually(
-        () => {
-          const ok = manager.usage.filter((r) => r.alias === "qwen" && r.status === 200);
-          return ok.some((r) => r.stream) && ok.some((r) => !r.stream) ? ok : undefined;
+        async () => {
+          const rows = await manager.usage();
+          const ok = rows.filter((r) => r.alias === "qwen" && r.status === 200);
+          return ok.some((r) => r.stream) &&
+            ok.some((r) => !r.stream) &&
+            rows.some((r) => r.alias === "loading")
+            ? rows
+            : undefined;
         },
         { what: "usage records at the manager" },
       );
       const plain = records.find(
-        (r) => !r.stream && r.prompt_tokens === reply.usage?.prompt_tokens,
+        (r) => r.alias === "qwen" && !r.stream && r.prompt_tokens === reply.usage?.prompt_tokens,
       );
-      expect(plain?.api_key_id).toBe("key-1");
+      expect(plain?.api_key_id).toBe(keyId);
       expect(plain?.worker_id).toBe("w1");
       expect(plain?.completion_tokens).toBe(reply.usage?.completion_tokens ?? -1);
-      const stream = records.find((r) => r.stream);
+      const stream = records.find((r) => r.alias === "qwen" && r.stream);
       expect(stream?.completion_tokens).toBeGreaterThan(0);
       expect(stream?.ttft_ms).not.toBeNull();
       expect(stream?.latency_ms).toBeGreaterThanOrEqual(stream?.ttft_ms ?? 0);
-      const notFound = manager.usage.filter((r) => r.alias === "loading");
-      expect(notFound.every((r) => r.status === 503)).toBe(true);
+      const notReady = records.filter((r) => r.alias === "loading");
+      expect(notReady.map((r) => [r.status, r.worker_id])).toEqual(notReady.map(() => [503, null]));
+      expect(notReady.length).toBeGreaterThan(0);
     });
 
     test("rejects a revoked key once the manager's table drops it", async () => {
-      manager.set(
-        [route({ alias: "qwen", workerId: "w1", url: sim.url })],
-        [{ id: "key-2", key_hash: await sha256Hex("sk-other") }],
-      );
+      const other = await manager.json<ApiKeyCreated>("POST", "/v1/keys", {
+        body: { name: "other" },
+      });
+      expect((await manager.call("DELETE", `/v1/keys/${keyId}`)).status).toBe(200);
       await eventually(
         async () => {
           const response = await post(
@@ -320,8 +337,12 @@ for (const runtime of runtimes) {
         },
         { what: "revoked key rejected" },
       );
-      const other = new OpenAI({ baseURL: `${url}/v1`, apiKey: "sk-other", maxRetries: 0 });
-      const models = await other.models.list();
+      const otherClient = new OpenAI({
+        baseURL: `${url}/v1`,
+        apiKey: other.body.key,
+        maxRetries: 0,
+      });
+      const models = await otherClient.models.list();
       expect(models.data.map((model) => model.id)).toEqual(["qwen"]);
     });
   });

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
+import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { startProcess, stopAll } from "../../devkit/proc.ts";
 import { startSim } from "./sim-helpers.ts";
 

@@ -1,0 +1,68 @@
+import type { Balancer } from "./balancer.ts";
+import type { BoundHistogram, BoundSeries, Metrics } from "./metrics.ts";
+
+/** One alias's request series, bound once: a request's metrics cost a few additions. */
+export type AliasSeries = {
+  inFlight: BoundSeries;
+  duration: BoundHistogram;
+  ttft: BoundHistogram;
+  /** Counts a finished request under its final status. */
+  count(status: number): void;
+};
+
+/**
+ * Declares the router's metrics on `metrics` (docs/router.md "Metrics") and hands out the
+ * per-alias series. The `alias` label always comes from the route table, never from raw
+ * client input, so the number of series stays bounded.
+ */
+export function routerInstruments(
+  metrics: Metrics,
+  balancer: Balancer,
+): { seriesFor(alias: string): AliasSeries } {
+  metrics.declare("fleet_router_requests_total", "counter", "Requests by alias and final status");
+  metrics.declare(
+    "fleet_router_request_duration_seconds",
+    "histogram",
+    "Time from request arrival to the end of the response body",
+  );
+  metrics.declare(
+    "fleet_router_ttft_seconds",
+    "histogram",
+    "Time from request arrival to the first body byte from the agent",
+  );
+  metrics.declare("fleet_router_in_flight", "gauge", "Requests being proxied, by alias");
+  metrics.declare("fleet_router_retries_total", "counter", "Attempts retried on another replica");
+  metrics.declare("fleet_router_ejections_total", "counter", "Replicas ejected after failures");
+  metrics.declare("fleet_router_ejected_replicas", "gauge", "Replicas currently ejected");
+  metrics.collect(() =>
+    metrics.set("fleet_router_ejected_replicas", undefined, balancer.ejectedCount()),
+  );
+
+  const byAlias = new Map<string, AliasSeries>();
+  return {
+    seriesFor(alias) {
+      let series = byAlias.get(alias);
+      if (series) return series;
+      const labels = { alias };
+      const byStatus = new Map<number, BoundSeries>();
+      series = {
+        inFlight: metrics.series("fleet_router_in_flight", labels, "gauge"),
+        duration: metrics.histogramSeries("fleet_router_request_duration_seconds", labels),
+        ttft: metrics.histogramSeries("fleet_router_ttft_seconds", labels),
+        count(status) {
+          let counter = byStatus.get(status);
+          if (!counter) {
+            counter = metrics.series("fleet_router_requests_total", {
+              alias,
+              status: String(status),
+            });
+            byStatus.set(status, counter);
+          }
+          counter.add(1);
+        },
+      };
+      byAlias.set(alias, series);
+      return series;
+    },
+  };
+}

@@ -1,0 +1,306 @@
+/**
+ * The router's HTTP surface, one definition per route: `createApp` registers its handlers at
+ * these paths, and the manager (which mounts the router) puts the same definitions in its
+ * `/openapi.json`. Only types come from `@hono/zod-openapi`, so neither the generator nor a
+ * validator lands in the router's bundle or on its hot path: the documented request schemas
+ * are descriptions; the router checks only the fields it reads (`inferenceBodySchema` in
+ * body.ts, which these schemas extend) and leaves the rest to the engine.
+ */
+import type { RouteConfig } from "@hono/zod-openapi";
+import { z } from "zod";
+import { openAiErrorSchema } from "../protocol/index.ts";
+import { inferenceBodySchema } from "./body.ts";
+
+/** `Authorization: Bearer <API key>`; not needed on a loopback router before the first key. */
+const apiKey = [{ apiKey: [] }];
+
+const errors = (statuses: readonly number[]) =>
+  Object.fromEntries(
+    statuses.map((status) => [
+      status,
+      {
+        description: errorDescriptions[status] ?? "error",
+        content: { "application/json": { schema: openAiErrorSchema } },
+      },
+    ]),
+  );
+
+const errorDescriptions: Record<number, string> = {
+  400: "`invalid_json`, or `invalid_request` with `param` (e.g. `model`)",
+  401: "`invalid_api_key`",
+  404: "`model_not_found`: the alias is not in the route table",
+  413: "`payload_too_large` (MAX_BODY_BYTES)",
+  502: "`upstream_error`: no replica reachable, or the engine's own 502 passed through",
+  503: "`no_ready_replica` or `unavailable` (route table not loaded), with Retry-After",
+  504: "`upstream_timeout`: no first byte within FIRST_BYTE_TIMEOUT_MS",
+};
+const inferenceErrors = errors([400, 401, 404, 413, 502, 503, 504]);
+
+const passthrough =
+  "Other fields are passed to vLLM unchanged (sampling parameters, guided decoding, …).";
+
+const usageSchema = z.object({
+  prompt_tokens: z.number().int(),
+  completion_tokens: z.number().int().optional(),
+  total_tokens: z.number().int(),
+});
+
+const messageSchema = z.looseObject({
+  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+  content: z
+    .union([z.string(), z.array(z.looseObject({ type: z.string() }))])
+    .nullish()
+    .describe("text, or content parts (`text`, `image_url`, … as the model supports)"),
+  name: z.string().optional(),
+  tool_call_id: z.string().optional(),
+});
+
+const samplingFields = {
+  max_tokens: z.number().int().min(1).nullish(),
+  temperature: z.number().min(0).nullish(),
+  top_p: z.number().gt(0).lte(1).nullish(),
+  n: z.number().int().min(1).nullish(),
+  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  seed: z.number().int().nullish(),
+  presence_penalty: z.number().nullish(),
+  frequency_penalty: z.number().nullish(),
+};
+
+export const chatCompletionRequestSchema = inferenceBodySchema
+  .extend({
+    messages: z.array(messageSchema).min(1),
+    ...samplingFields,
+    max_completion_tokens: z.number().int().min(1).nullish(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.number().int().min(0).nullish(),
+    tools: z.array(z.looseObject({ type: z.literal("function") })).nullish(),
+    tool_choice: z.union([z.string(), z.looseObject({})]).nullish(),
+    response_format: z.looseObject({ type: z.string() }).nullish(),
+  })
+  .describe(`\`model\` is the alias registered with the manager. ${passthrough}`);
+
+export const completionRequestSchema = inferenceBodySchema
+  .extend({
+    prompt: z.union([
+      z.string(),
+      z.array(z.string()),
+      z.array(z.number().int()),
+      z.array(z.array(z.number().int())),
+    ]),
+    ...samplingFields,
+    echo: z.boolean().nullish(),
+    logprobs: z.number().int().min(0).nullish(),
+  })
+  .describe(`\`model\` is the alias registered with the manager. ${passthrough}`);
+
+export const embeddingRequestSchema = inferenceBodySchema
+  .omit({ stream: true, stream_options: true })
+  .extend({
+    input: z.union([
+      z.string(),
+      z.array(z.string()),
+      z.array(z.number().int()),
+      z.array(z.array(z.number().int())),
+    ]),
+    encoding_format: z.enum(["float", "base64"]).nullish(),
+    dimensions: z.number().int().min(1).nullish(),
+  })
+  .describe(`\`model\` is the alias of an embedding model. ${passthrough}`);
+
+const chatCompletionSchema = z.looseObject({
+  id: z.string(),
+  object: z.literal("chat.completion"),
+  created: z.number().int(),
+  model: z.string(),
+  choices: z.array(
+    z.looseObject({
+      index: z.number().int(),
+      message: z.looseObject({
+        role: z.literal("assistant"),
+        content: z.string().nullable(),
+        tool_calls: z.array(z.looseObject({ id: z.string(), type: z.string() })).optional(),
+      }),
+      finish_reason: z.string().nullable(),
+      logprobs: z.looseObject({}).nullish(),
+    }),
+  ),
+  usage: usageSchema,
+});
+
+const completionSchema = z.looseObject({
+  id: z.string(),
+  object: z.literal("text_completion"),
+  created: z.number().int(),
+  model: z.string(),
+  choices: z.array(
+    z.looseObject({
+      index: z.number().int(),
+      text: z.string(),
+      finish_reason: z.string().nullable(),
+      logprobs: z.looseObject({}).nullish(),
+    }),
+  ),
+  usage: usageSchema,
+});
+
+const embeddingListSchema = z.looseObject({
+  object: z.literal("list"),
+  model: z.string(),
+  data: z.array(
+    z.object({
+      object: z.literal("embedding"),
+      index: z.number().int(),
+      embedding: z.union([z.array(z.number()), z.string()]),
+    }),
+  ),
+  usage: usageSchema,
+});
+
+const eventStream = (chunk: string) => ({
+  "text/event-stream": {
+    schema: z
+      .string()
+      .describe(
+        `With \`"stream": true\`: \`data: {${chunk}}\` events, flushed as the engine writes them, then \`data: [DONE]\`. A usage chunk (\`choices: []\`) comes only when \`stream_options.include_usage\` asked for it.`,
+      ),
+  },
+});
+
+const chatCompletions = {
+  method: "post",
+  path: "/v1/chat/completions",
+  tags: ["OpenAI"],
+  summary: "Chat completion, forwarded to a ready replica of the alias in `model`",
+  security: apiKey,
+  request: {
+    body: {
+      required: true,
+      content: { "application/json": { schema: chatCompletionRequestSchema } },
+    },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: {
+        "application/json": { schema: chatCompletionSchema },
+        ...eventStream("chat.completion.chunk"),
+      },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+const completions = {
+  method: "post",
+  path: "/v1/completions",
+  tags: ["OpenAI"],
+  summary: "Text completion, forwarded to a ready replica of the alias in `model`",
+  security: apiKey,
+  request: {
+    body: { required: true, content: { "application/json": { schema: completionRequestSchema } } },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: {
+        "application/json": { schema: completionSchema },
+        ...eventStream("text_completion"),
+      },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+const embeddings = {
+  method: "post",
+  path: "/v1/embeddings",
+  tags: ["OpenAI"],
+  summary: "Embeddings, forwarded to a ready replica of the alias in `model`",
+  security: apiKey,
+  request: {
+    body: { required: true, content: { "application/json": { schema: embeddingRequestSchema } } },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: { "application/json": { schema: embeddingListSchema } },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+export const servedModelListSchema = z.object({
+  object: z.literal("list"),
+  data: z.array(
+    z.object({
+      id: z.string().describe("the alias"),
+      object: z.literal("model"),
+      created: z.number().int(),
+      owned_by: z.string(),
+      root: z.string().describe("the model name vLLM serves"),
+      parent: z.null(),
+    }),
+  ),
+});
+
+const models = {
+  method: "get",
+  path: "/v1/models",
+  tags: ["OpenAI"],
+  summary: "The aliases that have at least one ready replica (OpenAI's list shape)",
+  security: apiKey,
+  responses: {
+    200: {
+      description: "served models",
+      content: { "application/json": { schema: servedModelListSchema } },
+    },
+    ...errors([401, 503]),
+  },
+} satisfies RouteConfig;
+
+const metrics = {
+  method: "get",
+  path: "/metrics",
+  tags: ["Operations"],
+  summary: "The router's Prometheus metrics (docs/router.md, Metrics)",
+  security: [],
+  responses: {
+    200: {
+      description: "Prometheus text exposition format 0.0.4",
+      content: { "text/plain": { schema: z.string() } },
+    },
+  },
+} satisfies RouteConfig;
+
+const healthz = {
+  method: "get",
+  path: "/healthz",
+  tags: ["Operations"],
+  summary: "Router health: 200 once a route table is loaded, 503 before",
+  security: [],
+  responses: {
+    200: {
+      description: "a route table is loaded",
+      content: {
+        "application/json": {
+          schema: z.object({ status: z.literal("ok"), routes_version: z.string() }),
+        },
+      },
+    },
+    503: {
+      description: "no route table yet",
+      content: {
+        "application/json": {
+          schema: z.object({ status: z.literal("no_routes"), routes_version: z.null() }),
+        },
+      },
+    },
+  },
+} satisfies RouteConfig;
+
+/** Every route of the router, by name. */
+export const routerRoutes = { chatCompletions, completions, embeddings, models, metrics, healthz };
+
+/** The routes that proxy a request body to an engine. */
+export const inferenceRoutes = [chatCompletions, completions, embeddings] as const;
+export type InferencePath = (typeof inferenceRoutes)[number]["path"];

@@ -1,7 +1,17 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
-import type { ApiKeyCreated, ModelInfo, OpenAiError, RouteSnapshot } from "../../protocol/index.ts";
+import {
+  type ApiKeyCreated,
+  apiKeyCreateSchema,
+  heartbeatSchema,
+  type ModelInfo,
+  modelRegistrationSchema,
+  type OpenAiError,
+  type RouteSnapshot,
+  usageBatchSchema,
+  workerRegistrationSchema,
+} from "../../protocol/index.ts";
 import {
   ADMIN,
   FLEET,
@@ -148,27 +158,38 @@ for (const target of dbTargets) {
       expect(nowhere.body.error.type).toBe("not_found_error");
     });
 
-    test("GET /openapi.json is generated from the schemas and /docs lists the API", async () => {
+    test("GET /openapi.json describes each request body field for field from its protocol schema; /docs is a page naming the routes", async () => {
+      type JsonSchema = { $ref?: string; properties?: Record<string, unknown> };
+      type Operation = { requestBody?: { content: Record<string, { schema: JsonSchema }> } };
       const { status, body } = await t.json<{
         openapi: string;
-        paths: Record<
-          string,
-          Record<
-            string,
-            {
-              requestBody?: {
-                content: Record<string, { schema: { properties: Record<string, unknown> } }>;
-              };
-            }
-          >
-        >;
+        paths: Record<string, Record<string, Operation>>;
+        components?: { schemas?: Record<string, JsonSchema> };
       }>("GET", "/openapi.json", { token: null });
       expect(status).toBe(200);
       expect(body.openapi).toStartWith("3.");
-      const register = body.paths["/v1/models/register"]?.post;
-      expect(
-        Object.keys(register?.requestBody?.content["application/json"]?.schema.properties ?? {}),
-      ).toContain("gpu_memory_utilization");
+      const bodyFields = (pattern: RegExp, method: string): string[] => {
+        const path = Object.keys(body.paths).find((candidate) => pattern.test(candidate));
+        let schema = path
+          ? body.paths[path]?.[method]?.requestBody?.content["application/json"]?.schema
+          : undefined;
+        const ref = schema?.$ref?.replace("#/components/schemas/", "");
+        if (ref) schema = body.components?.schemas?.[ref];
+        return Object.keys(schema?.properties ?? {}).sort();
+      };
+      const bodies: [RegExp, { shape: Record<string, unknown> }][] = [
+        [/^\/v1\/models\/register$/, modelRegistrationSchema],
+        [/^\/v1\/workers\/register$/, workerRegistrationSchema],
+        [/^\/v1\/workers\/\{[^}]+\}\/heartbeat$/, heartbeatSchema],
+        [/^\/v1\/keys$/, apiKeyCreateSchema],
+        [/^\/v1\/usage$/, usageBatchSchema],
+      ];
+      for (const [path, schema] of bodies) {
+        expect({ path: String(path), fields: bodyFields(path, "post") }).toEqual({
+          path: String(path),
+          fields: Object.keys(schema.shape).sort(),
+        });
+      }
       expect(Object.keys(body.paths)).toContain("/v1/routes");
       const docs = await t.call("GET", "/docs", { token: null });
       expect(docs.headers.get("content-type")).toContain("text/html");
@@ -579,13 +600,34 @@ for (const target of dbTargets) {
 }
 
 describe("manager in open mode (loopback, no tokens)", () => {
-  test("every endpoint answers without a token", async () => {
+  test("every endpoint in /openapi.json answers without a token", async () => {
     const t = await testManager({ config: { adminToken: undefined, fleetToken: undefined } });
     try {
-      expect((await t.call("GET", "/v1/workers", { token: null })).status).toBe(200);
-      expect((await t.call("GET", "/v1/models", { token: null })).status).toBe(200);
-      expect((await t.call("GET", "/v1/routes", { token: null })).status).toBe(200);
-      expect((await t.call("POST", "/v1/keys", { token: null, body: {} })).status).toBe(201);
+      const doc = await t.json<{ paths: Record<string, Record<string, unknown>> }>(
+        "GET",
+        "/openapi.json",
+        { token: null },
+      );
+      const operations = Object.entries(doc.body.paths).flatMap(([path, methods]) =>
+        Object.keys(methods)
+          .filter((method) => ["get", "post", "put", "patch", "delete"].includes(method))
+          .map((method) => ({ method: method.toUpperCase(), path })),
+      );
+      // The whole management surface, not a sample of it.
+      expect(operations.length).toBeGreaterThanOrEqual(14);
+      const refused: string[] = [];
+      for (const { method, path } of operations) {
+        const concrete = path.replace(/\{[^}]+\}/g, "open-mode-x");
+        const response = await t.call(method, concrete, {
+          token: null,
+          ...(method === "POST" ? { body: {} } : {}),
+        });
+        await response.body?.cancel();
+        if (response.status === 401 || response.status === 403) {
+          refused.push(`${method} ${path}: ${response.status}`);
+        }
+      }
+      expect(refused).toEqual([]);
     } finally {
       await t.close();
     }

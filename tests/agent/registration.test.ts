@@ -164,9 +164,10 @@ describe("agent registration", () => {
       extra_args: [],
     });
 
-    // A manager outage stops neither the engine nor the proxy.
+    // A manager outage stops neither the engine nor the proxy: once the agent has noticed it
+    // (a failed heartbeat), both still answer.
     await manager.stop();
-    await Bun.sleep(500);
+    await agent.waitFor("heartbeat failed; engines and proxy keep running");
     const chat = await fetch(`${agent.url}/proxy/survivor/v1/chat/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },

@@ -241,7 +241,6 @@ export class LifecycleTx {
     model: ModelRow,
     report: InstanceReport,
   ): Promise<InstanceRow | undefined> {
-    if (report.status !== "starting" && report.status !== "ready") return undefined;
     if (!allowed("adopted", null, report.status)) return undefined;
     this.knowWorker(worker);
     const [instance] = await this.tx
@@ -454,8 +453,9 @@ export class LifecycleTx {
   }
 
   /**
-   * `DELETE /v1/models/{alias}`: every instance of the alias goes, with its route (the caller
-   * deletes the model and records `model.deleted`). Returns where the engines ran.
+   * `DELETE /v1/models/{alias}`: every instance of the alias goes, with its route, and one
+   * `model.deleted` event is recorded (the caller deletes the model row, or throws to undo
+   * it all). Returns where the engines ran.
    */
   async removed(alias: string): Promise<{ workerId: string; workerUrl: string }[]> {
     const rows = await this.tx
@@ -465,6 +465,7 @@ export class LifecycleTx {
       .where(eq(schema.instances.alias, alias))
       .orderBy(asc(schema.instances.id));
     const gone = rows.filter((r) => allowed("removed", r.status, null));
+    this.event({ kind: instanceTransitions.removed.event, alias });
     if (gone.length === 0) return [];
     await this.tx.delete(schema.instances).where(
       inArray(

@@ -135,7 +135,6 @@ export async function deleteModel(
       .returning({ alias: schema.models.alias });
     if (deleted.length === 0)
       throw new AppError("model_not_found", `no model with alias ${alias}`, { param: "alias" });
-    w.event({ kind: "model.deleted", alias });
     return removed;
   });
   const stopped = await Promise.all(

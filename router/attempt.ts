@@ -1,0 +1,223 @@
+import type { RouteEntry } from "../protocol/index.ts";
+import type { Pick as Choice, ReplicaState } from "./balancer.ts";
+import type { ForwardRequest, ProxyConfig } from "./proxy-types.ts";
+
+/**
+ * One try of a request on one replica, up to the commit point (the first body byte). Until
+ * then nothing has reached the client, so whatever goes wrong is a `Failure` that `forward`
+ * may retry elsewhere. The steps: send, classify the status, wait for the first byte (or
+ * the whole of a small answer), commit.
+ */
+export async function attempt(
+  config: ProxyConfig,
+  request: ForwardRequest,
+  choice: Choice,
+  headers: Record<string, string>,
+): Promise<AttemptResult> {
+  const run = new Attempt(config, request, choice);
+  let response: Response;
+  try {
+    response = await send(run, headers);
+  } catch (error) {
+    return run.fail("connect", error);
+  }
+  if (retryable(response.status)) {
+    return run.fail("status", `HTTP ${response.status}`, await replyOf(response));
+  }
+  if (readWhole(response)) {
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = new Uint8Array(await response.arrayBuffer());
+    } catch (error) {
+      return run.fail("reset", error);
+    }
+    // Nothing is left to relay: the attempt ends here.
+    run.release();
+    return run.commit(response, { bytes });
+  }
+  const reader = response.body?.getReader();
+  let first: ReadResult | undefined;
+  if (reader) {
+    try {
+      first = await reader.read();
+    } catch (error) {
+      return run.fail("reset", error);
+    }
+  }
+  return run.commit(response, { reader, first });
+}
+
+export type ReadResult = Awaited<
+  ReturnType<ReadableStreamDefaultReader<Uint8Array<ArrayBuffer>>["read"]>
+>;
+
+/** Before the commit point; `reply` is a 502/503/504 to pass through if no replica is left. */
+export type Failure = {
+  kind: "failed";
+  reason: "connect" | "timeout" | "reset" | "status";
+  workerId: string;
+  /** Why, for the log: the transport error with its cause, or the status. */
+  cause: string;
+  reply?: { status: number; text: string; headers: Headers };
+};
+
+/** The replica answered and its first byte (or its whole small answer) is here. */
+export type Committed = {
+  kind: "committed";
+  attempt: Attempt;
+  response: Response;
+  /** Arrival until the first body byte from the agent. */
+  ttftMs: number;
+  /** A small non-streamed answer, read whole (the attempt is already released). */
+  bytes?: Uint8Array<ArrayBuffer>;
+  /** Otherwise the body's reader and its first read, to relay. */
+  reader?: ReadableStreamDefaultReader<Uint8Array<ArrayBuffer>>;
+  first?: ReadResult;
+};
+
+export type AttemptResult = Committed | { kind: "client-gone" } | Failure;
+
+const maxErrorBody = 64 * 1024;
+/** Non-streamed answers up to this size (with a Content-Length) are read whole. */
+const maxBufferedBody = 1024 * 1024;
+
+/**
+ * The state of one attempt: its abort controller (the client's disconnect and the router's
+ * timeouts both abort it), the first-byte timer and the replica's in-flight count. A class
+ * and an `EventListener` object rather than closures: this runs for every request.
+ */
+export class Attempt {
+  readonly upstream = new AbortController();
+  readonly route: RouteEntry;
+  readonly state: ReplicaState;
+  readonly clientSignal: AbortSignal;
+  /** The first-byte timer fired (the abort that follows is ours, not a transport failure). */
+  timedOut = false;
+  private released = false;
+  private firstByteTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    readonly config: ProxyConfig,
+    readonly request: ForwardRequest,
+    choice: Choice,
+  ) {
+    this.route = choice.route;
+    this.state = choice.state;
+    this.state.inflight++;
+    // A listener removed when the attempt ends, not AbortSignal.any, whose links outlive
+    // the request.
+    this.clientSignal = request.c.req.raw.signal;
+    if (this.clientSignal.aborted) this.upstream.abort(this.clientSignal.reason);
+    else this.clientSignal.addEventListener("abort", this, { once: true });
+    this.firstByteTimer = setTimeout(firstByteTimeout, config.firstByteMs, this);
+  }
+
+  /** The client went away: stop the agent (and so vLLM) from working for nobody. */
+  handleEvent(): void {
+    this.upstream.abort(this.clientSignal.reason);
+  }
+
+  /** Ends the attempt's hold on the replica and on the client's signal (once). */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.state.inflight--;
+    this.clientSignal.removeEventListener("abort", this);
+  }
+
+  fail(reason: Failure["reason"], error: unknown, reply?: Failure["reply"]): AttemptResult {
+    clearTimeout(this.firstByteTimer);
+    this.release();
+    if (!reply && this.clientSignal.aborted) {
+      this.config.balancer.released(this.state);
+      return { kind: "client-gone" };
+    }
+    this.config.balancer.failed(this.route, this.state);
+    if (this.timedOut) {
+      const cause = `no first byte within ${this.config.firstByteMs} ms`;
+      return { kind: "failed", reason: "timeout", workerId: this.route.worker_id, cause, reply };
+    }
+    const cause = typeof error === "string" ? error : transportCause(error);
+    return { kind: "failed", reason, workerId: this.route.worker_id, cause, reply };
+  }
+
+  commit(
+    response: Response,
+    body: Partial<Pick<Committed, "bytes" | "reader" | "first">>,
+  ): Committed {
+    clearTimeout(this.firstByteTimer);
+    this.config.balancer.succeeded(this.state);
+    const ttftMs = this.config.clock.now() - this.request.startedAt;
+    return { kind: "committed", attempt: this, response, ttftMs, ...body };
+  }
+}
+
+function firstByteTimeout(attempt: Attempt): void {
+  attempt.timedOut = true;
+  attempt.upstream.abort(new Error("first byte timeout"));
+}
+
+function send(run: Attempt, headers: Record<string, string>): Promise<Response> {
+  const { config, request } = run;
+  return config.fetch(`${run.route.worker_url}/proxy/${request.alias}${request.path}`, {
+    method: "POST",
+    headers,
+    body: request.body,
+    signal: run.upstream.signal,
+    redirect: "manual",
+  });
+}
+
+function retryable(status: number): boolean {
+  return status === 502 || status === 503 || status === 504;
+}
+
+/**
+ * A small non-streamed answer (a chat completion, a few embeddings) is read whole: the
+ * client cannot use half a JSON document anyway, and one native read plus a byte response
+ * costs far less than relaying it through a JS stream. Streams never come here.
+ */
+function readWhole(response: Response): boolean {
+  const declared = Number(response.headers.get("content-length") ?? Number.NaN);
+  if (!(declared <= maxBufferedBody)) return false;
+  return !(response.headers.get("content-type") ?? "").includes("text/event-stream");
+}
+
+/** A retryable answer's body (up to 64 KiB), kept to pass through if no replica is left. */
+async function replyOf(response: Response): Promise<Failure["reply"]> {
+  const text = await readSmall(response).catch(() => "");
+  return { status: response.status, text, headers: response.headers };
+}
+
+async function readSmall(response: Response): Promise<string> {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    size += value.byteLength;
+    if (size >= maxErrorBody) {
+      await reader.cancel().catch(() => {});
+      break;
+    }
+  }
+  const decoder = new TextDecoder();
+  return chunks.map((chunk) => decoder.decode(chunk, { stream: true })).join("") + decoder.decode();
+}
+
+/**
+ * A transport error as an operator needs it: the message, its cause's message (a connect
+ * timeout, a TLS verification error) and the system code when there is one.
+ */
+export function transportCause(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  let text = error.message;
+  const cause = error.cause;
+  if (cause instanceof Error && !text.includes(cause.message)) text += `: ${cause.message}`;
+  const code = (error as { code?: unknown }).code ?? (cause as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && !text.includes(code)) text += ` (${code})`;
+  return text;
+}

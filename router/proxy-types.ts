@@ -1,0 +1,51 @@
+import type { Context } from "hono";
+import type { MonotonicClock } from "../kit/clock.ts";
+import type { Logger } from "../kit/log.ts";
+import type { RouteEntry } from "../protocol/index.ts";
+import type { Balancer } from "./balancer.ts";
+import type { BoundSeries, Metrics } from "./metrics.ts";
+import type { FetchLike } from "./types.ts";
+import type { Usage } from "./usage-scan.ts";
+
+/** What `forward` (proxy.ts), `attempt` (attempt.ts) and `relay` (relay.ts) share. */
+export type ProxyConfig = {
+  fetch: FetchLike;
+  fleetToken: string | undefined;
+  firstByteMs: number;
+  idleMs: number;
+  maxAttempts: number;
+  budgetMs: number;
+  balancer: Balancer;
+  metrics: Metrics;
+  clock: MonotonicClock;
+  log: Logger;
+};
+
+export type Outcome = {
+  /** The status the client saw; 499 when the client went away first. */
+  status: number;
+  ttftMs: number | null;
+  usage: Usage | undefined;
+  workerId: string | null;
+};
+
+export type ForwardRequest = {
+  c: Context;
+  alias: string;
+  /** The alias's `fleet_router_in_flight` series. */
+  inFlight: BoundSeries;
+  path: string;
+  candidates: readonly RouteEntry[];
+  body: Uint8Array<ArrayBuffer> | string;
+  stream: boolean;
+  hideUsage: boolean;
+  sessionKey: string | undefined;
+  requestId: string;
+  clientAddress: string | undefined;
+  startedAt: number;
+  /** Called once, when the request is fully accounted (answered, failed or abandoned). */
+  onDone: (outcome: Outcome) => void;
+};
+
+/** Client closed request (nginx's convention); recorded, never sent. */
+export const clientClosed = 499;

@@ -1,0 +1,175 @@
+import type { Committed, ReadResult } from "./attempt.ts";
+import { downstreamHeaders } from "./headers.ts";
+import {
+  clientClosed,
+  type ForwardRequest,
+  type Outcome,
+  type ProxyConfig,
+} from "./proxy-types.ts";
+import { JsonUsageTail, SseUsageFilter } from "./usage-scan.ts";
+
+type Done = (outcome: Outcome) => void;
+
+/**
+ * After the commit point: hands the agent's answer to the client and accounts for it. A
+ * small answer read whole goes out as bytes; anything else is relayed chunk by chunk under
+ * an idle watchdog, with its usage read on the way. Nothing is retried from here: a break
+ * ends the response (`done` is called exactly once either way).
+ */
+export function relay(
+  config: ProxyConfig,
+  request: ForwardRequest,
+  committed: Committed,
+  done: Done,
+): Response {
+  if (committed.bytes) return respondWhole(request, committed, committed.bytes, done);
+  return relayStream(config, request, committed, done);
+}
+
+function respondWhole(
+  request: ForwardRequest,
+  committed: Committed,
+  bytes: Uint8Array<ArrayBuffer>,
+  done: Done,
+): Response {
+  const { response } = committed;
+  const tail = new JsonUsageTail();
+  tail.push(bytes.subarray(Math.max(0, bytes.byteLength - 16 * 1024)));
+  const headers = downstreamHeaders(response.headers, false);
+  headers.set("x-request-id", request.requestId);
+  done({
+    status: response.status,
+    ttftMs: committed.ttftMs,
+    usage: tail.usage(),
+    workerId: committed.attempt.route.worker_id,
+  });
+  return new Response(bytes.byteLength ? bytes : null, { status: response.status, headers });
+}
+
+function relayStream(
+  config: ProxyConfig,
+  request: ForwardRequest,
+  committed: Committed,
+  done: Done,
+): Response {
+  const { clock, log } = config;
+  const { response, reader, first, attempt, ttftMs } = committed;
+  const { upstream, clientSignal, route } = attempt;
+  const status = response.status;
+  const isSse = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+  const filter = isSse ? new SseUsageFilter(request.hideUsage) : undefined;
+  const tail = isSse ? undefined : new JsonUsageTail();
+  const headers = downstreamHeaders(response.headers, filter !== undefined && request.hideUsage);
+  headers.set("x-request-id", request.requestId);
+  if (isSse) {
+    headers.set("x-accel-buffering", "no");
+    headers.set("cache-control", "no-cache");
+  }
+
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  /** The stream is over (ended, broke or abandoned): free its hold, then account for it. */
+  const stop = (finalStatus: number): Outcome => {
+    clearInterval(watchdog);
+    attempt.release();
+    const usage = filter ? filter.usage : tail?.usage();
+    return { status: finalStatus, ttftMs, usage, workerId: route.worker_id };
+  };
+  if (!reader || !first || first.done) {
+    done(stop(status));
+    return new Response(null, { status, headers });
+  }
+
+  const pass = (chunk: Uint8Array): Uint8Array | undefined => {
+    if (filter) return filter.push(chunk);
+    tail?.push(chunk);
+    return chunk;
+  };
+  let closed = false;
+  let idleFired = false;
+  // One watchdog per stream rather than a timer per chunk (chunks arrive every few ms and
+  // 1,000 streams would churn 100k timers a second); it fires within idleMs × 1.1.
+  let lastChunkAt = clock.now();
+  watchdog = setInterval(
+    () => {
+      if (clock.now() - lastChunkAt < config.idleMs) return;
+      idleFired = true;
+      clearInterval(watchdog);
+      upstream.abort(new Error("idle timeout"));
+    },
+    Math.max(50, Math.min(config.idleMs / 10, 10_000)),
+  );
+  const broke = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
+    closed = true;
+    if (clientSignal.aborted) {
+      done(stop(clientClosed));
+      controller.error(error);
+      return;
+    }
+    // The response already started: never retry (it would duplicate text). SSE clients get
+    // vLLM's own mid-stream error shape so SDKs raise instead of hanging.
+    const statusSeen = idleFired ? 504 : 502;
+    log.warn("upstream broke mid-response", {
+      request_id: request.requestId,
+      alias: request.alias,
+      worker_id: route.worker_id,
+      reason: idleFired ? "idle timeout" : "reset",
+      cause: idleFired ? `no body byte for ${config.idleMs} ms` : String(error),
+    });
+    if (isSse) {
+      const message = idleFired
+        ? "the model went idle mid-stream"
+        : "the connection to the model was lost mid-stream";
+      const event = JSON.stringify({
+        error: { message, type: "server_error", param: null, code: statusSeen },
+      });
+      controller.enqueue(new TextEncoder().encode(`data: ${event}\n\ndata: [DONE]\n\n`));
+      controller.close();
+    } else {
+      controller.error(error);
+    }
+    done(stop(statusSeen));
+  };
+  const firstChunk = first.value;
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      const out = pass(firstChunk);
+      if (out) controller.enqueue(out);
+    },
+    async pull(controller) {
+      // Loop until something is enqueued: a pull that enqueues nothing is not called again.
+      for (;;) {
+        let result: ReadResult;
+        try {
+          result = await reader.read();
+        } catch (error) {
+          if (!closed) broke(controller, error);
+          return;
+        }
+        lastChunkAt = clock.now();
+        if (closed) return;
+        if (result.done) {
+          closed = true;
+          const rest = filter?.finish();
+          if (rest) controller.enqueue(rest);
+          controller.close();
+          done(stop(status));
+          return;
+        }
+        const out = pass(result.value);
+        if (out) {
+          controller.enqueue(out);
+          return;
+        }
+      }
+    },
+    cancel() {
+      // The client went away: stop the agent (and so vLLM) from generating for nobody.
+      if (closed) return;
+      closed = true;
+      upstream.abort(new Error("client disconnected"));
+      reader.cancel().catch(() => {});
+      done(stop(clientClosed));
+    },
+  });
+  return new Response(body, { status, headers });
+}

@@ -1,0 +1,184 @@
+import { expect, test } from "bun:test";
+import {
+  apiKeyCreateSchema,
+  heartbeatSchema,
+  modelRegistrationSchema,
+  type OpenAiError,
+  usageBatchSchema,
+  workerRegistrationSchema,
+} from "../../../protocol/index.ts";
+import { ADMIN, FLEET, registration } from "../helpers.ts";
+import { describeApi } from "./harness.ts";
+
+/**
+ * Who may call what, how refusals look (OpenAI's error shape, the field named), and the
+ * OpenAPI document against the protocol schemas.
+ */
+describeApi("manager API: tokens, errors and the API document", (api) => {
+  test("management endpoints answer 401 without ADMIN_TOKEN, in OpenAI's error shape", async () => {
+    const t = await api.manager();
+    for (const token of [null, "wrong-token-123", FLEET]) {
+      const { status, body } = await t.json<OpenAiError>("GET", "/v1/workers", { token });
+      expect(status).toBe(401);
+      expect(body.error.type).toBe("authentication_error");
+      expect(body.error.message).toContain("ADMIN_TOKEN");
+    }
+    expect(
+      (
+        await t.call("POST", "/v1/models/register", {
+          token: FLEET,
+          body: { alias: "a", model_name: "m" },
+        })
+      ).status,
+    ).toBe(401);
+    expect((await t.call("POST", "/v1/keys", { token: null, body: {} })).status).toBe(401);
+    expect((await t.call("GET", "/v1/workers")).status).toBe(200);
+  });
+
+  test("agent and router endpoints take FLEET_TOKEN or ADMIN_TOKEN, nothing else", async () => {
+    const t = await api.manager();
+    const body = registration("auth-w", "http://127.0.0.1:9", []);
+    expect((await t.call("POST", "/v1/workers/register", { body, token: null })).status).toBe(401);
+    expect(
+      (await t.call("POST", "/v1/workers/register", { body, token: "nope-nope-nope" })).status,
+    ).toBe(401);
+    expect((await t.call("POST", "/v1/workers/register", { body, token: FLEET })).status).toBe(200);
+    expect((await t.call("POST", "/v1/workers/register", { body, token: ADMIN })).status).toBe(200);
+    expect((await t.call("GET", "/v1/routes", { token: FLEET })).status).toBe(200);
+    expect((await t.call("GET", "/v1/routes", { token: ADMIN })).status).toBe(200);
+    expect((await t.call("GET", "/v1/routes", { token: null })).status).toBe(401);
+  });
+
+  test("bad bodies answer 400 naming the field", async () => {
+    const t = await api.manager();
+    const cases: [string, string, unknown, string | null][] = [
+      ["POST", "/v1/models/register", { alias: "-bad", model_name: "m" }, "alias"],
+      [
+        "POST",
+        "/v1/models/register",
+        { alias: "ok", model_name: "m", gpu_memory_utilization: 1.5 },
+        "gpu_memory_utilization",
+      ],
+      [
+        "POST",
+        "/v1/models/register",
+        { alias: "ok", model_name: "m", tensor_parallel_size: 0 },
+        "tensor_parallel_size",
+      ],
+      ["POST", "/v1/models/register", { alias: "ok", model_name: "m", surprise: 1 }, null],
+      ["POST", "/v1/models/register", { alias: "ok", model_name: "m", gpu_ids: [0, 1] }, "gpu_ids"],
+      [
+        "POST",
+        "/v1/models/register",
+        { alias: "ok", model_name: "m", worker_id: "w", replicas: 2 },
+        "replicas",
+      ],
+      [
+        "POST",
+        "/v1/models/register",
+        { alias: "ok", model_name: "m", extra_args: ["--port=1"] },
+        "extra_args.0",
+      ],
+      ["POST", "/v1/workers/register", { worker_id: "w" }, "worker_url"],
+      ["POST", "/v1/workers/register", { ...registration("w", "ftp://x", []) }, "worker_url"],
+      [
+        "POST",
+        "/v1/workers/w/heartbeat",
+        { gpu_info: { gpus: [{ index: -1 }] } },
+        "gpu_info.gpus.0.index",
+      ],
+      ["POST", "/v1/usage", { records: [{ ts: "yesterday" }] }, "records.0.ts"],
+      ["POST", "/v1/keys", { name: "" }, "name"],
+    ];
+    for (const [method, path, body, param] of cases) {
+      const { status, body: reply } = await t.json<OpenAiError>(method, path, { body });
+      expect({ path, status }).toEqual({ path, status: 400 });
+      expect(reply.error.type).toBe("invalid_request_error");
+      if (param) expect({ path, param: reply.error.param }).toEqual({ path, param });
+      expect(reply.error.message.length).toBeGreaterThan(5);
+    }
+    const notJson = await t.json<OpenAiError>("POST", "/v1/models/register", {
+      body: "{not json",
+    });
+    expect(notJson.status).toBe(400);
+    expect(notJson.body.error.code).toBe("invalid_json");
+  });
+
+  test("unknown paths and models answer 404 in OpenAI's shape", async () => {
+    const t = await api.manager();
+    const missing = await t.json<OpenAiError>("GET", "/v1/models/nothing-here");
+    expect(missing.status).toBe(404);
+    expect(missing.body.error.code).toBe("model_not_found");
+    const nowhere = await t.json<OpenAiError>("GET", "/v1/nowhere");
+    expect(nowhere.status).toBe(404);
+    expect(nowhere.body.error.type).toBe("not_found_error");
+  });
+
+  test("GET /openapi.json describes each request body field for field from its protocol schema; /docs is a page naming the routes", async () => {
+    const t = await api.manager();
+    type JsonSchema = { $ref?: string; properties?: Record<string, unknown> };
+    type Operation = { requestBody?: { content: Record<string, { schema: JsonSchema }> } };
+    const { status, body } = await t.json<{
+      openapi: string;
+      paths: Record<string, Record<string, Operation>>;
+      components?: { schemas?: Record<string, JsonSchema> };
+    }>("GET", "/openapi.json", { token: null });
+    expect(status).toBe(200);
+    expect(body.openapi).toStartWith("3.");
+    const bodyFields = (pattern: RegExp, method: string): string[] => {
+      const path = Object.keys(body.paths).find((candidate) => pattern.test(candidate));
+      let schema = path
+        ? body.paths[path]?.[method]?.requestBody?.content["application/json"]?.schema
+        : undefined;
+      const ref = schema?.$ref?.replace("#/components/schemas/", "");
+      if (ref) schema = body.components?.schemas?.[ref];
+      return Object.keys(schema?.properties ?? {}).sort();
+    };
+    const bodies: [RegExp, { shape: Record<string, unknown> }][] = [
+      [/^\/v1\/models\/register$/, modelRegistrationSchema],
+      [/^\/v1\/workers\/register$/, workerRegistrationSchema],
+      [/^\/v1\/workers\/\{[^}]+\}\/heartbeat$/, heartbeatSchema],
+      [/^\/v1\/keys$/, apiKeyCreateSchema],
+      [/^\/v1\/usage$/, usageBatchSchema],
+    ];
+    for (const [path, schema] of bodies) {
+      expect({ path: String(path), fields: bodyFields(path, "post") }).toEqual({
+        path: String(path),
+        fields: Object.keys(schema.shape).sort(),
+      });
+    }
+    expect(Object.keys(body.paths)).toContain("/v1/routes");
+    const docs = await t.call("GET", "/docs", { token: null });
+    expect(docs.headers.get("content-type")).toContain("text/html");
+    expect(await docs.text()).toContain("/v1/workers/register");
+  });
+
+  test("every endpoint in /openapi.json answers without a token", async () => {
+    const t = await api.manager({ config: { adminToken: undefined, fleetToken: undefined } });
+    const doc = await t.json<{ paths: Record<string, Record<string, unknown>> }>(
+      "GET",
+      "/openapi.json",
+      { token: null },
+    );
+    const operations = Object.entries(doc.body.paths).flatMap(([path, methods]) =>
+      Object.keys(methods)
+        .filter((method) => ["get", "post", "put", "patch", "delete"].includes(method))
+        .map((method) => ({ method: method.toUpperCase(), path })),
+    );
+    // The whole management surface, not a sample of it.
+    expect(operations.length).toBeGreaterThanOrEqual(14);
+    const refused: string[] = [];
+    for (const { method, path } of operations) {
+      const concrete = path.replace(/\{[^}]+\}/g, "open-mode-x");
+      const response = await t.call(method, concrete, {
+        token: null,
+        ...(method === "POST" ? { body: {} } : {}),
+      });
+      await response.body?.cancel();
+      if (response.status === 401 || response.status === 403) {
+        refused.push(`${method} ${path}: ${response.status}`);
+      }
+    }
+    expect(refused).toEqual([]);
+  });
+});

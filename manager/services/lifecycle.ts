@@ -9,7 +9,7 @@
  */
 import { and, asc, eq, inArray, ne, or, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
-import type { InstanceRow, ModelRow, WorkerRow } from "../../db/schema/index.ts";
+import type { InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
 import {
   type InstanceRecordStatus,
   type InstanceReport,
@@ -191,6 +191,8 @@ export class LifecycleTx {
   readonly effects: Effects = { workers: new Set(), routes: false };
   private readonly events: EventInput[] = [];
   private readonly workerRows = new Map<string, WorkerRow | undefined>();
+  /** Routes the caller read in this transaction, by instance id: unchanged ones cost nothing. */
+  private readonly routeRows = new Map<string, RouteRow>();
 
   constructor(
     readonly tx: Db,
@@ -210,6 +212,11 @@ export class LifecycleTx {
   /** A worker row the caller read in this transaction (saves reading it again). */
   knowWorker(worker: WorkerRow): void {
     this.workerRows.set(worker.workerId, worker);
+  }
+
+  /** Route rows the caller read in this transaction (an unchanged route is then not written). */
+  knowRoutes(routes: Iterable<RouteRow | null>): void {
+    for (const route of routes) if (route) this.routeRows.set(route.instanceId, route);
   }
 
   async flush(): Promise<void> {
@@ -483,6 +490,8 @@ export class LifecycleTx {
   /** A worker re-registered with other URLs: its routes follow. */
   async workerUrlChanged(workerId: string, before: string, after: string): Promise<void> {
     this.workerRows.delete(workerId);
+    for (const [id, route] of this.routeRows)
+      if (route.workerId === workerId) this.routeRows.delete(id);
     await this.tx
       .update(schema.routes)
       .set({ workerUrl: after, updatedAt: this.now })
@@ -587,6 +596,16 @@ export class LifecycleTx {
     const ready = routeReady(instance, worker);
     const url = routeUrl(worker);
     const port = instance.port;
+    const known = this.routeRows.get(instance.id);
+    if (
+      known &&
+      known.ready === ready &&
+      known.workerId === instance.workerId &&
+      known.workerUrl === url &&
+      known.vllmPort === port
+    ) {
+      return;
+    }
     const changed = await this.tx
       .update(schema.routes)
       .set({
@@ -607,7 +626,8 @@ export class LifecycleTx {
           ),
         ),
       )
-      .returning({ id: schema.routes.id });
+      .returning();
+    for (const route of changed) this.routeRows.set(instance.id, route);
     if (changed.length > 0) this.effects.routes = true;
   }
 

@@ -188,12 +188,18 @@ export async function applyReports(
     // Locked in id order: a launch reply or a second report for this worker waits its turn
     // instead of being overwritten by facts read before it.
     const rows = await w.tx
-      .select({ instance: schema.instances, modelName: schema.models.modelName })
+      .select({
+        instance: schema.instances,
+        route: schema.routes,
+        modelName: schema.models.modelName,
+      })
       .from(schema.instances)
       .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
+      .leftJoin(schema.routes, eq(schema.routes.instanceId, schema.instances.id))
       .where(eq(schema.instances.workerId, workerId))
       .orderBy(asc(schema.instances.id))
       .for("update", { of: schema.instances });
+    w.knowRoutes(rows.map((r) => r.route));
     const byAlias = new Map(rows.map((r) => [r.instance.alias, r]));
     const reported = new Set(reports.map((r) => r.alias));
 

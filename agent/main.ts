@@ -1,27 +1,23 @@
 import { EnvError } from "../kit/env.ts";
-import { ensureFetchCapacity } from "../runtime/bun-fetch-capacity.ts";
 import { inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
 import { WorkerService } from "./service.ts";
 
-/** In-flight engine requests the proxy may hold (Bun's default is 256). */
-const maxHttpRequests = 4096;
-
 let agent: WorkerService;
-let reexecFailure: string | null = null;
+let fetchCap: number | undefined;
 try {
   const env = loadAgentEnv(inheritedEnv());
-  // Returns only when nothing was needed or on failure (then Bun's default cap applies).
-  reexecFailure = ensureFetchCapacity(inheritedEnv(), maxHttpRequests);
+  fetchCap = env.BUN_CONFIG_MAX_HTTP_REQUESTS;
   agent = new WorkerService(serviceOptionsFromEnv(env, inheritedEnv()));
 } catch (error) {
   console.error(`agent: ${error instanceof EnvError ? error.message : String(error)}`);
   process.exit(1);
 }
 
-if (reexecFailure) {
+// Bun reads its in-flight fetch cap only at startup, and the proxy makes one fetch per engine
+// request: `npm run agent` sets it (docs/agent.md "In-flight cap").
+if (fetchCap === undefined) {
   agent.log.warn(
-    "could not raise Bun's in-flight request cap; the proxy holds at most 256 engine requests (set BUN_CONFIG_MAX_HTTP_REQUESTS=4096 in the environment)",
-    { reason: reexecFailure },
+    "BUN_CONFIG_MAX_HTTP_REQUESTS is not set: Bun's fetch keeps at most 256 requests in flight, so the proxy holds at most 256 engine requests (start with `npm run agent`, or set BUN_CONFIG_MAX_HTTP_REQUESTS=4096)",
   );
 }
 

@@ -72,7 +72,11 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
         // Pass bytes through as the engine sent them; keep the engine off any HTTP proxy.
         decompress: false,
         proxy: false,
-      } as RequestInit);
+        // No idle timeout of Bun's own (5 minutes by default): vLLM queues a request rather
+        // than refuse it, and a non-streamed one sends nothing until it is done. The caller's
+        // deadlines govern (the router's first byte, 10 minutes), and its disconnect aborts.
+        timeout: false,
+      } satisfies BunFetchRequestInit);
       // Bun pipes a fetch Response it is handed back natively; only rebuild one (a JS-level
       // stream copy) when the engine sent a header that must not cross the proxy.
       if (!hasAny(upstream.headers, responseHopByHop)) return upstream;

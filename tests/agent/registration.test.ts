@@ -222,6 +222,8 @@ describe("agent process", () => {
       ENGINE_PORT_MIN: String(enginePorts.min),
       ENGINE_PORT_MAX: String(enginePorts.max),
       ENGINE_HEALTH_POLL_MS: "50",
+      // What `npm run agent` sets: Bun reads the cap only at startup.
+      BUN_CONFIG_MAX_HTTP_REQUESTS: "4096",
     });
     const launched = await call(`${agent.url}/v1/instances`, {
       body: {

@@ -54,6 +54,8 @@ export function simAgentEnv(options: {
     PATH: `${simDir}:${process.env.PATH ?? ""}`,
     ENGINE_PORT_MIN: String(engineMin),
     ENGINE_PORT_MAX: String(engineMin + 20),
+    // What `npm run agent` sets: Bun reads its in-flight fetch cap only at startup.
+    BUN_CONFIG_MAX_HTTP_REQUESTS: "4096",
   };
 }
 

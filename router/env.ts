@@ -31,8 +31,10 @@ export const routerEnvSchema = z.object({
   /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
   REQUIRE_API_KEY: flag,
   CONNECT_TIMEOUT_MS: ms(5000),
-  /** Bun: how the router reaches agents (`fetch`: Bun's own; `http1`: runtime/http1-fetch.ts). */
+  /** Bun: how the router reaches agents (`http1`: runtime/http1-fetch.ts; `fetch`: Bun's own). */
   UPSTREAM_CLIENT: z.enum(["fetch", "http1"]).default("http1"),
+  /** Bun's cap on in-flight fetches, read at startup (default 256); needed with `fetch`. */
+  BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
   FIRST_BYTE_TIMEOUT_MS: ms(600_000),
   IDLE_TIMEOUT_MS: ms(300_000),
   RETRY_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),

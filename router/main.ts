@@ -11,12 +11,14 @@ import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
 const log = createLogger({ service: "router", level: env.LOG_LEVEL });
-// Agents (and the manager) are reached over our own HTTP/1.1 client: a real connect timeout,
-// no cap on requests in flight, and far less memory per stream than Bun's fetch
-// (runtime/http1-fetch.ts; docs/router.md "Memory").
+// Agents (and the manager) are reached over our own HTTP/1.1 client unless UPSTREAM_CLIENT
+// says otherwise: a real connect timeout and about 30 MiB less at 1,000 streams than Bun's
+// fetch (docs/router.md "The upstream client on Bun").
 const upstream = createUpstreamFetch({
   client: env.UPSTREAM_CLIENT,
   connectTimeoutMs: env.CONNECT_TIMEOUT_MS,
+  fetchCap: env.BUN_CONFIG_MAX_HTTP_REQUESTS,
+  log,
 });
 const router = createStandaloneRouter({
   env,

@@ -1,23 +1,29 @@
-import { Hono } from "hono";
+import { createRoute, type OpenAPIHono, type RouteConfig } from "@hono/zod-openapi";
+import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { z } from "zod";
 import { AppError, renderError } from "../kit/errors.ts";
-import type { RouteSnapshot, UsageRecord } from "../protocol/index.ts";
+import { openAiModelListSchema, type RouteSnapshot, type UsageRecord } from "../protocol/index.ts";
+import { routerRoutes } from "../router/routes.ts";
+import { isAuthorized } from "./auth.ts";
 import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
-import { docsPage, openApiDocument } from "./openapi.ts";
+import { type ApiDocument, docsRoutes } from "./docs.ts";
+import { errors, json, routeGroup, securitySchemes } from "./routes/define.ts";
 import { keysRoutes } from "./routes/keys.ts";
-import { type FetchHandler, modelsRoutes } from "./routes/models.ts";
+import { listModels, modelsRoutes } from "./routes/models.ts";
 import { routesRoutes } from "./routes/routes.ts";
 import { usageRoutes } from "./routes/usage.ts";
 import { workersRoutes } from "./routes/workers.ts";
 import { type TickResult, tick } from "./services/reconciler.ts";
 import { UsageBuffer } from "./services/usage.ts";
 
-export type { FetchHandler } from "./routes/models.ts";
+/** What answers the OpenAI surface on the manager's port: the router app (router/app.ts). */
+export type FetchHandler = { fetch(request: Request): Response | Promise<Response> };
 
 /** What `createApp` hands back: the Hono app plus the pieces the entries drive. */
 export type Manager = {
-  app: Hono;
+  app: OpenAPIHono;
   context: ManagerContext;
   /** The in-process route snapshot: what a mounted router reads (`RouteSource`). */
   routes: { current(): RouteSnapshot | undefined };
@@ -25,12 +31,33 @@ export type Manager = {
   usage: { record(record: UsageRecord): void };
   /** One round of the background loops (liveness sweep, then reconciliation). */
   tick(): Promise<TickResult>;
-  /** Unknown paths go to `handler` (the router), which answers the OpenAI surface. */
+  /** The router that answers the OpenAI routes (router/routes.ts), which are mounted by name. */
   mount(handler: FetchHandler): void;
   /** Loads the route snapshot and starts its version poll and the usage flush timer. */
   start(): Promise<void>;
   /** Stops the timers and flushes buffered usage. */
   close(): Promise<void>;
+};
+
+/** The document's frame; its paths come from the route definitions. */
+const documentConfig = {
+  openapi: "3.0.3",
+  info: {
+    title: "vllm-fleet",
+    version: "0.1.0",
+    description:
+      'The manager\'s API (workers, models, routes, API keys, usage) and the OpenAI-compatible surface of the router mounted on the same port. Errors always have OpenAI\'s shape `{"error":{"message","type","param","code"}}`; bad input is 400 with the failing field\'s dotted path in `param`.',
+  },
+  tags: [
+    { name: "OpenAI", description: "Answered by the mounted router (docs/router.md)" },
+    { name: "Models" },
+    { name: "Workers", description: "Agents register and heartbeat; operators list" },
+    { name: "Routes", description: "The snapshot routers poll" },
+    { name: "API keys" },
+    { name: "Usage" },
+    { name: "Operations" },
+    { name: "Documentation" },
+  ],
 };
 
 /** Builds the manager app from its dependencies; web-standard only (Bun, Node, workerd). */
@@ -39,7 +66,7 @@ export function createApp(deps: ManagerDeps): Manager {
   const usage = new UsageBuffer({ db: ctx.db, log: ctx.log });
   let router: FetchHandler | undefined;
 
-  const app = new Hono();
+  const app = routeGroup();
   app.onError((error, c) =>
     renderError(error, {
       log: ctx.log,
@@ -48,31 +75,93 @@ export function createApp(deps: ManagerDeps): Manager {
     }),
   );
   app.notFound((c) => {
-    if (router) return router.fetch(c.req.raw);
     throw new AppError("not_found", `no route for ${c.req.method} ${c.req.path}`);
   });
 
+  // The manager's API, one sub-app per resource.
   const limit = bodyLimit({
     maxSize: 16 * 1024 * 1024,
     onError: () => {
       throw new AppError("payload_too_large", "request body is larger than 16 MiB");
     },
   });
-  const mountAt = (path: string, sub: Hono) => {
+  const mountAt = (path: string, sub: OpenAPIHono) => {
     app.use(`${path}/*`, limit);
     app.route(path, sub);
   };
   mountAt("/v1/workers", workersRoutes(ctx));
-  mountAt(
-    "/v1/models",
-    modelsRoutes(ctx, () => router),
-  );
+  mountAt("/v1/models", modelsRoutes(ctx));
   mountAt("/v1/routes", routesRoutes(ctx));
   mountAt("/v1/keys", keysRoutes(ctx));
   mountAt("/v1/usage", usageRoutes(ctx));
-  app.get("/openapi.json", (c) => c.json(openApiDocument()));
-  app.get("/docs", (c) => c.html(docsPage()));
-  app.get("/health", (c) => c.json({ status: "ok", database: ctx.fleetDb.kind }));
+
+  // The OpenAI surface and the router's own endpoints, answered by the mounted router.
+  const toRouter = (c: Context) => {
+    if (!router) throw new AppError("not_found", `no router is mounted for ${c.req.path}`);
+    return router.fetch(c.req.raw);
+  };
+  const { models: _servedModels, ...forwarded } = routerRoutes;
+  for (const route of Object.values(forwarded) as RouteConfig[]) {
+    // Documented from the router's definition; its body is checked by the router's own
+    // fast path, not by a second validator here.
+    app.openAPIRegistry.registerPath(route);
+    app.on(route.method.toUpperCase(), route.path, toRouter);
+  }
+
+  // `GET /v1/models` is the manager's list for an admin and the router's for anyone else.
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/models",
+      tags: ["OpenAI"],
+      summary: "OpenAI model list: every registered model for an admin, served ones otherwise",
+      description:
+        "With ADMIN_TOKEN (or when the admin API is open) every registered model, ready or not, with `model_name`, `status`, `replicas` and `ready_replicas`. Any other caller is answered by the mounted router: the aliases with a ready replica, behind API keys as for inference.",
+      security: [{ adminToken: [] }, { apiKey: [] }],
+      responses: {
+        200: json(openAiModelListSchema, "the model list"),
+        ...errors(401, [503, "`unavailable`: the router has no route table yet"]),
+      },
+    }),
+    async (c) => {
+      if (isAuthorized(ctx.config, c.req.header("authorization"), "admin")) {
+        return c.json(await listModels(ctx), 200);
+      }
+      if (!router) {
+        throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");
+      }
+      return router.fetch(c.req.raw);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/health",
+      tags: ["Operations"],
+      summary: "Manager liveness and which database it runs on",
+      security: [],
+      responses: {
+        200: json(
+          z.object({ status: z.literal("ok"), database: z.enum(["postgres", "pglite"]) }),
+          "alive",
+        ),
+      },
+    }),
+    (c) => c.json({ status: "ok" as const, database: ctx.fleetDb.kind }, 200),
+  );
+
+  for (const [name, scheme] of Object.entries(securitySchemes)) {
+    app.openAPIRegistry.registerComponent("securitySchemes", name, scheme);
+  }
+  let document: ApiDocument | undefined;
+  app.route(
+    "/",
+    docsRoutes(() => {
+      document ??= app.getOpenAPIDocument(documentConfig);
+      return document;
+    }),
+  );
 
   return {
     app,

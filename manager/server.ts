@@ -110,14 +110,17 @@ export async function runManager(options: {
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
 }
 
-/** The router (router/app.ts) in this process, reading the manager's snapshot and usage sink. */
+/**
+ * The router (router/app.ts) in this process, reading the manager's snapshot and usage sink;
+ * the manager hands it the routes of router/routes.ts by name.
+ */
 function mountRouter(
   manager: Manager,
   config: ManagerConfig,
   upstreamFetch: FetchLike | undefined,
   log: Logger,
 ): FetchHandler {
-  const router = createRouterApp({
+  return createRouterApp({
     fetch: upstreamFetch,
     routes: manager.routes,
     usage: manager.usage,
@@ -126,7 +129,6 @@ function mountRouter(
     requireApiKey: !isLoopbackHost(config.host),
     log: log.child("router"),
   });
-  return { fetch: (request) => router.fetch(request) };
 }
 
 /** What a newcomer needs after `npm start`: where things are and how to add a GPU host. */

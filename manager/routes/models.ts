@@ -1,122 +1,182 @@
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
-import { Hono } from "hono";
 import { z } from "zod";
 import { schema } from "../../db/index.ts";
-import { AppError, parseWith, readJson } from "../../kit/errors.ts";
+import { AppError } from "../../kit/errors.ts";
 import {
   aliasSchema,
+  modelInfoSchema,
   modelRegistrationSchema,
   type OpenAiModelList,
   workerIdSchema,
 } from "../../protocol/index.ts";
-import { isAuthorized, requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
 import { deleteModel, loadModelInfo, registerModel } from "../services/models.ts";
 import { modelStatus } from "../services/wire.ts";
+import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
-const logsQuerySchema = z.object({
-  tail: z.coerce.number().int().min(1).max(10_000).default(100),
-  worker_id: workerIdSchema.optional(),
+const aliasParams = z.object({ alias: aliasSchema });
+const tags = ["Models"];
+
+const modelDeletedSchema = z.object({
+  id: z.string(),
+  object: z.literal("model"),
+  deleted: z.literal(true),
+  stopped: z.array(
+    z.object({ worker_id: z.string(), ok: z.boolean(), error: z.string().optional() }),
+  ),
 });
 
-export type FetchHandler = { fetch(request: Request): Response | Promise<Response> };
-
 /**
- * `/v1/models`: registration and inspection (ADMIN_TOKEN). `GET /v1/models` is also the
- * OpenAI model list, which the router answers too: on the manager's port an admin (or
- * anyone, when the admin API is open) gets the manager's list, with every registered model
- * and its status; any other caller is handed to the mounted router, which checks API keys
- * and lists the models that are being served.
+ * `/v1/models/...` (ADMIN_TOKEN): registration and inspection. `GET /v1/models` itself is
+ * also the OpenAI model list, so manager/app.ts answers it (`listModels` for an admin, the
+ * mounted router for anyone else).
  */
-export function modelsRoutes(ctx: ManagerContext, router: () => FetchHandler | undefined): Hono {
-  const admin = requireScope(ctx.config, "admin");
-  const app = new Hono();
+export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
+  const access = accessFor(ctx.config);
+  const app = routeGroup();
 
-  app.post("/register", admin, async (c) => {
-    const input = parseWith(modelRegistrationSchema, await readJson(c.req.raw));
-    return c.json(await registerModel(ctx, input), 201);
-  });
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/register",
+      tags,
+      summary: "Register a model: place its replicas on GPUs and launch them",
+      description:
+        "All or nothing: when fewer workers fit than `replicas`, nothing is written and the 409 says worker by worker why not (`error.reasons`). A launch an agent refuses is kept, marked failed and retried (status `failed` in the 201).",
+      ...access.admin,
+      request: { body: jsonBody(modelRegistrationSchema) },
+      responses: {
+        201: json(modelInfoSchema, "registered; its instances and routing records"),
+        ...errors(400, 401, [409, "`alias_taken` or `no_capacity` (with `error.reasons`)"]),
+      },
+    }),
+    async (c) => c.json(await registerModel(ctx, c.req.valid("json")), 201),
+  );
 
-  app.get("/", async (c) => {
-    if (!isAuthorized(ctx.config, c.req.header("authorization"), "admin")) {
-      const mounted = router();
-      if (mounted) return mounted.fetch(c.req.raw);
-      throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");
-    }
-    const [models, instances] = await Promise.all([
-      ctx.db.select().from(schema.models).orderBy(asc(schema.models.alias)),
-      ctx.db.select().from(schema.instances),
-    ]);
-    const body: OpenAiModelList = {
-      object: "list",
-      data: models.map((m) => {
-        const mine = instances.filter((i) => i.alias === m.alias);
-        return {
-          id: m.alias,
-          object: "model" as const,
-          created: Math.floor(m.createdAt.getTime() / 1000),
-          owned_by: "vllm-fleet",
-          root: m.modelName,
-          model_name: m.modelName,
-          status: modelStatus(m, mine),
-          replicas: m.replicas,
-          ready_replicas: mine.filter((i) => i.status === "ready").length,
-        };
-      }),
-    };
-    return c.json(body);
-  });
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/{alias}",
+      tags,
+      summary: "A model, its instances and routing records",
+      ...access.admin,
+      request: { params: aliasParams },
+      responses: {
+        200: json(modelInfoSchema, "the model"),
+        ...errors(400, 401, [404, "`model_not_found`"]),
+      },
+    }),
+    async (c) => {
+      const { alias } = c.req.valid("param");
+      const info = await loadModelInfo(ctx.db, alias);
+      if (!info) {
+        throw new AppError("model_not_found", `no model with alias ${alias}`, { param: "alias" });
+      }
+      return c.json(info, 200);
+    },
+  );
 
-  app.get("/:alias", admin, async (c) => {
-    const alias = parseWith(aliasSchema, c.req.param("alias"), "alias");
-    const info = await loadModelInfo(ctx.db, alias);
-    if (!info)
-      throw new AppError("model_not_found", `no model with alias ${alias}`, { param: "alias" });
-    return c.json(info);
-  });
-
-  /**
-   * The engine's last log lines from each worker running the alias (or only `worker_id`),
-   * fetched from the agents; what `fleet logs ALIAS` and `register --wait` show.
-   */
-  app.get("/:alias/logs", admin, async (c) => {
-    const alias = parseWith(aliasSchema, c.req.param("alias"), "alias");
-    const query = parseWith(logsQuerySchema, c.req.query());
-    const placed = await ctx.db
-      .select({ workerId: schema.instances.workerId, workerUrl: schema.workers.workerUrl })
-      .from(schema.instances)
-      .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
-      .where(
-        and(
-          eq(schema.instances.alias, alias),
-          query.worker_id ? eq(schema.instances.workerId, query.worker_id) : undefined,
-        ),
-      )
-      .orderBy(asc(schema.instances.workerId));
-    if (placed.length === 0) {
-      throw new AppError(
-        "model_not_found",
-        `no instance of ${alias}${query.worker_id ? ` on ${query.worker_id}` : ""}`,
-        {
-          param: "alias",
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/{alias}/logs",
+      tags,
+      summary: "The engines' last log lines, fetched from the agents",
+      description:
+        "What `fleet logs ALIAS` and `register --wait` show. With several workers, each section starts with `==> worker_id <==`.",
+      ...access.admin,
+      request: {
+        params: aliasParams,
+        query: z.object({
+          tail: z.coerce.number().int().min(1).max(10_000).default(100),
+          worker_id: workerIdSchema.optional(),
+        }),
+      },
+      responses: {
+        200: {
+          description: "plain text log lines",
+          content: { "text/plain": { schema: z.string() } },
         },
+        ...errors(400, 401, [404, "`model_not_found`: no instance of the alias (on that worker)"]),
+      },
+    }),
+    async (c) => {
+      const { alias } = c.req.valid("param");
+      const query = c.req.valid("query");
+      const placed = await ctx.db
+        .select({ workerId: schema.instances.workerId, workerUrl: schema.workers.workerUrl })
+        .from(schema.instances)
+        .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+        .where(
+          and(
+            eq(schema.instances.alias, alias),
+            query.worker_id ? eq(schema.instances.workerId, query.worker_id) : undefined,
+          ),
+        )
+        .orderBy(asc(schema.instances.workerId));
+      if (placed.length === 0) {
+        throw new AppError(
+          "model_not_found",
+          `no instance of ${alias}${query.worker_id ? ` on ${query.worker_id}` : ""}`,
+          { param: "alias" },
+        );
+      }
+      const sections = await Promise.all(
+        placed.map(async ({ workerId, workerUrl }) => {
+          const result = await ctx.agents.logs(workerUrl, alias, query.tail);
+          const text = result.ok ? result.value : `(logs unavailable: ${result.error})\n`;
+          return placed.length === 1 ? text : `==> ${workerId} <==\n${text}`;
+        }),
       );
-    }
-    const sections = await Promise.all(
-      placed.map(async ({ workerId, workerUrl }) => {
-        const result = await ctx.agents.logs(workerUrl, alias, query.tail);
-        const text = result.ok ? result.value : `(logs unavailable: ${result.error})\n`;
-        return placed.length === 1 ? text : `==> ${workerId} <==\n${text}`;
-      }),
-    );
-    return c.text(sections.join(""));
-  });
+      return c.text(sections.join(""), 200);
+    },
+  );
 
-  app.delete("/:alias", admin, async (c) => {
-    const alias = parseWith(aliasSchema, c.req.param("alias"), "alias");
-    const { stopped } = await deleteModel(ctx, alias);
-    return c.json({ id: alias, object: "model", deleted: true, stopped });
-  });
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/{alias}",
+      tags,
+      summary: "Delete a model: routes removed, engines stopped",
+      ...access.admin,
+      request: { params: aliasParams },
+      responses: {
+        200: json(modelDeletedSchema, "deleted; what each agent answered to the stop"),
+        ...errors(400, 401, [404, "`model_not_found`"]),
+      },
+    }),
+    async (c) => {
+      const { alias } = c.req.valid("param");
+      const { stopped } = await deleteModel(ctx, alias);
+      return c.json({ id: alias, object: "model" as const, deleted: true as const, stopped }, 200);
+    },
+  );
 
   return app;
+}
+
+/** Every registered model in OpenAI's list shape, with its status: the admin's `GET /v1/models`. */
+export async function listModels(ctx: ManagerContext): Promise<OpenAiModelList> {
+  const [models, instances] = await Promise.all([
+    ctx.db.select().from(schema.models).orderBy(asc(schema.models.alias)),
+    ctx.db.select().from(schema.instances),
+  ]);
+  return {
+    object: "list",
+    data: models.map((m) => {
+      const mine = instances.filter((i) => i.alias === m.alias);
+      return {
+        id: m.alias,
+        object: "model" as const,
+        created: Math.floor(m.createdAt.getTime() / 1000),
+        owned_by: "vllm-fleet",
+        root: m.modelName,
+        model_name: m.modelName,
+        status: modelStatus(m, mine),
+        replicas: m.replicas,
+        ready_replicas: mine.filter((i) => i.status === "ready").length,
+      };
+    }),
+  };
 }

@@ -1,18 +1,24 @@
-import { Hono } from "hono";
-import { AppError, parseWith } from "../../kit/errors.ts";
-import { aliasSchema } from "../../protocol/index.ts";
-import { requireScope } from "../auth.ts";
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
+import { z } from "zod";
+import { AppError } from "../../kit/errors.ts";
+import { aliasSchema, routeEntrySchema, routeSnapshotSchema } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import type { CachedSnapshot } from "../services/route-cache.ts";
+import { accessFor, errors, json, routeGroup } from "./define.ts";
+
+const tags = ["Routes"];
+const etagHeader = z.object({
+  etag: z.string().describe('the snapshot version, quoted: `"{version}"`'),
+});
 
 /**
  * `/v1/routes`: the snapshot routers poll (FLEET_TOKEN or ADMIN_TOKEN). Served from the
  * in-memory snapshot with `ETag: "{version}"`; a matching `If-None-Match` is a 304 with no
  * database work at all.
  */
-export function routesRoutes(ctx: ManagerContext): Hono {
-  const fleet = requireScope(ctx.config, "fleet");
-  const app = new Hono();
+export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
+  const access = accessFor(ctx.config);
+  const app = routeGroup();
 
   const snapshot = async (): Promise<CachedSnapshot> => {
     let entry = ctx.routes.entry();
@@ -25,26 +31,66 @@ export function routesRoutes(ctx: ManagerContext): Hono {
     return entry;
   };
 
-  app.get("/", fleet, async (c) => {
-    const entry = await snapshot();
-    const headers = { etag: entry.etag, "cache-control": "no-cache" };
-    if (etagMatches(c.req.header("if-none-match"), entry.etag)) {
-      return new Response(null, { status: 304, headers });
-    }
-    return new Response(entry.body, {
-      status: 200,
-      headers: { ...headers, "content-type": "application/json; charset=UTF-8" },
-    });
-  });
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      tags,
+      summary: "The route snapshot routers poll: routes, readiness and active API key hashes",
+      ...access.fleet,
+      request: {
+        headers: z.object({
+          "if-none-match": z.string().optional().describe("a previous ETag: 304 if unchanged"),
+        }),
+      },
+      responses: {
+        200: { ...json(routeSnapshotSchema, "the snapshot"), headers: etagHeader },
+        304: { description: "unchanged since If-None-Match", headers: etagHeader },
+        ...errors(401, 503),
+      },
+    }),
+    async (c) => {
+      const entry = await snapshot();
+      const headers = { etag: entry.etag, "cache-control": "no-cache" };
+      if (etagMatches(c.req.header("if-none-match"), entry.etag)) {
+        return new Response(null, { status: 304, headers });
+      }
+      // The body was serialised once per version; sending it as is skips a JSON.stringify.
+      return new Response(entry.body, {
+        status: 200,
+        headers: { ...headers, "content-type": "application/json; charset=UTF-8" },
+      });
+    },
+  );
 
-  app.get("/:alias", fleet, async (c) => {
-    const alias = parseWith(aliasSchema, c.req.param("alias"), "alias");
-    const entry = await snapshot();
-    const routes = entry.snapshot.routes.filter((r) => r.alias === alias);
-    if (routes.length === 0)
-      throw new AppError("model_not_found", `no routes for alias ${alias}`, { param: "alias" });
-    return c.json({ alias, version: entry.snapshot.version, routes }, 200, { etag: entry.etag });
-  });
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/{alias}",
+      tags,
+      summary: "The routes of one alias",
+      ...access.fleet,
+      request: { params: z.object({ alias: aliasSchema }) },
+      responses: {
+        200: {
+          ...json(
+            z.object({ alias: z.string(), version: z.string(), routes: z.array(routeEntrySchema) }),
+            "the alias's routes",
+          ),
+          headers: etagHeader,
+        },
+        ...errors(400, 401, [404, "`model_not_found`: no routes for the alias"], 503),
+      },
+    }),
+    async (c) => {
+      const { alias } = c.req.valid("param");
+      const entry = await snapshot();
+      const routes = entry.snapshot.routes.filter((r) => r.alias === alias);
+      if (routes.length === 0)
+        throw new AppError("model_not_found", `no routes for alias ${alias}`, { param: "alias" });
+      return c.json({ alias, version: entry.snapshot.version, routes }, 200, { etag: entry.etag });
+    },
+  );
 
   return app;
 }

@@ -1,17 +1,28 @@
-import { Hono } from "hono";
-import { parseWith, readJson } from "../../kit/errors.ts";
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
+import { z } from "zod";
 import { usageBatchSchema } from "../../protocol/index.ts";
-import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
 import { insertUsage } from "../services/usage.ts";
+import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 /** `POST /v1/usage` (FLEET_TOKEN or ADMIN_TOKEN): a router's batch of request records. */
-export function usageRoutes(ctx: ManagerContext): Hono {
-  const app = new Hono();
-  app.post("/", requireScope(ctx.config, "fleet"), async (c) => {
-    const batch = parseWith(usageBatchSchema, await readJson(c.req.raw));
-    const accepted = await insertUsage(ctx.db, batch.records);
-    return c.json({ accepted }, 202);
-  });
+export function usageRoutes(ctx: ManagerContext): OpenAPIHono {
+  const access = accessFor(ctx.config);
+  const app = routeGroup();
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/",
+      tags: ["Usage"],
+      summary: "A standalone router's batch of usage records, stored as request_logs rows",
+      ...access.fleet,
+      request: { body: jsonBody(usageBatchSchema) },
+      responses: {
+        202: json(z.object({ accepted: z.number().int() }), "stored"),
+        ...errors(400, 401, 413),
+      },
+    }),
+    async (c) => c.json({ accepted: await insertUsage(ctx.db, c.req.valid("json").records) }, 202),
+  );
   return app;
 }

@@ -1,52 +1,107 @@
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
-import { Hono } from "hono";
+import { z } from "zod";
 import { schema } from "../../db/index.ts";
-import { AppError, parseWith, readJson } from "../../kit/errors.ts";
+import { AppError } from "../../kit/errors.ts";
 import {
+  heartbeatReplySchema,
   heartbeatSchema,
-  type WorkerList,
+  type WorkerInfo,
   workerIdSchema,
+  workerInfoSchema,
+  workerListSchema,
+  workerRegistrationReplySchema,
   workerRegistrationSchema,
 } from "../../protocol/index.ts";
-import { requireScope } from "../auth.ts";
 import type { ManagerContext } from "../context.ts";
 import { workerInfo } from "../services/wire.ts";
 import { heartbeat, registerWorker } from "../services/worker-reports.ts";
+import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
+
+const workerParams = z.object({ worker_id: workerIdSchema });
+const tags = ["Workers"];
 
 /** `/v1/workers`: agents register and heartbeat (FLEET_TOKEN); operators list (ADMIN_TOKEN). */
-export function workersRoutes(ctx: ManagerContext): Hono {
-  const fleet = requireScope(ctx.config, "fleet");
-  const admin = requireScope(ctx.config, "admin");
-  const app = new Hono();
+export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
+  const access = accessFor(ctx.config);
+  const app = routeGroup();
 
-  app.post("/register", fleet, async (c) => {
-    const registration = parseWith(workerRegistrationSchema, await readJson(c.req.raw));
-    return c.json(await registerWorker(ctx, registration), 200);
-  });
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/register",
+      tags,
+      summary: "Register (or re-register) a worker; idempotent per worker_id",
+      ...access.fleet,
+      request: { body: jsonBody(workerRegistrationSchema) },
+      responses: {
+        200: json(workerRegistrationReplySchema, "registered; heartbeat at the interval given"),
+        ...errors(400, 401),
+      },
+    }),
+    async (c) => c.json(await registerWorker(ctx, c.req.valid("json")), 200),
+  );
 
-  app.post("/:id/heartbeat", fleet, async (c) => {
-    const id = parseWith(workerIdSchema, c.req.param("id"), "worker_id");
-    const beat = parseWith(heartbeatSchema, await readJson(c.req.raw));
-    return c.json(await heartbeat(ctx, id, beat), 200);
-  });
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/{worker_id}/heartbeat",
+      tags,
+      summary: "Heartbeat: GPU stats and instance states",
+      ...access.fleet,
+      request: { params: workerParams, body: jsonBody(heartbeatSchema) },
+      responses: {
+        200: json(heartbeatReplySchema, "applied"),
+        ...errors(400, 401, [404, "`worker_not_found`: register again"]),
+      },
+    }),
+    async (c) => {
+      const { worker_id } = c.req.valid("param");
+      return c.json(await heartbeat(ctx, worker_id, c.req.valid("json")), 200);
+    },
+  );
 
-  app.get("/", admin, async (c) => {
-    const body: WorkerList = { workers: await listWorkers(ctx) };
-    return c.json(body);
-  });
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      tags,
+      summary: "List workers with their GPUs and instances",
+      ...access.admin,
+      responses: { 200: json(workerListSchema, "every worker"), ...errors(401) },
+    }),
+    async (c) => c.json({ workers: await listWorkers(ctx) }, 200),
+  );
 
-  app.get("/:id", admin, async (c) => {
-    const id = parseWith(workerIdSchema, c.req.param("id"), "worker_id");
-    const [found] = await listWorkers(ctx, id);
-    if (!found)
-      throw new AppError("worker_not_found", `no worker with id ${id}`, { param: "worker_id" });
-    return c.json(found);
-  });
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/{worker_id}",
+      tags,
+      summary: "One worker with its GPUs and instances",
+      ...access.admin,
+      request: { params: workerParams },
+      responses: {
+        200: json(workerInfoSchema, "the worker"),
+        ...errors(401, [404, "`worker_not_found`"]),
+      },
+    }),
+    async (c) => {
+      const { worker_id } = c.req.valid("param");
+      const [found] = await listWorkers(ctx, worker_id);
+      if (!found) {
+        throw new AppError("worker_not_found", `no worker with id ${worker_id}`, {
+          param: "worker_id",
+        });
+      }
+      return c.json(found, 200);
+    },
+  );
 
   return app;
 }
 
-async function listWorkers(ctx: ManagerContext, only?: string) {
+async function listWorkers(ctx: ManagerContext, only?: string): Promise<WorkerInfo[]> {
   const { db } = ctx;
   const [workers, gpus, instances] = await Promise.all([
     db

@@ -1,0 +1,138 @@
+/**
+ * How a manager route is written: `app.openapi(createRoute({...}), handler)` on a
+ * `routeGroup()`. The definition is the route's validator (its zod schemas run before the
+ * handler, which reads the result with `c.req.valid(...)`), its auth check (`...access.admin`
+ * puts the check and its `security` entry in the same place) and its entry in
+ * `/openapi.json`, so the three cannot drift apart.
+ */
+import { OpenAPIHono } from "@hono/zod-openapi";
+import type { MiddlewareHandler } from "hono";
+import type { z } from "zod";
+import { AppError, validationError } from "../../kit/errors.ts";
+import { openAiErrorSchema } from "../../protocol/index.ts";
+import { requireScope, type Scope } from "../auth.ts";
+import type { ManagerConfig } from "../env.ts";
+
+/** Where a failed validation target sits in the request, for the 400's message. */
+const targetName: Record<string, string> = {
+  json: "body",
+  param: "path",
+  query: "query",
+  header: "headers",
+};
+
+/**
+ * An `OpenAPIHono` whose validation failures are thrown as the shared 400 (`validationError`:
+ * OpenAI's shape, the failing field's dotted path in `param`), rendered by the app's onError.
+ */
+export function routeGroup(): OpenAPIHono {
+  return new OpenAPIHono({
+    defaultHook: (result) => {
+      if (!result.success) {
+        throw validationError(result.error, targetName[result.target] ?? result.target);
+      }
+    },
+  });
+}
+
+/** Security schemes of the document (registered once, on the app). */
+export const securitySchemes = {
+  adminToken: { type: "http", scheme: "bearer", description: "ADMIN_TOKEN" },
+  fleetToken: {
+    type: "http",
+    scheme: "bearer",
+    description: "FLEET_TOKEN (ADMIN_TOKEN is accepted too)",
+  },
+  apiKey: {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "An API key from POST /v1/keys; not needed on loopback before the first key exists",
+  },
+} as const;
+
+const securityOf: Record<Scope, Record<string, string[]>[]> = {
+  admin: [{ adminToken: [] }],
+  fleet: [{ fleetToken: [] }, { adminToken: [] }],
+};
+
+export type Access = Record<
+  Scope,
+  { security: Record<string, string[]>[]; middleware: MiddlewareHandler[] }
+>;
+
+/**
+ * Spread into a route definition: who may call it (checked first, before the body is read)
+ * and what the document says about it. The JSON body reader runs right after the check, so
+ * a caller without the token gets 401 whatever it sent.
+ */
+export function accessFor(config: ManagerConfig): Access {
+  const entry = (scope: Scope) => ({
+    security: securityOf[scope],
+    middleware: [requireScope(config, scope), readJsonBody],
+  });
+  return { admin: entry("admin"), fleet: entry("fleet") };
+}
+
+/**
+ * Reads a JSON body before the route's validator does, so that a malformed one is 400
+ * `invalid_json` (not a validation error), an empty one reads as `{}`, and a body sent
+ * as something other than JSON gets a message that says what to send.
+ */
+const readJsonBody: MiddlewareHandler = async (c, next) => {
+  if (c.req.method !== "POST") return next();
+  const type = c.req.header("content-type");
+  const text = await c.req.text();
+  if (type === undefined && text.trim() === "") return next(); // validated as `{}`
+  if (type === undefined || !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
+    throw new AppError(
+      "invalid_request",
+      `the request body must be JSON, sent with Content-Type: application/json (got ${type ?? "no Content-Type"})`,
+    );
+  }
+  if (text.trim() === "") {
+    // The validator parses the cached text, so an empty body becomes an empty object.
+    // (Hono's cache holds promises at run time; its type says the values themselves.)
+    (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve("{}");
+  } else {
+    try {
+      JSON.parse(text);
+    } catch {
+      throw new AppError("invalid_json", "request body is not valid JSON");
+    }
+  }
+  return next();
+};
+
+/** A required JSON request body validated by `schema`. */
+export function jsonBody<S extends z.ZodType>(schema: S, description?: string) {
+  return {
+    required: true,
+    ...(description ? { description } : {}),
+    content: { "application/json": { schema } },
+  } as const;
+}
+
+/** A JSON response. */
+export function json<S extends z.ZodType>(schema: S, description: string) {
+  return { description, content: { "application/json": { schema } } } as const;
+}
+
+const errorText: Record<number, string> = {
+  400: "`invalid_request` (with `param`) or `invalid_json`",
+  401: "`unauthorized`: missing or wrong token",
+  404: "not found",
+  409: "conflict",
+  413: "`payload_too_large`: the body is larger than 16 MiB",
+  503: "`unavailable`",
+};
+
+/** Error responses in OpenAI's shape, with optional per-route descriptions. */
+export function errors(...entries: (number | [number, string])[]) {
+  const out: Record<number, ReturnType<typeof json<typeof openAiErrorSchema>>> = {};
+  for (const entry of entries) {
+    const [status, text] = typeof entry === "number" ? [entry, errorText[entry]] : entry;
+    out[status] = json(openAiErrorSchema, text ?? "error");
+  }
+  return out;
+}

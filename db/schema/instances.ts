@@ -36,6 +36,11 @@ export const instances = pgTable(
     pid: integer(),
     status: text({ enum: instanceStatuses }).notNull().default("pending"),
     restarts: integer().notNull().default(0),
+    /**
+     * Failures recorded since the instance was placed (launch refused, engine failed or
+     * vanished, retry blocked): the exponent of its retry backoff. Written by the lifecycle.
+     */
+    failures: integer().notNull().default(0),
     lastError: text(),
     readyAt: timestamp({ withTimezone: true }),
     ...timestamps,

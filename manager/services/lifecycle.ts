@@ -400,10 +400,14 @@ export class LifecycleTx {
           : instance.readyAt;
     if (readyAt?.getTime() !== instance.readyAt?.getTime()) set.readyAt = readyAt;
     const note = spec.note === "always" || (spec.note === "when-changed" && "lastError" in set);
+    const recorded = change.status !== instance.status || note;
+    // Each recorded failure (its event says `to: failed`) counts toward the retry backoff.
+    const failures =
+      recorded && change.status === "failed" ? sql`${schema.instances.failures} + 1` : undefined;
     if (Object.keys(set).length > 0 || note) {
       const updated = await this.tx
         .update(schema.instances)
-        .set({ ...set, updatedAt: this.now })
+        .set({ ...set, ...(failures ? { failures } : {}), updatedAt: this.now })
         .where(
           and(eq(schema.instances.id, instance.id), eq(schema.instances.status, instance.status)),
         )
@@ -413,7 +417,7 @@ export class LifecycleTx {
       Object.assign(next, row);
     }
     await this.syncRoute(next);
-    if (next.status !== instance.status || note) {
+    if (recorded) {
       this.record(name, { instance: next, from: instance.status, to: next.status, ...extras });
     }
     if (spec.by !== "agent-report") {

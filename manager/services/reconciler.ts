@@ -130,12 +130,12 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
     .select({
       id: schema.instances.id,
       updatedAt: schema.instances.updatedAt,
-      failures: sql<number>`(select count(*)::int from events e where e.alias = "instances"."alias" and e.instance_id = "instances"."id"::text and e.to_status = 'failed')`,
+      failures: schema.instances.failures,
     })
     .from(schema.instances)
     .where(eq(schema.instances.status, "failed"));
   for (const row of failed) {
-    if (now.getTime() - row.updatedAt.getTime() < retryDelayMs(ctx, Number(row.failures))) continue;
+    if (now.getTime() - row.updatedAt.getTime() < retryDelayMs(ctx, row.failures)) continue;
     const retried = await guarded(ctx, "retry", row.id, () => retryFailed(ctx, row.id, now));
     if (retried) launches.push(retried);
   }

@@ -268,6 +268,7 @@ for (const target of dbTargets) {
         const after = instanceOf.get(alias);
         const wasServed = from === "ready";
         const served = to === "ready";
+        const recorded = from !== to || spec(name).note !== undefined;
         const expected = allowedHere
           ? {
               applied: true,
@@ -275,7 +276,8 @@ for (const target of dbTargets) {
               lastError: alias,
               updatedAt: NOW.getTime(),
               routeReady: served,
-              events: from !== to || spec(name).note ? [spec(name).event.replace("<to>", to)] : [],
+              events: recorded ? [spec(name).event.replace("<to>", to)] : [],
+              failures: recorded && to === "failed" ? 1 : 0,
               refreshes: wasServed !== served ? 1 : 0,
               forgotten: spec(name).by === "agent-report" ? [] : ["w1"],
             }
@@ -286,6 +288,7 @@ for (const target of dbTargets) {
               updatedAt: T0.getTime(),
               routeReady: wasServed,
               events: [],
+              failures: 0,
               refreshes: 0,
               forgotten: [],
             };
@@ -296,6 +299,7 @@ for (const target of dbTargets) {
           updatedAt: after?.updatedAt.getTime(),
           routeReady: routeOfAlias.get(alias)?.ready,
           events: events.filter((e) => e.alias === alias).map((e) => e.kind),
+          failures: after?.failures,
         };
         const order = (o: Record<string, unknown>) =>
           JSON.stringify(

@@ -78,26 +78,48 @@ type Outgoing = {
   signal: AbortSignal | undefined;
 };
 
-type Exchange = {
-  method: string;
-  resolve(response: Response): void;
-  reject(error: unknown): void;
-  signal: AbortSignal | undefined;
-  onAbort: (() => void) | undefined;
-  controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+/**
+ * One request and its response on one connection. A class, and its own abort listener
+ * (`handleEvent`), so that a request allocates no closures.
+ */
+class Exchange {
+  controller: ReadableStreamDefaultController<Uint8Array> | undefined = undefined;
   /** A small body with a Content-Length, collected whole before the promise resolves. */
-  small: { head: ResponseHead; bytes: Uint8Array<ArrayBuffer>; filled: number } | undefined;
+  small: { head: ResponseHead; bytes: Uint8Array<ArrayBuffer>; filled: number } | undefined =
+    undefined;
   /** The head arrived (the promise is settled); errors now go to the body. */
-  answered: boolean;
+  answered = false;
   /** Any response byte arrived: a failure is no longer a stale keep-alive connection. */
-  heard: boolean;
+  heard = false;
   /** Request bytes not yet accepted by the socket. */
-  unsent: Uint8Array | undefined;
+  unsent: Uint8Array | undefined = undefined;
   /** Any request byte was accepted by the socket: the server may have acted on it. */
-  sent: boolean;
-  /** Once, on a new connection, when a reused one dies before answering (see `replayable`). */
-  retry: (() => void) | undefined;
-};
+  sent = false;
+
+  constructor(
+    readonly conn: Connection,
+    readonly request: Outgoing,
+    readonly resolve: (response: Response) => void,
+    readonly reject: (error: unknown) => void,
+    /** Once, on a new connection, when a reused one dies before answering (`replayable`). */
+    public retry: boolean,
+    private readonly onAbort: (exchange: Exchange) => void,
+  ) {}
+
+  get method(): string {
+    return this.request.method;
+  }
+
+  /** The request's signal aborted. */
+  handleEvent(): void {
+    this.onAbort(this);
+  }
+
+  /** Stops listening to the request's signal (the exchange is over, one way or another). */
+  unlisten(): void {
+    this.request.signal?.removeEventListener("abort", this);
+  }
+}
 
 type Connection = {
   origin: Origin;
@@ -213,7 +235,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
     const exchange = conn.exchange;
     if (!exchange) return;
     conn.exchange = undefined;
-    exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+    exchange.unlisten();
     if (exchange.answered) {
       try {
         exchange.controller?.error(error);
@@ -221,7 +243,9 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
         // already closed or errored by the reader
       }
     } else if (exchange.retry && replayable(exchange)) {
-      exchange.retry();
+      // A new connection, never another pooled one that may be just as stale.
+      destroy(conn);
+      connectAndSend(exchange.request, false).then(exchange.resolve, exchange.reject);
     } else {
       exchange.reject(
         error instanceof ProtocolError ? fetchFailed(conn.origin, error.message) : error,
@@ -257,7 +281,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
             // The reader gave up mid-body: the connection is out of step, so it goes.
             if (conn.exchange !== exchange) return;
             conn.exchange = undefined;
-            exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+            exchange.unlisten();
             destroy(conn);
           },
         },
@@ -298,7 +322,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
           const c = conn();
           const exchange = c.exchange;
           if (!exchange) return;
-          exchange.signal?.removeEventListener("abort", exchange.onAbort as () => void);
+          exchange.unlisten();
           const small = exchange.small;
           if (small) {
             exchange.answered = true;
@@ -472,58 +496,48 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
   ): Promise<Response> => {
     const { method, head, body, signal } = request;
     const socket = conn.socket as Socket<Connection>;
-    const reused = conn.reused;
     return new Promise<Response>((resolve, reject) => {
-      const exchange: Exchange = {
-        method,
+      const exchange = new Exchange(
+        conn,
+        request,
         resolve,
         reject,
-        signal,
-        onAbort: undefined,
-        controller: undefined,
-        small: undefined,
-        answered: false,
-        heard: false,
-        unsent: undefined,
-        sent: false,
-        retry: undefined,
-      };
-      if (reused && allowRetry) {
-        // A new connection, never another pooled one that may be just as stale.
-        exchange.retry = () => {
-          destroy(conn);
-          connectAndSend(request, false).then(resolve, reject);
-        };
-      }
+        conn.reused && allowRetry,
+        abortExchange,
+      );
       if (signal) {
-        exchange.onAbort = () => {
-          if (conn.exchange !== exchange) return;
-          exchange.retry = undefined;
-          failExchange(conn, abortReason(signal));
-          destroy(conn);
-        };
         if (signal.aborted) {
           park(conn);
           reject(abortReason(signal));
           return;
         }
-        signal.addEventListener("abort", exchange.onAbort, { once: true });
+        signal.addEventListener("abort", exchange, { once: true });
       }
       conn.exchange = exchange;
       conn.parser.expect(method);
-      const headBytes = encoder.encode(head);
-      if (!body || body.byteLength === 0) {
-        exchange.unsent = write(exchange, socket, headBytes);
-      } else if (body.byteLength <= coalesceBytes) {
-        const joined = new Uint8Array(headBytes.byteLength + body.byteLength);
-        joined.set(headBytes);
-        joined.set(body, headBytes.byteLength);
-        exchange.unsent = write(exchange, socket, joined);
+      if (!body || body.byteLength <= coalesceBytes) {
+        // Head and body in one buffer, one write.
+        const bytes = new Uint8Array(head.length * 3 + (body?.byteLength ?? 0));
+        const { written } = encoder.encodeInto(head, bytes);
+        if (body) bytes.set(body, written);
+        exchange.unsent = write(
+          exchange,
+          socket,
+          bytes.subarray(0, written + (body?.byteLength ?? 0)),
+        );
       } else {
-        const rest = write(exchange, socket, headBytes);
+        const rest = write(exchange, socket, encoder.encode(head));
         exchange.unsent = rest ? concat(rest, body) : write(exchange, socket, body);
       }
     });
+  };
+
+  const abortExchange = (exchange: Exchange) => {
+    const conn = exchange.conn;
+    if (conn.exchange !== exchange) return;
+    exchange.retry = false;
+    failExchange(conn, abortReason(exchange.request.signal as AbortSignal));
+    destroy(conn);
   };
 
   const proxyRules = readProxyEnv(options.env ?? process.env);

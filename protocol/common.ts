@@ -102,4 +102,6 @@ export const gpuIdsSchema = z
   .max(64)
   .refine((ids) => new Set(ids).size === ids.length, "must not repeat a GPU id");
 
-export const dtypeSchema = z.enum(["auto", "half", "float16", "bfloat16", "float", "float32"]);
+/** vLLM's `--dtype` values; also the `models.dtype` column's type. */
+export const dtypes = ["auto", "half", "float16", "bfloat16", "float", "float32"] as const;
+export const dtypeSchema = z.enum(dtypes);

@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import { check, doublePrecision, integer, jsonb, pgTable, text } from "drizzle-orm/pg-core";
+import { dtypes } from "../../protocol/common.ts";
 import { timestamps } from "./columns.ts";
 
 /** Desired state: what operators asked to serve. */
@@ -12,7 +13,7 @@ export const models = pgTable(
     gpuMemoryUtilization: doublePrecision().notNull().default(0.9),
     tensorParallelSize: integer().notNull().default(1),
     replicas: integer().notNull().default(1),
-    dtype: text(),
+    dtype: text({ enum: dtypes }),
     /**
      * Pin: the model may run only on this worker (and these GPUs). Not a foreign key: a pin
      * is a wish that outlives the worker's row (a host re-registers under the same id).

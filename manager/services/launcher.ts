@@ -126,6 +126,6 @@ export function instanceSpec(model: ModelRow, instance: InstanceRow): InstanceSp
     extra_args: model.extraArgs,
   };
   if (model.maxModelLen !== null) spec.max_model_len = model.maxModelLen;
-  if (model.dtype !== null) spec.dtype = model.dtype as InstanceSpecInput["dtype"];
+  if (model.dtype !== null) spec.dtype = model.dtype;
   return spec;
 }

@@ -66,7 +66,7 @@ export function modelInfo(
     gpu_memory_utilization: model.gpuMemoryUtilization,
     tensor_parallel_size: model.tensorParallelSize,
     replicas: model.replicas,
-    dtype: (model.dtype ?? null) as ModelInfo["dtype"],
+    dtype: model.dtype,
     worker_id: model.workerId,
     gpu_ids: model.gpuIds,
     extra_args: model.extraArgs,

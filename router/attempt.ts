@@ -27,7 +27,7 @@ export async function attempt(
   if (readWhole(response)) {
     let bytes: Uint8Array<ArrayBuffer>;
     try {
-      bytes = new Uint8Array(await response.arrayBuffer());
+      bytes = await response.bytes();
     } catch (error) {
       return run.fail("reset", error);
     }

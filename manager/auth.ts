@@ -1,4 +1,5 @@
 import type { MiddlewareHandler } from "hono";
+import { bearerToken, constantTimeEqual } from "../kit/crypto.ts";
 import { AppError } from "../kit/errors.ts";
 import type { ManagerConfig } from "./env.ts";
 
@@ -17,14 +18,17 @@ export function isAuthorized(
 ): boolean {
   const open = scope === "admin" ? !config.adminToken : !config.fleetToken;
   if (open) return true;
-  const presented = bearer(header);
-  if (presented === undefined) return false;
-  if (config.adminToken && safeEqual(presented, config.adminToken)) return true;
+  const presented = bearerToken(header);
+  if (presented === "") return false;
+  if (config.adminToken && constantTimeEqual(presented, config.adminToken)) return true;
   return (
-    scope === "fleet" && config.fleetToken !== undefined && safeEqual(presented, config.fleetToken)
+    scope === "fleet" &&
+    config.fleetToken !== undefined &&
+    constantTimeEqual(presented, config.fleetToken)
   );
 }
 
+/** Route middleware: 401 in OpenAI's shape unless the caller holds a token of `scope`. */
 export function requireScope(config: ManagerConfig, scope: Scope): MiddlewareHandler {
   return async (c, next) => {
     if (!isAuthorized(config, c.req.header("authorization"), scope)) {
@@ -37,18 +41,4 @@ export function requireScope(config: ManagerConfig, scope: Scope): MiddlewareHan
     }
     await next();
   };
-}
-
-function bearer(header: string | undefined): string | undefined {
-  if (!header) return undefined;
-  const match = /^Bearer\s+(.+)$/i.exec(header.trim());
-  return match?.[1]?.trim();
-}
-
-/** Compares in time that depends only on the lengths, not on where the strings differ. */
-export function safeEqual(a: string, b: string): boolean {
-  const length = Math.max(a.length, b.length);
-  let diff = a.length ^ b.length;
-  for (let i = 0; i < length; i++) diff |= (a.charCodeAt(i) | 0) ^ (b.charCodeAt(i) | 0);
-  return diff === 0;
 }

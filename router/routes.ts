@@ -170,7 +170,7 @@ const chatCompletions = {
   method: "post",
   path: "/v1/chat/completions",
   tags: ["OpenAI"],
-  summary: "Chat completion, forwarded to a ready replica of the alias in `model`",
+  summary: "Chat completion, forwarded to a ready replica of the alias named in model",
   security: apiKey,
   request: {
     body: {
@@ -194,7 +194,7 @@ const completions = {
   method: "post",
   path: "/v1/completions",
   tags: ["OpenAI"],
-  summary: "Text completion, forwarded to a ready replica of the alias in `model`",
+  summary: "Text completion, forwarded to a ready replica of the alias named in model",
   security: apiKey,
   request: {
     body: { required: true, content: { "application/json": { schema: completionRequestSchema } } },
@@ -215,7 +215,7 @@ const embeddings = {
   method: "post",
   path: "/v1/embeddings",
   tags: ["OpenAI"],
-  summary: "Embeddings, forwarded to a ready replica of the alias in `model`",
+  summary: "Embeddings, forwarded to a ready replica of the alias named in model",
   security: apiKey,
   request: {
     body: { required: true, content: { "application/json": { schema: embeddingRequestSchema } } },

@@ -5,5 +5,6 @@ export { type InstanceRow, instanceStatuses, instances } from "./instances.ts";
 export { type ModelRow, models } from "./models.ts";
 export { requestLogs } from "./request-logs.ts";
 export { routeTable } from "./route-table.ts";
+export { type RouterRow, routers } from "./routers.ts";
 export { type RouteRow, routes } from "./routes.ts";
 export { type GpuRow, gpus, type WorkerRow, workers } from "./workers.ts";

@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import {
+  boolean,
   check,
   index,
   integer,
@@ -8,6 +9,7 @@ import {
   primaryKey,
   text,
   timestamp,
+  unique,
 } from "drizzle-orm/pg-core";
 import { timestamps } from "./columns.ts";
 
@@ -28,12 +30,37 @@ export const workers = pgTable(
     labels: jsonb().$type<Record<string, string>>().notNull().default({}),
     /** Why GPU discovery found nothing, as the agent reported it. */
     gpuWarning: text(),
+    /**
+     * SHA-256 (hex) of the worker's own credential, issued when it joined with the join
+     * token: its heartbeats and re-registrations must present it. Null in open mode.
+     */
+    credentialHash: text(),
+    /**
+     * The credential the manager and routers present to this agent alone (instance API,
+     * `/proxy`). Kept in clear: the manager hands it to routers in the route snapshot.
+     */
+    agentToken: text(),
+    /** A rotation handed to the agent and not yet confirmed by it (see docs/security.md). */
+    pendingCredentialHash: text(),
+    pendingAgentToken: text(),
+    /** An operator asked for new credentials; the next heartbeat reply carries them. */
+    rotateRequestedAt: timestamp({ withTimezone: true }),
+    /** Whether the manager's last probe of `worker_url` (internal) got the agent's answer. */
+    internalReachable: boolean(),
+    internalRttMs: integer(),
+    internalProbeError: text(),
+    /** The same for `public_worker_url` (null when the worker has none). */
+    publicReachable: boolean(),
+    publicRttMs: integer(),
+    publicProbeError: text(),
+    probedAt: timestamp({ withTimezone: true }),
     ...timestamps,
   },
   (t) => [
     check("workers_status_check", sql`${t.status} in ('online', 'offline')`),
     // The liveness sweep looks for online workers whose heartbeat is too old.
     index("workers_status_last_heartbeat_idx").on(t.status, t.lastHeartbeat),
+    unique("workers_credential_hash_unique").on(t.credentialHash),
   ],
 );
 

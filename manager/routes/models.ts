@@ -11,6 +11,7 @@ import {
   workerIdSchema,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
+import { agentAddressColumns } from "../services/agent-client.ts";
 import { deleteModel, loadModelInfo, registerModel } from "../services/models.ts";
 import { modelStatus } from "../services/wire.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
@@ -105,7 +106,7 @@ export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
       const { alias } = c.req.valid("param");
       const query = c.req.valid("query");
       const placed = await ctx.db
-        .select({ workerId: schema.instances.workerId, workerUrl: schema.workers.workerUrl })
+        .select(agentAddressColumns)
         .from(schema.instances)
         .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
         .where(
@@ -123,10 +124,10 @@ export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
         );
       }
       const sections = await Promise.all(
-        placed.map(async ({ workerId, workerUrl }) => {
-          const result = await ctx.agents.logs(workerUrl, alias, query.tail);
+        placed.map(async (worker) => {
+          const result = await ctx.agents.logs(worker, alias, query.tail);
           const text = result.ok ? result.value : `(logs unavailable: ${result.error})\n`;
-          return placed.length === 1 ? text : `==> ${workerId} <==\n${text}`;
+          return placed.length === 1 ? text : `==> ${worker.workerId} <==\n${text}`;
         }),
       );
       return c.text(sections.join(""), 200);

@@ -1,3 +1,5 @@
+import { schema } from "../../db/index.ts";
+import type { WorkerRow } from "../../db/schema/workers.ts";
 import { describeError } from "../../kit/errors.ts";
 import type { FetchLike } from "../../kit/fetch.ts";
 import {
@@ -11,19 +13,57 @@ export type AgentCallResult<T> =
   | { ok: true; value: T }
   | { ok: false; status: number | null; error: string };
 
-/** Manager → agent calls on the agent's internal `worker_url`, bearer FLEET_TOKEN. */
+/** What the manager knows of a worker to call its agent: its URLs, what answers, its credential. */
+export type AgentAddress = Pick<
+  WorkerRow,
+  | "workerId"
+  | "workerUrl"
+  | "publicWorkerUrl"
+  | "agentToken"
+  | "internalReachable"
+  | "publicReachable"
+>;
+
+/** The columns of `AgentAddress`, for selects that feed the agent client. */
+export const agentAddressColumns = {
+  workerId: schema.workers.workerId,
+  workerUrl: schema.workers.workerUrl,
+  publicWorkerUrl: schema.workers.publicWorkerUrl,
+  agentToken: schema.workers.agentToken,
+  internalReachable: schema.workers.internalReachable,
+  publicReachable: schema.workers.publicReachable,
+};
+
+/** Where and with which credential one management call goes. */
+export type AgentTarget = { url: string; token: string | undefined };
+
+/**
+ * Manager → agent calls (launch, list, stop, logs). Each goes to the worker's management
+ * target (`target()`): the path the probes found answering and the worker's own agent
+ * credential.
+ */
 export class AgentClient {
   constructor(
-    private readonly options: { fetch: FetchLike; token: string | undefined; timeoutMs: number },
+    private readonly options: {
+      fetch: FetchLike;
+      /** The cluster token, for agents that joined before per-worker credentials. */
+      token: string | undefined;
+      timeoutMs: number;
+    },
   ) {}
+
+  /** The URL and credential a management call to `worker` uses. */
+  target(worker: AgentAddress): AgentTarget {
+    return { url: worker.workerUrl, token: worker.agentToken ?? this.options.token };
+  }
 
   /** `POST /v1/instances`; the agent answers 202 with the instance (port leased by it). */
   launch(
-    workerUrl: string,
+    worker: AgentAddress,
     spec: InstanceSpecInput,
   ): Promise<AgentCallResult<InstanceReport | null>> {
     return this.call(
-      workerUrl,
+      worker,
       "/v1/instances",
       { method: "POST", body: JSON.stringify(spec) },
       (body) => {
@@ -33,17 +73,17 @@ export class AgentClient {
     );
   }
 
-  list(workerUrl: string): Promise<AgentCallResult<InstanceReport[]>> {
-    return this.call(workerUrl, "/v1/instances", { method: "GET" }, (body) => {
+  list(worker: AgentAddress): Promise<AgentCallResult<InstanceReport[]>> {
+    return this.call(worker, "/v1/instances", { method: "GET" }, (body) => {
       const parsed = instanceListSchema.safeParse(body);
       return parsed.success ? parsed.data.instances : [];
     });
   }
 
   /** `DELETE /v1/instances/{alias}`; a 404 counts as stopped (nothing to stop). */
-  async stop(workerUrl: string, alias: string): Promise<AgentCallResult<null>> {
+  async stop(worker: AgentAddress, alias: string): Promise<AgentCallResult<null>> {
     const result = await this.call(
-      workerUrl,
+      worker,
       `/v1/instances/${encodeURIComponent(alias)}`,
       { method: "DELETE" },
       () => null,
@@ -53,9 +93,9 @@ export class AgentClient {
   }
 
   /** `GET /v1/instances/{alias}/logs?tail=N`: the engine's last log lines, as plain text. */
-  logs(workerUrl: string, alias: string, tail: number): Promise<AgentCallResult<string>> {
+  logs(worker: AgentAddress, alias: string, tail: number): Promise<AgentCallResult<string>> {
     return this.call(
-      workerUrl,
+      worker,
       `/v1/instances/${encodeURIComponent(alias)}/logs?tail=${tail}`,
       { method: "GET" },
       (_body, text) => text,
@@ -63,20 +103,23 @@ export class AgentClient {
   }
 
   private async call<T>(
-    workerUrl: string,
+    worker: AgentAddress,
     path: string,
     init: RequestInit,
     parse: (body: unknown, text: string) => T,
   ): Promise<AgentCallResult<T>> {
+    const { url: workerUrl, token } = this.target(worker);
     const headers: Record<string, string> = { accept: "application/json, text/plain" };
     if (init.body) headers["content-type"] = "application/json";
-    if (this.options.token) headers.authorization = `Bearer ${this.options.token}`;
+    if (token) headers.authorization = `Bearer ${token}`;
     let response: Response;
     try {
       response = await this.options.fetch(`${workerUrl}${path}`, {
         ...init,
         headers,
         signal: AbortSignal.timeout(this.options.timeoutMs),
+        // Never follow: a redirect would carry the credential and the body to another host.
+        redirect: "manual",
       });
     } catch (error) {
       return {
@@ -91,6 +134,13 @@ export class AgentClient {
       body = text ? JSON.parse(text) : null;
     } catch {
       body = null;
+    }
+    if (response.status >= 300 && response.status < 400) {
+      return {
+        ok: false,
+        status: response.status,
+        error: `agent at ${workerUrl} answered a redirect (${response.status}); calls to agents never follow redirects`,
+      };
     }
     if (!response.ok) {
       return {

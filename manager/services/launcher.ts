@@ -10,7 +10,7 @@ import type { InstanceRow, ModelRow } from "../../db/schema/index.ts";
 import type { Clock } from "../../kit/clock.ts";
 import type { Logger } from "../../kit/log.ts";
 import type { InstanceSpecInput } from "../../protocol/index.ts";
-import type { AgentCallResult, AgentClient } from "./agent-client.ts";
+import type { AgentAddress, AgentCallResult, AgentClient } from "./agent-client.ts";
 import type { Lifecycle } from "./lifecycle.ts";
 
 export type LauncherDeps = {
@@ -54,9 +54,9 @@ export class Launcher {
       if (row?.instance.status !== "pending") return;
       const { instance, model, worker } = row;
       const spec = instanceSpec(model, instance);
-      let result = await agents.launch(worker.workerUrl, spec);
+      let result = await agents.launch(worker, spec);
       if (!result.ok && result.status === 409) {
-        const listed = await agents.list(worker.workerUrl);
+        const listed = await agents.list(worker);
         const existing = listed.ok ? listed.value.find((r) => r.alias === model.alias) : undefined;
         if (
           existing &&
@@ -65,8 +65,8 @@ export class Launcher {
         ) {
           result = { ok: true, value: existing };
         } else {
-          await agents.stop(worker.workerUrl, model.alias);
-          result = await agents.launch(worker.workerUrl, spec);
+          await agents.stop(worker, model.alias);
+          result = await agents.launch(worker, spec);
         }
       }
       const outcome = result;
@@ -96,7 +96,7 @@ export class Launcher {
    * made that recently is not repeated (the answer is then undefined).
    */
   async stop(
-    worker: { workerId: string; workerUrl: string },
+    worker: AgentAddress,
     alias: string,
     options: { unlessAskedWithinMs?: number } = {},
   ): Promise<AgentCallResult<null> | undefined> {
@@ -111,7 +111,7 @@ export class Launcher {
       return undefined;
     }
     this.stopRequested.set(key, now);
-    return this.deps.agents.stop(worker.workerUrl, alias);
+    return this.deps.agents.stop(worker, alias);
   }
 }
 

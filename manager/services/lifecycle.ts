@@ -15,6 +15,7 @@ import {
   type InstanceReport,
   instanceRecordStatuses,
 } from "../../protocol/index.ts";
+import type { AgentAddress } from "./agent-client.ts";
 import { type EventInput, recordEvents } from "./events.ts";
 import type { Placement } from "./placement.ts";
 
@@ -468,7 +469,7 @@ export class LifecycleTx {
    * `model.deleted` event is recorded (the caller deletes the model row, or throws to undo
    * it all). Returns where the engines ran.
    */
-  async removed(alias: string): Promise<{ workerId: string; workerUrl: string }[]> {
+  async removed(alias: string): Promise<AgentAddress[]> {
     const rows = await this.tx
       .select({ id: schema.instances.id, status: schema.instances.status, worker: schema.workers })
       .from(schema.instances)
@@ -486,7 +487,7 @@ export class LifecycleTx {
     );
     this.effects.routes = true;
     for (const r of gone) this.effects.workers.add(r.worker.workerId);
-    return gone.map((r) => ({ workerId: r.worker.workerId, workerUrl: r.worker.workerUrl }));
+    return gone.map((r) => r.worker);
   }
 
   // ---- worker changes that move routes ----

@@ -16,6 +16,7 @@ import {
   type WorkerRegistrationReply,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
+import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
 import { routeUrl } from "./lifecycle.ts";
 
@@ -301,7 +302,7 @@ function stopUnwanted(
 ): void {
   void (async () => {
     const [worker] = await ctx.db
-      .select({ workerId: schema.workers.workerId, workerUrl: schema.workers.workerUrl })
+      .select(agentAddressColumns)
       .from(schema.workers)
       .where(eq(schema.workers.workerId, workerId));
     if (!worker) return;

@@ -527,12 +527,13 @@ async function main() {
         );
       };
       console.log("");
-      ratio("c", "b", "(goal ≥ 85%)");
-      ratio("h", "b", "(goal ≥ 85%)");
-      ratio("c", "h", "(Bun fetch against the HTTP/1.1 client; within 10% to drop the client)");
-      ratio("m", "c", "(mounted against standalone; goal within 10%)");
+      ratio("h", "b", "(the router on the client it uses; goal ≥ 85%)");
+      ratio("c", "b", "(the router on Bun's fetch)");
+      ratio("c", "h", "(Bun's fetch against the HTTP/1.1 client)");
+      // The manager mounts the router on the same client as the standalone default (http1).
+      ratio("m", "h", "(mounted against standalone; goal ≥ 90%)");
       const a = results.get("a");
-      for (const key of ["c", "h", "m"]) {
+      for (const key of ["h", "c", "m"]) {
         const r = results.get(key);
         if (!a || !r) continue;
         console.log(

@@ -12,7 +12,7 @@ import { createStandaloneRouter } from "./standalone.ts";
 const env = loadRouterEnvOrExit(process.env);
 const log = createLogger({ service: "router", level: env.LOG_LEVEL });
 // Agents (and the manager) are reached over our own HTTP/1.1 client unless UPSTREAM_CLIENT
-// says otherwise: a real connect timeout and about 30 MiB less at 1,000 streams than Bun's
+// says otherwise: a real connect timeout and 25-32 MiB less at 1,000 streams than Bun's
 // fetch (docs/router.md "The upstream client on Bun").
 const upstream = createUpstreamFetch({
   client: env.UPSTREAM_CLIENT,

@@ -7,8 +7,8 @@ import { ProtocolError, type ResponseHead, ResponseParser } from "./http1-parser
  *
  * Why not Bun's `fetch`: measured side by side (bench/gateway.ts; figures and the decision in
  * docs/router.md "The upstream client on Bun"), Bun's `fetch` matched it on throughput but
- * held about 30 MiB more with 1,000 streams open, and it has no connect timeout, so a replica
- * whose TLS handshake never completes holds a request until the first-byte timeout.
+ * held a median 25-32 MiB more with 1,000 streams, and it has no connect timeout, so a
+ * replica whose TLS handshake never completes holds a request until the first-byte timeout.
  *
  *   const client = createHttp1Fetch({ connectTimeoutMs: 5000 });
  *   const response = await client.fetch("http://10.0.0.7:6006/proxy/m/v1/chat/completions", {

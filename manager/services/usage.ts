@@ -1,13 +1,19 @@
-import { inArray } from "drizzle-orm";
+import { inArray, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
 import { describeError } from "../../kit/errors.ts";
 import type { Logger } from "../../kit/log.ts";
 import type { UsageRecord } from "../../protocol/index.ts";
 
-/** Rows per INSERT: 10 parameters a row stays far below Postgres' 65,535-parameter limit. */
-const CHUNK = 1000;
+/** Rows per INSERT: one JSON parameter each, a few hundred KiB. */
+const CHUNK = 2000;
 
-/** Writes usage records as `request_logs` rows, a chunk per statement. */
+/**
+ * Writes usage records as `request_logs` rows. Each chunk is one statement with one
+ * parameter, a JSON array that `json_to_recordset` expands: building and binding ten
+ * parameters per row cost the manager's thread ~15x more CPU on Postgres and ~2x more on
+ * the embedded database (docs/benchmarks.md), and the router mounted in the manager shares
+ * that thread.
+ */
 export async function insertUsage(db: Db, records: UsageRecord[]): Promise<number> {
   if (records.length === 0) return 0;
   // Routers may hold a key id the database no longer has (a snapshot from before a reset):
@@ -26,20 +32,21 @@ export async function insertUsage(db: Db, records: UsageRecord[]): Promise<numbe
         ).map((k) => k.id),
   );
   for (let start = 0; start < records.length; start += CHUNK) {
-    await db.insert(schema.requestLogs).values(
-      records.slice(start, start + CHUNK).map((r) => ({
-        ts: new Date(r.ts),
-        apiKeyId: r.api_key_id !== null && known.has(r.api_key_id) ? r.api_key_id : null,
-        alias: r.alias,
-        workerId: r.worker_id,
-        status: r.status,
-        latencyMs: r.latency_ms,
-        ttftMs: r.ttft_ms,
-        promptTokens: r.prompt_tokens,
-        completionTokens: r.completion_tokens,
-        stream: r.stream,
-      })),
-    );
+    const rows = records
+      .slice(start, start + CHUNK)
+      .map((r) =>
+        r.api_key_id !== null && !known.has(r.api_key_id) ? { ...r, api_key_id: null } : r,
+      );
+    await db.execute(sql`
+      insert into request_logs
+        (ts, api_key_id, alias, worker_id, status, latency_ms, ttft_ms,
+         prompt_tokens, completion_tokens, stream)
+      select ts, api_key_id, alias, worker_id, status, latency_ms, ttft_ms,
+             prompt_tokens, completion_tokens, coalesce(stream, false)
+      from json_to_recordset(${JSON.stringify(rows)}::json) as r(
+        ts timestamptz, api_key_id text, alias text, worker_id text, status integer,
+        latency_ms integer, ttft_ms integer, prompt_tokens integer, completion_tokens integer,
+        stream boolean)`);
   }
   return records.length;
 }

@@ -17,6 +17,7 @@ import { z } from "zod";
 import { parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
+import { plainHttpProblemText } from "../protocol/workers.ts";
 import { printTable } from "./table.ts";
 
 const usage = `usage: fleet <command> [options]
@@ -25,7 +26,7 @@ commands:
   models register ALIAS MODEL   place a model and launch it (--wait follows it to ready)
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
-  workers ls                    workers, their URLs and GPUs
+  workers ls                    workers, their URLs, flags (plain-http) and GPUs
   routes ls                     the route table routers use
   keys create [--name NAME]     create an API key (shown once)
   keys ls                       API keys (never the keys themselves)
@@ -324,19 +325,39 @@ type WorkerRow = {
     }>;
   };
   instances: Array<{ alias: string }>;
+  /** Absent from managers older than this CLI. */
+  problems?: string[];
 };
+
+/** Short flags for a worker's problems: `plain-http`, and `!` for any other (see `--json`). */
+function workerFlags(worker: WorkerRow): string {
+  const problems = worker.problems ?? [];
+  const flags = problems.includes(plainHttpProblemText) ? ["plain-http"] : [];
+  if (problems.some((problem) => problem !== plainHttpProblemText)) flags.push("!");
+  return flags.join(",") || "-";
+}
 
 async function listWorkers(api: ManagerApi, flags: Flags): Promise<number> {
   const reply = await api.request<{ workers: WorkerRow[] } | WorkerRow[]>("GET", "/v1/workers");
   const workers = Array.isArray(reply) ? reply : reply.workers;
   if (flags.json) return printJson(workers);
   return printTable({
-    columns: ["WORKER", "STATUS", "URL", "PUBLIC URL", "GPUS", "INSTANCES", "LAST HEARTBEAT"],
+    columns: [
+      "WORKER",
+      "STATUS",
+      "URL",
+      "PUBLIC URL",
+      "FLAGS",
+      "GPUS",
+      "INSTANCES",
+      "LAST HEARTBEAT",
+    ],
     rows: workers.map((worker) => [
       worker.worker_id,
       worker.status,
       worker.worker_url,
       worker.public_worker_url ?? "-",
+      workerFlags(worker),
       worker.gpu_info.gpus
         .map((gpu) => `${gpu.index}:${gpu.name} ${Math.round(gpu.memory_total_mib / 1024)}G`)
         .join(", ") || "none",

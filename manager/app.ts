@@ -37,6 +37,11 @@ export type Manager = {
   start(): Promise<void>;
   /** Stops the timers and flushes buffered usage. */
   close(): Promise<void>;
+  /**
+   * The entry bound its listener: the port (PORT=0 picks one) and, on a wildcard HOST, the
+   * host's own addresses, which workers may then not advertise either.
+   */
+  listening(address: { port: number; localAddresses?: readonly string[] }): void;
 };
 
 /** The document's frame; its paths come from the route definitions. */
@@ -180,6 +185,9 @@ export function createApp(deps: ManagerDeps): Manager {
     async close() {
       ctx.routes.stop();
       await usage.close();
+    },
+    listening({ port, localAddresses = [] }) {
+      ctx.listen = { host: ctx.config.host, port, localAddresses };
     },
   };
 }

@@ -9,6 +9,7 @@ import { HeartbeatMemo } from "./services/heartbeat-memo.ts";
 import { Launcher } from "./services/launcher.ts";
 import { Lifecycle } from "./services/lifecycle.ts";
 import { RouteCache } from "./services/route-cache.ts";
+import type { ListenAddress } from "./services/worker-urls.ts";
 
 /**
  * One manager process: its deps and the services that keep state in memory. Each service
@@ -34,6 +35,11 @@ export type ManagerContext = {
   startedAt: number;
   /** Whether reconciliation is holding off rescheduling (most workers silent at once). */
   holdingOff: boolean;
+  /**
+   * Where this manager listens, which no worker may advertise: the configured address until
+   * the entry reports the bound port (`Manager.listening`).
+   */
+  listen: ListenAddress;
 };
 
 export function createContext(deps: ManagerDeps): ManagerContext {
@@ -67,5 +73,6 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     heartbeats,
     startedAt: clock.now().getTime(),
     holdingOff: false,
+    listen: { host: deps.config.host, port: deps.config.port, localAddresses: [] },
   };
 }

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { dbEnvShape } from "../db/env.ts";
 import { logLevelSchema } from "../kit/env.ts";
+import { type HostAllowlist, parseHostAllowlist } from "../kit/host-allowlist.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 
 const optionalToken = z
@@ -46,6 +47,22 @@ export const managerEnvSchema = z.object({
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
   GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
+  /**
+   * Hosts a worker may advertise in `worker_url` and `public_worker_url`: host names,
+   * `.suffix` domains, IP addresses or CIDR ranges, comma-separated. Unset: any host.
+   */
+  WORKER_URL_ALLOW: z
+    .string()
+    .optional()
+    .transform((value, ctx): HostAllowlist | undefined => {
+      if (value === undefined || value.trim() === "") return undefined;
+      try {
+        return parseHostAllowlist(value);
+      } catch (error) {
+        ctx.addIssue({ code: "custom", message: (error as Error).message });
+        return z.NEVER;
+      }
+    }),
 });
 export type ManagerEnv = z.infer<typeof managerEnvSchema>;
 
@@ -63,6 +80,8 @@ export type ManagerConfig = {
   launchRetryMaxS: number;
   agentTimeoutS: number;
   routesPollMs: number;
+  /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: any. */
+  workerUrlAllow: HostAllowlist | undefined;
 };
 
 export function configFromEnv(env: ManagerEnv): ManagerConfig {
@@ -79,6 +98,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     launchRetryMaxS: env.LAUNCH_RETRY_MAX_S,
     agentTimeoutS: env.AGENT_TIMEOUT_S,
     routesPollMs: env.ROUTES_POLL_MS,
+    workerUrlAllow: env.WORKER_URL_ALLOW,
   };
 }
 

@@ -1,3 +1,4 @@
+import { hostname, networkInterfaces } from "node:os";
 import { createDb } from "../db/index.ts";
 import { parseEnv } from "../kit/env.ts";
 import { describeError } from "../kit/errors.ts";
@@ -62,6 +63,7 @@ export async function runManager(options: {
     hostname: config.host,
     port: config.port,
   });
+  manager.listening({ port: server.port, localAddresses: localAddresses() });
 
   const open = !config.adminToken || !config.fleetToken;
   const base = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`;
@@ -129,6 +131,14 @@ function mountRouter(
     requireApiKey: !isLoopbackHost(config.host),
     log: log.child("router"),
   });
+}
+
+/** This host's interface addresses and name: what a worker on a wildcard-bound manager may not advertise. */
+function localAddresses(): string[] {
+  const addresses = Object.values(networkInterfaces()).flatMap((list) =>
+    (list ?? []).map((entry) => entry.address),
+  );
+  return [...addresses, hostname()];
 }
 
 /** What a newcomer needs after `npm start`: where things are and how to add a GPU host. */

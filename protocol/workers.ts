@@ -53,6 +53,13 @@ export const workerInstanceSchema = instanceReportSchema.omit({ spec: true }).ex
 });
 export type WorkerInstance = z.infer<typeof workerInstanceSchema>;
 
+/**
+ * The problem a worker whose public URL is plain http on the internet has (`fleet workers ls`
+ * flags it as `plain-http`).
+ */
+export const plainHttpProblemText =
+  "public URL is plain http: prompts and credentials cross the internet in clear; use the https URL your provider gives";
+
 /** The original system's `WorkerInfo`: what `GET /v1/workers` lists. */
 export const workerInfoSchema = z.object({
   worker_id: workerIdSchema,
@@ -65,6 +72,8 @@ export const workerInfoSchema = z.object({
   agent_version: z.string().nullable(),
   registered_at: isoTimeSchema,
   labels: z.record(z.string(), z.string()),
+  /** What an operator should fix about this worker, one sentence each; empty when nothing. */
+  problems: z.array(z.string()),
 });
 export type WorkerInfo = z.infer<typeof workerInfoSchema>;
 

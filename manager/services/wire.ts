@@ -7,6 +7,7 @@ import type {
   RoutingRecord,
   WorkerInfo,
 } from "../../protocol/index.ts";
+import { plainHttpProblem } from "./worker-problems.ts";
 
 /** The original `ModelRouting`, exactly these six fields. */
 export function routingRecord(route: RouteRow): RoutingRecord {
@@ -119,5 +120,6 @@ export function workerInfo(
     agent_version: worker.agentVersion,
     registered_at: worker.registeredAt.toISOString(),
     labels: worker.labels,
+    problems: [plainHttpProblem(worker)].filter((problem) => problem !== undefined),
   };
 }

@@ -19,6 +19,8 @@ import type { ManagerContext } from "../context.ts";
 import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
 import { routeUrl } from "./lifecycle.ts";
+import { plainHttpProblem } from "./worker-problems.ts";
+import { checkAdvertisedUrls } from "./worker-urls.ts";
 
 /** How long an unwanted engine's stop request is not repeated. */
 const STOP_REPEAT_MS = 30_000;
@@ -31,8 +33,16 @@ export async function registerWorker(
   ctx: ManagerContext,
   registration: WorkerRegistration,
 ): Promise<WorkerRegistrationReply> {
+  checkAdvertisedUrls(registration, { listen: ctx.listen, allow: ctx.config.workerUrlAllow });
   const now = ctx.clock.now();
   const id = registration.worker_id;
+  const plainHttp = plainHttpProblem({ publicWorkerUrl: registration.public_worker_url });
+  if (plainHttp) {
+    ctx.log.warn(plainHttp, {
+      worker_id: id,
+      public_worker_url: registration.public_worker_url,
+    });
+  }
   const registeredAt = await ctx.lifecycle.write(now, async (w) => {
     const [before] = await w.tx
       .select()

@@ -2,7 +2,7 @@ import type { Server } from "bun";
 import { sql } from "drizzle-orm";
 import { type DbTarget, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import type { Clock } from "../../kit/clock.ts";
-import { silentLogger as silentLog } from "../../kit/log.ts";
+import { type Logger, silentLogger as silentLog } from "../../kit/log.ts";
 import { createApp, type Manager } from "../../manager/app.ts";
 import { defaultConfig, type ManagerConfig } from "../../manager/env.ts";
 import type {
@@ -38,6 +38,8 @@ export async function testManager(
     target?: DbTarget;
     clock?: Clock;
     db?: OpenTestDb;
+    /** Silent unless given. */
+    log?: Logger;
   } = {},
 ): Promise<TestManager> {
   const shared = options.db;
@@ -52,7 +54,7 @@ export async function testManager(
   const manager = createApp({
     db,
     config,
-    log: silentLog,
+    log: options.log ?? silentLog,
     ...(options.clock ? { clock: options.clock } : {}),
   });
   await manager.start();

@@ -85,6 +85,8 @@ function reportsFingerprint(reports: InstanceReport[]): string {
       r.restarts,
       r.last_error,
       r.gpu_ids,
+      // The spec too: an engine relaunched with other arguments must be compared at once.
+      r.spec,
     ]),
   );
 }

@@ -9,7 +9,7 @@ import { type Db, schema } from "../../db/index.ts";
 import type { InstanceRow, ModelRow } from "../../db/schema/index.ts";
 import type { Clock } from "../../kit/clock.ts";
 import type { Logger } from "../../kit/log.ts";
-import type { InstanceSpecInput } from "../../protocol/index.ts";
+import type { InstanceReport, InstanceSpecInput } from "../../protocol/index.ts";
 import type { AgentAddress, AgentCallResult, AgentClient } from "./agent-client.ts";
 import type { Lifecycle } from "./lifecycle.ts";
 
@@ -37,8 +37,8 @@ export class Launcher {
    * Asks the instance's agent to launch it. Only `pending` instances launch; on success they
    * become what the agent says (starting), on failure `failed` with the agent's error, an
    * event, and a retry later. An agent that already has the alias (409) keeps a live engine
-   * of the same model (adopted as the launch), else its stale one is stopped and the launch
-   * tried once more.
+   * of the same spec (adopted as the launch), else its stale one is stopped and the launch
+   * tried once more. A reply that reports another spec than the one sent is a failed launch.
    */
   async launch(instanceId: string): Promise<void> {
     if (this.launching.has(instanceId)) return;
@@ -60,7 +60,7 @@ export class Launcher {
         const existing = listed.ok ? listed.value.find((r) => r.alias === model.alias) : undefined;
         if (
           existing &&
-          existing.model_name === model.modelName &&
+          specMismatch(spec, existing) === undefined &&
           (existing.status === "starting" || existing.status === "ready")
         ) {
           result = { ok: true, value: existing };
@@ -68,6 +68,13 @@ export class Launcher {
           await agents.stop(worker, model.alias);
           result = await agents.launch(worker, spec);
         }
+      }
+      // An agent that answers with an engine of another spec did not do what was asked: its
+      // engine is not ours to serve (stopped), and the launch counts as failed.
+      const mismatch = result.ok && result.value ? specMismatch(spec, result.value) : undefined;
+      if (mismatch) {
+        await agents.stop(worker, model.alias);
+        result = { ok: false, status: null, error: mismatch };
       }
       const outcome = result;
       if (!outcome.ok) {
@@ -116,7 +123,10 @@ export class Launcher {
 }
 
 /** The spec the agent gets: engine options only when the model sets them. */
-export function instanceSpec(model: ModelRow, instance: InstanceRow): InstanceSpecInput {
+export function instanceSpec(
+  model: ModelRow,
+  instance: Pick<InstanceRow, "gpuIds" | "gpuMemoryUtilization">,
+): InstanceSpecInput {
   const spec: InstanceSpecInput = {
     alias: model.alias,
     model_name: model.modelName,
@@ -128,4 +138,60 @@ export function instanceSpec(model: ModelRow, instance: InstanceRow): InstanceSp
   if (model.maxModelLen !== null) spec.max_model_len = model.maxModelLen;
   if (model.dtype !== null) spec.dtype = model.dtype;
   return spec;
+}
+
+/**
+ * How an engine an agent reports differs from the spec the manager asked for, as
+ * "spec mismatch: <field> reported X, expected Y" (every differing field), or undefined when
+ * it runs what was asked. Compared: model_name and gpu_ids (always reported) and, when the
+ * report carries the spec it was launched with, tensor_parallel_size, extra_args,
+ * max_model_len, dtype and gpu_memory_utilization; an option left unset counts as vLLM's
+ * default. The port is the agent's to choose.
+ */
+export function specMismatch(
+  expected: InstanceSpecInput,
+  report: InstanceReport,
+): string | undefined {
+  const reported = report.spec;
+  const differences: string[] = [];
+  const compare = (field: string, got: unknown, want: unknown) => {
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      differences.push(`${field} reported ${shown(got)}, expected ${shown(want)}`);
+    }
+  };
+  const sorted = (ids: readonly number[] | undefined) => [...(ids ?? [])].sort((a, b) => a - b);
+  compare("model_name", report.model_name, expected.model_name);
+  if (reported && reported.model_name !== report.model_name) {
+    compare("model_name", reported.model_name, expected.model_name);
+  }
+  compare("gpu_ids", sorted(report.gpu_ids), sorted(expected.gpu_ids));
+  if (reported) {
+    if (!sameNumbers(sorted(reported.gpu_ids), sorted(report.gpu_ids))) {
+      compare("gpu_ids", sorted(reported.gpu_ids), sorted(expected.gpu_ids));
+    }
+    compare(
+      "tensor_parallel_size",
+      reported.tensor_parallel_size ?? 1,
+      expected.tensor_parallel_size ?? 1,
+    );
+    compare("extra_args", reported.extra_args, expected.extra_args ?? []);
+    compare("max_model_len", reported.max_model_len, expected.max_model_len);
+    compare("dtype", reported.dtype ?? "auto", expected.dtype ?? "auto");
+    compare(
+      "gpu_memory_utilization",
+      reported.gpu_memory_utilization ?? 0.9,
+      expected.gpu_memory_utilization ?? 0.9,
+    );
+  }
+  return differences.length > 0 ? `spec mismatch: ${differences.join("; ")}` : undefined;
+}
+
+function shown(value: unknown): string {
+  if (value === undefined) return "unset";
+  const text = JSON.stringify(value);
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+}
+
+function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((value, i) => value === b[i]);
 }

@@ -72,6 +72,13 @@ export const instanceTransitions = {
     event: "instance.launch_failed",
   },
   reported: { from: ANY, to: REPORTED, by: "agent-report", event: "instance.<to>" },
+  spec_mismatch: {
+    from: ANY,
+    to: ["failed"],
+    by: "agent-report",
+    event: "instance.spec_mismatch",
+    note: "when-changed",
+  },
   vanished: {
     from: ["starting", "ready", "stopping", "lost"],
     to: ["failed"],
@@ -317,6 +324,19 @@ export class LifecycleTx {
     change: InstanceChange & { status: (typeof REPORTED)[number] },
   ): Promise<boolean> {
     return this.transition(instance, "reported", change);
+  }
+
+  /**
+   * The agent reports the engine with another spec than the manager asked for (another
+   * model, other engine arguments): never served; recorded again when the difference changes.
+   */
+  specMismatch(instance: InstanceRow, message: string): Promise<boolean> {
+    return this.transition(
+      instance,
+      "spec_mismatch",
+      { status: "failed", lastError: message },
+      { message },
+    );
   }
 
   /** The agent stopped reporting an engine it had (or its worker came back without it). */

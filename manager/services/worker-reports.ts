@@ -18,6 +18,7 @@ import {
 import type { ManagerContext } from "../context.ts";
 import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
+import { instanceSpec, specMismatch } from "./launcher.ts";
 import { routeUrl } from "./lifecycle.ts";
 import { plainHttpProblem } from "./worker-problems.ts";
 import { checkAdvertisedUrls } from "./worker-urls.ts";
@@ -174,9 +175,10 @@ async function replaceGpus(
  * - a reported engine with a row: the row takes the report's status, port, pid, restarts and
  *   error (adoption after a manager restart: nothing is relaunched), its route readiness
  *   follows; events only for status changes. `stopped` is recorded as `failed`: the model
- *   still wants the engine, so it is retried;
- * - a reported engine without a row: adopted when its model wants another replica, else
- *   stopped (nobody wants it);
+ *   still wants the engine, so it is retried. An engine of another spec than the manager
+ *   asked for (`specMismatch`) is failed and stopped, whatever its status;
+ * - a reported engine without a row: adopted when it runs the model's spec and the model
+ *   wants another replica, else stopped (nobody wants it);
  * - a row the agent no longer reports (and not just launched): failed, so it is retried.
  */
 export async function applyReports(
@@ -202,7 +204,7 @@ export async function applyReports(
       .select({
         instance: schema.instances,
         route: schema.routes,
-        modelName: schema.models.modelName,
+        model: schema.models,
       })
       .from(schema.instances)
       .innerJoin(schema.models, eq(schema.models.alias, schema.instances.alias))
@@ -221,15 +223,12 @@ export async function applyReports(
         unknown.push(report);
         continue;
       }
-      if (row.modelName !== report.model_name) {
-        stops.push({
-          alias: report.alias,
-          reason: `runs ${report.model_name}, wanted ${row.modelName}`,
-        });
-        await w.reported(row.instance, {
-          status: "failed",
-          lastError: `worker ran ${report.model_name} under alias ${report.alias}; expected ${row.modelName}`,
-        });
+      // Another model, other GPUs or other engine arguments than the manager asked for (an
+      // engine relaunched behind its back, say with --trust-remote-code): never served.
+      const mismatch = specMismatch(instanceSpec(row.model, row.instance), report);
+      if (mismatch) {
+        stops.push({ alias: report.alias, reason: mismatch });
+        await w.specMismatch(row.instance, mismatch);
         continue;
       }
       const status = report.status === "stopped" ? "failed" : report.status;
@@ -282,10 +281,18 @@ export async function applyReports(
       for (const report of unknown) {
         const model = models.find((m) => m.alias === report.alias);
         const live = report.status === "starting" || report.status === "ready";
-        const wanted =
+        // What the manager would have asked for on the GPUs the engine holds (or the ones the
+        // model pins): an engine of another spec is never adopted.
+        const mismatch =
           model &&
-          model.modelName === report.model_name &&
-          (counts.get(report.alias) ?? 0) < model.replicas;
+          specMismatch(
+            instanceSpec(model, {
+              gpuIds: model.gpuIds?.length ? model.gpuIds : report.gpu_ids,
+              gpuMemoryUtilization: model.gpuMemoryUtilization,
+            }),
+            report,
+          );
+        const wanted = model && !mismatch && (counts.get(report.alias) ?? 0) < model.replicas;
         if (model && live && wanted) {
           if (await w.adopted(worker, model, report)) {
             counts.set(report.alias, (counts.get(report.alias) ?? 0) + 1);
@@ -293,9 +300,7 @@ export async function applyReports(
         } else if (report.status !== "stopped" && report.status !== "stopping") {
           const reason = !model
             ? "no model has this alias"
-            : model.modelName !== report.model_name
-              ? `alias ${report.alias} serves ${model.modelName}, engine runs ${report.model_name}`
-              : "the model has all its replicas elsewhere";
+            : (mismatch ?? "the model has all its replicas elsewhere");
           stops.push({ alias: report.alias, reason });
         }
       }

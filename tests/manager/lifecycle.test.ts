@@ -29,6 +29,7 @@ const inPlace: UpdateTransition[] = [
   "launched",
   "launch_failed",
   "reported",
+  "spec_mismatch",
   "vanished",
   "lost",
   "retried",

@@ -21,6 +21,17 @@ export async function attempt(
   } catch (error) {
     return run.fail("connect", error);
   }
+  // An agent only ever answers /proxy itself: a redirect would send the prompt and the
+  // agent's credential elsewhere, so it is never followed (every client here is asked for
+  // `redirect: "manual"`) and the replica counts as failed.
+  if (response.status >= 300 && response.status < 400) {
+    await response.body?.cancel().catch(() => {});
+    const location = response.headers.get("location");
+    return run.fail(
+      "redirect",
+      `HTTP ${response.status} redirect${location ? ` to ${location.slice(0, 200)}` : ""} (never followed)`,
+    );
+  }
   if (retryable(response.status)) {
     return run.fail("status", `HTTP ${response.status}`, await replyOf(response));
   }
@@ -54,7 +65,7 @@ export type ReadResult = Awaited<
 /** Before the commit point; `reply` is a 502/503/504 to pass through if no replica is left. */
 export type Failure = {
   kind: "failed";
-  reason: "connect" | "timeout" | "reset" | "status";
+  reason: "connect" | "timeout" | "reset" | "status" | "redirect";
   workerId: string;
   /** Why, for the log: the transport error with its cause, or the status. */
   cause: string;

@@ -15,8 +15,9 @@ export type { ForwardRequest, Outcome, ProxyConfig } from "./proxy-types.ts";
 /**
  * Sends one client request to a replica of its alias, retrying on another replica while
  * nothing has reached the client yet: connect errors, resets and timeouts before the first
- * body byte, and 502/503/504 from the agent. The first body byte is the commit point: from
- * then on bytes stream through as they come and failures end the response instead.
+ * body byte, 502/503/504 from the agent, and redirects (never followed). The first body
+ * byte is the commit point: from then on bytes stream through as they come and failures end
+ * the response instead.
  *
  * The steps: `attempt` (attempt.ts: send, classify, wait for the first byte) on the replica
  * the balancer picks, then either `relay` (relay.ts: stream, watchdog, usage) or the next
@@ -145,6 +146,13 @@ function noReplicaAnswered(
     return errorResponse("upstream_timeout", `model \`${alias}\` did not start answering in time`, {
       headers: requestIdHeader,
     });
+  }
+  if (last.reason === "redirect") {
+    return errorResponse(
+      "upstream_error",
+      `a replica of model \`${alias}\` answered with a redirect, which the router never follows`,
+      { headers: requestIdHeader },
+    );
   }
   return errorResponse("upstream_error", `could not reach a replica of model \`${alias}\``, {
     headers: requestIdHeader,

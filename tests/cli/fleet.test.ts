@@ -162,4 +162,26 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     const snapshot = JSON.parse(routes.output) as { routes: Array<{ alias: string }> };
     expect(snapshot.routes.map((route) => route.alias)).not.toContain("qwen");
   });
+
+  test("workers ls flags a worker whose public URL is plain http", async () => {
+    const registered = await fetch(`${manager.url}/v1/workers/register`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${FLEET_TOKEN}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        worker_id: "rented-box",
+        worker_url: "http://10.0.0.9:6006",
+        public_worker_url: "http://u1-9507.rent.example:8080",
+        gpu_info: { gpus: [] },
+        agent_version: "test",
+      }),
+    });
+    expect(registered.status).toBe(200);
+    const { code, output } = await fleet(["workers", "ls"]);
+    expect(code).toBe(0);
+    expect(output).toMatch(/^WORKER\s+STATUS\s+URL\s+PUBLIC URL\s+FLAGS\s+GPUS/);
+    expect(output).toMatch(
+      /rented-box\s+online\s+http:\/\/10\.0\.0\.9:6006\s+http:\/\/u1-9507\.rent\.example:8080\s+plain-http\s/,
+    );
+    expect(output).toMatch(/gpu-box-1\s+online\s+http:\/\/127\.0\.0\.1:\d+\s+-\s+-\s/);
+  });
 });

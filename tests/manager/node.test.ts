@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { type Service, startProcess, stopAll } from "../../devkit/proc.ts";
+import { gpu } from "./helpers.ts";
 
 /** `npm run manager:node`: the same manager app, with the router mounted, on Node. */
 describe(`manager on Node (${serviceDbTarget})`, () => {
@@ -69,5 +70,69 @@ describe(`manager on Node (${serviceDbTarget})`, () => {
     expect(response.status).toBe(400);
     const body = (await response.json()) as { error: { param: string } };
     expect(body.error.param).toBe("alias");
+  });
+
+  test("calls to agents never follow a redirect, and no worker may advertise the manager itself", async () => {
+    const followed: string[] = [];
+    const recorder = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(request) {
+        followed.push(`${request.method} ${new URL(request.url).pathname}`);
+        return Response.json({}, { status: 202 });
+      },
+    });
+    const redirector = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (request) =>
+        new Response(null, {
+          status: 307,
+          headers: {
+            location: `http://127.0.0.1:${recorder.port}${new URL(request.url).pathname}`,
+          },
+        }),
+    });
+    const register = (workerId: string, workerUrl: string) =>
+      fetch(`${url}/v1/workers/register`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          worker_id: workerId,
+          worker_url: workerUrl,
+          gpu_info: { gpus: [gpu(0)] },
+          agent_version: "test",
+        }),
+      });
+    try {
+      expect((await register("node-redirect", `http://127.0.0.1:${redirector.port}`)).status).toBe(
+        200,
+      );
+      const placed = await fetch(`${url}/v1/models/register`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ alias: "node-m", model_name: "org/m", worker_id: "node-redirect" }),
+      });
+      expect(placed.status).toBe(201);
+      const model = (await placed.json()) as {
+        instances: { status: string; last_error: string }[];
+      };
+      expect(model.instances[0]?.status).toBe("failed");
+      expect(model.instances[0]?.last_error).toContain("answered a redirect (307)");
+      expect(followed).toEqual([]);
+
+      // The port Node bound, in two spellings.
+      const port = new URL(url).port;
+      for (const self of [`http://127.0.0.1:${port}`, `http://localhost:${port}/`]) {
+        const refused = await register("node-self", self);
+        expect(refused.status).toBe(400);
+        const body = (await refused.json()) as { error: { param: string; message: string } };
+        expect(body.error.param).toBe("worker_url");
+        expect(body.error.message).toContain("this manager's own address");
+      }
+    } finally {
+      recorder.stop(true);
+      redirector.stop(true);
+    }
   });
 });

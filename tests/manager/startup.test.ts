@@ -42,6 +42,18 @@ describe("manager startup", () => {
     expect(manager.output()).toContain("PORT must be a port number");
   }, 30_000);
 
+  test("a WORKER_URL_ALLOW it cannot read stops it, naming the variable and the entry", async () => {
+    const manager = startProcess([bunBin, "manager/main.ts"], {
+      env: {
+        PORT: String(await freePort()),
+        FLEET_DATA_DIR: dataDir(),
+        WORKER_URL_ALLOW: ".rent.example,10.0.0.0/33",
+      },
+    });
+    expect(await manager.exited()).toBe(1);
+    expect(manager.output()).toMatch(/WORKER_URL_ALLOW entry "10\.0\.0\.0\/33" is not/);
+  }, 30_000);
+
   test("on loopback without tokens it runs open and says so", async () => {
     const port = await freePort();
     const manager = startProcess([bunBin, "manager/main.ts"], {

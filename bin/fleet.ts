@@ -8,6 +8,7 @@
  *   fleet models ls | fleet models rm ALIAS
  *   fleet workers ls | fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
+ *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
  *   fleet logs ALIAS [--tail N] [--worker ID]
  *
  * Global: --url (FLEET_URL, default http://127.0.0.1:18000), --token (ADMIN_TOKEN), --json.
@@ -17,6 +18,7 @@ import { z } from "zod";
 import { parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
+import type { RouterCreated, RouterInfo, RouterList } from "../protocol/routers.ts";
 import { plainHttpProblemText } from "../protocol/workers.ts";
 import { printTable } from "./table.ts";
 
@@ -31,6 +33,9 @@ commands:
   keys create [--name NAME]     create an API key (shown once)
   keys ls                       API keys (never the keys themselves)
   keys revoke ID                revoke an API key
+  routers create NAME           create a router credential (shown once) for ROUTER_TOKEN
+  routers ls                    router credentials and when each was last used
+  routers revoke ID             revoke a router credential (refused from the next request)
   logs ALIAS [--tail N]         the engine's last log lines
 
 options:
@@ -146,6 +151,12 @@ async function main(argv: string[]): Promise<number> {
       return listKeys(api, flags);
     case "keys revoke":
       return revokeKey(api, flags, need(rest[0], "ID"));
+    case "routers create":
+      return createRouter(api, flags, need(rest[0], "NAME"));
+    case "routers ls":
+      return listRouters(api, flags);
+    case "routers revoke":
+      return revokeRouter(api, flags, need(rest[0], "ID"));
     default:
       if (group === "logs") return showLogs(api, flags, need(action, "ALIAS"));
       throw new CliError(`unknown command: ${positionals.join(" ")}\n\n${usage}`);
@@ -426,6 +437,38 @@ async function revokeKey(api: ManagerApi, flags: Flags, id: string): Promise<num
   const result = await api.request<unknown>("DELETE", `/v1/keys/${encodeURIComponent(id)}`);
   if (flags.json) return printJson(result ?? { revoked: id });
   console.log(`revoked ${id}`);
+  return 0;
+}
+
+async function createRouter(api: ManagerApi, flags: Flags, name: string): Promise<number> {
+  const router = await api.request<RouterCreated>("POST", "/v1/routers", { name });
+  if (flags.json) return printJson(router);
+  console.log(
+    `created router credential ${router.id} (${router.name}); it is shown only once:\n\n  ${router.token}\n\nGive it to the router as ROUTER_TOKEN (on Cloudflare: npx wrangler secret put ROUTER_TOKEN).`,
+  );
+  return 0;
+}
+
+async function listRouters(api: ManagerApi, flags: Flags): Promise<number> {
+  const { routers } = await api.request<RouterList>("GET", "/v1/routers");
+  if (flags.json) return printJson(routers);
+  return printTable({
+    columns: ["ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
+    rows: routers.map((router) => [
+      router.id,
+      router.name,
+      router.prefix,
+      router.created_at,
+      router.last_used_at ? ago(router.last_used_at) : "never",
+      router.revoked_at ?? "-",
+    ]),
+  });
+}
+
+async function revokeRouter(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const router = await api.request<RouterInfo>("DELETE", `/v1/routers/${encodeURIComponent(id)}`);
+  if (flags.json) return printJson(router);
+  console.log(`revoked ${router.id} (${router.name}); the manager refuses it from now on`);
   return 0;
 }
 

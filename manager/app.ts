@@ -12,6 +12,7 @@ import { type ApiDocument, docsRoutes } from "./docs.ts";
 import { errors, json, routeGroup, securitySchemes } from "./routes/define.ts";
 import { keysRoutes } from "./routes/keys.ts";
 import { listModels, modelsRoutes } from "./routes/models.ts";
+import { routersRoutes } from "./routes/routers.ts";
 import { routesRoutes } from "./routes/routes.ts";
 import { usageRoutes } from "./routes/usage.ts";
 import { workersRoutes } from "./routes/workers.ts";
@@ -51,7 +52,7 @@ const documentConfig = {
     title: "vllm-fleet",
     version: "0.1.0",
     description:
-      'The manager\'s API (workers, models, routes, API keys, usage) and the OpenAI-compatible surface of the router mounted on the same port. Errors always have OpenAI\'s shape `{"error":{"message","type","param","code"}}`; bad input is 400 with the failing field\'s dotted path in `param`.',
+      'The manager\'s API (workers, models, routes, API keys, router credentials, usage) and the OpenAI-compatible surface of the router mounted on the same port. Errors always have OpenAI\'s shape `{"error":{"message","type","param","code"}}`; bad input is 400 with the failing field\'s dotted path in `param`.',
   },
   tags: [
     { name: "OpenAI", description: "Answered by the mounted router (docs/router.md)" },
@@ -59,6 +60,10 @@ const documentConfig = {
     { name: "Workers", description: "Agents register and heartbeat; operators list" },
     { name: "Routes", description: "The snapshot routers poll" },
     { name: "API keys" },
+    {
+      name: "Router credentials",
+      description: "What standalone and edge routers present (ROUTER_TOKEN)",
+    },
     { name: "Usage" },
     { name: "Operations" },
     { name: "Documentation" },
@@ -98,6 +103,7 @@ export function createApp(deps: ManagerDeps): Manager {
   mountAt("/v1/models", modelsRoutes(ctx));
   mountAt("/v1/routes", routesRoutes(ctx));
   mountAt("/v1/keys", keysRoutes(ctx));
+  mountAt("/v1/routers", routersRoutes(ctx));
   mountAt("/v1/usage", usageRoutes(ctx));
 
   // The OpenAI surface and the router's own endpoints, answered by the mounted router.

@@ -1,20 +1,29 @@
 import type { MiddlewareHandler } from "hono";
+import type { Db } from "../db/index.ts";
+import type { Clock } from "../kit/clock.ts";
 import { bearerToken, constantTimeEqual } from "../kit/crypto.ts";
 import { AppError } from "../kit/errors.ts";
 import type { ManagerConfig } from "./env.ts";
+import { checkRouterCredential } from "./services/router-credentials.ts";
 
 /**
- * Who may call what. `admin` endpoints (models, workers list, keys) take ADMIN_TOKEN;
- * `fleet` endpoints (agent registration and heartbeats, route snapshots, usage batches)
- * take FLEET_TOKEN or ADMIN_TOKEN. A scope whose token is unset is open, which the entries
- * allow only on a loopback address.
+ * Who may call what. `admin` endpoints (models, workers list, keys, router credentials) take
+ * ADMIN_TOKEN; `fleet` endpoints (agent registration and heartbeats) take FLEET_TOKEN or
+ * ADMIN_TOKEN; `router` endpoints (route snapshots, usage batches) take a router credential
+ * (`POST /v1/routers`) or ADMIN_TOKEN. A scope whose token is unset is open, which the
+ * entries allow only on a loopback address; the `router` scope is open only when neither
+ * token is set (the open mode), since its credentials are issued by an admin.
  */
-export type Scope = "admin" | "fleet";
+export type Scope = "admin" | "fleet" | "router";
 
+/** What a scope check reads: the tokens, and the `routers` table for router credentials. */
+export type AuthContext = { config: ManagerConfig; db: Db; clock: Clock };
+
+/** The check of a token scope, which needs no database (`router` needs `checkScope`). */
 export function isAuthorized(
   config: ManagerConfig,
   header: string | undefined,
-  scope: Scope,
+  scope: Exclude<Scope, "router">,
 ): boolean {
   const open = scope === "admin" ? !config.adminToken : !config.fleetToken;
   if (open) return true;
@@ -28,10 +37,42 @@ export function isAuthorized(
   );
 }
 
+const routerNeeds =
+  "this endpoint needs Authorization: Bearer <router credential> (create one with: fleet routers create NAME) or ADMIN_TOKEN";
+
+/** Why a caller may not use `router` endpoints, or undefined when it may. */
+async function routerRefusal(
+  ctx: AuthContext,
+  header: string | undefined,
+): Promise<string | undefined> {
+  const { config } = ctx;
+  if (!config.adminToken && !config.fleetToken) return undefined;
+  const presented = bearerToken(header);
+  if (presented === "") return routerNeeds;
+  if (config.adminToken && constantTimeEqual(presented, config.adminToken)) return undefined;
+  const check = await checkRouterCredential(ctx, presented);
+  if (check.ok) return undefined;
+  if (check.revoked) {
+    return "this router credential has been revoked; create a new one with: fleet routers create NAME";
+  }
+  if (config.fleetToken && constantTimeEqual(presented, config.fleetToken)) {
+    // Routers that predate router credentials send the join token: say what to do instead.
+    return "FLEET_TOKEN is the agents' join token and does not read routes or post usage: create a router credential with `fleet routers create NAME` and give it to the router as ROUTER_TOKEN";
+  }
+  return routerNeeds;
+}
+
 /** Route middleware: 401 in OpenAI's shape unless the caller holds a token of `scope`. */
-export function requireScope(config: ManagerConfig, scope: Scope): MiddlewareHandler {
+export function requireScope(ctx: AuthContext, scope: Scope): MiddlewareHandler {
+  if (scope === "router") {
+    return async (c, next) => {
+      const refusal = await routerRefusal(ctx, c.req.header("authorization"));
+      if (refusal) throw new AppError("unauthorized", refusal);
+      await next();
+    };
+  }
   return async (c, next) => {
-    if (!isAuthorized(config, c.req.header("authorization"), scope)) {
+    if (!isAuthorized(ctx.config, c.req.header("authorization"), scope)) {
       throw new AppError(
         "unauthorized",
         scope === "admin"

@@ -29,9 +29,9 @@ export const managerEnvSchema = z.object({
     .default(18000),
   LOG_LEVEL: logLevelSchema,
   ...dbEnvShape,
-  /** Cluster secret: agents (register, heartbeat) and routers (routes, usage). */
+  /** Cluster secret of agents (register, heartbeat); routers have their own credentials. */
   FLEET_TOKEN: optionalToken,
-  /** Management API: models, workers, keys. Also accepted wherever FLEET_TOKEN is. */
+  /** Management API: models, workers, keys, routers. Also accepted on every other endpoint. */
   ADMIN_TOKEN: optionalToken,
   HEARTBEAT_INTERVAL_S: seconds(5),
   WORKER_TIMEOUT_S: seconds(20),

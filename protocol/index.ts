@@ -8,6 +8,7 @@ export * from "./gpus.ts";
 export * from "./instances.ts";
 export * from "./keys.ts";
 export * from "./models.ts";
+export * from "./routers.ts";
 export * from "./routes.ts";
 export * from "./usage.ts";
 export * from "./workers.ts";

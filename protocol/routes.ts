@@ -35,7 +35,7 @@ export const apiKeyHashSchema = z.object({
 export type ApiKeyHash = z.infer<typeof apiKeyHashSchema>;
 
 /**
- * `GET /v1/routes` (bearer ADMIN_TOKEN or FLEET_TOKEN), served with `ETag: "{version}"`;
+ * `GET /v1/routes` (bearer router credential or ADMIN_TOKEN), served with `ETag: "{version}"`;
  * `If-None-Match` with the current version → 304. The version changes whenever anything
  * in the snapshot does. Active key hashes travel with the routes so that standalone and
  * edge routers check keys without a query per request.

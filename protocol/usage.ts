@@ -16,7 +16,7 @@ export const usageRecordSchema = z.object({
 });
 export type UsageRecord = z.infer<typeof usageRecordSchema>;
 
-/** Router → manager: `POST /v1/usage` (bearer FLEET_TOKEN or ADMIN_TOKEN). */
+/** Router → manager: `POST /v1/usage` (bearer router credential or ADMIN_TOKEN). */
 export const usageBatchSchema = z.object({
   records: z.array(usageRecordSchema).min(1).max(5000),
 });

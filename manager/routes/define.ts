@@ -10,8 +10,7 @@ import type { MiddlewareHandler } from "hono";
 import type { z } from "zod";
 import { AppError, validationError } from "../../kit/errors.ts";
 import { openAiErrorSchema } from "../../protocol/index.ts";
-import { requireScope, type Scope } from "../auth.ts";
-import type { ManagerConfig } from "../env.ts";
+import { type AuthContext, requireScope, type Scope } from "../auth.ts";
 
 /** Where a failed validation target sits in the request, for the 400's message. */
 const targetName: Record<string, string> = {
@@ -43,6 +42,12 @@ export const securitySchemes = {
     scheme: "bearer",
     description: "FLEET_TOKEN (ADMIN_TOKEN is accepted too)",
   },
+  routerToken: {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "A router credential (`fr_…`) from POST /v1/routers (`fleet routers create NAME`), which a standalone or edge router reads from ROUTER_TOKEN; ADMIN_TOKEN is accepted too",
+  },
   apiKey: {
     type: "http",
     scheme: "bearer",
@@ -54,6 +59,7 @@ export const securitySchemes = {
 const securityOf: Record<Scope, Record<string, string[]>[]> = {
   admin: [{ adminToken: [] }],
   fleet: [{ fleetToken: [] }, { adminToken: [] }],
+  router: [{ routerToken: [] }, { adminToken: [] }],
 };
 
 export type Access = Record<
@@ -66,12 +72,12 @@ export type Access = Record<
  * and what the document says about it. The JSON body reader runs right after the check, so
  * a caller without the token gets 401 whatever it sent.
  */
-export function accessFor(config: ManagerConfig): Access {
+export function accessFor(ctx: AuthContext): Access {
   const entry = (scope: Scope) => ({
     security: securityOf[scope],
-    middleware: [requireScope(config, scope), readJsonBody],
+    middleware: [requireScope(ctx, scope), readJsonBody],
   });
-  return { admin: entry("admin"), fleet: entry("fleet") };
+  return { admin: entry("admin"), fleet: entry("fleet"), router: entry("router") };
 }
 
 /**

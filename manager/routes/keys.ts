@@ -22,7 +22,7 @@ const tags = ["API keys"];
  * reply that creates it; the database keeps only its SHA-256 (hex) and a short prefix.
  */
 export function keysRoutes(ctx: ManagerContext): OpenAPIHono {
-  const access = accessFor(ctx.config);
+  const access = accessFor(ctx);
   const app = routeGroup();
 
   app.openapi(

@@ -34,7 +34,7 @@ const modelDeletedSchema = z.object({
  * mounted router for anyone else).
  */
 export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
-  const access = accessFor(ctx.config);
+  const access = accessFor(ctx);
   const app = routeGroup();
 
   app.openapi(

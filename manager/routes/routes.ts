@@ -12,12 +12,13 @@ const etagHeader = z.object({
 });
 
 /**
- * `/v1/routes`: the snapshot routers poll (FLEET_TOKEN or ADMIN_TOKEN). Served from the
- * in-memory snapshot with `ETag: "{version}"`; a matching `If-None-Match` is a 304 with no
- * database work at all.
+ * `/v1/routes`: the snapshot routers poll (a router credential or ADMIN_TOKEN). Served from the
+ * in-memory snapshot with `ETag: "{version}"`; a matching `If-None-Match` is a 304 whose only
+ * database work is the credential's lookup (one unique-index read, so that a revocation
+ * applies to the very next poll).
  */
 export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
-  const access = accessFor(ctx.config);
+  const access = accessFor(ctx);
   const app = routeGroup();
 
   const snapshot = async (): Promise<CachedSnapshot> => {
@@ -37,7 +38,7 @@ export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
       path: "/",
       tags,
       summary: "The route snapshot routers poll: routes, readiness and active API key hashes",
-      ...access.fleet,
+      ...access.router,
       request: {
         headers: z.object({
           "if-none-match": z.string().optional().describe("a previous ETag: 304 if unchanged"),
@@ -69,7 +70,7 @@ export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
       path: "/{alias}",
       tags,
       summary: "The routes of one alias",
-      ...access.fleet,
+      ...access.router,
       request: { params: z.object({ alias: aliasSchema }) },
       responses: {
         200: {

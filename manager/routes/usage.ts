@@ -5,9 +5,12 @@ import type { ManagerContext } from "../context.ts";
 import { insertUsage } from "../services/usage.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
-/** `POST /v1/usage` (FLEET_TOKEN or ADMIN_TOKEN): a router's batch of request records. */
+/**
+ * `POST /v1/usage` (a router credential or ADMIN_TOKEN): a standalone router's batch of
+ * request records.
+ */
 export function usageRoutes(ctx: ManagerContext): OpenAPIHono {
-  const access = accessFor(ctx.config);
+  const access = accessFor(ctx);
   const app = routeGroup();
   app.openapi(
     createRoute({
@@ -15,7 +18,7 @@ export function usageRoutes(ctx: ManagerContext): OpenAPIHono {
       path: "/",
       tags: ["Usage"],
       summary: "A standalone router's batch of usage records, stored as request_logs rows",
-      ...access.fleet,
+      ...access.router,
       request: { body: jsonBody(usageBatchSchema) },
       responses: {
         202: json(z.object({ accepted: z.number().int() }), "stored"),

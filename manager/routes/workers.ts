@@ -23,7 +23,7 @@ const tags = ["Workers"];
 
 /** `/v1/workers`: agents register and heartbeat (FLEET_TOKEN); operators list (ADMIN_TOKEN). */
 export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
-  const access = accessFor(ctx.config);
+  const access = accessFor(ctx);
   const app = routeGroup();
 
   app.openapi(

@@ -90,12 +90,27 @@ export async function testManager(
 }
 
 /**
+ * A router credential created through the admin API, as `fleet routers create NAME` does:
+ * what a standalone router presents as ROUTER_TOKEN.
+ */
+export async function createRouterToken(
+  t: Pick<TestManager, "json">,
+  name = `router-${crypto.randomUUID().slice(0, 8)}`,
+): Promise<string> {
+  const created = await t.json<{ token?: string }>("POST", "/v1/routers", { body: { name } });
+  if (created.status !== 201 || !created.body.token) {
+    throw new Error(`router credential ${name}: ${created.status} ${JSON.stringify(created.body)}`);
+  }
+  return created.body.token;
+}
+
+/**
  * Empties a test database between tests (much cheaper than a new one); statement triggers
  * bump the route version, like every other write.
  */
 export async function resetDb(db: OpenTestDb): Promise<void> {
   await db.query(
-    sql`truncate workers, gpus, models, instances, routes, api_keys, request_logs, events`,
+    sql`truncate workers, gpus, models, instances, routes, api_keys, routers, request_logs, events`,
   );
 }
 

@@ -68,6 +68,9 @@ describe("manager /openapi.json", () => {
       doc.paths[path]?.[method]?.security?.flatMap((entry) => Object.keys(entry));
     expect(security("post", "/v1/models/register")).toEqual(["adminToken"]);
     expect(security("post", "/v1/workers/register")).toEqual(["fleetToken", "adminToken"]);
+    expect(security("get", "/v1/routes")).toEqual(["routerToken", "adminToken"]);
+    expect(security("post", "/v1/usage")).toEqual(["routerToken", "adminToken"]);
+    expect(security("post", "/v1/routers")).toEqual(["adminToken"]);
     expect(security("post", "/v1/chat/completions")).toEqual(["apiKey"]);
     expect(security("get", "/health")).toEqual([]);
   });

@@ -87,7 +87,7 @@ for (const target of dbTargets) {
       expect(created.body.instances[0]?.last_error).toContain("CUDA_VISIBLE_DEVICES 0 is busy");
       expect(await events("instance.launch_failed")).toBe(1);
       // Consistent: the route exists and is not served.
-      const routes = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+      const routes = await t.json<RouteSnapshot>("GET", "/v1/routes");
       expect(routes.body.routes.map((r) => [r.alias, r.ready])).toEqual([["flaky", false]]);
 
       // Within the first backoff (5 s) nothing is retried.
@@ -149,7 +149,7 @@ for (const target of dbTargets) {
       await beat(alive, aliveId);
       const tick = await t.manager.tick();
       expect(tick.offline).toEqual([deadId]);
-      const lostRoutes = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+      const lostRoutes = await t.json<RouteSnapshot>("GET", "/v1/routes");
       // Rescheduled in the same tick (RESCHEDULE_AFTER_S 0): the new route is on the live worker.
       expect(lostRoutes.body.routes.map((r) => [r.worker_id, r.ready])).toEqual([[aliveId, false]]);
       expect(alive.launches.map((l) => l.alias)).toEqual(["moving"]);

@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import type { ApiKeyCreated, RouteSnapshot } from "../../../protocol/index.ts";
-import { FLEET } from "../helpers.ts";
+import { createRouterToken } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -10,6 +10,7 @@ import { describeApi } from "./harness.ts";
 describeApi("manager API: API keys", (api) => {
   test("API keys: shown once, stored as SHA-256 only, listed without the key, revocable", async () => {
     const t = await api.manager();
+    const router = await createRouterToken(t);
     const created = await t.json<ApiKeyCreated>("POST", "/v1/keys", { body: { name: "ci" } });
     expect(created.status).toBe(201);
     expect(created.body.key).toMatch(/^sk-fleet-[A-Za-z0-9_-]{43}$/);
@@ -21,7 +22,7 @@ describeApi("manager API: API keys", (api) => {
     const list = await t.json<{ keys: Record<string, unknown>[] }>("GET", "/v1/keys");
     expect(list.body.keys).toHaveLength(1);
     expect(list.body.keys[0]).not.toHaveProperty("key");
-    const snapshot = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+    const snapshot = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: router });
     expect(snapshot.body.api_keys).toEqual([{ id: created.body.id, key_hash: hash }]);
     const revoked = await t.json<{ revoked_at: string | null }>(
       "DELETE",
@@ -29,7 +30,7 @@ describeApi("manager API: API keys", (api) => {
     );
     expect(revoked.status).toBe(200);
     expect(revoked.body.revoked_at).not.toBeNull();
-    const after = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+    const after = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: router });
     expect(after.body.api_keys).toEqual([]);
     expect((await t.call("DELETE", "/v1/keys/key_missing")).status).toBe(404);
     expect((await t.call("POST", "/v1/keys", { body: "" })).status).toBe(201);

@@ -174,7 +174,7 @@ describeApi("manager API: models", (api) => {
       stopped: [{ worker_id: "w1", ok: true }],
     });
     expect(a.stops).toEqual(["listed"]);
-    const routes = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+    const routes = await t.json<RouteSnapshot>("GET", "/v1/routes");
     expect(routes.body.routes).toEqual([]);
     expect((await t.call("DELETE", "/v1/models/listed")).status).toBe(404);
   });

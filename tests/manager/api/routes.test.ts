@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import type { ModelInfo, RouteSnapshot } from "../../../protocol/index.ts";
-import { FLEET, gpu } from "../helpers.ts";
+import { createRouterToken, gpu } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -47,13 +47,14 @@ describeApi("manager API: routes", (api) => {
 
   test("GET /v1/routes carries an ETag; If-None-Match answers 304 until a route changes", async () => {
     const t = await api.manager();
-    const first = await t.call("GET", "/v1/routes", { token: FLEET });
+    const token = await createRouterToken(t);
+    const first = await t.call("GET", "/v1/routes", { token });
     const etag = first.headers.get("etag");
     expect(etag).toMatch(/^"[0-9a-f]{8}-\d+"$/);
     const body = (await first.json()) as RouteSnapshot;
     expect(`"${body.version}"`).toBe(etag ?? "");
     const same = await t.call("GET", "/v1/routes", {
-      token: FLEET,
+      token,
       headers: { "if-none-match": etag ?? "" },
     });
     expect(same.status).toBe(304);
@@ -61,15 +62,15 @@ describeApi("manager API: routes", (api) => {
     await api.register(api.agent(), "w1", [gpu(0)]);
     await api.model({ alias: "etag" });
     const changed = await t.call("GET", "/v1/routes", {
-      token: FLEET,
+      token,
       headers: { "if-none-match": etag ?? "" },
     });
     expect(changed.status).toBe(200);
     expect(changed.headers.get("etag")).not.toBe(etag);
     const one = await t.json<{ routes: { alias: string }[] }>("GET", "/v1/routes/etag", {
-      token: FLEET,
+      token,
     });
     expect(one.body.routes.map((r) => r.alias)).toEqual(["etag"]);
-    expect((await t.call("GET", "/v1/routes/none", { token: FLEET })).status).toBe(404);
+    expect((await t.call("GET", "/v1/routes/none", { token })).status).toBe(404);
   });
 });

@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import type { ApiKeyCreated } from "../../../protocol/index.ts";
-import { FLEET } from "../helpers.ts";
+import { createRouterToken } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -11,6 +11,7 @@ describeApi("manager API: usage", (api) => {
   test("usage batches become request_logs rows", async () => {
     const t = await api.manager();
     const key = await t.json<ApiKeyCreated>("POST", "/v1/keys", { body: { name: "u" } });
+    const token = await createRouterToken(t);
     const record = (i: number, keyId: string | null) => ({
       ts: new Date().toISOString(),
       api_key_id: keyId,
@@ -29,7 +30,7 @@ describeApi("manager API: usage", (api) => {
       ...Array.from({ length: 1498 }, (_, i) => record(i + 2, null)),
     ];
     const reply = await t.json<{ accepted: number }>("POST", "/v1/usage", {
-      token: FLEET,
+      token,
       body: { records },
     });
     expect(reply).toEqual({ status: 202, body: { accepted: 1500 } });

@@ -73,7 +73,7 @@ describeApi("manager API: workers", (api) => {
     expect(await events()).toBe(before + 1);
     const info = await t.json<ModelInfo>("GET", "/v1/models/hb");
     expect(info.body.status).toBe("ready");
-    const routes = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET });
+    const routes = await t.json<RouteSnapshot>("GET", "/v1/routes");
     expect(routes.body.routes.map((r) => [r.alias, r.ready])).toEqual([["hb", true]]);
   });
 });

@@ -18,6 +18,9 @@ const flag = z
 /** A standalone or edge router's environment (the manager mounts the app with its own). */
 export const routerEnvSchema = z.object({
   MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
+  /** This router's credential (`fleet routers create NAME`): reads routes, posts usage. */
+  ROUTER_TOKEN: optionalString,
+  /** Sent to agents on `/proxy` (they check it); never to the manager. */
   FLEET_TOKEN: optionalString,
   HOST: z.string().trim().min(1).default("127.0.0.1"),
   LOG_LEVEL: logLevelSchema,
@@ -51,8 +54,20 @@ export const routerEnvSchema = z.object({
 });
 export type RouterEnv = z.infer<typeof routerEnvSchema>;
 
+/**
+ * Said when a router has FLEET_TOKEN and no ROUTER_TOKEN: the configuration of routers that
+ * predate router credentials, which the manager now refuses (the join token only admits
+ * new agents). Stopping at startup says so once, instead of a 401 on every poll.
+ */
+export const routerTokenMissing =
+  "ROUTER_TOKEN must be set: FLEET_TOKEN is the agents' join token and does not read routes or post usage. Create a router credential on the manager with `fleet routers create NAME` (the token is shown once) and give it to this router as ROUTER_TOKEN";
+
 export function loadRouterEnv(source: Record<string, string | undefined>): RouterEnv {
-  return parseEnv(routerEnvSchema, source);
+  const env = parseEnv(routerEnvSchema, source);
+  if (env.FLEET_TOKEN && !env.ROUTER_TOKEN) {
+    throw new EnvError(`invalid environment: ${routerTokenMissing}`);
+  }
+  return env;
 }
 
 /** For the Bun and Node entries: a bad variable prints what is wrong and exits with 1. */

@@ -1,6 +1,6 @@
 /**
  * Standalone router on Bun: `bun router/main.ts` (npm run router). Reads routes from the
- * manager (MANAGER_URL, FLEET_TOKEN) and sends usage back in batches.
+ * manager (MANAGER_URL, ROUTER_TOKEN) and sends usage back in batches.
  */
 import { getConnInfo } from "hono/bun";
 import { createLogger } from "../kit/log.ts";

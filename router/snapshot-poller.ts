@@ -5,7 +5,8 @@ import type { Metrics } from "./metrics.ts";
 
 export type SnapshotPollerOptions = {
   managerUrl: string;
-  fleetToken?: string;
+  /** The router credential (`ROUTER_TOKEN`), sent to the manager as `Bearer`. */
+  routerToken?: string;
   /** How often to revalidate (default 1 s). */
   intervalMs?: number;
   /** Per-request timeout (default 5 s). */
@@ -29,7 +30,8 @@ export class SnapshotPoller implements RouteSource {
   private stopped = true;
   private lastAttemptAt = Number.NEGATIVE_INFINITY;
   private lastSuccessAt: number | undefined;
-  private healthy = true;
+  /** What the last attempt found, so that each change is logged once, not every second. */
+  private state: "ok" | "unreachable" | "refused" = "ok";
   private readonly url: string;
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
@@ -101,7 +103,9 @@ export class SnapshotPoller implements RouteSource {
   private async fetchOnce(): Promise<void> {
     this.lastAttemptAt = Date.now();
     const headers = new Headers({ accept: "application/json" });
-    if (this.options.fleetToken) headers.set("authorization", `Bearer ${this.options.fleetToken}`);
+    if (this.options.routerToken) {
+      headers.set("authorization", `Bearer ${this.options.routerToken}`);
+    }
     if (this.snapshot) headers.set("if-none-match", `"${this.snapshot.version}"`);
     try {
       const response = await this.fetchFn(this.url, {
@@ -114,7 +118,8 @@ export class SnapshotPoller implements RouteSource {
       }
       if (!response.ok) {
         const text = await response.text().catch(() => "");
-        return this.failed(`HTTP ${response.status}: ${text.slice(0, 200)}`);
+        const refused = response.status === 401 || response.status === 403;
+        return this.failed(`HTTP ${response.status}: ${text.slice(0, 200)}`, refused);
       }
       const parsed = routeSnapshotSchema.safeParse(await response.json());
       if (!parsed.success) {
@@ -136,21 +141,27 @@ export class SnapshotPoller implements RouteSource {
 
   private succeeded(): void {
     this.lastSuccessAt = Date.now();
-    if (!this.healthy) this.log.info("manager reachable again", { url: this.url });
-    this.healthy = true;
+    if (this.state !== "ok") this.log.info("manager reachable again", { url: this.url });
+    this.state = "ok";
   }
 
-  private failed(reason: string): void {
+  private failed(reason: string, refused = false): void {
     this.options.metrics?.inc("fleet_router_routes_refresh_failures_total");
+    const state = refused ? "refused" : "unreachable";
     // Log transitions, not every second of an outage.
-    if (this.healthy) {
-      this.log.warn(
-        this.snapshot
-          ? "manager unreachable; serving the last route table"
-          : "manager unreachable; no route table yet",
-        { url: this.url, reason, version: this.snapshot?.version ?? null },
-      );
+    if (this.state !== state) {
+      const serving = this.snapshot ? "serving the last route table" : "no route table yet";
+      const fields = { url: this.url, reason, version: this.snapshot?.version ?? null };
+      if (refused) {
+        // Wrong or revoked ROUTER_TOKEN: no retry will fix it, an operator has to.
+        this.log.error(
+          `the manager refused this router's credential (ROUTER_TOKEN is wrong or revoked; create one with: fleet routers create NAME); ${serving}`,
+          fields,
+        );
+      } else {
+        this.log.warn(`manager unreachable; ${serving}`, fields);
+      }
     }
-    this.healthy = false;
+    this.state = state;
   }
 }

@@ -26,7 +26,7 @@ export function createStandaloneRouter(options: {
   const metrics = new Metrics();
   const routes = new SnapshotPoller({
     managerUrl: env.MANAGER_URL,
-    fleetToken: env.FLEET_TOKEN,
+    routerToken: env.ROUTER_TOKEN,
     intervalMs: env.ROUTES_REFRESH_MS,
     fetch: options.fetch,
     log,
@@ -34,7 +34,7 @@ export function createStandaloneRouter(options: {
   });
   const usage = new UsageBatcher({
     managerUrl: env.MANAGER_URL,
-    fleetToken: env.FLEET_TOKEN,
+    routerToken: env.ROUTER_TOKEN,
     flushIntervalMs: env.USAGE_FLUSH_MS,
     maxBuffer: env.USAGE_BUFFER_MAX,
     fetch: options.fetch,

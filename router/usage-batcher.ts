@@ -5,7 +5,8 @@ import type { Metrics } from "./metrics.ts";
 
 export type UsageBatcherOptions = {
   managerUrl: string;
-  fleetToken?: string;
+  /** The router credential (`ROUTER_TOKEN`), sent to the manager as `Bearer`. */
+  routerToken?: string;
   /** Records per POST (default 500; the manager accepts up to 5000). */
   maxBatch?: number;
   /** Flush at least this often while records wait (default 1 s). */
@@ -145,7 +146,9 @@ export class UsageBatcher implements UsageSink {
 
   private async send(records: UsageRecord[]): Promise<boolean> {
     const headers = new Headers({ "content-type": "application/json" });
-    if (this.options.fleetToken) headers.set("authorization", `Bearer ${this.options.fleetToken}`);
+    if (this.options.routerToken) {
+      headers.set("authorization", `Bearer ${this.options.routerToken}`);
+    }
     try {
       const response = await this.fetchFn(this.url, {
         method: "POST",
@@ -174,7 +177,11 @@ export class UsageBatcher implements UsageSink {
         });
         return true;
       }
-      return this.failed(`HTTP ${response.status}: ${text.slice(0, 200)}`);
+      const reason = `HTTP ${response.status}: ${text.slice(0, 200)}`;
+      if (response.status === 401 || response.status === 403) {
+        return this.failed(`${reason} (ROUTER_TOKEN is wrong or revoked)`);
+      }
+      return this.failed(reason);
     } catch (error) {
       return this.failed(error instanceof Error ? error.message : String(error));
     }

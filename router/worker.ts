@@ -1,11 +1,12 @@
 /**
  * The router as a workerd / Cloudflare Workers module (`npm run build:worker` →
  * dist/worker.js; see docs/edge.md). Env comes from bindings: MANAGER_URL (var) and
- * FLEET_TOKEN (secret), plus any optional router variable. Timers do not outlive a request
+ * ROUTER_TOKEN (secret, from `fleet routers create NAME`), plus any optional router variable. Timers do not outlive a request
  * on workerd, so the route table is revalidated lazily on requests and usage is flushed
  * under `ctx.waitUntil` after each response.
  */
 import type { ExecutionContext } from "hono";
+import { EnvError } from "../kit/env.ts";
 import { createLogger } from "../kit/log.ts";
 import { errorBody } from "../protocol/index.ts";
 import { loadRouterEnv } from "./env.ts";
@@ -26,7 +27,8 @@ function build(bindings: Bindings): Edge | { error: string } {
   try {
     env = loadRouterEnv(source);
   } catch (error) {
-    return { error: error instanceof Error ? error.message : String(error) };
+    if (error instanceof EnvError) return { error: error.message };
+    throw error;
   }
   if (!source.MANAGER_URL) return { error: "invalid environment: MANAGER_URL must be set" };
   return createStandaloneRouter({
@@ -44,11 +46,12 @@ export default {
     edge ??= build(bindings);
     if ("error" in edge) {
       console.error(edge.error);
+      // The message names variables, never their values (kit/env.ts), so it may be shown.
       return Response.json(
         errorBody({
           status: 500,
           code: "bad_environment",
-          message: "the router is misconfigured; see its logs",
+          message: `the router is misconfigured: ${edge.error}`,
         }),
         { status: 500 },
       );

@@ -132,7 +132,7 @@ describe(`the port-forwarding guide, end to end (${serviceDbTarget})`, () => {
     // Routers see it once the snapshot catches up with the ready instance.
     const routes = await eventually(async () => {
       const snapshot = await call<RouteSnapshot>(manager, "GET", "/v1/routes", {
-        token: FLEET_TOKEN,
+        token: ADMIN_TOKEN,
       });
       return snapshot.body.routes.every((r) => r.ready) ? snapshot.body.routes : undefined;
     });

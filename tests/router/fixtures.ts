@@ -5,6 +5,7 @@ import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, type Service, startProcess } from "../../devkit/proc.ts";
 import type { ModelInfo } from "../../protocol/index.ts";
 import {
+  ADMIN,
   FLEET,
   gpu,
   registration,
@@ -14,7 +15,7 @@ import {
   testManager,
 } from "../manager/helpers.ts";
 
-/** The token routers and agents present to the manager (the test manager's FLEET_TOKEN). */
+/** The test manager's FLEET_TOKEN: what agents present, and check on `/proxy`. */
 export const fleetToken = FLEET;
 
 /**
@@ -174,8 +175,45 @@ export async function startSim(options: {
   return Object.assign(service, { url, port });
 }
 
-export type Router = Service & { url: string };
+export type Router = Service & {
+  url: string;
+  /** The router credential it runs with (ROUTER_TOKEN). */
+  credential: RouterCredential;
+};
 
+export type RouterCredential = { id: string; name: string; token: string };
+
+/** `POST {managerUrl}/v1/routers` with the test ADMIN_TOKEN: what `fleet routers create` does. */
+export async function createRouterCredential(
+  managerUrl: string,
+  name = `router-${crypto.randomUUID().slice(0, 8)}`,
+): Promise<RouterCredential> {
+  const response = await fetch(`${managerUrl}/v1/routers`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  if (response.status !== 201) {
+    throw new Error(`router credential: ${response.status} ${await response.text()}`);
+  }
+  return (await response.json()) as RouterCredential;
+}
+
+/** `DELETE {managerUrl}/v1/routers/{id}` with the test ADMIN_TOKEN (`fleet routers revoke`). */
+export async function revokeRouterCredential(managerUrl: string, id: string): Promise<void> {
+  const response = await fetch(`${managerUrl}/v1/routers/${id}`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${ADMIN}` },
+  });
+  if (response.status !== 200) {
+    throw new Error(`revoke ${id}: ${response.status} ${await response.text()}`);
+  }
+}
+
+/**
+ * A standalone router's environment. FLEET_TOKEN is what the agents behind the routes check
+ * on `/proxy`; the manager takes only ROUTER_TOKEN.
+ */
 export function routerEnv(managerUrl: string, extra: Record<string, string> = {}) {
   return {
     MANAGER_URL: managerUrl,
@@ -187,23 +225,30 @@ export function routerEnv(managerUrl: string, extra: Record<string, string> = {}
   };
 }
 
-/** A standalone router process: `bun router/main.ts` or `tsx router/node.ts`. */
+export function routerArgv(runtime: "bun" | "node"): string[] {
+  return runtime === "bun"
+    ? [bunBin, "router/main.ts"]
+    : // tsx as a loader (not its CLI) keeps the router one process that stop() can reach.
+      ["node", "--import", "tsx", "router/node.ts"];
+}
+
+/**
+ * A standalone router process, `bun router/main.ts` or `tsx router/node.ts`, with a router
+ * credential created for it on the manager (or `credential`, when given).
+ */
 export async function startRouter(
   runtime: "bun" | "node",
   managerUrl: string,
   extra: Record<string, string> = {},
+  credential?: RouterCredential,
 ): Promise<Router> {
   const port = await freePort();
-  const argv =
-    runtime === "bun"
-      ? [bunBin, "router/main.ts"]
-      : // tsx as a loader (not its CLI) keeps the router one process that stop() can reach.
-        ["node", "--import", "tsx", "router/node.ts"];
-  const service = startProcess(argv, {
-    env: routerEnv(managerUrl, { PORT: String(port), ...extra }),
+  const held = credential ?? (await createRouterCredential(managerUrl));
+  const service = startProcess(routerArgv(runtime), {
+    env: routerEnv(managerUrl, { PORT: String(port), ROUTER_TOKEN: held.token, ...extra }),
   });
   const url = `http://127.0.0.1:${port}`;
   await service.waitFor("router listening", 30_000);
   await waitForHttp(`${url}/healthz`, { timeoutMs: 20_000 });
-  return Object.assign(service, { url });
+  return Object.assign(service, { url, credential: held });
 }

@@ -9,6 +9,7 @@ import { SnapshotPoller } from "../../router/snapshot-poller.ts";
 import type { FetchLike } from "../../router/types.ts";
 import { UsageBatcher } from "../../router/usage-batcher.ts";
 import {
+  createRouterToken,
   FLEET,
   gpu,
   registration,
@@ -25,6 +26,8 @@ import {
 
 let db: OpenTestDb;
 let t: TestManager;
+/** This file's router credential on `t` (what ROUTER_TOKEN holds). */
+let token: string;
 const agents: { stop(): void }[] = [];
 
 beforeAll(async () => {
@@ -37,6 +40,12 @@ afterEach(async () => {
 afterAll(async () => {
   await db?.destroy();
 });
+
+/** The manager app on the file's database, emptied, with a router credential created. */
+async function startManager(): Promise<void> {
+  t = await testManager({ db });
+  token = await createRouterToken(t);
+}
 
 const managerUrl = "http://manager.test";
 
@@ -83,15 +92,15 @@ async function placeModel(alias: string, workerId = `${alias}-worker`) {
 }
 
 async function managerSnapshot(): Promise<RouteSnapshot> {
-  return (await (await t.call("GET", "/v1/routes", { token: FLEET })).json()) as RouteSnapshot;
+  return (await (await t.call("GET", "/v1/routes", { token })).json()) as RouteSnapshot;
 }
 
 describe("SnapshotPoller against the manager", () => {
   test("loads the table, then revalidates with If-None-Match: 304 and the same snapshot while nothing changes", async () => {
-    t = await testManager({ db });
+    await startManager();
     await placeModel("qwen");
     const link = managerFetch();
-    const poller = new SnapshotPoller({ managerUrl, fleetToken: FLEET, fetch: link.fetch });
+    const poller = new SnapshotPoller({ managerUrl, routerToken: token, fetch: link.fetch });
     expect(poller.current()).toBeUndefined();
     await poller.refresh();
     const first = poller.current();
@@ -104,9 +113,9 @@ describe("SnapshotPoller against the manager", () => {
   });
 
   test("picks up a new route and a replica becoming ready", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
-    const poller = new SnapshotPoller({ managerUrl, fleetToken: FLEET, fetch: link.fetch });
+    const poller = new SnapshotPoller({ managerUrl, routerToken: token, fetch: link.fetch });
     await poller.refresh();
     expect(poller.current()?.routes).toEqual([]);
     const qwen = await placeModel("qwen");
@@ -120,13 +129,13 @@ describe("SnapshotPoller against the manager", () => {
   });
 
   test("serves the last table while the manager is unreachable, counts the failures, and recovers", async () => {
-    t = await testManager({ db });
+    await startManager();
     await (await placeModel("qwen")).ready();
     const link = managerFetch();
     const metrics = new Metrics();
     const poller = new SnapshotPoller({
       managerUrl,
-      fleetToken: FLEET,
+      routerToken: token,
       fetch: link.fetch,
       metrics,
     });
@@ -150,12 +159,12 @@ describe("SnapshotPoller against the manager", () => {
   });
 
   test("a token the manager refuses leaves it without a table", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const metrics = new Metrics();
     const poller = new SnapshotPoller({
       managerUrl,
-      fleetToken: "not-the-fleet-token",
+      routerToken: "fr_not-a-router-credential",
       fetch: link.fetch,
       metrics,
     });
@@ -165,20 +174,41 @@ describe("SnapshotPoller against the manager", () => {
     expect(metric(metrics.render(), "fleet_router_routes_refresh_failures_total")).toBe(1);
   });
 
-  test("concurrent refreshes share one request", async () => {
-    t = await testManager({ db });
+  test("a revoked credential: the next refresh is refused, the last table keeps serving", async () => {
+    await startManager();
+    await (await placeModel("qwen")).ready();
     const link = managerFetch();
-    const poller = new SnapshotPoller({ managerUrl, fleetToken: FLEET, fetch: link.fetch });
+    const metrics = new Metrics();
+    const poller = new SnapshotPoller({
+      managerUrl,
+      routerToken: token,
+      fetch: link.fetch,
+      metrics,
+    });
+    await poller.refresh();
+    const before = poller.current();
+    const { body } = await t.json<{ routers: { id: string }[] }>("GET", "/v1/routers");
+    expect((await t.call("DELETE", `/v1/routers/${body.routers[0]?.id}`)).status).toBe(200);
+    await poller.refresh();
+    expect(link.statuses).toEqual([200, 401]);
+    expect(poller.current()).toBe(before);
+    expect(metric(metrics.render(), "fleet_router_routes_refresh_failures_total")).toBe(1);
+  });
+
+  test("concurrent refreshes share one request", async () => {
+    await startManager();
+    const link = managerFetch();
+    const poller = new SnapshotPoller({ managerUrl, routerToken: token, fetch: link.fetch });
     await Promise.all(Array.from({ length: 5 }, () => poller.refresh()));
     expect(link.statuses).toEqual([200]);
   });
 
   test("start() keeps polling on its interval until stop()", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const poller = new SnapshotPoller({
       managerUrl,
-      fleetToken: FLEET,
+      routerToken: token,
       fetch: link.fetch,
       intervalMs: 20,
     });
@@ -214,11 +244,11 @@ async function stored(): Promise<{ latency_ms: number; status: number; stream: b
 
 describe("UsageBatcher against the manager", () => {
   test("sends what is buffered in batches of maxBatch; the manager stores every record", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const batcher = new UsageBatcher({
       managerUrl,
-      fleetToken: FLEET,
+      routerToken: token,
       fetch: link.fetch,
       maxBatch: 2,
     });
@@ -233,11 +263,11 @@ describe("UsageBatcher against the manager", () => {
   });
 
   test("once started, a full batch goes at once; close() sends the rest", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const batcher = new UsageBatcher({
       managerUrl,
-      fleetToken: FLEET,
+      routerToken: token,
       fetch: link.fetch,
       maxBatch: 3,
       flushIntervalMs: 60_000,
@@ -257,10 +287,15 @@ describe("UsageBatcher against the manager", () => {
   });
 
   test("while the manager is down records wait, and arrive once it is back", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const metrics = new Metrics();
-    const batcher = new UsageBatcher({ managerUrl, fleetToken: FLEET, fetch: link.fetch, metrics });
+    const batcher = new UsageBatcher({
+      managerUrl,
+      routerToken: token,
+      fetch: link.fetch,
+      metrics,
+    });
     link.state.down = true;
     for (let index = 1; index <= 3; index++) batcher.record(record(index));
     await batcher.flush();
@@ -277,9 +312,13 @@ describe("UsageBatcher against the manager", () => {
   });
 
   test("a manager that refuses the token gets the batch again later; nothing is dropped", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
-    const batcher = new UsageBatcher({ managerUrl, fleetToken: "wrong-token", fetch: link.fetch });
+    const batcher = new UsageBatcher({
+      managerUrl,
+      routerToken: "fr_not-a-router-credential",
+      fetch: link.fetch,
+    });
     batcher.record(record(1));
     await batcher.flush();
     expect(link.statuses).toEqual([401]);
@@ -288,12 +327,12 @@ describe("UsageBatcher against the manager", () => {
   });
 
   test("keeps at most maxBuffer records while the manager is down, dropping the oldest", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const metrics = new Metrics();
     const batcher = new UsageBatcher({
       managerUrl,
-      fleetToken: FLEET,
+      routerToken: token,
       fetch: link.fetch,
       metrics,
       maxBuffer: 3,
@@ -309,10 +348,15 @@ describe("UsageBatcher against the manager", () => {
   });
 
   test("a batch the manager rejects as invalid is dropped, not retried forever", async () => {
-    t = await testManager({ db });
+    await startManager();
     const link = managerFetch();
     const metrics = new Metrics();
-    const batcher = new UsageBatcher({ managerUrl, fleetToken: FLEET, fetch: link.fetch, metrics });
+    const batcher = new UsageBatcher({
+      managerUrl,
+      routerToken: token,
+      fetch: link.fetch,
+      metrics,
+    });
     batcher.record(record(1, { status: 42 }));
     await batcher.flush();
     expect(link.statuses).toEqual([400]);

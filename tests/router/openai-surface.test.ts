@@ -7,9 +7,10 @@ import OpenAI, { APIError } from "openai";
 import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { eventually } from "../../devkit/net.ts";
 import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
-import type { ApiKeyCreated } from "../../protocol/index.ts";
+import type { ApiKeyCreated, OpenAiError } from "../../protocol/index.ts";
 import {
   addReplicas,
+  createRouterCredential,
   fleetToken,
   type ServedManager,
   type Sim,
@@ -59,9 +60,8 @@ afterAll(async () => {
   rmSync(buildDir, { recursive: true, force: true });
 });
 
-async function startRuntime(runtime: (typeof runtimes)[number], manager: ServedManager) {
-  const extra = { MAX_BODY_BYTES: String(maxBodyBytes) };
-  if (runtime !== "workerd") return (await startRouter(runtime, manager.url, extra)).url;
+/** The built worker in Miniflare with `bindings`; resolves to its URL. */
+async function startWorkerd(bindings: Record<string, string>): Promise<string> {
   const mf = new Miniflare({
     modules: [
       {
@@ -71,17 +71,24 @@ async function startRuntime(runtime: (typeof runtimes)[number], manager: ServedM
       },
     ],
     compatibilityDate: "2025-01-01",
-    bindings: {
-      MANAGER_URL: manager.url,
-      FLEET_TOKEN: fleetToken,
-      ROUTES_REFRESH_MS: "200",
-      ...extra,
-    },
+    bindings,
     host: "127.0.0.1",
     port: 0,
   });
   miniflares.push(mf);
   return String(await mf.ready).replace(/\/$/, "");
+}
+
+async function startRuntime(runtime: (typeof runtimes)[number], manager: ServedManager) {
+  const extra = { MAX_BODY_BYTES: String(maxBodyBytes) };
+  if (runtime !== "workerd") return (await startRouter(runtime, manager.url, extra)).url;
+  const credential = await createRouterCredential(manager.url, "edge");
+  return startWorkerd({
+    MANAGER_URL: manager.url,
+    ROUTER_TOKEN: credential.token,
+    ROUTES_REFRESH_MS: "200",
+    ...extra,
+  });
 }
 
 for (const runtime of runtimes) {
@@ -347,3 +354,16 @@ for (const runtime of runtimes) {
     });
   });
 }
+
+describe("router on workerd, misconfigured", () => {
+  test("with FLEET_TOKEN and no ROUTER_TOKEN it answers 500 bad_environment naming the fix", async () => {
+    const url = await startWorkerd({ MANAGER_URL: "http://127.0.0.1:9", FLEET_TOKEN: fleetToken });
+    const response = await fetch(`${url}/v1/models`);
+    expect(response.status).toBe(500);
+    const body = (await response.json()) as OpenAiError;
+    expect(body.error.code).toBe("bad_environment");
+    expect(body.error.message).toContain("ROUTER_TOKEN");
+    expect(body.error.message).toContain("fleet routers create");
+    expect(body.error.message).not.toContain(fleetToken);
+  });
+});

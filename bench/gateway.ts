@@ -139,6 +139,8 @@ async function main() {
       argv: [bunBin, "router/main.ts"],
       env: {
         MANAGER_URL: `${managerUrl}/t/${table}`,
+        // The stub manager takes any router credential; agents check FLEET_TOKEN on /proxy.
+        ROUTER_TOKEN: "fr_bench-router-credential",
         FLEET_TOKEN: token,
         HOST: "127.0.0.1",
         PORT: String(port),

@@ -157,8 +157,17 @@ try {
     `heartbeats: ${WORKERS} workers every ${INTERVAL_S} s for ${(wallMs / 1000).toFixed(1)} s: ${latencies.length} ok (${Math.round((latencies.length / wallMs) * 1000)}/s), ${failures} failed; p50 ${hb.p50.toFixed(2)} ms  p99 ${hb.p99.toFixed(2)} ms  max ${hb.max.toFixed(2)} ms; manager CPU ${(cpu * 100).toFixed(1)}% of a core`,
   );
 
-  // 2. Route snapshot polling with a matching ETag.
-  const first = await fetch(`${base}/v1/routes`, { headers: fleetHeaders });
+  // 2. Route snapshot polling with a matching ETag, as a router polls: with its own
+  // credential, which the manager looks up on every request (a revocation applies at once).
+  const created = await fetch(`${base}/v1/routers`, {
+    method: "POST",
+    headers: adminHeaders,
+    body: JSON.stringify({ name: "bench-router" }),
+  });
+  if (created.status !== 201) throw new Error(`router credential: ${await created.text()}`);
+  const { token: routerToken } = (await created.json()) as { token: string };
+  const routerHeaders = { authorization: `Bearer ${routerToken}` };
+  const first = await fetch(`${base}/v1/routes`, { headers: routerHeaders });
   const etag = first.headers.get("etag") ?? "";
   const snapshot = (await first.json()) as RouteSnapshot;
   console.log(
@@ -166,7 +175,7 @@ try {
   );
   const notModified = await runLoad({
     url: `${base}/v1/routes`,
-    headers: { authorization: `Bearer ${FLEET}`, "if-none-match": etag },
+    headers: { ...routerHeaders, "if-none-match": etag },
     concurrency: 32,
     durationMs: 3000,
   });
@@ -175,7 +184,7 @@ try {
   );
   const full = await runLoad({
     url: `${base}/v1/routes`,
-    headers: { authorization: `Bearer ${FLEET}` },
+    headers: routerHeaders,
     concurrency: 8,
     durationMs: 2000,
   });

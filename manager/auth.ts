@@ -1,10 +1,8 @@
 import type { MiddlewareHandler } from "hono";
-import type { Db } from "../db/index.ts";
-import type { Clock } from "../kit/clock.ts";
 import { bearerToken, constantTimeEqual } from "../kit/crypto.ts";
 import { AppError } from "../kit/errors.ts";
 import type { ManagerConfig } from "./env.ts";
-import { checkRouterCredential } from "./services/router-credentials.ts";
+import type { RouterCredentials } from "./services/router-credentials.ts";
 
 /**
  * Who may call what. `admin` endpoints (models, workers list, keys, router credentials) take
@@ -17,7 +15,10 @@ import { checkRouterCredential } from "./services/router-credentials.ts";
 export type Scope = "admin" | "fleet" | "router";
 
 /** What a scope check reads: the tokens, and the `routers` table for router credentials. */
-export type AuthContext = { config: ManagerConfig; db: Db; clock: Clock };
+export type AuthContext = {
+  config: ManagerConfig;
+  routerCredentials: Pick<RouterCredentials, "check">;
+};
 
 /** The check of a token scope, which needs no database (`router` needs `checkScope`). */
 export function isAuthorized(
@@ -50,7 +51,7 @@ async function routerRefusal(
   const presented = bearerToken(header);
   if (presented === "") return routerNeeds;
   if (config.adminToken && constantTimeEqual(presented, config.adminToken)) return undefined;
-  const check = await checkRouterCredential(ctx, presented);
+  const check = await ctx.routerCredentials.check(presented);
   if (check.ok) return undefined;
   if (check.revoked) {
     return "this router credential has been revoked; create a new one with: fleet routers create NAME";

@@ -9,6 +9,7 @@ import { HeartbeatMemo } from "./services/heartbeat-memo.ts";
 import { Launcher } from "./services/launcher.ts";
 import { Lifecycle } from "./services/lifecycle.ts";
 import { RouteCache } from "./services/route-cache.ts";
+import { RouterCredentials } from "./services/router-credentials.ts";
 import type { ListenAddress } from "./services/worker-urls.ts";
 
 /**
@@ -25,6 +26,8 @@ export type ManagerContext = {
   log: Logger;
   agents: AgentClient;
   routes: RouteCache;
+  /** Router credentials, and the checks that passed while the route version holds. */
+  routerCredentials: RouterCredentials;
   /** The one writer of instance state (and the routes that mirror it). */
   lifecycle: Lifecycle;
   /** Launch and stop calls to agents. */
@@ -68,6 +71,12 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     log,
     agents,
     routes,
+    routerCredentials: new RouterCredentials({
+      db,
+      clock,
+      version: () => routes.entry()?.snapshot.version,
+      refresh: () => routes.refresh(),
+    }),
     lifecycle,
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
     heartbeats,

@@ -7,11 +7,6 @@ import {
   routerListSchema,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
-import {
-  createRouterCredential,
-  listRouterCredentials,
-  revokeRouterCredential,
-} from "../services/router-credentials.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 const tags = ["Router credentials"];
@@ -40,7 +35,7 @@ export function routersRoutes(ctx: ManagerContext): OpenAPIHono {
     }),
     async (c) => {
       const { name } = c.req.valid("json");
-      const { info, token } = await createRouterCredential(ctx, name);
+      const { info, token } = await ctx.routerCredentials.create(name);
       return c.json({ ...info, token }, 201);
     },
   );
@@ -57,7 +52,7 @@ export function routersRoutes(ctx: ManagerContext): OpenAPIHono {
         ...errors(401),
       },
     }),
-    async (c) => c.json({ routers: await listRouterCredentials(ctx) }, 200),
+    async (c) => c.json({ routers: await ctx.routerCredentials.list() }, 200),
   );
 
   app.openapi(
@@ -77,7 +72,7 @@ export function routersRoutes(ctx: ManagerContext): OpenAPIHono {
         ),
       },
     }),
-    async (c) => c.json(await revokeRouterCredential(ctx, c.req.valid("param").id), 200),
+    async (c) => c.json(await ctx.routerCredentials.revoke(c.req.valid("param").id), 200),
   );
 
   return app;

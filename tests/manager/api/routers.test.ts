@@ -1,5 +1,9 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { eventually } from "../../../devkit/net.ts";
+import { silentLogger } from "../../../kit/log.ts";
+import { createApp } from "../../../manager/app.ts";
+import { defaultConfig } from "../../../manager/env.ts";
 import type {
   OpenAiError,
   RouterCreated,
@@ -207,6 +211,31 @@ describeApi("manager API: router credentials", (api) => {
       ["doomed", true],
       ["survivor", false],
     ]);
+  });
+
+  test("revoke through one manager: another on the same database refuses it within its version poll", async () => {
+    const t = await withRoute();
+    const created = await create(t, "shared");
+    const other = createApp({
+      db: t.db,
+      config: defaultConfig({ adminToken: ADMIN, fleetToken: FLEET, routesPollMs: 50 }),
+      log: silentLogger,
+    });
+    await other.start();
+    try {
+      const poll = () =>
+        other.app.request("/v1/routes", { headers: { authorization: `Bearer ${created.token}` } });
+      // Checked once, then answered from what the other manager remembers.
+      expect((await poll()).status).toBe(200);
+      expect((await poll()).status).toBe(200);
+      expect((await t.call("DELETE", `/v1/routers/${created.id}`)).status).toBe(200);
+      await eventually(async () => (await poll()).status === 401, {
+        what: "the other manager to refuse the revoked credential",
+        timeoutMs: 5000,
+      });
+    } finally {
+      await other.close();
+    }
   });
 
   test("routes and usage: a router credential or ADMIN_TOKEN; never FLEET_TOKEN, a revoked or a made-up one", async () => {

@@ -123,6 +123,40 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     await eventually(async () => (await chat()) === 401, { what: "the revoked key to fail" });
   });
 
+  test("routers create shows the credential once; ls shows its last use; revoke ends it", async () => {
+    const created = await fleet(["routers", "create", "edge-1"]);
+    expect(created.code).toBe(0);
+    expect(created.output).toContain("ROUTER_TOKEN");
+    const token = /\b(fr_[A-Za-z0-9_-]{43})\b/.exec(created.output)?.[1] ?? "";
+    expect(token).not.toBe("");
+
+    const table = await fleet(["routers", "ls"]);
+    expect(table.output).toMatch(/^ID\s+NAME\s+PREFIX\s+CREATED\s+LAST USED\s+REVOKED\n/);
+    expect(table.output).toMatch(/rtr_\S+\s+edge-1\s+fr_\S+\s+\S+\s+never\s+-/);
+    expect(table.output).not.toContain(token);
+
+    const routes = () =>
+      fetch(`${manager.url}/v1/routes`, { headers: { authorization: `Bearer ${token}` } }).then(
+        (response) => response.status,
+      );
+    expect(await routes()).toBe(200);
+    const listed = await fleet(["routers", "ls", "--json"]);
+    const [router] = JSON.parse(listed.output) as { id: string; last_used_at: string | null }[];
+    expect(router?.last_used_at).not.toBeNull();
+    expect((await fleet(["routers", "ls"])).output).toMatch(/edge-1\s+fr_\S+\s+\S+\s+\d+s ago\s+-/);
+
+    const revoked = await fleet(["routers", "revoke", router?.id ?? ""]);
+    expect(revoked.code).toBe(0);
+    expect(revoked.output).toContain(`revoked ${router?.id} (edge-1)`);
+    expect(await routes()).toBe(401);
+    const again = await fleet(["routers", "revoke", router?.id ?? ""]);
+    expect(again.code).toBe(1);
+    expect(again.output).toContain("already revoked");
+    const unnamed = await fleet(["routers", "create"]);
+    expect(unnamed.code).toBe(2);
+    expect(unnamed.output).toContain("missing NAME");
+  });
+
   test("register --wait on an engine that cannot start fails with its log lines", async () => {
     const { code, output } = await fleet([
       "models",

@@ -9,7 +9,8 @@ export type CachedSnapshot = { snapshot: RouteSnapshot; etag: string; body: stri
 
 /**
  * The route snapshot, rebuilt from the database only when `fleet_state` says it changed
- * (triggers bump `routes_version` on every write to routes, worker status/URLs and keys).
+ * (triggers bump `routes_version` on every write to routes, worker status/URLs and keys;
+ * revoking a router credential bumps it too, so that managers forget the credential).
  * A cheap version poll keeps it fresh when another manager replica writes; this process
  * calls `refresh()` after its own writes. `current()` is synchronous: the in-process
  * router reads it on every request, and `GET /v1/routes` serves its pre-serialized body.

@@ -9,6 +9,7 @@ import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
 import type { ApiKeyCreated } from "../../protocol/index.ts";
 import {
   addReplicas,
+  createRouterCredential,
   fleetToken,
   type ServedManager,
   type Sim,
@@ -119,7 +120,12 @@ async function startRuntime(runtime: (typeof runtimes)[number]): Promise<string>
       },
     ],
     compatibilityDate: "2025-01-01",
-    bindings: { MANAGER_URL: manager.url, FLEET_TOKEN: fleetToken, ...extra },
+    bindings: {
+      MANAGER_URL: manager.url,
+      ROUTER_TOKEN: (await createRouterCredential(manager.url)).token,
+      FLEET_TOKEN: fleetToken,
+      ...extra,
+    },
     host: "127.0.0.1",
     port: 0,
   });

@@ -30,7 +30,7 @@ export type Manager = {
   routes: { current(): RouteSnapshot | undefined };
   /** Batches usage into `request_logs` (`UsageSink`); never blocks the caller. */
   usage: { record(record: UsageRecord): void };
-  /** One round of the background loops (liveness sweep, then reconciliation). */
+  /** One round of the background loops (liveness sweep, then reconciliation; probes beside). */
   tick(): Promise<TickResult>;
   /** The router that answers the OpenAI routes (router/routes.ts), which are mounted by name. */
   mount(handler: FetchHandler): void;
@@ -189,6 +189,7 @@ export function createApp(deps: ManagerDeps): Manager {
       usage.start();
     },
     async close() {
+      await ctx.prober.close();
       ctx.routes.stop();
       await usage.close();
     },

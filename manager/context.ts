@@ -8,6 +8,7 @@ import { AgentClient } from "./services/agent-client.ts";
 import { HeartbeatMemo } from "./services/heartbeat-memo.ts";
 import { Launcher } from "./services/launcher.ts";
 import { Lifecycle } from "./services/lifecycle.ts";
+import { Prober } from "./services/probes.ts";
 import { RouteCache } from "./services/route-cache.ts";
 import { RouterCredentials } from "./services/router-credentials.ts";
 import type { ListenAddress } from "./services/worker-urls.ts";
@@ -32,6 +33,8 @@ export type ManagerContext = {
   lifecycle: Lifecycle;
   /** Launch and stop calls to agents. */
   launcher: Launcher;
+  /** Probes of workers' internal and public URLs (the management path). */
+  prober: Prober;
   /** Per worker: the last report fully applied (see worker-reports.ts). */
   heartbeats: HeartbeatMemo;
   /** When this process started acting (the liveness sweep waits one timeout after it). */
@@ -79,6 +82,7 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     }),
     lifecycle,
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
+    prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config }),
     heartbeats,
     startedAt: clock.now().getTime(),
     holdingOff: false,

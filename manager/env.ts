@@ -43,6 +43,15 @@ export const managerEnvSchema = z.object({
   LAUNCH_RETRY_MAX_S: seconds(300),
   /** Timeout of one manager → agent call (launch, stop). */
   AGENT_TIMEOUT_S: seconds(10),
+  /** How often each online worker's URLs are probed (`GET {url}/health`). */
+  PROBE_INTERVAL_S: seconds(15),
+  /** Timeout of one probe; a path that does not answer in time counts as unreachable. */
+  PROBE_TIMEOUT_MS: z.coerce
+    .number({ error: "must be a number of milliseconds" })
+    .int()
+    .min(50)
+    .max(120_000)
+    .default(3000),
   /** How often the route snapshot checks `fleet_state.routes_version`. */
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
@@ -79,6 +88,8 @@ export type ManagerConfig = {
   launchRetryBaseS: number;
   launchRetryMaxS: number;
   agentTimeoutS: number;
+  probeIntervalS: number;
+  probeTimeoutMs: number;
   routesPollMs: number;
   /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: any. */
   workerUrlAllow: HostAllowlist | undefined;
@@ -97,6 +108,8 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     launchRetryBaseS: env.LAUNCH_RETRY_BASE_S,
     launchRetryMaxS: env.LAUNCH_RETRY_MAX_S,
     agentTimeoutS: env.AGENT_TIMEOUT_S,
+    probeIntervalS: env.PROBE_INTERVAL_S,
+    probeTimeoutMs: env.PROBE_TIMEOUT_MS,
     routesPollMs: env.ROUTES_POLL_MS,
     workerUrlAllow: env.WORKER_URL_ALLOW,
   };

@@ -60,7 +60,26 @@ export type WorkerInstance = z.infer<typeof workerInstanceSchema>;
 export const plainHttpProblemText =
   "public URL is plain http: prompts and credentials cross the internet in clear; use the https URL your provider gives";
 
-/** The original system's `WorkerInfo`: what `GET /v1/workers` lists. */
+/** Which of a worker's URLs the manager's management calls use. */
+export const managementPathSchema = z.enum(["internal", "public"]);
+export type ManagementPath = z.infer<typeof managementPathSchema>;
+
+/** One URL of a worker as the manager's last probe (`GET {url}/health`) found it. */
+export const workerPathSchema = z.object({
+  url: z.string(),
+  /** Null until the first probe of this path completes. */
+  reachable: z.boolean().nullable(),
+  /** Round-trip time of the last probe that got the agent's answer. */
+  rtt_ms: z.number().int().nonnegative().nullable(),
+  /** Why the last probe did not count (refused, timed out, another agent answered…). */
+  error: z.string().nullable(),
+});
+export type WorkerPath = z.infer<typeof workerPathSchema>;
+
+/**
+ * The original system's `WorkerInfo`: what `GET /v1/workers` lists, plus how the manager
+ * reaches the worker (`paths`, `management_path`) and what an operator should fix (`problems`).
+ */
 export const workerInfoSchema = z.object({
   worker_id: workerIdSchema,
   worker_url: z.string(),
@@ -72,6 +91,11 @@ export const workerInfoSchema = z.object({
   agent_version: z.string().nullable(),
   registered_at: isoTimeSchema,
   labels: z.record(z.string(), z.string()),
+  paths: z.object({ internal: workerPathSchema, public: workerPathSchema.nullable() }),
+  /** The path the probes found answering (internal first); null when none does (yet). */
+  management_path: managementPathSchema.nullable(),
+  /** When the last probe of this worker began; null before the first. */
+  probed_at: isoTimeSchema.nullable(),
   /** What an operator should fix about this worker, one sentence each; empty when nothing. */
   problems: z.array(z.string()),
 });

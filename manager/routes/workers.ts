@@ -39,7 +39,12 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
         ...errors(400, 401),
       },
     }),
-    async (c) => c.json(await registerWorker(ctx, c.req.valid("json")), 200),
+    async (c) => {
+      const reply = await registerWorker(ctx, c.req.valid("json"));
+      // Which of its URLs answer: found in the background, the reply does not wait for it.
+      ctx.prober.afterRegistration(reply.worker_id);
+      return c.json(reply, 200);
+    },
   );
 
   app.openapi(

@@ -7,6 +7,7 @@ import {
   type InstanceSpecInput,
   instanceListSchema,
   instanceReportSchema,
+  type ManagementPath,
 } from "../../protocol/index.ts";
 
 export type AgentCallResult<T> =
@@ -34,8 +35,24 @@ export const agentAddressColumns = {
   publicReachable: schema.workers.publicReachable,
 };
 
-/** Where and with which credential one management call goes. */
-export type AgentTarget = { url: string; token: string | undefined };
+/**
+ * Where and with which credential one management call goes. `fallback` is set when no
+ * path is known to answer: the call then tries `url` (internal) first and `fallback`
+ * (public) when that gets no answer at all.
+ */
+export type AgentTarget = { url: string; fallback: string | undefined; token: string | undefined };
+
+/**
+ * The path the probes found answering: internal first (closer, and not through the
+ * provider's mapping), else public; null when neither answered (or none was probed yet).
+ */
+export function managementPath(
+  worker: Pick<AgentAddress, "publicWorkerUrl" | "internalReachable" | "publicReachable">,
+): ManagementPath | null {
+  if (worker.internalReachable === true) return "internal";
+  if (worker.publicWorkerUrl !== null && worker.publicReachable === true) return "public";
+  return null;
+}
 
 /**
  * Manager → agent calls (launch, list, stop, logs). Each goes to the worker's management
@@ -54,7 +71,12 @@ export class AgentClient {
 
   /** The URL and credential a management call to `worker` uses. */
   target(worker: AgentAddress): AgentTarget {
-    return { url: worker.workerUrl, token: worker.agentToken ?? this.options.token };
+    const path = managementPath(worker);
+    const publicUrl = worker.publicWorkerUrl;
+    const url = path === "public" && publicUrl ? publicUrl : worker.workerUrl;
+    const fallback =
+      path === null && publicUrl !== null && publicUrl !== worker.workerUrl ? publicUrl : undefined;
+    return { url, fallback, token: worker.agentToken ?? this.options.token };
   }
 
   /** `POST /v1/instances`; the agent answers 202 with the instance (port leased by it). */
@@ -108,26 +130,32 @@ export class AgentClient {
     init: RequestInit,
     parse: (body: unknown, text: string) => T,
   ): Promise<AgentCallResult<T>> {
-    const { url: workerUrl, token } = this.target(worker);
+    const target = this.target(worker);
     const headers: Record<string, string> = { accept: "application/json, text/plain" };
     if (init.body) headers["content-type"] = "application/json";
-    if (token) headers.authorization = `Bearer ${token}`;
-    let response: Response;
-    try {
-      response = await this.options.fetch(`${workerUrl}${path}`, {
-        ...init,
-        headers,
-        signal: AbortSignal.timeout(this.options.timeoutMs),
-        // Never follow: a redirect would carry the credential and the body to another host.
-        redirect: "manual",
-      });
-    } catch (error) {
-      return {
-        ok: false,
-        status: null,
-        error: `agent at ${workerUrl} unreachable: ${describeError(error)}`,
-      };
+    if (target.token) headers.authorization = `Bearer ${target.token}`;
+    let workerUrl = target.url;
+    let response: Response | undefined;
+    const failures: string[] = [];
+    // Without a path known to answer: internal, then public. The agent's instance API is
+    // idempotent per alias (a repeated launch answers the existing engine, a repeated stop
+    // 404), so a call that reached the agent without its answer reaching us is safe to repeat.
+    for (const url of target.fallback ? [target.url, target.fallback] : [target.url]) {
+      workerUrl = url;
+      try {
+        response = await this.options.fetch(`${url}${path}`, {
+          ...init,
+          headers,
+          signal: AbortSignal.timeout(this.options.timeoutMs),
+          // Never follow: a redirect would carry the credential and the body to another host.
+          redirect: "manual",
+        });
+        break;
+      } catch (error) {
+        failures.push(`agent at ${url} unreachable: ${describeError(error)}`);
+      }
     }
+    if (!response) return { ok: false, status: null, error: failures.join("; ") };
     const text = await response.text().catch(() => "");
     let body: unknown = null;
     try {

@@ -25,8 +25,13 @@ export type TickResult = {
  * One round of the background loops, each under its own advisory lock so that only one
  * manager replica acts: the liveness sweep, then reconciliation. Launches run after the
  * locks are released (they wait on agents). Driven by a timer in the entries.
+ *
+ * The probes of workers' URLs that are due start beside them and are not awaited: a round
+ * waits on agents (up to PROBE_TIMEOUT_MS each) and must not hold up the sweep. They need
+ * no lock: each probe claims its worker first (probes.ts), so managers share the work.
  */
 export async function tick(ctx: ManagerContext): Promise<TickResult> {
+  void ctx.prober.round();
   const offline = await ctx.fleetDb.tryWithLock(SWEEP_LOCK, () => sweep(ctx));
   const launches = await ctx.fleetDb.tryWithLock(RECONCILE_LOCK, () => reconcile(ctx));
   if (launches && launches.length > 0)

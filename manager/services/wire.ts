@@ -7,7 +7,8 @@ import type {
   RoutingRecord,
   WorkerInfo,
 } from "../../protocol/index.ts";
-import { plainHttpProblem } from "./worker-problems.ts";
+import { managementPath } from "./agent-client.ts";
+import { workerProblems } from "./worker-problems.ts";
 
 /** The original `ModelRouting`, exactly these six fields. */
 export function routingRecord(route: RouteRow): RoutingRecord {
@@ -120,6 +121,25 @@ export function workerInfo(
     agent_version: worker.agentVersion,
     registered_at: worker.registeredAt.toISOString(),
     labels: worker.labels,
-    problems: [plainHttpProblem(worker)].filter((problem) => problem !== undefined),
+    paths: {
+      internal: {
+        url: worker.workerUrl,
+        reachable: worker.internalReachable,
+        rtt_ms: worker.internalRttMs,
+        error: worker.internalProbeError,
+      },
+      public:
+        worker.publicWorkerUrl === null
+          ? null
+          : {
+              url: worker.publicWorkerUrl,
+              reachable: worker.publicReachable,
+              rtt_ms: worker.publicRttMs,
+              error: worker.publicProbeError,
+            },
+    },
+    management_path: managementPath(worker),
+    probed_at: worker.probedAt?.toISOString() ?? null,
+    problems: workerProblems(worker),
   };
 }

@@ -1,11 +1,73 @@
 /**
- * What is wrong with a worker that an operator should fix: each a sentence for
- * `WorkerInfo.problems` (`GET /v1/workers`, `fleet workers ls` and `show`).
+ * What an operator should fix about a worker, in sentences that name the variable to set:
+ * `WorkerInfo.problems` (`GET /v1/workers[/{id}]`, `fleet workers ls` and `show`). Each check
+ * looks at the worker row and names at most one problem; a new problem is one more entry in
+ * `checks`.
  */
 import type { WorkerRow } from "../../db/schema/workers.ts";
 import { type IpRange, inRange, parseCidr, parseIp } from "../../kit/ip.ts";
 import { isLoopbackHost } from "../../kit/net.ts";
 import { plainHttpProblemText } from "../../protocol/index.ts";
+
+/** The columns the checks read. */
+export type ProblemInput = Pick<
+  WorkerRow,
+  | "workerUrl"
+  | "publicWorkerUrl"
+  | "internalReachable"
+  | "internalProbeError"
+  | "publicReachable"
+  | "publicProbeError"
+>;
+
+type Check = (worker: ProblemInput) => string | undefined;
+
+const checks: Check[] = [noPathReaches, publicPathFails, plainHttpProblem];
+
+/** The worker's problems, most serious first; empty when nothing needs doing. */
+export function workerProblems(worker: ProblemInput): string[] {
+  return checks.flatMap((check) => check(worker) ?? []);
+}
+
+const setWorkerUrl = "WORKER_URL to an address the manager can dial";
+const checkMapping =
+  "check that the port mapping forwards to the agent's WORKER_PORT and that PUBLIC_URL is the mapping's URL";
+
+/** Neither URL answered the last probe: launches, stops and logs cannot reach the agent. */
+function noPathReaches(worker: ProblemInput): string | undefined {
+  if (worker.internalReachable !== false) return undefined;
+  const internal = `the manager cannot dial ${worker.workerUrl} (${internalWhy(worker)})`;
+  if (worker.publicWorkerUrl === null) {
+    return `no path reaches this worker: ${internal}. Set PUBLIC_URL on the agent to its port-forwarding URL, or ${setWorkerUrl}`;
+  }
+  if (worker.publicReachable !== false) return undefined;
+  const publicPart = `nor its public URL ${worker.publicWorkerUrl} (${worker.publicProbeError ?? "no answer"})`;
+  return `no path reaches this worker: ${internal} ${publicPart}. On the agent, ${checkMapping}, or set ${setWorkerUrl}`;
+}
+
+/**
+ * Management works over the internal URL but the public one fails: routes send clients'
+ * requests to the public URL, so they fail while the worker looks healthy.
+ */
+function publicPathFails(worker: ProblemInput): string | undefined {
+  if (worker.internalReachable !== true) return undefined;
+  if (worker.publicWorkerUrl === null || worker.publicReachable !== false) return undefined;
+  return `the public URL ${worker.publicWorkerUrl} does not answer the manager (${worker.publicProbeError ?? "no answer"}), and routes send requests there. On the agent, ${checkMapping}; leave PUBLIC_URL unset when routers reach the worker on ${worker.workerUrl}`;
+}
+
+function internalWhy(worker: ProblemInput): string {
+  const error = worker.internalProbeError ?? "no answer";
+  // The default advertised URL: the agent's own loopback, which the manager reads as its own.
+  return isLoopbackUrl(worker.workerUrl) ? `its loopback: ${error}` : error;
+}
+
+function isLoopbackUrl(url: string): boolean {
+  try {
+    return isLoopbackHost(new URL(url).hostname);
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Networks where plain http does not cross the internet: private ranges (RFC 1918, IPv6

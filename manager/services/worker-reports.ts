@@ -20,6 +20,7 @@ import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
 import { instanceSpec, specMismatch } from "./launcher.ts";
 import { routeUrl } from "./lifecycle.ts";
+import { staleProbeResults } from "./probes.ts";
 import { plainHttpProblem } from "./worker-problems.ts";
 import { checkAdvertisedUrls } from "./worker-urls.ts";
 
@@ -59,6 +60,10 @@ export async function registerWorker(
       labels: registration.labels,
       gpuWarning: registration.gpu_info.warning,
       updatedAt: now,
+      ...staleProbeResults(before, {
+        workerUrl: registration.worker_url,
+        publicWorkerUrl: registration.public_worker_url,
+      }),
     };
     const [row] = await w.tx
       .insert(schema.workers)

@@ -14,6 +14,8 @@ import { createProxy } from "./lib/proxy.ts";
 import type { Supervisor } from "./lib/supervisor.ts";
 
 export type AppDeps = {
+  /** This host's worker id: `/health` names it, so the manager's probes know who answered. */
+  workerId: string;
   supervisor: Supervisor;
   /** `FLEET_TOKEN`; undefined runs the agent open (allowed on loopback only). */
   fleetToken: string | undefined;
@@ -41,7 +43,8 @@ export function createApp(deps: AppDeps): Hono {
   app.onError((error, c) => renderError(error, { log, path: c.req.path }));
   app.notFound(() => errorResponse("not_found", "no such endpoint on the agent"));
 
-  app.get("/health", (c) => c.json({ status: "ok" }));
+  // Open: the manager probes each of the worker's URLs with it (manager/services/probes.ts).
+  app.get("/health", (c) => c.json({ status: "ok", worker_id: deps.workerId }));
 
   // The hot path, registered before the middleware so that it runs alone: no body parsing,
   // no URL object, no per-request logging.

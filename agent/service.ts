@@ -15,7 +15,7 @@ import { createApp } from "./app.ts";
 import { inheritedEnv } from "./env.ts";
 import { discoverGpus } from "./lib/gpus.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
-import { defaultWorkerUrl } from "./lib/net.ts";
+import { defaultWorkerUrl, localHosts, reachabilityWarning } from "./lib/net.ts";
 import { PortLeaser } from "./lib/ports.ts";
 import { Supervisor } from "./lib/supervisor.ts";
 import type { WorkerServiceOptions } from "./options.ts";
@@ -110,6 +110,7 @@ export class WorkerService {
     if (this.#gpuInfo.warning) this.log.warn("GPU discovery", { warning: this.#gpuInfo.warning });
     this.log.info("GPUs found", { count: this.#gpuInfo.gpus.length });
     const app = createApp({
+      workerId: this.workerId,
       supervisor: this.supervisor,
       fleetToken: this.#fleetToken,
       gpus: { current: () => this.#gpuInfo, refresh: () => this.refreshGpus() },
@@ -136,6 +137,13 @@ export class WorkerService {
       public_url: this.publicUrl,
       version: agentVersion,
     });
+    const unreachable = reachabilityWarning({
+      managerUrl: this.managerUrl,
+      publicUrl: this.publicUrl,
+      workerUrl: this.workerUrl,
+      localHosts: localHosts(),
+    });
+    if (unreachable) this.log.warn(unreachable);
     this.#manager = new ManagerClient({
       managerUrl: this.managerUrl,
       workerId: this.workerId,

@@ -1,4 +1,5 @@
 import { createServer } from "node:net";
+import { hostname, networkInterfaces } from "node:os";
 import { isLoopbackHost, isWildcardHost } from "../../kit/net.ts";
 
 /**
@@ -22,4 +23,43 @@ export function canBind(port: number, host = "127.0.0.1"): Promise<boolean> {
       server.close(() => resolve(true));
     });
   });
+}
+
+/**
+ * Why a manager on another host could not dial this agent: MANAGER_URL is neither loopback
+ * nor one of this host's own names or addresses, PUBLIC_URL is unset, and the advertised
+ * worker URL is loopback (the default on 0.0.0.0), which the manager reads as itself.
+ * Undefined when nothing looks wrong.
+ */
+export function reachabilityWarning(options: {
+  managerUrl: string;
+  publicUrl: string | null;
+  workerUrl: string;
+  /** This host's names and interface addresses (a manager on one of them is local). */
+  localHosts: ReadonlySet<string>;
+}): string | undefined {
+  if (options.publicUrl) return undefined;
+  const manager = hostnameOf(options.managerUrl);
+  const worker = hostnameOf(options.workerUrl);
+  if (manager === undefined || worker === undefined) return undefined;
+  if (isLoopbackHost(manager) || options.localHosts.has(manager)) return undefined;
+  if (!isLoopbackHost(worker)) return undefined;
+  return `MANAGER_URL (${options.managerUrl}) is on another host, but this agent advertises ${options.workerUrl} (its own loopback) and no PUBLIC_URL: the manager cannot reach it, so launches, stops and logs would fail. Set PUBLIC_URL to this host's port-forwarding URL, or WORKER_URL to an address the manager can dial`;
+}
+
+/** This host's name and the addresses of its interfaces, lower-cased, IPv6 without brackets. */
+export function localHosts(): Set<string> {
+  const hosts = new Set<string>([hostname().toLowerCase()]);
+  for (const addresses of Object.values(networkInterfaces())) {
+    for (const address of addresses ?? []) hosts.add(address.address.toLowerCase());
+  }
+  return hosts;
+}
+
+function hostnameOf(url: string): string | undefined {
+  try {
+    return new URL(url).hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  } catch {
+    return undefined;
+  }
 }

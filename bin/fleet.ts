@@ -6,7 +6,7 @@
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
  *   fleet models ls | fleet models rm ALIAS
- *   fleet workers ls | fleet routes ls
+ *   fleet workers ls | fleet workers show ID | fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
  *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
  *   fleet logs ALIAS [--tail N] [--worker ID]
@@ -19,7 +19,12 @@ import { parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
 import type { RouterCreated, RouterInfo, RouterList } from "../protocol/routers.ts";
-import { plainHttpProblemText } from "../protocol/workers.ts";
+import {
+  plainHttpProblemText,
+  type WorkerInfo,
+  type WorkerList,
+  type WorkerPath,
+} from "../protocol/workers.ts";
 import { printTable } from "./table.ts";
 
 const usage = `usage: fleet <command> [options]
@@ -28,7 +33,8 @@ commands:
   models register ALIAS MODEL   place a model and launch it (--wait follows it to ready)
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
-  workers ls                    workers, their URLs, flags (plain-http) and GPUs
+  workers ls                    workers: the path the manager reaches each by, GPUs, flags
+  workers show ID               one worker: both paths as last probed, and what to fix
   routes ls                     the route table routers use
   keys create [--name NAME]     create an API key (shown once)
   keys ls                       API keys (never the keys themselves)
@@ -143,6 +149,8 @@ async function main(argv: string[]): Promise<number> {
       return removeModel(api, flags, need(rest[0], "ALIAS"));
     case "workers ls":
       return listWorkers(api, flags);
+    case "workers show":
+      return showWorker(api, flags, need(rest[0], "ID"));
     case "routes ls":
       return listRoutes(api, flags);
     case "keys create":
@@ -321,61 +329,117 @@ async function removeModel(api: ManagerApi, flags: Flags, alias: string): Promis
   return 0;
 }
 
-type WorkerRow = {
-  worker_id: string;
-  worker_url: string;
-  public_worker_url: string | null;
-  status: string;
-  last_heartbeat: string;
-  gpu_info: {
-    gpus: Array<{
-      index: number;
-      name: string;
-      memory_total_mib: number;
-      memory_free_mib: number | null;
-    }>;
-  };
-  instances: Array<{ alias: string }>;
-  /** Absent from managers older than this CLI. */
-  problems?: string[];
-};
-
-/** Short flags for a worker's problems: `plain-http`, and `!` for any other (see `--json`). */
-function workerFlags(worker: WorkerRow): string {
-  const problems = worker.problems ?? [];
-  const flags = problems.includes(plainHttpProblemText) ? ["plain-http"] : [];
-  if (problems.some((problem) => problem !== plainHttpProblemText)) flags.push("!");
-  return flags.join(",") || "-";
-}
-
 async function listWorkers(api: ManagerApi, flags: Flags): Promise<number> {
-  const reply = await api.request<{ workers: WorkerRow[] } | WorkerRow[]>("GET", "/v1/workers");
-  const workers = Array.isArray(reply) ? reply : reply.workers;
+  const { workers } = await api.request<WorkerList>("GET", "/v1/workers");
   if (flags.json) return printJson(workers);
-  return printTable({
+  printTable({
     columns: [
       "WORKER",
       "STATUS",
+      "PATH",
+      "RTT",
+      "FLAGS",
       "URL",
       "PUBLIC URL",
-      "FLAGS",
       "GPUS",
       "INSTANCES",
       "LAST HEARTBEAT",
     ],
-    rows: workers.map((worker) => [
-      worker.worker_id,
-      worker.status,
-      worker.worker_url,
-      worker.public_worker_url ?? "-",
-      workerFlags(worker),
-      worker.gpu_info.gpus
-        .map((gpu) => `${gpu.index}:${gpu.name} ${Math.round(gpu.memory_total_mib / 1024)}G`)
-        .join(", ") || "none",
-      worker.instances.map((instance) => instance.alias).join(",") || "-",
-      ago(worker.last_heartbeat),
-    ]),
+    rows: workers.map((worker) => {
+      const used = pathInUse(worker);
+      return [
+        worker.worker_id,
+        worker.status,
+        worker.management_path ?? (worker.paths.internal.reachable === null ? "-" : "none"),
+        used?.rtt_ms == null ? "-" : `${used.rtt_ms}ms`,
+        workerFlags.flatMap((flag) => flag(worker) ?? []).join(",") || "-",
+        worker.worker_url,
+        worker.public_worker_url ?? "-",
+        gpuSummary(worker),
+        worker.instances.map((instance) => instance.alias).join(",") || "-",
+        ago(worker.last_heartbeat),
+      ];
+    }),
   });
+  const troubled = workers.filter((worker) => worker.problems.length > 0);
+  for (const worker of troubled) {
+    console.log(
+      `\n${worker.worker_id}: ${worker.problems.length} problem(s): fleet workers show ${worker.worker_id}`,
+    );
+  }
+  return 0;
+}
+
+/** Short marks for `workers ls`, each from one look at the worker; `-` when none applies. */
+const workerFlags: Array<(worker: WorkerInfo) => string | undefined> = [
+  // Neither URL answered the manager: launches, stops and logs fail.
+  (w) =>
+    w.paths.internal.reachable === false && (w.paths.public?.reachable ?? false) === false
+      ? "no-path"
+      : undefined,
+  // Managed over the internal URL, but the public one that routes use does not answer.
+  (w) =>
+    w.paths.internal.reachable === true && w.paths.public?.reachable === false
+      ? "public-down"
+      : undefined,
+  // Prompts and credentials cross the internet in clear.
+  (w) => (w.problems.includes(plainHttpProblemText) ? "plain-http" : undefined),
+];
+
+function pathInUse(worker: WorkerInfo): WorkerPath | undefined {
+  if (worker.management_path === "internal") return worker.paths.internal;
+  if (worker.management_path === "public") return worker.paths.public ?? undefined;
+  return undefined;
+}
+
+function gpuSummary(worker: WorkerInfo): string {
+  return (
+    worker.gpu_info.gpus
+      .map((gpu) => `${gpu.index}:${gpu.name} ${Math.round(gpu.memory_total_mib / 1024)}G`)
+      .join(", ") || "none"
+  );
+}
+
+async function showWorker(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const worker = await api.request<WorkerInfo>("GET", `/v1/workers/${encodeURIComponent(id)}`);
+  if (flags.json) return printJson(worker);
+  const path = (name: string, p: WorkerPath | null) => {
+    if (!p) return [name, "none (PUBLIC_URL not set)"];
+    const state =
+      p.reachable === null
+        ? "not probed yet"
+        : p.reachable
+          ? `reachable, ${p.rtt_ms ?? "?"} ms`
+          : `unreachable: ${p.error ?? "no answer"}`;
+    return [name, `${p.url}  ${state}`];
+  };
+  const lines = [
+    [
+      "worker",
+      `${worker.worker_id} (${worker.status}, heartbeat ${ago(worker.last_heartbeat)}, agent ${worker.agent_version ?? "?"})`,
+    ],
+    path("internal", worker.paths.internal),
+    path("public", worker.paths.public),
+    [
+      "management",
+      `${worker.management_path ?? "no path answers"}${worker.probed_at ? ` (probed ${ago(worker.probed_at)})` : " (not probed yet)"}`,
+    ],
+    ["gpus", gpuSummary(worker)],
+    [
+      "instances",
+      worker.instances
+        .map((i) => `${i.alias} (${i.status}${i.port ? `, port ${i.port}` : ""})`)
+        .join(", ") || "-",
+    ],
+  ];
+  for (const [label, value] of lines) console.log(`${(label ?? "").padEnd(12)}${value}`);
+  if (worker.problems.length === 0) {
+    console.log("problems    none");
+    return 0;
+  }
+  console.log("problems:");
+  for (const problem of worker.problems) console.log(`  - ${problem}`);
+  return 0;
 }
 
 type SnapshotRoute = ModelInfo["routes"][number] & { ready?: boolean };

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import { type Running, startAgent, startManager } from "../../devkit/fleet.ts";
-import { eventually } from "../../devkit/net.ts";
+import { eventually, freePort } from "../../devkit/net.ts";
 import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 
 const ADMIN_TOKEN = "admin-token-cli";
@@ -197,25 +197,46 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(snapshot.routes.map((route) => route.alias)).not.toContain("qwen");
   });
 
-  test("workers ls flags a worker whose public URL is plain http", async () => {
+  test("workers ls flags a worker whose public URL is plain http, and one no path reaches", async () => {
+    // Its internal URL: a loopback port nothing listens on, so the probes stay on this host
+    // but for the name lookup of the (reserved, never resolving) public host.
+    const internal = `http://127.0.0.1:${await freePort()}`;
     const registered = await fetch(`${manager.url}/v1/workers/register`, {
       method: "POST",
       headers: { authorization: `Bearer ${FLEET_TOKEN}`, "content-type": "application/json" },
       body: JSON.stringify({
         worker_id: "rented-box",
-        worker_url: "http://10.0.0.9:6006",
+        worker_url: internal,
         public_worker_url: "http://u1-9507.rent.example:8080",
         gpu_info: { gpus: [] },
         agent_version: "test",
       }),
     });
     expect(registered.status).toBe(200);
+    await eventually(async () => {
+      const response = await fetch(`${manager.url}/v1/workers/rented-box`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      const worker = (await response.json()) as {
+        paths: { public: { reachable: boolean | null } };
+      };
+      return worker.paths.public.reachable === false;
+    });
     const { code, output } = await fleet(["workers", "ls"]);
     expect(code).toBe(0);
-    expect(output).toMatch(/^WORKER\s+STATUS\s+URL\s+PUBLIC URL\s+FLAGS\s+GPUS/);
+    expect(output).toMatch(/^WORKER\s+STATUS\s+PATH\s+RTT\s+FLAGS\s+URL\s+PUBLIC URL\s+GPUS/);
     expect(output).toMatch(
-      /rented-box\s+online\s+http:\/\/10\.0\.0\.9:6006\s+http:\/\/u1-9507\.rent\.example:8080\s+plain-http\s/,
+      /rented-box\s+online\s+none\s+-\s+no-path,plain-http\s+http:\/\/127\.0\.0\.1:\d+\s+http:\/\/u1-9507\.rent\.example:8080\s/,
     );
-    expect(output).toMatch(/gpu-box-1\s+online\s+http:\/\/127\.0\.0\.1:\d+\s+-\s+-\s/);
+    expect(output).toContain("rented-box: 2 problem(s): fleet workers show rented-box");
+    expect(output).toMatch(
+      /gpu-box-1\s+online\s+internal\s+\d+ms\s+-\s+http:\/\/127\.0\.0\.1:\d+\s+-\s/,
+    );
+
+    const shown = await fleet(["workers", "show", "gpu-box-1"]);
+    expect(shown.code).toBe(0);
+    expect(shown.output).toMatch(/internal\s+http:\/\/127\.0\.0\.1:\d+\s+reachable, \d+ ms/);
+    expect(shown.output).toContain("public      none (PUBLIC_URL not set)");
+    expect(shown.output).toContain("problems    none");
   });
 });

@@ -212,6 +212,11 @@ export class Prober {
     return this.#probeClaimed(worker, claimedAt, options.retryMs);
   }
 
+  /** Resolves once the probes in flight now have settled (their results recorded or dropped). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
   /** Aborts the probes in flight and waits for them to settle (nothing more is recorded). */
   async close(): Promise<void> {
     this.#abort.abort();

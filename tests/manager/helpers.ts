@@ -153,6 +153,11 @@ export type StubAgent = {
   stops: string[];
   instances: Map<string, InstanceReport>;
   refuse: { status: number; message: string } | null;
+  /**
+   * The worker id its open `/health` names (what the manager's probes check); null answers
+   * 401 there, as an agent the probes cannot confirm.
+   */
+  answersAs: string | null;
   /** The reports a heartbeat would carry. */
   reports(): InstanceReport[];
   markReady(alias: string): void;
@@ -167,6 +172,7 @@ export function stubAgent(token = FLEET): StubAgent {
     stops: [],
     instances: new Map(),
     refuse: null,
+    answersAs: null,
     reports: () => [...stub.instances.values()],
     markReady(alias) {
       const instance = stub.instances.get(alias);
@@ -181,6 +187,9 @@ export function stubAgent(token = FLEET): StubAgent {
     port: 0,
     hostname: "127.0.0.1",
     async fetch(request) {
+      if (stub.answersAs && new URL(request.url).pathname === "/health") {
+        return Response.json({ status: "ok", worker_id: stub.answersAs });
+      }
       if (request.headers.get("authorization") !== `Bearer ${token}`) {
         return Response.json(
           {

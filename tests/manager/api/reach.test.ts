@@ -1,0 +1,429 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import type { Server } from "bun";
+import { sql } from "drizzle-orm";
+import { freePort } from "../../../devkit/net.ts";
+import { parseEnv } from "../../../kit/env.ts";
+import { silentLogger } from "../../../kit/log.ts";
+import { createApp } from "../../../manager/app.ts";
+import { configFromEnv, defaultConfig, managerEnvSchema } from "../../../manager/env.ts";
+import { type AgentAddress, AgentClient } from "../../../manager/services/agent-client.ts";
+import { type ProblemInput, workerProblems } from "../../../manager/services/worker-problems.ts";
+import type { WorkerInfo, WorkerList } from "../../../protocol/index.ts";
+import { ADMIN, FLEET, gpu, manualClock, stubAgent, type TestManager } from "../helpers.ts";
+import { describeApi } from "./harness.ts";
+
+/**
+ * Reaching workers: the manager probes each worker's internal and public URL, records what
+ * answers, manages the worker over the path that answers and says what to fix when none does.
+ */
+
+type Answer = (request: Request) => Response | Promise<Response>;
+type HealthServer = {
+  url: string;
+  port: number;
+  hits(): number;
+  answer(with_: Answer): void;
+  stop(): void;
+};
+
+const servers: HealthServer[] = [];
+afterAll(() => {
+  for (const server of servers) server.stop();
+});
+
+const agentAnswer =
+  (workerId: string, extra: Record<string, unknown> = {}): Answer =>
+  () =>
+    Response.json({ status: "ok", worker_id: workerId, ...extra });
+
+/** An agent's `/health` answered as the test says, over real HTTP on a loopback port. */
+function healthServer(answer: Answer, port = 0): HealthServer {
+  let current = answer;
+  let hits = 0;
+  const server: Server<undefined> = Bun.serve({
+    hostname: "127.0.0.1",
+    port,
+    fetch(request) {
+      hits++;
+      return current(request);
+    },
+  });
+  const health: HealthServer = {
+    url: `http://127.0.0.1:${server.port}`,
+    port: server.port ?? port,
+    hits: () => hits,
+    answer(with_) {
+      current = with_;
+    },
+    stop: () => void server.stop(true),
+  };
+  servers.push(health);
+  return health;
+}
+
+async function workerInfo(t: TestManager, id: string): Promise<WorkerInfo> {
+  const { status, body } = await t.json<WorkerInfo>("GET", `/v1/workers/${id}`);
+  expect(status).toBe(200);
+  return body;
+}
+
+async function pathEvents(t: TestManager) {
+  return t.db.query<{
+    worker_id: string;
+    from_status: string;
+    to_status: string;
+    message: string;
+    detail: { path: string; url: string; reachable: boolean; error: string | null };
+  }>(sql`select worker_id, from_status, to_status, message, detail from events
+         where kind = 'worker.path_changed' order by id`);
+}
+
+describeApi("manager API: reaching workers", (api) => {
+  test("a registration is probed without holding up its reply; both paths then show an RTT", async () => {
+    const t = await api.manager();
+    const slow = healthServer(async () => {
+      await Bun.sleep(800);
+      return Response.json({ status: "ok", worker_id: "w1" });
+    });
+    const mapped = healthServer(agentAnswer("w1"));
+    const started = performance.now();
+    const reply = await api.register(slow, "w1", [gpu(0)], { public_worker_url: mapped.url });
+    expect(reply.status).toBe(200);
+    expect(performance.now() - started).toBeLessThan(700);
+    const before = await workerInfo(t, "w1");
+    expect(before.paths.internal).toEqual({
+      url: slow.url,
+      reachable: null,
+      rtt_ms: null,
+      error: null,
+    });
+    expect(before.management_path).toBeNull();
+    expect(before.problems).toEqual([]);
+
+    await t.manager.context.prober.idle();
+    const after = await workerInfo(t, "w1");
+    expect(after.paths.internal).toMatchObject({ url: slow.url, reachable: true, error: null });
+    expect(after.paths.internal.rtt_ms).toBeGreaterThanOrEqual(750);
+    expect(after.paths.public).toMatchObject({ url: mapped.url, reachable: true, error: null });
+    expect(after.paths.public?.rtt_ms).toBeLessThan(750);
+    expect(after.management_path).toBe("internal");
+    expect(after.probed_at).toBeString();
+    expect(after.problems).toEqual([]);
+    const { body: list } = await t.json<WorkerList>("GET", "/v1/workers");
+    expect(list.workers[0]?.paths).toEqual(after.paths);
+  });
+
+  test("a path counts only when that worker's own agent answers", async () => {
+    const t = await api.manager({ config: { probeTimeoutMs: 300 } });
+    const health = healthServer(agentAnswer("w1"));
+    const elsewhere = healthServer(agentAnswer("w1"));
+    await api.register(health, "w1");
+    await t.manager.context.prober.idle();
+    expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
+
+    const cases: [string, Answer, string][] = [
+      ["another agent", agentAnswer("w2"), "another agent answered: worker w2, not w1"],
+      [
+        "an agent older than the manager",
+        () => Response.json({ status: "ok" }),
+        "answered without a worker_id",
+      ],
+      ["a web page", () => new Response("<html></html>"), "answered without a worker_id"],
+      ["an error", () => new Response("bad gateway", { status: 502 }), "answered HTTP 502"],
+      [
+        "a redirect to the right agent",
+        () => Response.redirect(`${elsewhere.url}/health`, 307),
+        "answered a redirect (307); probes never follow redirects",
+      ],
+      [
+        "silence",
+        async () => {
+          await Bun.sleep(1500);
+          return Response.json({ status: "ok", worker_id: "w1" });
+        },
+        "no answer within 300 ms (PROBE_TIMEOUT_MS)",
+      ],
+    ];
+    for (const [what, answer, error] of cases) {
+      health.answer(answer);
+      expect(await t.manager.context.prober.probe("w1")).toBe(true);
+      const info = await workerInfo(t, "w1");
+      expect({ what, ...info.paths.internal }).toMatchObject({
+        what,
+        reachable: false,
+        rtt_ms: null,
+        error: expect.stringContaining(error),
+      });
+      expect(info.management_path).toBeNull();
+    }
+    expect(elsewhere.hits()).toBe(0);
+  });
+
+  test("with an agent credential on record, the agent must confirm it", async () => {
+    const t = await api.manager();
+    const health = healthServer((request) =>
+      Response.json({
+        status: "ok",
+        worker_id: "w1",
+        ...(request.headers.get("authorization") === "Bearer fa_right"
+          ? { authenticated: true }
+          : {}),
+      }),
+    );
+    await api.register(health, "w1");
+    await t.manager.context.prober.idle();
+    // Before the worker has a credential (open mode, or an agent from before them), the
+    // worker_id is enough.
+    expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
+
+    await t.db.query(sql`update workers set agent_token = 'fa_right' where worker_id = 'w1'`);
+    await t.manager.context.prober.probe("w1");
+    expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
+
+    await t.db.query(sql`update workers set agent_token = 'fa_other' where worker_id = 'w1'`);
+    await t.manager.context.prober.probe("w1");
+    expect((await workerInfo(t, "w1")).paths.internal).toMatchObject({
+      reachable: false,
+      error: "the agent did not accept worker w1's agent credential",
+    });
+  });
+
+  test("launches go over the internal URL while it answers, then over the public one", async () => {
+    const t = await api.manager();
+    const internal = api.agent();
+    const mapped = api.agent();
+    internal.answersAs = "w1";
+    mapped.answersAs = "w1";
+    await api.register(internal, "w1", [gpu(0)], { public_worker_url: mapped.url });
+    await t.manager.context.prober.idle();
+    expect((await workerInfo(t, "w1")).management_path).toBe("internal");
+    expect((await api.model({ alias: "one", gpu_memory_utilization: 0.4 })).status).toBe(201);
+    expect(internal.launches.map((l) => l.alias)).toEqual(["one"]);
+    expect(mapped.launches).toEqual([]);
+
+    internal.stop();
+    await t.manager.context.prober.probe("w1");
+    const info = await workerInfo(t, "w1");
+    expect(info.management_path).toBe("public");
+    expect(info.paths.internal.reachable).toBe(false);
+    expect(info.paths.public?.reachable).toBe(true);
+    expect(info.problems).toEqual([]);
+    expect((await api.model({ alias: "two", gpu_memory_utilization: 0.4 })).status).toBe(201);
+    expect(mapped.launches.map((l) => l.alias)).toEqual(["two"]);
+  });
+
+  test("a change of a path's reachability is an event, its first finding is not; problems say what to set", async () => {
+    const t = await api.manager();
+    const port = await freePort();
+    let health = healthServer(agentAnswer("w1"), port);
+    await api.register(health, "w1");
+    await t.manager.context.prober.idle();
+    expect(await pathEvents(t)).toEqual([]);
+
+    health.stop();
+    await t.manager.context.prober.probe("w1");
+    const down = await workerInfo(t, "w1");
+    const error = down.paths.internal.error;
+    expect(error).toBeString();
+    expect(down.problems).toEqual([
+      `no path reaches this worker: the manager cannot dial ${health.url} (its loopback: ${error}). Set PUBLIC_URL on the agent to its port-forwarding URL, or WORKER_URL to an address the manager can dial`,
+    ]);
+    expect(await pathEvents(t)).toEqual([
+      {
+        worker_id: "w1",
+        from_status: "reachable",
+        to_status: "unreachable",
+        message: `internal path ${health.url} stopped answering: ${error}`,
+        detail: { path: "internal", url: health.url, reachable: false, error },
+      },
+    ]);
+
+    health = healthServer(agentAnswer("w1"), port);
+    await t.manager.context.prober.probe("w1");
+    await t.manager.context.prober.probe("w1");
+    const events = await pathEvents(t);
+    expect(events.map((e) => [e.from_status, e.to_status, e.message])).toEqual([
+      ["reachable", "unreachable", `internal path ${health.url} stopped answering: ${error}`],
+      ["unreachable", "reachable", `internal path ${health.url} answers again`],
+    ]);
+    expect((await workerInfo(t, "w1")).problems).toEqual([]);
+  });
+
+  test("rounds probe the online workers that are due, and managers sharing a database split them", async () => {
+    const clock = manualClock();
+    const t = await api.manager({ clock });
+    const one = healthServer(agentAnswer("w1"));
+    const two = healthServer(agentAnswer("w2"));
+    await api.register(one, "w1");
+    await api.register(two, "w2");
+    await t.manager.context.prober.idle();
+    await t.db.query(sql`update workers set status = 'offline' where worker_id = 'w2'`);
+    const [hitsOne, hitsTwo] = [one.hits(), two.hits()];
+
+    // Probed at registration: not due before PROBE_INTERVAL_S (15 s).
+    expect(await t.manager.context.prober.round()).toBe(0);
+    clock.advance(16_000);
+    const other = createApp({
+      db: t.db,
+      config: defaultConfig({ adminToken: ADMIN, fleetToken: FLEET }),
+      log: silentLogger,
+      clock,
+    });
+    try {
+      const counts = await Promise.all([
+        t.manager.context.prober.round(),
+        other.context.prober.round(),
+        t.manager.context.prober.round(),
+      ]);
+      expect(counts[0]).toBe(counts[2]);
+      expect(counts[0] + counts[1]).toBe(1);
+    } finally {
+      await other.close();
+    }
+    expect(one.hits() - hitsOne).toBe(1);
+    expect(two.hits() - hitsTwo).toBe(0);
+  });
+
+  test("a re-registration with a new URL forgets what the old one answered", async () => {
+    const t = await api.manager();
+    const old = healthServer(agentAnswer("w1"));
+    await api.register(old, "w1");
+    await t.manager.context.prober.idle();
+    expect((await workerInfo(t, "w1")).management_path).toBe("internal");
+
+    const moved = healthServer(async () => {
+      await Bun.sleep(500);
+      return Response.json({ status: "ok", worker_id: "w1" });
+    });
+    await api.register(moved, "w1");
+    const info = await workerInfo(t, "w1");
+    expect(info.paths.internal).toEqual({
+      url: moved.url,
+      reachable: null,
+      rtt_ms: null,
+      error: null,
+    });
+    expect(info.management_path).toBeNull();
+    await t.manager.context.prober.idle();
+    expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
+  });
+});
+
+describe("the management path", () => {
+  const agent = stubAgent();
+  afterAll(() => agent.stop());
+  const client = new AgentClient({ fetch, token: FLEET, timeoutMs: 2000 });
+
+  test("internal when it answers, else public, else internal with public as the fallback", async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const worker: AgentAddress = {
+      workerId: "w1",
+      workerUrl: dead,
+      publicWorkerUrl: agent.url,
+      agentToken: null,
+      internalReachable: null,
+      publicReachable: null,
+    };
+    const target = (fields: Partial<AgentAddress>) => client.target({ ...worker, ...fields });
+    expect(target({ internalReachable: true, publicReachable: true })).toEqual({
+      url: dead,
+      fallback: undefined,
+      token: FLEET,
+    });
+    expect(target({ internalReachable: false, publicReachable: true })).toEqual({
+      url: agent.url,
+      fallback: undefined,
+      token: FLEET,
+    });
+    expect(target({ internalReachable: false, publicReachable: false })).toEqual({
+      url: dead,
+      fallback: agent.url,
+      token: FLEET,
+    });
+    expect(target({})).toEqual({ url: dead, fallback: agent.url, token: FLEET });
+    expect(
+      target({ publicWorkerUrl: null, internalReachable: false, publicReachable: true }),
+    ).toEqual({ url: dead, fallback: undefined, token: FLEET });
+
+    // No path known: the internal URL refuses, the call goes through the public one.
+    agent.instances.clear();
+    const launched = await client.launch(worker, { alias: "fb", model_name: "m/fb" });
+    expect(launched.ok).toBe(true);
+    expect(agent.launches.map((l) => l.alias)).toEqual(["fb"]);
+
+    const deadToo = `http://127.0.0.1:${await freePort()}`;
+    const failed = await client.list({ ...worker, publicWorkerUrl: deadToo });
+    expect(failed.ok).toBe(false);
+    if (failed.ok) return;
+    expect(failed.status).toBeNull();
+    expect(failed.error).toContain(`agent at ${dead} unreachable`);
+    expect(failed.error).toContain(`agent at ${deadToo} unreachable`);
+  });
+});
+
+describe("worker problems", () => {
+  const base: ProblemInput = {
+    workerUrl: "http://127.0.0.1:6006",
+    publicWorkerUrl: null,
+    internalReachable: null,
+    internalProbeError: null,
+    publicReachable: null,
+    publicProbeError: null,
+  };
+  const problems = (fields: Partial<ProblemInput>) => workerProblems({ ...base, ...fields });
+
+  test("none before the first probe, and none while a path answers", () => {
+    expect(problems({})).toEqual([]);
+    expect(problems({ internalReachable: true })).toEqual([]);
+    expect(
+      problems({
+        publicWorkerUrl: "https://box.example:8443",
+        internalReachable: false,
+        internalProbeError: "ECONNREFUSED",
+        publicReachable: true,
+      }),
+    ).toEqual([]);
+  });
+
+  test("no path: the loopback default is named, and so are PUBLIC_URL and WORKER_URL", () => {
+    expect(problems({ internalReachable: false, internalProbeError: "ECONNREFUSED" })).toEqual([
+      "no path reaches this worker: the manager cannot dial http://127.0.0.1:6006 (its loopback: ECONNREFUSED). Set PUBLIC_URL on the agent to its port-forwarding URL, or WORKER_URL to an address the manager can dial",
+    ]);
+    expect(
+      problems({
+        workerUrl: "http://10.0.0.12:6006",
+        publicWorkerUrl: "https://box.example:8443",
+        internalReachable: false,
+        internalProbeError: "no answer within 3000 ms (PROBE_TIMEOUT_MS)",
+        publicReachable: false,
+        publicProbeError: "answered HTTP 502",
+      }),
+    ).toEqual([
+      "no path reaches this worker: the manager cannot dial http://10.0.0.12:6006 (no answer within 3000 ms (PROBE_TIMEOUT_MS)) nor its public URL https://box.example:8443 (answered HTTP 502). On the agent, check that the port mapping forwards to the agent's WORKER_PORT and that PUBLIC_URL is the mapping's URL, or set WORKER_URL to an address the manager can dial",
+    ]);
+  });
+
+  test("a public URL that does not answer while the internal one does: routes go there", () => {
+    expect(
+      problems({
+        publicWorkerUrl: "https://box.example:8443",
+        internalReachable: true,
+        publicReachable: false,
+        publicProbeError: "ECONNREFUSED",
+      }),
+    ).toEqual([
+      "the public URL https://box.example:8443 does not answer the manager (ECONNREFUSED), and routes send requests there. On the agent, check that the port mapping forwards to the agent's WORKER_PORT and that PUBLIC_URL is the mapping's URL; leave PUBLIC_URL unset when routers reach the worker on http://127.0.0.1:6006",
+    ]);
+  });
+});
+
+describe("probe settings", () => {
+  test("PROBE_INTERVAL_S and PROBE_TIMEOUT_MS default to 15 s and 3000 ms; bad values name the variable", () => {
+    const config = configFromEnv(parseEnv(managerEnvSchema, {}));
+    expect([config.probeIntervalS, config.probeTimeoutMs]).toEqual([15, 3000]);
+    expect(() => parseEnv(managerEnvSchema, { PROBE_TIMEOUT_MS: "soon" })).toThrow(
+      /PROBE_TIMEOUT_MS/,
+    );
+    expect(() => parseEnv(managerEnvSchema, { PROBE_INTERVAL_S: "0" })).toThrow(/PROBE_INTERVAL_S/);
+  });
+});

@@ -100,6 +100,19 @@ export class WorkerService {
       : defaultWorkerUrl(this.listenHost, this.port);
   }
 
+  /**
+   * Why a manager on another host could not dial this agent (no PUBLIC_URL, a loopback
+   * worker URL), or undefined; `run()` logs it.
+   */
+  get unreachableWarning(): string | undefined {
+    return reachabilityWarning({
+      managerUrl: this.managerUrl,
+      publicUrl: this.publicUrl,
+      workerUrl: this.workerUrl,
+      localHosts: localHosts(),
+    });
+  }
+
   get gpuInfo(): GpuInfo {
     return this.#gpuInfo;
   }
@@ -137,12 +150,7 @@ export class WorkerService {
       public_url: this.publicUrl,
       version: agentVersion,
     });
-    const unreachable = reachabilityWarning({
-      managerUrl: this.managerUrl,
-      publicUrl: this.publicUrl,
-      workerUrl: this.workerUrl,
-      localHosts: localHosts(),
-    });
+    const unreachable = this.unreachableWarning;
     if (unreachable) this.log.warn(unreachable);
     this.#manager = new ManagerClient({
       managerUrl: this.managerUrl,

@@ -296,6 +296,8 @@ describe("agent instance API", () => {
   test("every endpoint but /health needs the fleet token", async () => {
     const health = await fetch(`${base}/health`);
     expect(health.status).toBe(200);
+    // Open, and it names the worker: the manager's probes check who answered.
+    expect(await health.json()).toEqual({ status: "ok", worker_id: "instances-test" });
     for (const [method, path] of [
       ["GET", "/v1/instances"],
       ["POST", "/v1/instances"],

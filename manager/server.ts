@@ -141,16 +141,37 @@ function localAddresses(): string[] {
   return [...addresses, hostname()];
 }
 
-/** What a newcomer needs after `npm start`: where things are and how to add a GPU host. */
-function startupHelp(base: string, config: ManagerConfig): string {
-  const reach = isLoopbackHost(config.host) ? base : base.replace(config.host, "<this-host>");
+/**
+ * What a newcomer needs after `npm start`: where things are and how to add a GPU host. On
+ * loopback only agents on this machine can reach the manager; beyond it, a host is reached
+ * through its port mapping (PUBLIC_URL) or at an address the manager dials (WORKER_URL):
+ * the agent's default worker URL is its own loopback, which no other host can dial.
+ */
+export function startupHelp(
+  base: string,
+  config: Pick<ManagerConfig, "host" | "fleetToken">,
+): string {
   const token = config.fleetToken ? " FLEET_TOKEN=<the same token>" : "";
+  const sim = "VLLM_BIN=agent/sim/vllm PATH=agent/sim:$PATH";
+  if (isLoopbackHost(config.host)) {
+    return [
+      `  OpenAI API   ${base}/v1  (chat/completions, completions, embeddings, models)`,
+      `  API docs     ${base}/docs  (OpenAPI: ${base}/openapi.json)`,
+      "  add a GPU host on this machine (for other hosts, start with HOST=0.0.0.0 and both tokens):",
+      `    MANAGER_URL=${base}${token} WORKER_HOST=127.0.0.1 npm run agent`,
+      "  no GPU? run the agent on the simulator kit:",
+      `    MANAGER_URL=${base}${token} WORKER_HOST=127.0.0.1 ${sim} npm run agent`,
+    ].join("\n");
+  }
+  const reach = base.replace(config.host, "<this-host>");
   return [
     `  OpenAI API   ${reach}/v1  (chat/completions, completions, embeddings, models)`,
     `  API docs     ${reach}/docs  (OpenAPI: ${reach}/openapi.json)`,
-    "  add a GPU host (on that host, in a checkout of vllm-fleet):",
-    `    MANAGER_URL=${reach}${token} PUBLIC_URL=<its port-forwarding URL, if any> npm run agent`,
-    "  no GPU? run the agent on the simulator kit:",
-    `    MANAGER_URL=${reach}${token} WORKER_HOST=127.0.0.1 VLLM_BIN=agent/sim/vllm PATH=agent/sim:$PATH npm run agent`,
+    "  add a GPU host (on that host, in a checkout of vllm-fleet), through its port mapping:",
+    `    MANAGER_URL=${reach}${token} PUBLIC_URL=<its port-forwarding URL> npm run agent`,
+    "  or, with no port mapping, at an address this manager can dial:",
+    `    MANAGER_URL=${reach}${token} WORKER_URL=http://<its address>:6006 npm run agent`,
+    `  no GPU? add ${sim} to run the agent on the simulator kit`,
+    "  then `npm run fleet -- workers ls` shows which path reaches each host",
   ].join("\n");
 }

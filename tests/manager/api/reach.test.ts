@@ -6,6 +6,7 @@ import { parseEnv } from "../../../kit/env.ts";
 import { silentLogger } from "../../../kit/log.ts";
 import { createApp } from "../../../manager/app.ts";
 import { configFromEnv, defaultConfig, managerEnvSchema } from "../../../manager/env.ts";
+import { startupHelp } from "../../../manager/server.ts";
 import { type AgentAddress, AgentClient } from "../../../manager/services/agent-client.ts";
 import { type ProblemInput, workerProblems } from "../../../manager/services/worker-problems.ts";
 import type { WorkerInfo, WorkerList } from "../../../protocol/index.ts";
@@ -425,5 +426,33 @@ describe("probe settings", () => {
       /PROBE_TIMEOUT_MS/,
     );
     expect(() => parseEnv(managerEnvSchema, { PROBE_INTERVAL_S: "0" })).toThrow(/PROBE_INTERVAL_S/);
+  });
+});
+
+describe("the hint npm start prints", () => {
+  test("beyond loopback it names PUBLIC_URL and WORKER_URL: the agent's default URL is its own loopback", () => {
+    const help = startupHelp("http://0.0.0.0:18000", {
+      host: "0.0.0.0",
+      fleetToken: "t0ken-fleet",
+    });
+    expect(help).toContain(
+      "MANAGER_URL=http://<this-host>:18000 FLEET_TOKEN=<the same token> PUBLIC_URL=<its port-forwarding URL> npm run agent",
+    );
+    expect(help).toContain(
+      "MANAGER_URL=http://<this-host>:18000 FLEET_TOKEN=<the same token> WORKER_URL=http://<its address>:6006 npm run agent",
+    );
+    expect(help).not.toContain("t0ken-fleet");
+  });
+
+  test("on loopback, agents on this machine listen on loopback too (they need no token then)", () => {
+    const help = startupHelp("http://127.0.0.1:18000", {
+      host: "127.0.0.1",
+      fleetToken: undefined,
+    });
+    expect(help).toContain(
+      "MANAGER_URL=http://127.0.0.1:18000 WORKER_HOST=127.0.0.1 npm run agent",
+    );
+    expect(help).toContain("HOST=0.0.0.0 and both tokens");
+    expect(help).not.toContain("PUBLIC_URL");
   });
 });

@@ -422,7 +422,9 @@ async function showWorker(api: ManagerApi, flags: Flags, id: string): Promise<nu
     path("public", worker.paths.public),
     [
       "management",
-      `${worker.management_path ?? "no path answers"}${worker.probed_at ? ` (probed ${ago(worker.probed_at)})` : " (not probed yet)"}`,
+      worker.probed_at
+        ? `${worker.management_path ?? "no path answers"} (probed ${ago(worker.probed_at)})`
+        : "not probed yet",
     ],
     ["gpus", gpuSummary(worker)],
     [

@@ -2,7 +2,9 @@ import type { Server } from "bun";
 import { sql } from "drizzle-orm";
 import { type DbTarget, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import type { Clock } from "../../kit/clock.ts";
+import type { FetchLike } from "../../kit/fetch.ts";
 import { type Logger, silentLogger as silentLog } from "../../kit/log.ts";
+import { isLoopbackHost } from "../../kit/net.ts";
 import { createApp, type Manager } from "../../manager/app.ts";
 import { defaultConfig, type ManagerConfig } from "../../manager/env.ts";
 import type {
@@ -54,6 +56,7 @@ export async function testManager(
   const manager = createApp({
     db,
     config,
+    fetch: loopbackOnlyFetch,
     log: options.log ?? silentLog,
     ...(options.clock ? { clock: options.clock } : {}),
   });
@@ -103,6 +106,19 @@ export async function createRouterToken(
   }
   return created.body.token;
 }
+
+/**
+ * The test manager's outbound fetch: loopback only. Tests register workers at made-up (and
+ * some real) host names, which the manager probes at once; those probes fail here, on this
+ * host, instead of leaving it.
+ */
+const loopbackOnlyFetch: FetchLike = (input, init) => {
+  const url = new URL(input instanceof Request ? input.url : input);
+  if (!isLoopbackHost(url.hostname)) {
+    return Promise.reject(new TypeError(`tests dial loopback only, not ${url.host}`));
+  }
+  return fetch(input, init);
+};
 
 /**
  * Empties a test database between tests (much cheaper than a new one); statement triggers

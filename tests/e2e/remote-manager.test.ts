@@ -100,7 +100,7 @@ describe(`a remote manager reaches a worker only through its port mapping (${ser
     expect(info.problems).toEqual([]);
 
     const table = await fleet("workers", "ls");
-    expect(table).toMatch(/^WORKER\s+STATUS\s+PATH\s+RTT\s+FLAGS\s+URL\s+GPUS/);
+    expect(table).toMatch(/^WORKER\s+STATUS\s+PATH\s+RTT\s+FLAGS\s+URL\s+PUBLIC URL\s+GPUS/);
     const row = table.split("\n").find((line) => line.startsWith("rented-1"));
     expect(row).toMatch(/^rented-1\s+online\s+public\s+\d+ms\s+-\s+/);
     expect(row).toContain(publicUrl);

@@ -240,6 +240,10 @@ describeApi("manager API: engines that run another spec", (api) => {
       hostname: "127.0.0.1",
       port: 0,
       async fetch(request) {
+        // The manager's probe: this agent answers as the worker it is.
+        if (new URL(request.url).pathname === "/health") {
+          return Response.json({ status: "ok", worker_id: "w1" });
+        }
         if (request.method === "DELETE") {
           stops.push(new URL(request.url).pathname);
           return Response.json({ status: "stopped" });

@@ -43,8 +43,16 @@ export const managerEnvSchema = z.object({
   LAUNCH_RETRY_MAX_S: seconds(300),
   /** Timeout of one manager → agent call (launch, stop). */
   AGENT_TIMEOUT_S: seconds(10),
-  /** How often each online worker's URLs are probed (`GET {url}/health`). */
-  PROBE_INTERVAL_S: seconds(15),
+  /**
+   * How often each online worker's URLs are probed (`GET {url}/health`); 0 turns probing off
+   * (no probe at registration either), for a manager that must never dial its workers' URLs
+   * on its own.
+   */
+  PROBE_INTERVAL_S: z.coerce
+    .number({ error: "must be a number of seconds" })
+    .min(0)
+    .max(86_400)
+    .default(15),
   /** Timeout of one probe; a path that does not answer in time counts as unreachable. */
   PROBE_TIMEOUT_MS: z.coerce
     .number({ error: "must be a number of milliseconds" })

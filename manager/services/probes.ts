@@ -178,13 +178,18 @@ export class Prober {
 
   constructor(private readonly deps: ProberDeps) {}
 
+  /** PROBE_INTERVAL_S=0: probing is off. */
+  get #off(): boolean {
+    return this.deps.config.probeIntervalS === 0;
+  }
+
   /**
    * Probes every online worker whose last probe began PROBE_INTERVAL_S ago or more (or
    * never). Resolves with how many workers this round probed; a round already running is
    * joined, not doubled. Never rejects: failures are logged.
    */
   round(): Promise<number> {
-    if (this.#abort.signal.aborted) return Promise.resolve(0);
+    if (this.#abort.signal.aborted || this.#off) return Promise.resolve(0);
     this.#round ??= this.#track(this.#runRound(), 0).finally(() => {
       this.#round = undefined;
     });
@@ -193,7 +198,7 @@ export class Prober {
 
   /** Probes a worker that has just registered, without holding up the registration's reply. */
   afterRegistration(workerId: string): void {
-    if (this.#abort.signal.aborted) return;
+    if (this.#abort.signal.aborted || this.#off) return;
     void this.#track(this.probe(workerId, { retryMs: REGISTRATION_RETRY_MS }), false);
   }
 

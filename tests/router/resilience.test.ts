@@ -36,7 +36,9 @@ afterAll(async () => {
 
 /** A manager over the emptied database, listening on loopback, closed after the test. */
 async function manager(): Promise<ServedManager> {
-  const served = await serveManager(db);
+  // Probes off: these replicas count every connection and request they get, and the
+  // manager's health probes of worker URLs are not what these tests measure.
+  const served = await serveManager(db, { config: { probeIntervalS: 0 } });
   cleanups.push(() => served.close());
   return served;
 }

@@ -425,7 +425,10 @@ describe("probe settings", () => {
     expect(() => parseEnv(managerEnvSchema, { PROBE_TIMEOUT_MS: "soon" })).toThrow(
       /PROBE_TIMEOUT_MS/,
     );
-    expect(() => parseEnv(managerEnvSchema, { PROBE_INTERVAL_S: "0" })).toThrow(/PROBE_INTERVAL_S/);
+    expect(parseEnv(managerEnvSchema, { PROBE_INTERVAL_S: "0" }).PROBE_INTERVAL_S).toBe(0);
+    expect(() => parseEnv(managerEnvSchema, { PROBE_INTERVAL_S: "-1" })).toThrow(
+      /PROBE_INTERVAL_S/,
+    );
   });
 });
 

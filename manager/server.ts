@@ -126,7 +126,6 @@ function mountRouter(
     fetch: upstreamFetch,
     routes: manager.routes,
     usage: manager.usage,
-    fleetToken: config.fleetToken,
     // Beyond loopback the OpenAI surface needs an API key even before the first key exists.
     requireApiKey: !isLoopbackHost(config.host),
     log: log.child("router"),

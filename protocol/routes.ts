@@ -24,6 +24,11 @@ export const routeEntrySchema = z.object({
   instance_id: z.string(),
   /** Ready instance on an online worker: the only routes a router may send traffic to. */
   ready: z.boolean(),
+  /**
+   * The worker's agent credential: routers send it as `Authorization: Bearer` on `/proxy`
+   * to that worker alone. Null when the worker has none (open mode).
+   */
+  agent_token: z.string().nullable().default(null),
 });
 export type RouteEntry = z.infer<typeof routeEntrySchema>;
 

@@ -17,8 +17,6 @@ export type { FetchLike, RouteSource, UsageSink };
 export type AppDeps = {
   routes: RouteSource;
   usage: UsageSink;
-  /** Sent to agents as `Authorization: Bearer …`; never the client's key. */
-  fleetToken?: string;
   /** Require an API key even when no key exists (a router listening beyond loopback). */
   requireApiKey?: boolean;
   fetch?: FetchLike;
@@ -247,7 +245,6 @@ function proxyConfig(
 ): ProxyConfig {
   return {
     fetch: deps.fetch ?? ((input, init) => fetch(input, init)),
-    fleetToken: deps.fleetToken,
     firstByteMs: deps.timeouts?.firstByteMs ?? 600_000,
     idleMs: deps.timeouts?.idleMs ?? 300_000,
     maxAttempts: Math.max(1, deps.retry?.maxAttempts ?? 3),

@@ -1,4 +1,5 @@
 import { connectionNamedHeaders, hopByHopHeaders } from "../kit/http-headers.ts";
+import type { RouteEntry } from "../protocol/index.ts";
 
 /**
  * Header hygiene for the hop to the agent and back.
@@ -20,9 +21,12 @@ const forwardedRequestHeaders = [
   "openai-project",
 ] as const;
 
+/**
+ * The headers of a request to an agent, built once per client request. The credential is
+ * not among them: each attempt sets its replica's own (`authorizeFor`).
+ */
 export function upstreamHeaders(options: {
   incoming: Headers;
-  fleetToken: string | undefined;
   requestId: string;
   clientAddress: string | undefined;
   proto: string;
@@ -38,11 +42,23 @@ export function upstreamHeaders(options: {
   // fetch would transparently decompress and leave a stale Content-Encoding: ask for none.
   headers["accept-encoding"] = "identity";
   headers["x-request-id"] = options.requestId;
-  if (options.fleetToken) headers.authorization = `Bearer ${options.fleetToken}`;
   if (options.clientAddress) headers["x-forwarded-for"] = options.clientAddress;
   headers["x-forwarded-proto"] = options.proto;
   if (options.host) headers["x-forwarded-host"] = options.host;
   return headers;
+}
+
+/**
+ * Sets the credential for the replica an attempt goes to: the route's agent credential,
+ * which works on that worker alone. Never a fleet-wide secret, and never the client's key;
+ * a route without one (open mode) is sent none.
+ */
+export function authorizeFor(
+  headers: Record<string, string>,
+  route: Pick<RouteEntry, "agent_token">,
+): void {
+  if (route.agent_token) headers.authorization = `Bearer ${route.agent_token}`;
+  else delete headers.authorization;
 }
 
 /** The agent's response headers minus hop-by-hop ones and those `Connection` names. */

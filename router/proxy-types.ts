@@ -10,7 +10,6 @@ import type { Usage } from "./usage-scan.ts";
 /** What `forward` (proxy.ts), `attempt` (attempt.ts) and `relay` (relay.ts) share. */
 export type ProxyConfig = {
   fetch: FetchLike;
-  fleetToken: string | undefined;
   firstByteMs: number;
   idleMs: number;
   maxAttempts: number;

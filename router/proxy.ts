@@ -1,7 +1,7 @@
 import { errorResponse } from "../kit/errors.ts";
 import type { RouteEntry } from "../protocol/index.ts";
 import { attempt, type Failure } from "./attempt.ts";
-import { downstreamHeaders, upstreamHeaders } from "./headers.ts";
+import { authorizeFor, downstreamHeaders, upstreamHeaders } from "./headers.ts";
 import {
   clientClosed,
   type ForwardRequest,
@@ -37,7 +37,6 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
 
   const headers = upstreamHeaders({
     incoming: c.req.raw.headers,
-    fleetToken: config.fleetToken,
     requestId: request.requestId,
     clientAddress: request.clientAddress,
     proto: c.req.url.startsWith("https:") ? "https" : "http",
@@ -52,6 +51,8 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     if (retries.last)
       metrics.inc("fleet_router_retries_total", { alias, reason: retries.last.reason });
     retries.begin(choice.state.key);
+    // Fetch reads the headers when called: each attempt sends its own worker's credential.
+    authorizeFor(headers, choice.route);
     const result = await attempt(config, request, choice, headers);
     if (result.kind === "committed") return relay(config, request, result, done);
     if (result.kind === "client-gone") {

@@ -44,7 +44,6 @@ export function createStandaloneRouter(options: {
   const app = createApp({
     routes,
     usage,
-    fleetToken: env.FLEET_TOKEN,
     requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopbackHost(env.HOST),
     fetch: options.fetch,
     log,

@@ -75,8 +75,12 @@ export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
       responses: {
         200: {
           ...json(
-            z.object({ alias: z.string(), version: z.string(), routes: z.array(routeEntrySchema) }),
-            "the alias's routes",
+            z.object({
+              alias: z.string(),
+              version: z.string(),
+              routes: z.array(routeEntrySchema.omit({ agent_token: true })),
+            }),
+            "the alias's routes (without agent credentials: those are for routers only)",
           ),
           headers: etagHeader,
         },
@@ -86,7 +90,9 @@ export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
     async (c) => {
       const { alias } = c.req.valid("param");
       const entry = await snapshot();
-      const routes = entry.snapshot.routes.filter((r) => r.alias === alias);
+      const routes = entry.snapshot.routes
+        .filter((r) => r.alias === alias)
+        .map(({ agent_token: _, ...route }) => route);
       if (routes.length === 0)
         throw new AppError("model_not_found", `no routes for alias ${alias}`, { param: "alias" });
       return c.json({ alias, version: entry.snapshot.version, routes }, 200, { etag: entry.etag });

@@ -75,7 +75,11 @@ export class RouteCache {
       // Read after the version: the rows are at least as new as the version they carry.
       const [rows, keys] = await Promise.all([
         db
-          .select({ route: schema.routes, workerStatus: schema.workers.status })
+          .select({
+            route: schema.routes,
+            workerStatus: schema.workers.status,
+            agentToken: schema.workers.agentToken,
+          })
           .from(schema.routes)
           .innerJoin(schema.workers, eq(schema.workers.workerId, schema.routes.workerId))
           .orderBy(asc(schema.routes.alias), asc(schema.routes.workerId)),
@@ -87,10 +91,13 @@ export class RouteCache {
       ]);
       const snapshot: RouteSnapshot = {
         version: key,
-        routes: rows.map(({ route, workerStatus }) => ({
+        routes: rows.map(({ route, workerStatus, agentToken }) => ({
           ...routingRecord(route),
           instance_id: route.instanceId,
           ready: route.ready && workerStatus === "online",
+          // Each route carries its own worker's agent credential, so a router sends every
+          // worker a secret that works there alone (a rotation bumps the version).
+          agent_token: agentToken,
         })),
         api_keys: keys,
       };

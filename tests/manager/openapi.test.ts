@@ -178,6 +178,7 @@ describe("manager mounts the router by name", () => {
         created_at: "2026-01-01T00:00:00.000Z",
         instance_id: "i1",
         ready: true,
+        agent_token: "fa_agent-of-w1",
       },
     ],
     api_keys: [],

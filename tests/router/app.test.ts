@@ -11,8 +11,6 @@ import { route } from "./route-entry.ts";
  * plus a replica that refuses connections and one that answers 503.
  */
 
-const fleetToken = "fleet-token-for-app-tests";
-
 /** The simulator serving `qwen` and `loading`, instant tokens, in this process. */
 const sim = createSimApp(
   parseServeArgs(
@@ -62,7 +60,6 @@ function router(
   const app = createApp({
     routes: { current: () => (options.loaded === false ? undefined : snapshot) },
     usage: { record: (record) => usage.push(record) },
-    fleetToken,
     fetch: async (input, init) => {
       const request = new Request(input, init);
       const host = new URL(request.url).hostname;
@@ -122,9 +119,9 @@ describe("router app: proxying", () => {
       usage: { prompt_tokens: number; completion_tokens: number };
     };
     expect(body.choices[0]?.message.content).toBe("hello there");
-    // The replica got the fleet's credential, never the client's.
+    // The replica got its own worker's agent credential, never the client's key.
     expect(upstream.map((u) => u.url)).toEqual(["http://live.test/proxy/qwen/v1/chat/completions"]);
-    expect(upstream[0]?.headers.get("authorization")).toBe(`Bearer ${fleetToken}`);
+    expect(upstream[0]?.headers.get("authorization")).toBe("Bearer fa_agent-of-live");
     expect(usage).toEqual([
       expect.objectContaining({
         api_key_id: null,
@@ -204,6 +201,14 @@ describe("router app: proxying", () => {
     }
     expect(upstream.some((u) => u.url.startsWith("http://sick.test"))).toBe(true);
     expect(usage.map((r) => [r.status, r.worker_id])).toEqual(Array(6).fill([200, "live"]));
+    // Each attempt carried the credential of the worker it went to, retries included.
+    for (const u of upstream) {
+      const worker = u.url.startsWith("http://sick.test") ? "sick" : "live";
+      expect([u.url, u.headers.get("authorization")]).toEqual([
+        u.url,
+        `Bearer fa_agent-of-${worker}`,
+      ]);
+    }
   });
 
   test("no replica reachable: 502 after trying each once; all answering 503: the 503 with Retry-After", async () => {

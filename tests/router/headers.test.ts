@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { downstreamHeaders, upstreamHeaders } from "../../router/headers.ts";
+import { authorizeFor, downstreamHeaders, upstreamHeaders } from "../../router/headers.ts";
 
 /** Everything a hostile or careless client might send along with a chat request. */
 const clientHeaders = () =>
@@ -37,7 +37,6 @@ describe("upstreamHeaders: what the router sends an agent", () => {
   test("an allowlist: client credentials, hop-by-hop and unknown headers never reach a worker", () => {
     const headers = upstreamHeaders({
       incoming: clientHeaders(),
-      fleetToken: "fleet-secret",
       requestId: "req-1",
       clientAddress: "203.0.113.9",
       proto: "https",
@@ -52,8 +51,7 @@ describe("upstreamHeaders: what the router sends an agent", () => {
       tracestate: "vendor=1",
       "openai-organization": "org-1",
       "openai-project": "proj-1",
-      // The agent's credential replaces the client's key.
-      authorization: "Bearer fleet-secret",
+      // No credential yet: each attempt sets its replica's own (authorizeFor).
       // Set by the router from what it knows, never copied from the client.
       "x-forwarded-for": "203.0.113.9",
       "x-forwarded-proto": "https",
@@ -64,10 +62,9 @@ describe("upstreamHeaders: what the router sends an agent", () => {
     });
   });
 
-  test("without a fleet token or a known client address, nothing stands in for them", () => {
+  test("without a known client address, nothing stands in for it", () => {
     const headers = upstreamHeaders({
       incoming: clientHeaders(),
-      fleetToken: undefined,
       requestId: "req-2",
       clientAddress: undefined,
       proto: "http",
@@ -82,13 +79,30 @@ describe("upstreamHeaders: what the router sends an agent", () => {
   test("a request without a content type is sent as JSON", () => {
     const headers = upstreamHeaders({
       incoming: new Headers(),
-      fleetToken: "t",
       requestId: "req-3",
       clientAddress: undefined,
       proto: "http",
       host: "127.0.0.1:18000",
     });
     expect(headers["content-type"]).toBe("application/json");
+  });
+});
+
+describe("authorizeFor: each attempt carries its own worker's agent credential", () => {
+  test("the route's agent credential replaces the previous attempt's; none in open mode", () => {
+    const headers = upstreamHeaders({
+      incoming: clientHeaders(),
+      requestId: "req-4",
+      clientAddress: undefined,
+      proto: "http",
+      host: null,
+    });
+    authorizeFor(headers, { agent_token: "fa_first-worker" });
+    expect(headers.authorization).toBe("Bearer fa_first-worker");
+    authorizeFor(headers, { agent_token: "fa_second-worker" });
+    expect(headers.authorization).toBe("Bearer fa_second-worker");
+    authorizeFor(headers, { agent_token: null });
+    expect(headers.authorization).toBeUndefined();
   });
 });
 

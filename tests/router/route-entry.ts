@@ -6,6 +6,8 @@ export function route(options: {
   workerId: string;
   url: string;
   ready?: boolean;
+  /** The worker's agent credential (default: one derived from the worker id). */
+  agentToken?: string | null;
 }): RouteEntry {
   return {
     alias: options.alias,
@@ -16,5 +18,7 @@ export function route(options: {
     created_at: "2025-01-01T00:00:00.000Z",
     instance_id: `${options.workerId}-${options.alias}`,
     ready: options.ready ?? true,
+    agent_token:
+      options.agentToken === undefined ? `fa_agent-of-${options.workerId}` : options.agentToken,
   };
 }

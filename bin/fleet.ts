@@ -6,7 +6,8 @@
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
  *   fleet models ls | fleet models rm ALIAS
- *   fleet workers ls | fleet workers show ID | fleet routes ls
+ *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
+ *   fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
  *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
  *   fleet logs ALIAS [--tail N] [--worker ID]
@@ -24,6 +25,7 @@ import {
   type WorkerInfo,
   type WorkerList,
   type WorkerPath,
+  type WorkerRemovalReply,
 } from "../protocol/workers.ts";
 import { printTable } from "./table.ts";
 
@@ -35,6 +37,8 @@ commands:
   models rm ALIAS               stop a model's engines and remove its routes
   workers ls                    workers: the path the manager reaches each by, GPUs, flags
   workers show ID               one worker: both paths as last probed, and what to fix
+  workers rotate ID             new credentials for a worker (its agent picks them up)
+  workers rm ID                 remove a worker: its models move elsewhere, its credentials end
   routes ls                     the route table routers use
   keys create [--name NAME]     create an API key (shown once)
   keys ls                       API keys (never the keys themselves)
@@ -151,6 +155,10 @@ async function main(argv: string[]): Promise<number> {
       return listWorkers(api, flags);
     case "workers show":
       return showWorker(api, flags, need(rest[0], "ID"));
+    case "workers rotate":
+      return rotateWorker(api, flags, need(rest[0], "ID"));
+    case "workers rm":
+      return removeWorker(api, flags, need(rest[0], "ID"));
     case "routes ls":
       return listRoutes(api, flags);
     case "keys create":
@@ -441,6 +449,39 @@ async function showWorker(api: ManagerApi, flags: Flags, id: string): Promise<nu
   }
   console.log("problems:");
   for (const problem of worker.problems) console.log(`  - ${problem}`);
+  return 0;
+}
+
+async function rotateWorker(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const reply = await api.request<{ worker_id: string; status: string }>(
+    "POST",
+    `/v1/workers/${encodeURIComponent(id)}/rotate`,
+  );
+  if (flags.json) return printJson(reply);
+  console.log(
+    `rotation requested for ${id}: its next heartbeat gets a new pair; the old agent credential keeps working for a short grace (AGENT_TOKEN_GRACE_S on the agent)`,
+  );
+  return 0;
+}
+
+async function removeWorker(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const reply = await api.request<WorkerRemovalReply>(
+    "DELETE",
+    `/v1/workers/${encodeURIComponent(id)}`,
+  );
+  if (flags.json) return printJson(reply);
+  console.log(`removed ${id}: its credentials no longer work`);
+  for (const moved of reply.rescheduled) {
+    console.log(`  ${moved.alias}: moved to ${moved.worker_id}`);
+  }
+  for (const dropped of reply.dropped) {
+    console.log(`  ${dropped.alias}: not placed elsewhere (${dropped.reason})`);
+  }
+  if (reply.dropped.length > 0) {
+    console.log(
+      "  those models run short of replicas: add a worker with room and register them again",
+    );
+  }
   return 0;
 }
 

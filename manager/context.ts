@@ -55,7 +55,6 @@ export function createContext(deps: ManagerDeps): ManagerContext {
   const db = deps.db.db;
   const agents = new AgentClient({
     fetch: fetchImpl,
-    token: deps.config.fleetToken,
     timeoutMs: deps.config.agentTimeoutS * 1000,
   });
   const routes = new RouteCache({ fleetDb: deps.db, log, pollMs: deps.config.routesPollMs });

@@ -22,11 +22,25 @@ export const workerRegistrationSchema = z.object({
 export type WorkerRegistration = z.infer<typeof workerRegistrationSchema>;
 export type WorkerRegistrationInput = z.input<typeof workerRegistrationSchema>;
 
+/**
+ * A worker's own pair of secrets, handed to its agent once: in the registration reply when it
+ * joined with the join token, in a heartbeat reply when an operator asked for a rotation.
+ * `worker_credential` (`fw_…`) is what the agent presents to the manager (registrations,
+ * heartbeats); `agent_token` (`fa_…`) is what the manager and routers present to that agent.
+ */
+export const workerCredentialsSchema = z.object({
+  worker_credential: z.string().startsWith("fw_").min(16).max(256),
+  agent_token: z.string().startsWith("fa_").min(16).max(256),
+});
+export type WorkerCredentials = z.infer<typeof workerCredentialsSchema>;
+
 export const workerRegistrationReplySchema = z.object({
   worker_id: workerIdSchema,
   status: workerStatusSchema,
   heartbeat_interval_s: z.number().positive(),
   registered_at: isoTimeSchema,
+  /** Only when this registration joined with the join token: shown once, never again. */
+  credentials: workerCredentialsSchema.optional(),
 });
 export type WorkerRegistrationReply = z.infer<typeof workerRegistrationReplySchema>;
 
@@ -39,6 +53,11 @@ export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
 export const heartbeatReplySchema = z.object({
   heartbeat_interval_s: z.number().positive(),
+  /**
+   * A rotation: the new pair, which the agent stores and uses from its next request on. The
+   * manager promotes it when it first sees the new worker credential.
+   */
+  credentials: workerCredentialsSchema.optional(),
 });
 export type HeartbeatReply = z.infer<typeof heartbeatReplySchema>;
 
@@ -104,3 +123,25 @@ export type WorkerInfo = z.infer<typeof workerInfoSchema>;
 /** `GET /v1/workers`. */
 export const workerListSchema = z.object({ workers: z.array(workerInfoSchema) });
 export type WorkerList = z.infer<typeof workerListSchema>;
+
+/** `POST /v1/workers/{worker_id}/rotate` (202): the next heartbeat reply carries the new pair. */
+export const workerRotationReplySchema = z.object({
+  worker_id: workerIdSchema,
+  status: z.literal("rotation_requested"),
+});
+export type WorkerRotationReply = z.infer<typeof workerRotationReplySchema>;
+
+/**
+ * `DELETE /v1/workers/{worker_id}`: the worker is gone (its credentials stop working), and
+ * each of its instances was either placed on another worker (`rescheduled`) or, with no room
+ * anywhere or a model pinned to that worker, dropped (the model runs short of replicas).
+ */
+export const workerRemovalReplySchema = z.object({
+  worker_id: workerIdSchema,
+  deleted: z.literal(true),
+  rescheduled: z.array(
+    z.object({ alias: z.string(), instance_id: z.string(), worker_id: workerIdSchema }),
+  ),
+  dropped: z.array(z.object({ alias: z.string(), reason: z.string() })),
+});
+export type WorkerRemovalReply = z.infer<typeof workerRemovalReplySchema>;

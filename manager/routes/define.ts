@@ -48,6 +48,18 @@ export const securitySchemes = {
     description:
       "A router credential (`fr_…`) from POST /v1/routers (`fleet routers create NAME`), which a standalone or edge router reads from ROUTER_TOKEN; ADMIN_TOKEN is accepted too",
   },
+  joinToken: {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "FLEET_TOKEN, the join token: registers a worker_id that has not joined yet (ADMIN_TOKEN is accepted too)",
+  },
+  workerCredential: {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "A worker's own credential (`fw_…`), issued when it joined: that worker's registrations and heartbeats",
+  },
   apiKey: {
     type: "http",
     scheme: "bearer",
@@ -78,6 +90,17 @@ export function accessFor(ctx: AuthContext): Access {
     middleware: [requireScope(ctx, scope), readJsonBody],
   });
   return { admin: entry("admin"), fleet: entry("fleet"), router: entry("router") };
+}
+
+/**
+ * Access decided by a route's own check (worker identity needs the database, not only the
+ * config): the check runs first, then the body reader, as for `accessFor`'s entries.
+ */
+export function checkedBy(
+  security: Record<string, string[]>[],
+  check: MiddlewareHandler,
+): Access[Scope] {
+  return { security, middleware: [check, readJsonBody] };
 }
 
 /**

@@ -12,16 +12,28 @@ import {
   workerListSchema,
   workerRegistrationReplySchema,
   workerRegistrationSchema,
+  workerRemovalReplySchema,
+  workerRotationReplySchema,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import { workerInfo } from "../services/wire.ts";
+import { removeWorker, requestRotation } from "../services/worker-admin.ts";
 import { heartbeat, registerWorker } from "../services/worker-reports.ts";
-import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
+import {
+  heartbeatCallerOf,
+  registrationCallerOf,
+  requireHeartbeatCaller,
+  requireRegistrationCaller,
+} from "../worker-auth.ts";
+import { accessFor, checkedBy, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 const workerParams = z.object({ worker_id: workerIdSchema });
 const tags = ["Workers"];
 
-/** `/v1/workers`: agents register and heartbeat (FLEET_TOKEN); operators list (ADMIN_TOKEN). */
+/**
+ * `/v1/workers`: agents join with the join token and then register and heartbeat with their
+ * own credential (manager/worker-auth.ts); operators list, rotate and remove (ADMIN_TOKEN).
+ */
 export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
   const access = accessFor(ctx);
   const app = routeGroup();
@@ -31,16 +43,30 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       method: "post",
       path: "/register",
       tags,
-      summary: "Register (or re-register) a worker; idempotent per worker_id",
-      ...access.fleet,
+      summary:
+        "Register a worker: join with the join token (the reply carries its credentials, once), or re-register with its own credential",
+      ...checkedBy(
+        [{ workerCredential: [] }, { joinToken: [] }, { adminToken: [] }],
+        requireRegistrationCaller(ctx),
+      ),
       request: { body: jsonBody(workerRegistrationSchema) },
       responses: {
-        200: json(workerRegistrationReplySchema, "registered; heartbeat at the interval given"),
-        ...errors(400, 401),
+        200: json(
+          workerRegistrationReplySchema,
+          "registered; heartbeat at the interval given. `credentials` only when it joined",
+        ),
+        ...errors(
+          400,
+          [401, "`unauthorized`: no token, an unknown one, or another worker's credential"],
+          [
+            409,
+            "`conflict`: the join token for a worker_id that already holds a credential (remove the worker first to replace its host)",
+          ],
+        ),
       },
     }),
     async (c) => {
-      const reply = await registerWorker(ctx, c.req.valid("json"));
+      const reply = await registerWorker(ctx, c.req.valid("json"), registrationCallerOf(c));
       // Which of its URLs answer: found in the background, the reply does not wait for it.
       ctx.prober.afterRegistration(reply.worker_id);
       return c.json(reply, 200);
@@ -52,18 +78,66 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       method: "post",
       path: "/{worker_id}/heartbeat",
       tags,
-      summary: "Heartbeat: GPU stats and instance states",
-      ...access.fleet,
+      summary: "Heartbeat: GPU stats and instance states (the worker's own credential)",
+      ...checkedBy([{ workerCredential: [] }], requireHeartbeatCaller(ctx)),
       request: { params: workerParams, body: jsonBody(heartbeatSchema) },
       responses: {
-        200: json(heartbeatReplySchema, "applied"),
-        ...errors(400, 401, [404, "`worker_not_found`: register again"]),
+        200: json(
+          heartbeatReplySchema,
+          "applied; `credentials` when a rotation hands the agent a new pair",
+        ),
+        ...errors(
+          400,
+          [401, "`unauthorized`: not this worker's credential (the join token is not enough)"],
+          [404, "`worker_not_found`: register again"],
+        ),
       },
     }),
     async (c) => {
       const { worker_id } = c.req.valid("param");
-      return c.json(await heartbeat(ctx, worker_id, c.req.valid("json")), 200);
+      return c.json(
+        await heartbeat(ctx, worker_id, c.req.valid("json"), heartbeatCallerOf(c)),
+        200,
+      );
     },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/{worker_id}/rotate",
+      tags,
+      summary:
+        "Rotate a worker's credentials: its next heartbeat reply carries a new pair, current once the agent uses it",
+      ...access.admin,
+      request: { params: workerParams },
+      responses: {
+        202: json(workerRotationReplySchema, "requested"),
+        ...errors(
+          401,
+          [404, "`worker_not_found`"],
+          [409, "`conflict`: the worker holds no credentials (open mode)"],
+        ),
+      },
+    }),
+    async (c) => c.json(await requestRotation(ctx, c.req.valid("param").worker_id), 202),
+  );
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/{worker_id}",
+      tags,
+      summary:
+        "Remove a worker: its instances are placed elsewhere at once, its routes go, its credentials stop working",
+      ...access.admin,
+      request: { params: workerParams },
+      responses: {
+        200: json(workerRemovalReplySchema, "removed"),
+        ...errors(401, [404, "`worker_not_found`"]),
+      },
+    }),
+    async (c) => c.json(await removeWorker(ctx, c.req.valid("param").worker_id), 200),
   );
 
   app.openapi(

@@ -63,20 +63,22 @@ export class AgentClient {
   constructor(
     private readonly options: {
       fetch: FetchLike;
-      /** The cluster token, for agents that joined before per-worker credentials. */
-      token: string | undefined;
       timeoutMs: number;
     },
   ) {}
 
-  /** The URL and credential a management call to `worker` uses. */
+  /**
+   * The URL and credential a management call to `worker` uses. The credential is that
+   * worker's own agent credential, never a fleet-wide secret; a worker without one (open
+   * mode: the manager issued none) is called without a token.
+   */
   target(worker: AgentAddress): AgentTarget {
     const path = managementPath(worker);
     const publicUrl = worker.publicWorkerUrl;
     const url = path === "public" && publicUrl ? publicUrl : worker.workerUrl;
     const fallback =
       path === null && publicUrl !== null && publicUrl !== worker.workerUrl ? publicUrl : undefined;
-    return { url, fallback, token: worker.agentToken ?? this.options.token };
+    return { url, fallback, token: worker.agentToken ?? undefined };
   }
 
   /** `POST /v1/instances`; the agent answers 202 with the instance (port leased by it). */

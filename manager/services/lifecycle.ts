@@ -21,7 +21,10 @@ import type { Placement } from "./placement.ts";
 
 /** What causes a transition. */
 export type Trigger =
-  /** the management API (`POST /v1/models/register`, `DELETE /v1/models/{alias}`) */
+  /**
+   * the management API (`POST /v1/models/register`, `DELETE /v1/models/{alias}`,
+   * `DELETE /v1/workers/{id}`)
+   */
   | "api"
   /** the agent's answer to the manager's launch call (`POST /v1/instances`) */
   | "launch-reply"
@@ -109,6 +112,13 @@ export const instanceTransitions = {
     note: "always",
   },
   removed: { from: ANY, to: [null], by: "api", event: "model.deleted" },
+  evicted: {
+    from: [...LIVE, "failed"],
+    to: ["lost"],
+    by: "api",
+    event: "instance.evicted",
+  },
+  dropped: { from: ["lost"], to: [null], by: "api", event: "instance.dropped" },
 } as const satisfies Record<string, TransitionSpec>;
 
 export type TransitionName = keyof typeof instanceTransitions;
@@ -116,7 +126,7 @@ export type TransitionName = keyof typeof instanceTransitions;
 /** Transitions that update a row in place (the others create or remove rows). */
 export type UpdateTransition = Exclude<
   TransitionName,
-  "placed" | "adopted" | "rescheduled" | "removed"
+  "placed" | "adopted" | "rescheduled" | "removed" | "dropped"
 >;
 
 /** Whether the table lets `name` take a row from `from` to `to`. */
@@ -349,6 +359,16 @@ export class LifecycleTx {
     return this.transition(instance, "lost", { status: "lost" });
   }
 
+  /** Its worker is being removed (`DELETE /v1/workers/{id}`): placed elsewhere or dropped next. */
+  evicted(instance: InstanceRow, message: string): Promise<boolean> {
+    return this.transition(
+      instance,
+      "evicted",
+      { status: "lost", lastError: message },
+      { message },
+    );
+  }
+
   /** A failed instance launches again, on its own GPUs or where placement found room. */
   retried(instance: InstanceRow, target: Placement): Promise<boolean> {
     return this.transition(
@@ -458,6 +478,7 @@ export class LifecycleTx {
     instance: InstanceRow,
     model: ModelRow,
     target: Placement,
+    message = `replaces ${instance.id} on offline worker ${instance.workerId}`,
   ): Promise<InstanceRow | undefined> {
     if (!allowed("rescheduled", instance.status, "pending")) return undefined;
     const deleted = await this.tx
@@ -474,7 +495,7 @@ export class LifecycleTx {
       instance: created,
       from: instance.status,
       to: "pending",
-      message: `replaces ${instance.id} on offline worker ${instance.workerId}`,
+      message,
       detail: {
         from_worker: instance.workerId,
         to_worker: target.workerId,
@@ -482,6 +503,25 @@ export class LifecycleTx {
       },
     });
     return created;
+  }
+
+  /**
+   * A lost instance of a worker being removed that no other worker can take (no room, or its
+   * model is pinned there): the row and its route go; the model runs short of a replica.
+   */
+  async dropped(instance: InstanceRow, message: string): Promise<boolean> {
+    if (!allowed("dropped", instance.status, null)) return false;
+    const deleted = await this.tx
+      .delete(schema.instances)
+      .where(
+        and(eq(schema.instances.id, instance.id), eq(schema.instances.status, instance.status)),
+      )
+      .returning({ id: schema.instances.id });
+    if (deleted.length === 0) return false;
+    this.effects.routes = true;
+    this.effects.workers.add(instance.workerId);
+    this.record("dropped", { instance, from: instance.status, to: null, message });
+    return true;
   }
 
   /**

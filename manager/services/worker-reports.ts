@@ -3,8 +3,9 @@
  * compared with the instance rows (desired against actual for one worker). Every change to
  * an instance goes through the lifecycle; engines nobody wants are stopped by the launcher.
  */
-import { and, asc, eq, inArray, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, isNotNull, isNull, sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
+import type { WorkerRow } from "../../db/schema/index.ts";
 import { AppError, describeError } from "../../kit/errors.ts";
 import {
   claimingInstanceStatuses,
@@ -12,10 +13,12 @@ import {
   type Heartbeat,
   type HeartbeatReply,
   type InstanceReport,
+  type WorkerCredentials,
   type WorkerRegistration,
   type WorkerRegistrationReply,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
+import { type HeartbeatCaller, newCredentials, type RegistrationCaller } from "../worker-auth.ts";
 import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
 import { instanceSpec, specMismatch } from "./launcher.ts";
@@ -30,14 +33,30 @@ const STOP_REPEAT_MS = 30_000;
 /**
  * `POST /v1/workers/register`: an idempotent upsert per worker_id (GPUs replaced, URLs
  * updated, routes following a URL change), then the reported engines are adopted or stopped.
+ *
+ * Who may register which worker_id (`caller`, checked before the body was read):
+ * - the join token: a worker_id without a credential joins and gets its pair, once, in the
+ *   reply; a worker_id that has one is a 409 (its agent holds the credential; replacing the
+ *   host means removing the worker first);
+ * - a worker's credential: that worker_id only (another one is 401); its pending credential
+ *   (a rotation) becomes the current one;
+ * - open mode: anyone, and no credentials.
  */
 export async function registerWorker(
   ctx: ManagerContext,
   registration: WorkerRegistration,
+  caller: RegistrationCaller,
 ): Promise<WorkerRegistrationReply> {
+  const id = registration.worker_id;
+  if (caller.kind === "worker" && caller.workerId !== id) {
+    throw new AppError(
+      "unauthorized",
+      `this credential belongs to another worker, not ${id}: a worker registers only itself`,
+      { param: "worker_id" },
+    );
+  }
   checkAdvertisedUrls(registration, { listen: ctx.listen, allow: ctx.config.workerUrlAllow });
   const now = ctx.clock.now();
-  const id = registration.worker_id;
   const plainHttp = plainHttpProblem({ publicWorkerUrl: registration.public_worker_url });
   if (plainHttp) {
     ctx.log.warn(plainHttp, {
@@ -45,12 +64,24 @@ export async function registerWorker(
       public_worker_url: registration.public_worker_url,
     });
   }
-  const registeredAt = await ctx.lifecycle.write(now, async (w) => {
+  const issued = caller.kind === "join" ? await newCredentials() : undefined;
+  const { registeredAt, promoted } = await ctx.lifecycle.write(now, async (w) => {
     const [before] = await w.tx
       .select()
       .from(schema.workers)
       .where(eq(schema.workers.workerId, id))
       .for("update");
+    if (issued && before?.credentialHash) throw alreadyRegistered(id);
+    let promoted = false;
+    if (caller.kind === "worker") {
+      // Removed or rotated since the middleware looked: the credential no longer opens it.
+      if (before?.credentialHash !== caller.credentialHash) {
+        if (before?.pendingCredentialHash !== caller.credentialHash) {
+          throw new AppError("unauthorized", `this credential no longer belongs to worker ${id}`);
+        }
+        promoted = true;
+      }
+    }
     const values = {
       workerUrl: registration.worker_url,
       publicWorkerUrl: registration.public_worker_url,
@@ -64,12 +95,26 @@ export async function registerWorker(
         workerUrl: registration.worker_url,
         publicWorkerUrl: registration.public_worker_url,
       }),
+      ...(issued
+        ? {
+            credentialHash: issued.credentialHash,
+            agentToken: issued.credentials.agent_token,
+            ...noRotation,
+          }
+        : {}),
+      ...(promoted && before ? promotion(before) : {}),
     };
     const [row] = await w.tx
       .insert(schema.workers)
       .values({ workerId: id, ...values, registeredAt: now, createdAt: now })
-      .onConflictDoUpdate({ target: schema.workers.workerId, set: values })
+      .onConflictDoUpdate({
+        target: schema.workers.workerId,
+        set: values,
+        // Two joins of one new worker_id at once: the second finds the first's credential.
+        ...(issued ? { setWhere: isNull(schema.workers.credentialHash) } : {}),
+      })
       .returning();
+    if (!row) throw alreadyRegistered(id);
     await replaceGpus(w.tx, id, registration.gpu_info, now);
     w.event({
       kind: "worker.registered",
@@ -81,8 +126,10 @@ export async function registerWorker(
         public_worker_url: registration.public_worker_url,
         gpus: registration.gpu_info.gpus.length,
         agent_version: registration.agent_version,
+        ...(issued ? { joined: true } : {}),
       },
     });
+    if (promoted) w.event(rotatedEvent(id));
     const url = routeUrl({
       workerUrl: registration.worker_url,
       publicWorkerUrl: registration.public_worker_url,
@@ -90,8 +137,10 @@ export async function registerWorker(
     if (before && routeUrl(before) !== url) await w.workerUrlChanged(id, routeUrl(before), url);
     // The worker may have come back online: what routers see can change without a route write.
     w.routesChanged();
-    return row?.registeredAt ?? now;
+    return { registeredAt: row.registeredAt, promoted };
   });
+  if (issued) ctx.log.info("worker joined: credentials issued", { worker_id: id });
+  if (promoted) ctx.log.info("worker credentials rotated", { worker_id: id });
   await applyReports(ctx, id, registration.instances, now);
   ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
   return {
@@ -99,6 +148,40 @@ export async function registerWorker(
     status: "online",
     heartbeat_interval_s: ctx.config.heartbeatIntervalS,
     registered_at: registeredAt.toISOString(),
+    ...(issued ? { credentials: issued.credentials } : {}),
+  };
+}
+
+function alreadyRegistered(id: string): AppError {
+  return new AppError(
+    "conflict",
+    `worker ${id} is already registered. Its agent presents the credential in its data directory; to replace the host, remove the worker first: fleet workers rm ${id}`,
+    { param: "worker_id" },
+  );
+}
+
+/** Clears a rotation in progress. */
+const noRotation = {
+  pendingCredentialHash: null,
+  pendingAgentToken: null,
+  rotateRequestedAt: null,
+} as const;
+
+/** The pending pair becomes the current one (the agent showed it has stored it). */
+function promotion(before: WorkerRow) {
+  return {
+    credentialHash: before.pendingCredentialHash,
+    agentToken: before.pendingAgentToken,
+    ...noRotation,
+  };
+}
+
+function rotatedEvent(workerId: string) {
+  return {
+    kind: "worker.credentials_rotated",
+    workerId,
+    message:
+      "the agent presented its new credential; routers and the manager use its new agent credential",
   };
 }
 
@@ -110,8 +193,11 @@ export async function heartbeat(
   ctx: ManagerContext,
   workerId: string,
   beat: Heartbeat,
+  caller: HeartbeatCaller = { kind: "open" },
 ): Promise<HeartbeatReply> {
   const now = ctx.clock.now();
+  const credentials =
+    caller.kind === "worker" ? await rotation(ctx, workerId, caller, now) : undefined;
   const rows = await ctx.fleetDb.query<{ previous: string }>(sql`
     with old as (select status from workers where worker_id = ${workerId} for update)
     update workers w set last_heartbeat = ${now.toISOString()}::timestamptz, status = 'online'
@@ -149,7 +235,63 @@ export async function heartbeat(
   } else {
     ctx.heartbeats.gpusWritten(workerId, beat.gpu_info);
   }
-  return { heartbeat_interval_s: ctx.config.heartbeatIntervalS };
+  return {
+    heartbeat_interval_s: ctx.config.heartbeatIntervalS,
+    ...(credentials ? { credentials } : {}),
+  };
+}
+
+/**
+ * The rotation steps a heartbeat carries. With the pending credential, the agent has stored
+ * the new pair: it becomes current (the route version moves with the agent credential, so
+ * routers switch within one refresh). With the current credential while a rotation is
+ * requested: a new pending pair, returned in this reply (a fresh one each time until the agent
+ * uses it, since an earlier reply may have been lost).
+ */
+async function rotation(
+  ctx: ManagerContext,
+  workerId: string,
+  caller: Extract<HeartbeatCaller, { kind: "worker" }>,
+  now: Date,
+): Promise<WorkerCredentials | undefined> {
+  if (caller.pending) {
+    const promoted = await ctx.lifecycle.write(now, async (w) => {
+      const [before] = await w.tx
+        .select()
+        .from(schema.workers)
+        .where(eq(schema.workers.workerId, workerId))
+        .for("update");
+      if (!before || before.pendingCredentialHash !== caller.credentialHash) return false;
+      await w.tx
+        .update(schema.workers)
+        .set({ ...promotion(before), updatedAt: now })
+        .where(eq(schema.workers.workerId, workerId));
+      w.event(rotatedEvent(workerId));
+      w.routesChanged();
+      return true;
+    });
+    if (promoted) ctx.log.info("worker credentials rotated", { worker_id: workerId });
+    return undefined;
+  }
+  if (!caller.rotate) return undefined;
+  const next = await newCredentials();
+  const updated = await ctx.db
+    .update(schema.workers)
+    .set({
+      pendingCredentialHash: next.credentialHash,
+      pendingAgentToken: next.credentials.agent_token,
+    })
+    .where(
+      and(
+        eq(schema.workers.workerId, workerId),
+        eq(schema.workers.credentialHash, caller.credentialHash),
+        isNotNull(schema.workers.rotateRequestedAt),
+      ),
+    )
+    .returning({ workerId: schema.workers.workerId });
+  if (updated.length === 0) return undefined;
+  ctx.log.info("new credentials handed to the agent", { worker_id: workerId });
+  return next.credentials;
 }
 
 async function replaceGpus(

@@ -9,8 +9,10 @@ import { createApp, type Manager } from "../../manager/app.ts";
 import { defaultConfig, type ManagerConfig } from "../../manager/env.ts";
 import type {
   Gpu,
+  Heartbeat,
   InstanceReport,
   InstanceSpec,
+  WorkerCredentials,
   WorkerRegistrationInput,
 } from "../../protocol/index.ts";
 
@@ -27,6 +29,22 @@ export type TestManager = {
     path: string,
     options?: { body?: unknown; token?: string | null },
   ): Promise<{ status: number; body: T }>;
+  /** The credentials each worker received when it joined through `register` (or a rotation). */
+  credentials: Map<string, WorkerCredentials>;
+  /**
+   * `POST /v1/workers/register` as an agent does it: with the worker's own credential once it
+   * has one, else the join token. Keeps what the reply issues and gives `agent` (a stub) its
+   * agent credential, so the manager's calls to it pass.
+   */
+  register(
+    body: WorkerRegistrationInput,
+    agent?: { token: string | null },
+  ): Promise<{ status: number; body: Record<string, unknown> }>;
+  /** `POST /v1/workers/{id}/heartbeat` with that worker's credential. */
+  heartbeat(
+    workerId: string,
+    body: Heartbeat,
+  ): Promise<{ status: number; body: Record<string, unknown> }>;
   close(): Promise<void>;
 };
 
@@ -72,18 +90,41 @@ export async function testManager(
     }
     return Promise.resolve(manager.app.request(path, { method, headers, body }));
   };
+  const json = async <T>(
+    method: string,
+    path: string,
+    opts: { body?: unknown; token?: string | null } = {},
+  ) => {
+    const response = await call(method, path, opts);
+    const text = await response.text();
+    return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
+  };
+  const credentials = new Map<string, WorkerCredentials>();
   return {
     manager,
     db,
     call,
-    async json<T>(
-      method: string,
-      path: string,
-      opts: { body?: unknown; token?: string | null } = {},
-    ) {
-      const response = await call(method, path, opts);
-      const text = await response.text();
-      return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
+    json,
+    credentials,
+    async register(body, agent) {
+      const held = credentials.get(body.worker_id)?.worker_credential;
+      const reply = await json<Record<string, unknown> & { credentials?: WorkerCredentials }>(
+        "POST",
+        "/v1/workers/register",
+        { token: held ?? config.fleetToken ?? null, body },
+      );
+      if (reply.body?.credentials) credentials.set(body.worker_id, reply.body.credentials);
+      const issued = credentials.get(body.worker_id);
+      if (agent && issued) agent.token = issued.agent_token;
+      return reply;
+    },
+    async heartbeat(workerId, body) {
+      const reply = await json<Record<string, unknown> & { credentials?: WorkerCredentials }>(
+        "POST",
+        `/v1/workers/${encodeURIComponent(workerId)}/heartbeat`,
+        { token: credentials.get(workerId)?.worker_credential ?? null, body },
+      );
+      return reply;
     },
     async close() {
       await manager.close();
@@ -161,10 +202,15 @@ export function registration(
 
 /**
  * A stand-in agent over real HTTP for handler tests: accepts launches (202 with the
- * instance, as the agent does), lists and stops them. `refuse` makes launches fail.
+ * instance, as the agent does), lists and stops them. `refuse` makes launches fail. Once it
+ * has an agent credential (`token`, set when its worker joins) it takes that alone, as the
+ * agent does.
  */
 export type StubAgent = {
   url: string;
+  token: string | null;
+  /** The Authorization header of every call it received. */
+  authorizations: (string | null)[];
   launches: InstanceSpec[];
   stops: string[];
   instances: Map<string, InstanceReport>;
@@ -182,8 +228,10 @@ export type StubAgent = {
 
 let nextPid = 40_000;
 
-export function stubAgent(token = FLEET): StubAgent {
+export function stubAgent(): StubAgent {
   const stub: Omit<StubAgent, "url" | "stop"> = {
+    token: null,
+    authorizations: [],
     launches: [],
     stops: [],
     instances: new Map(),
@@ -204,9 +252,18 @@ export function stubAgent(token = FLEET): StubAgent {
     hostname: "127.0.0.1",
     async fetch(request) {
       if (stub.answersAs && new URL(request.url).pathname === "/health") {
-        return Response.json({ status: "ok", worker_id: stub.answersAs });
+        // As the agent: `authenticated` only to a caller presenting its agent credential.
+        const presented = request.headers.get("authorization");
+        const authenticated = stub.token !== null && presented === `Bearer ${stub.token}`;
+        return Response.json({
+          status: "ok",
+          worker_id: stub.answersAs,
+          ...(authenticated ? { authenticated: true } : {}),
+        });
       }
-      if (request.headers.get("authorization") !== `Bearer ${token}`) {
+      const authorization = request.headers.get("authorization");
+      stub.authorizations.push(authorization);
+      if (stub.token !== null && authorization !== `Bearer ${stub.token}`) {
         return Response.json(
           {
             error: {

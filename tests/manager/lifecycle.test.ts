@@ -32,6 +32,7 @@ const inPlace: UpdateTransition[] = [
   "spec_mismatch",
   "vanished",
   "lost",
+  "evicted",
   "retried",
   "retry_blocked",
   "reschedule_blocked",
@@ -449,6 +450,33 @@ for (const target of dbTargets) {
             undefined,
             [["w1", status]],
           ]);
+        }
+      }
+    });
+
+    test("dropped removes a lost row with its route, and nothing else", async () => {
+      for (const status of instanceRecordStatuses) {
+        await db.db.delete(schema.instances);
+        const row = await seed(status);
+        refreshes = 0;
+        const applied = await lifecycle.write(NOW, (w) => w.dropped(row, "worker w1 was removed"));
+        const rows = await instanceRows();
+        if (status === "lost") {
+          expect([applied, rows, await routeOf(row.id), refreshes]).toEqual([
+            true,
+            [],
+            undefined,
+            1,
+          ]);
+          const [event] = await eventsOf(row.id);
+          expect([event?.kind, event?.fromStatus, event?.toStatus, event?.message]).toEqual([
+            "instance.dropped",
+            "lost",
+            null,
+            "worker w1 was removed",
+          ]);
+        } else {
+          expect([status, applied, rows.map((i) => i.status)]).toEqual([status, false, [status]]);
         }
       }
     });

@@ -67,7 +67,14 @@ describe("manager /openapi.json", () => {
     const security = (method: string, path: string) =>
       doc.paths[path]?.[method]?.security?.flatMap((entry) => Object.keys(entry));
     expect(security("post", "/v1/models/register")).toEqual(["adminToken"]);
-    expect(security("post", "/v1/workers/register")).toEqual(["fleetToken", "adminToken"]);
+    expect(security("post", "/v1/workers/register")).toEqual([
+      "workerCredential",
+      "joinToken",
+      "adminToken",
+    ]);
+    expect(security("post", "/v1/workers/{worker_id}/heartbeat")).toEqual(["workerCredential"]);
+    expect(security("post", "/v1/workers/{worker_id}/rotate")).toEqual(["adminToken"]);
+    expect(security("delete", "/v1/workers/{worker_id}")).toEqual(["adminToken"]);
     expect(security("get", "/v1/routes")).toEqual(["routerToken", "adminToken"]);
     expect(security("post", "/v1/usage")).toEqual(["routerToken", "adminToken"]);
     expect(security("post", "/v1/routers")).toEqual(["adminToken"]);

@@ -57,12 +57,9 @@ for (const target of dbTargets) {
       });
     };
     const register = (a: StubAgent, id: string, gpus = [gpu(0)]) =>
-      t.json("POST", "/v1/workers/register", { token: FLEET, body: registration(id, a.url, gpus) });
+      t.register(registration(id, a.url, gpus), a);
     const beat = (a: StubAgent, id: string) =>
-      t.json("POST", `/v1/workers/${id}/heartbeat`, {
-        token: FLEET,
-        body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances: a.reports() },
-      });
+      t.heartbeat(id, { gpu_info: { gpus: [gpu(0)], warning: null }, instances: a.reports() });
     const info = async (alias: string) =>
       (await t.json<ModelInfo>("GET", `/v1/models/${alias}`)).body;
     const events = async (kind: string) =>
@@ -239,10 +236,12 @@ for (const target of dbTargets) {
       });
       await restarted.start();
       try {
-        // The agent re-registers (as after a 404) reporting its running engine.
+        // The agent re-registers (as after a 404) with its own credential, reporting its
+        // running engine.
+        const credential = t.credentials.get("w1")?.worker_credential;
         const reg = await restarted.app.request("/v1/workers/register", {
           method: "POST",
-          headers: { authorization: `Bearer ${FLEET}`, "content-type": "application/json" },
+          headers: { authorization: `Bearer ${credential}`, "content-type": "application/json" },
           body: JSON.stringify(registration("w1", a.url, [gpu(0)], { instances: a.reports() })),
         });
         expect(reg.status).toBe(200);

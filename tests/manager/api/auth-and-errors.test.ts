@@ -35,7 +35,7 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
     expect((await t.call("GET", "/v1/workers")).status).toBe(200);
   });
 
-  test("agent endpoints take FLEET_TOKEN or ADMIN_TOKEN, nothing else", async () => {
+  test("joining takes FLEET_TOKEN or ADMIN_TOKEN, nothing else (worker identity: worker-identity.test.ts)", async () => {
     const t = await api.manager();
     const body = registration("auth-w", "http://127.0.0.1:9", []);
     expect((await t.call("POST", "/v1/workers/register", { body, token: null })).status).toBe(401);
@@ -43,7 +43,10 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
       (await t.call("POST", "/v1/workers/register", { body, token: "nope-nope-nope" })).status,
     ).toBe(401);
     expect((await t.call("POST", "/v1/workers/register", { body, token: FLEET })).status).toBe(200);
-    expect((await t.call("POST", "/v1/workers/register", { body, token: ADMIN })).status).toBe(200);
+    const other = registration("auth-admin", "http://127.0.0.1:9", []);
+    expect(
+      (await t.call("POST", "/v1/workers/register", { body: other, token: ADMIN })).status,
+    ).toBe(200);
   });
 
   test("bad bodies answer 400 naming the field", async () => {
@@ -78,12 +81,6 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
       ],
       ["POST", "/v1/workers/register", { worker_id: "w" }, "worker_url"],
       ["POST", "/v1/workers/register", { ...registration("w", "ftp://x", []) }, "worker_url"],
-      [
-        "POST",
-        "/v1/workers/w/heartbeat",
-        { gpu_info: { gpus: [{ index: -1 }] } },
-        "gpu_info.gpus.0.index",
-      ],
       ["POST", "/v1/usage", { records: [{ ts: "yesterday" }] }, "records.0.ts"],
       ["POST", "/v1/keys", { name: "" }, "name"],
     ];
@@ -94,6 +91,11 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
       if (param) expect({ path, param: reply.error.param }).toEqual({ path, param });
       expect(reply.error.message.length).toBeGreaterThan(5);
     }
+    // A heartbeat is checked against the worker's own credential first, then its body.
+    await t.register(registration("w", "http://127.0.0.1:9", []));
+    const beat = await t.heartbeat("w", { gpu_info: { gpus: [{ index: -1 }] } } as never);
+    expect(beat.status).toBe(400);
+    expect((beat.body as OpenAiError).error.param).toBe("gpu_info.gpus.0.index");
     const notJson = await t.json<OpenAiError>("POST", "/v1/models/register", {
       body: "{not json",
     });

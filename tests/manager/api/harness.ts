@@ -2,7 +2,6 @@ import { afterAll, afterEach, beforeAll, describe } from "bun:test";
 import { type DbTarget, dbTargets, type OpenTestDb, openFreshDb } from "../../../devkit/db.ts";
 import type { Gpu, ModelInfo, OpenAiError } from "../../../protocol/index.ts";
 import {
-  FLEET,
   gpu,
   registration,
   type StubAgent,
@@ -21,7 +20,10 @@ export type ApiHarness = {
   manager(options?: Omit<Parameters<typeof testManager>[0], "db" | "target">): Promise<TestManager>;
   /** A stub agent over HTTP (launches, stops, reports), stopped after the file. */
   agent(): StubAgent;
-  /** `POST /v1/workers/register` for a worker managed through `agent`, one 80 GiB GPU by default. */
+  /**
+   * `POST /v1/workers/register` for a worker managed through `agent`, one 80 GiB GPU by
+   * default: it joins with the join token, then re-registers with its own credential.
+   */
   register(
     agent: StubAgent | { url: string },
     workerId: string,
@@ -68,10 +70,10 @@ export function describeApi(name: string, body: (api: ApiHarness, target: DbTarg
             return agent;
           },
           register(agent, workerId, gpus = [gpu(0)], extra = {}) {
-            return manager().json("POST", "/v1/workers/register", {
-              token: FLEET,
-              body: registration(workerId, agent.url, gpus, extra),
-            });
+            return manager().register(
+              registration(workerId, agent.url, gpus, extra),
+              "token" in agent ? agent : undefined,
+            );
           },
           model(fields) {
             return manager().json<ModelInfo & OpenAiError>("POST", "/v1/models/register", {

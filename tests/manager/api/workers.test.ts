@@ -1,7 +1,12 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import type { ModelInfo, OpenAiError, RouteSnapshot } from "../../../protocol/index.ts";
-import { FLEET, gpu } from "../helpers.ts";
+import type {
+  ModelInfo,
+  OpenAiError,
+  RouteSnapshot,
+  WorkerCredentials,
+} from "../../../protocol/index.ts";
+import { FLEET, gpu, registration } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -39,9 +44,22 @@ describeApi("manager API: workers", (api) => {
     expect(body.workers[0]?.public_worker_url).toBe("https://w1.example:8443");
   });
 
-  test("concurrent registrations of one worker id leave one row", async () => {
+  test("concurrent registrations of one worker id leave one row; of concurrent joins one wins", async () => {
     const t = await api.manager();
     const a = api.agent();
+    const joins = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        t.json("POST", "/v1/workers/register", {
+          token: FLEET,
+          body: registration("same", a.url, [gpu(0), gpu(1)]),
+        }),
+      ),
+    );
+    expect(joins.map((r) => r.status).sort()).toEqual([200, ...Array(9).fill(409)]);
+    const winner = joins.find((r) => r.status === 200)?.body as {
+      credentials: WorkerCredentials;
+    };
+    t.credentials.set("same", winner.credentials);
     const replies = await Promise.all(
       Array.from({ length: 20 }, () => api.register(a, "same", [gpu(0), gpu(1)])),
     );
@@ -58,10 +76,7 @@ describeApi("manager API: workers", (api) => {
     await api.register(a, "w1", [gpu(0)]);
     await api.model({ alias: "hb" });
     const beat = () =>
-      t.json("POST", "/v1/workers/w1/heartbeat", {
-        token: FLEET,
-        body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances: a.reports() },
-      });
+      t.heartbeat("w1", { gpu_info: { gpus: [gpu(0)], warning: null }, instances: a.reports() });
     const events = async () =>
       (await t.db.query<{ n: number }>(sql`select count(*)::int as n from events`))[0]?.n ?? 0;
     await beat();

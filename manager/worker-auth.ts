@@ -1,0 +1,172 @@
+/**
+ * Who an agent is. A worker joins once with the join token (FLEET_TOKEN, or ADMIN_TOKEN) and
+ * receives its own credential; from then on its registrations and heartbeats must present
+ * that credential, which the manager knows only as a SHA-256 (`workers.credential_hash`, or
+ * `pending_credential_hash` during a rotation). The checks run as route middleware, before
+ * the body is read, and leave what they found for the handler.
+ *
+ * Open mode (no FLEET_TOKEN): nothing is checked and no credential is issued, as before.
+ */
+import { eq, or } from "drizzle-orm";
+import type { Context, MiddlewareHandler } from "hono";
+import { schema } from "../db/index.ts";
+import { bearerToken, constantTimeEqual, randomToken, sha256Hex } from "../kit/crypto.ts";
+import { AppError } from "../kit/errors.ts";
+import type { WorkerCredentials } from "../protocol/index.ts";
+import type { ManagerContext } from "./context.ts";
+
+/** Who is registering. */
+export type RegistrationCaller =
+  /** No join token configured: nothing checked, nothing issued. */
+  | { kind: "open" }
+  /** The join token (or ADMIN_TOKEN): only a worker_id without a credential may join. */
+  | { kind: "join" }
+  /** A worker's own credential (current or pending): only that worker_id. */
+  | { kind: "worker"; workerId: string; credentialHash: string };
+
+/** Who is heartbeating: open mode, or the worker itself with its current or pending credential. */
+export type HeartbeatCaller =
+  | { kind: "open" }
+  | {
+      kind: "worker";
+      credentialHash: string;
+      /** The credential is the pending one of a rotation: the pair is promoted now. */
+      pending: boolean;
+      /** An operator asked for new credentials: this heartbeat's reply carries them. */
+      rotate: boolean;
+    };
+
+const registrationCallers = new WeakMap<Request, RegistrationCaller>();
+const heartbeatCallers = new WeakMap<Request, HeartbeatCaller>();
+
+/** Whether workers join with a token and then hold credentials (FLEET_TOKEN is set). */
+export function credentialsRequired(ctx: Pick<ManagerContext, "config">): boolean {
+  return ctx.config.fleetToken !== undefined;
+}
+
+/**
+ * `POST /v1/workers/register`: the join token (or ADMIN_TOKEN), or some worker's credential.
+ * Which worker the credential belongs to is checked against the body by the handler.
+ */
+export function requireRegistrationCaller(ctx: ManagerContext): MiddlewareHandler {
+  return async (c, next) => {
+    registrationCallers.set(
+      c.req.raw,
+      await registrationCaller(ctx, c.req.header("authorization")),
+    );
+    await next();
+  };
+}
+
+async function registrationCaller(
+  ctx: ManagerContext,
+  header: string | undefined,
+): Promise<RegistrationCaller> {
+  const { fleetToken, adminToken } = ctx.config;
+  if (fleetToken === undefined) return { kind: "open" };
+  const presented = bearerToken(header);
+  if (presented === "") {
+    throw new AppError(
+      "unauthorized",
+      "registration needs Authorization: Bearer with the worker's own credential (kept in its agent's data directory), or the join token (FLEET_TOKEN) for a worker that has not joined yet",
+    );
+  }
+  if (constantTimeEqual(presented, fleetToken)) return { kind: "join" };
+  if (adminToken !== undefined && constantTimeEqual(presented, adminToken)) return { kind: "join" };
+  const credentialHash = await sha256Hex(presented);
+  const [row] = await ctx.db
+    .select({ workerId: schema.workers.workerId })
+    .from(schema.workers)
+    .where(
+      or(
+        eq(schema.workers.credentialHash, credentialHash),
+        eq(schema.workers.pendingCredentialHash, credentialHash),
+      ),
+    )
+    .limit(1);
+  if (!row) {
+    throw new AppError(
+      "unauthorized",
+      "unknown credential: neither the join token nor the credential of a registered worker (a removed worker, or a manager whose database was reset, joins again with FLEET_TOKEN)",
+    );
+  }
+  return { kind: "worker", workerId: row.workerId, credentialHash };
+}
+
+/** What `requireRegistrationCaller` found for this request. */
+export function registrationCallerOf(c: Context): RegistrationCaller {
+  const caller = registrationCallers.get(c.req.raw);
+  if (!caller) throw new Error("requireRegistrationCaller did not run for this route");
+  return caller;
+}
+
+/**
+ * `POST /v1/workers/{worker_id}/heartbeat`: only that worker's own credential, current or
+ * pending. The join token is not enough. An unknown worker is 404, which tells its agent to
+ * register again.
+ */
+export function requireHeartbeatCaller(ctx: ManagerContext): MiddlewareHandler {
+  return async (c, next) => {
+    heartbeatCallers.set(
+      c.req.raw,
+      await heartbeatCaller(ctx, c.req.param("worker_id") ?? "", c.req.header("authorization")),
+    );
+    await next();
+  };
+}
+
+async function heartbeatCaller(
+  ctx: ManagerContext,
+  workerId: string,
+  header: string | undefined,
+): Promise<HeartbeatCaller> {
+  if (!credentialsRequired(ctx)) return { kind: "open" };
+  const presented = bearerToken(header);
+  if (presented === "") {
+    throw new AppError(
+      "unauthorized",
+      "heartbeats need Authorization: Bearer with the worker's own credential",
+    );
+  }
+  const [row] = await ctx.db
+    .select({
+      credentialHash: schema.workers.credentialHash,
+      pendingCredentialHash: schema.workers.pendingCredentialHash,
+      rotateRequestedAt: schema.workers.rotateRequestedAt,
+    })
+    .from(schema.workers)
+    .where(eq(schema.workers.workerId, workerId));
+  if (!row) {
+    throw new AppError("worker_not_found", `worker ${workerId} is not registered; register again`);
+  }
+  const credentialHash = await sha256Hex(presented);
+  const current =
+    row.credentialHash !== null && constantTimeEqual(credentialHash, row.credentialHash);
+  const pending =
+    !current &&
+    row.pendingCredentialHash !== null &&
+    constantTimeEqual(credentialHash, row.pendingCredentialHash);
+  if (!current && !pending) {
+    throw new AppError(
+      "unauthorized",
+      `heartbeats for worker ${workerId} need that worker's own credential (the join token only joins new workers)`,
+    );
+  }
+  return { kind: "worker", credentialHash, pending, rotate: row.rotateRequestedAt !== null };
+}
+
+/** What `requireHeartbeatCaller` found for this request. */
+export function heartbeatCallerOf(c: Context): HeartbeatCaller {
+  const caller = heartbeatCallers.get(c.req.raw);
+  if (!caller) throw new Error("requireHeartbeatCaller did not run for this route");
+  return caller;
+}
+
+/** A fresh pair for one worker, and the hash the manager keeps of its worker credential. */
+export async function newCredentials(): Promise<{
+  credentials: WorkerCredentials;
+  credentialHash: string;
+}> {
+  const credentials = { worker_credential: randomToken("fw_"), agent_token: randomToken("fa_") };
+  return { credentials, credentialHash: await sha256Hex(credentials.worker_credential) };
+}

@@ -9,26 +9,29 @@ import {
   instanceSpecSchema,
   reservedEngineFlags,
 } from "../protocol/index.ts";
-import { bearerChecker } from "./lib/auth.ts";
+import type { AgentIdentity } from "./lib/identity.ts";
 import { createProxy } from "./lib/proxy.ts";
 import type { Supervisor } from "./lib/supervisor.ts";
 
 export type AppDeps = {
-  /** This host's worker id: `/health` names it, so the manager's probes know who answered. */
+  /**
+   * This host's worker id: `/health` names it to callers holding the agent credential (the
+   * manager's probes), so they know who answered.
+   */
   workerId: string;
   supervisor: Supervisor;
-  /** `FLEET_TOKEN`; undefined runs the agent open (allowed on loopback only). */
-  fleetToken: string | undefined;
+  /** Who may call: the agent credential (open without FLEET_TOKEN, on loopback only). */
+  identity: Pick<AgentIdentity, "authorized" | "authenticated" | "open" | "workerCredential">;
   /** The host's GPUs, re-read when a launch names a GPU the last reading did not have. */
   gpus: { current(): GpuInfo; refresh(): Promise<GpuInfo> };
   log: Logger;
 };
 
 const proxyPrefix = "/proxy/";
-const unauthorized = () =>
-  errorResponse("unauthorized", "missing or wrong bearer token (FLEET_TOKEN)", {
-    headers: { "www-authenticate": "Bearer" },
-  });
+const wrongToken =
+  "missing or wrong bearer token: this agent takes its own agent credential (issued by the manager when it joined), not FLEET_TOKEN";
+const notJoined =
+  "this agent has not joined the fleet yet: nothing can be launched or proxied on it until the manager has issued its credentials";
 const logsQuerySchema = z.object({
   tail: z.coerce.number().int().min(0).max(100_000).default(200),
 });
@@ -38,19 +41,32 @@ export function createApp(deps: AppDeps): Hono {
   const { supervisor, log } = deps;
   const app = new Hono();
   const proxy = createProxy({ supervisor, log });
-  const authorized = deps.fleetToken ? bearerChecker(deps.fleetToken) : () => true;
+  const { identity } = deps;
+  const unauthorized = () =>
+    errorResponse("unauthorized", identity.workerCredential ? wrongToken : notJoined, {
+      headers: { "www-authenticate": "Bearer" },
+    });
 
   app.onError((error, c) => renderError(error, { log, path: c.req.path }));
   app.notFound(() => errorResponse("not_found", "no such endpoint on the agent"));
 
-  // Open: the manager probes each of the worker's URLs with it (manager/services/probes.ts).
-  app.get("/health", (c) => c.json({ status: "ok", worker_id: deps.workerId }));
+  // Open, and says nothing to strangers. To the manager's probes (which present the agent
+  // credential) it says which worker answered, so a path that reaches another host is not
+  // mistaken for this one; an open agent says it to anyone.
+  app.get("/health", (c) => {
+    const authorization = c.req.header("authorization");
+    if (identity.authenticated(authorization)) {
+      return c.json({ status: "ok", worker_id: deps.workerId, authenticated: true });
+    }
+    if (identity.open) return c.json({ status: "ok", worker_id: deps.workerId });
+    return c.json({ status: "ok" });
+  });
 
   // The hot path, registered before the middleware so that it runs alone: no body parsing,
   // no URL object, no per-request logging.
   app.all("/proxy/:alias/v1/*", (c) => {
     const req = c.req.raw;
-    if (!authorized(req.headers.get("authorization"))) return unauthorized();
+    if (!identity.authorized(req.headers.get("authorization"))) return unauthorized();
     const path = c.req.path;
     const slash = path.indexOf("/", proxyPrefix.length);
     const alias = path.slice(proxyPrefix.length, slash);
@@ -64,7 +80,7 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.use("*", async (c, next) => {
-    if (!authorized(c.req.header("authorization"))) return unauthorized();
+    if (!identity.authorized(c.req.header("authorization"))) return unauthorized();
     await next();
   });
 

@@ -35,6 +35,10 @@ export const agentEnvSchema = z
     PUBLIC_URL: optionalUrl,
     WORKER_URL: optionalUrl,
     FLEET_TOKEN: optionalString,
+    /** The agent's own files (its credentials), relative to the working directory. */
+    AGENT_DATA_DIR: z.string().trim().min(1).default(".fleet/agent"),
+    /** How long the previous agent credential still works after a rotation. */
+    AGENT_TOKEN_GRACE_S: seconds(120),
     VLLM_BIN: z.string().trim().min(1).default("vllm"),
     NVIDIA_SMI_BIN: z.string().trim().min(1).default("nvidia-smi"),
     ENGINE_PORT_MIN: port.default(8100),
@@ -85,6 +89,8 @@ export function serviceOptionsFromEnv(
     publicUrl: env.PUBLIC_URL ?? null,
     workerUrl: env.WORKER_URL,
     fleetToken: env.FLEET_TOKEN,
+    dataDir: env.AGENT_DATA_DIR,
+    agentTokenGraceMs: env.AGENT_TOKEN_GRACE_S * 1000,
     vllmBin: env.VLLM_BIN,
     nvidiaSmiBin: env.NVIDIA_SMI_BIN,
     enginePorts: { min: env.ENGINE_PORT_MIN, max: env.ENGINE_PORT_MAX },

@@ -14,8 +14,15 @@ export type WorkerServiceOptions = {
   publicUrl?: string | null;
   /** The URL the manager dials (default derived from the listen address). */
   workerUrl?: string;
-  /** `FLEET_TOKEN`: required for every endpoint but `GET /health`. */
+  /**
+   * `FLEET_TOKEN`, the join token: the agent joins with it once and then uses the credentials
+   * the manager issued (kept in `dataDir`). Without it the agent is open (loopback only).
+   */
   fleetToken?: string;
+  /** `AGENT_DATA_DIR`: where the credentials file lives (default `.fleet/agent`). */
+  dataDir?: string;
+  /** How long the previous agent credential still works after a rotation (default 120 s). */
+  agentTokenGraceMs?: number;
   vllmBin?: string;
   nvidiaSmiBin?: string;
   enginePorts?: PortRange;

@@ -14,6 +14,7 @@ import {
 import { createApp } from "./app.ts";
 import { inheritedEnv } from "./env.ts";
 import { discoverGpus } from "./lib/gpus.ts";
+import { AgentIdentity } from "./lib/identity.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
 import { defaultWorkerUrl, localHosts, reachabilityWarning } from "./lib/net.ts";
 import { PortLeaser } from "./lib/ports.ts";
@@ -43,6 +44,8 @@ export class WorkerService {
   readonly publicUrl: string | null;
   readonly log: Logger;
   readonly supervisor: Supervisor;
+  /** Its credentials and who may call it (agent/lib/identity.ts). */
+  readonly identity: AgentIdentity;
   readonly #options: WorkerServiceOptions;
   readonly #env: Record<string, string>;
   readonly #fleetToken: string | undefined;
@@ -64,6 +67,14 @@ export class WorkerService {
         `FLEET_TOKEN must be set when the agent listens on ${this.listenHost} (not loopback): without it anyone who reaches the port could use the GPUs`,
       );
     }
+    this.identity = new AgentIdentity({
+      workerId: this.workerId,
+      managerUrl: this.managerUrl,
+      joinToken: this.#fleetToken,
+      dataDir: options.dataDir ?? ".fleet/agent",
+      graceMs: options.agentTokenGraceMs ?? 120_000,
+      log: this.log,
+    });
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(options.engineEnv ?? inheritedEnv())) {
       if (value !== undefined && !privateVariables.includes(key)) env[key] = value;
@@ -125,7 +136,7 @@ export class WorkerService {
     const app = createApp({
       workerId: this.workerId,
       supervisor: this.supervisor,
-      fleetToken: this.#fleetToken,
+      identity: this.identity,
       gpus: { current: () => this.#gpuInfo, refresh: () => this.refreshGpus() },
       log: this.log,
     });
@@ -155,7 +166,7 @@ export class WorkerService {
     this.#manager = new ManagerClient({
       managerUrl: this.managerUrl,
       workerId: this.workerId,
-      fleetToken: this.#fleetToken,
+      identity: this.identity,
       log: this.log,
       retryMaxMs: this.#options.registerRetryMaxMs ?? 30_000,
       registration: () => this.#registration(),

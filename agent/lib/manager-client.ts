@@ -2,14 +2,20 @@ import type { Logger } from "../../kit/log.ts";
 import {
   type Heartbeat,
   heartbeatReplySchema,
+  type WorkerCredentials,
   type WorkerRegistrationInput,
   workerRegistrationReplySchema,
 } from "../../protocol/index.ts";
+import type { AgentIdentity } from "./identity.ts";
 
 export type ManagerClientOptions = {
   managerUrl: string;
   workerId: string;
-  fleetToken: string | undefined;
+  /** What to present (worker credential or join token) and where to keep what is issued. */
+  identity: Pick<
+    AgentIdentity,
+    "joinToken" | "workerCredential" | "managerToken" | "joined" | "rotated" | "discard"
+  >;
   log: Logger;
   /** Builds the registration body (GPUs re-read, instances as they are now). */
   registration: () => Promise<WorkerRegistrationInput>;
@@ -19,7 +25,9 @@ export type ManagerClientOptions = {
   requestTimeoutMs?: number;
 };
 
-type Outcome = { ok: true; intervalS: number } | { ok: false; status: number | null; why: string };
+type Outcome =
+  | { ok: true; intervalS: number; credentials?: WorkerCredentials }
+  | { ok: false; status: number | null; why: string };
 
 /**
  * Keeps this agent registered with the manager: registers with capped, jittered backoff
@@ -28,7 +36,7 @@ type Outcome = { ok: true; intervalS: number } | { ok: false; status: number | n
  * here ever stops an engine or the proxy: a manager outage only delays reports.
  */
 export class ManagerClient {
-  readonly #options: Required<Omit<ManagerClientOptions, "fleetToken">> & { fleetToken?: string };
+  readonly #options: Required<ManagerClientOptions>;
   #running = false;
   #registered = false;
   #intervalMs = 10_000;
@@ -44,7 +52,6 @@ export class ManagerClient {
       retryMaxMs: 30_000,
       requestTimeoutMs: 10_000,
       ...options,
-      fleetToken: options.fleetToken,
     };
   }
 
@@ -98,8 +105,18 @@ export class ManagerClient {
       if (outcome.ok) {
         this.#intervalMs = outcome.intervalS * 1000;
         this.#reportRecovery("manager reachable again");
+        if (outcome.credentials && this.#options.identity.rotated(outcome.credentials)) {
+          this.#options.log.info("credentials rotated: the new pair is stored and in use");
+          // Present the new credential at once, so the manager promotes the pair.
+          this.#nudged = true;
+        }
       } else if (outcome.status === 404) {
         this.#options.log.info("manager does not know this worker; registering again");
+        this.#registered = false;
+      } else if (outcome.status === 401 && this.#options.identity.workerCredential) {
+        this.#options.log.warn("the manager refused this worker's credential; registering again", {
+          why: outcome.why,
+        });
         this.#registered = false;
       } else {
         this.#reportFailure("heartbeat", outcome);
@@ -107,6 +124,11 @@ export class ManagerClient {
     }
   }
 
+  /**
+   * Registers with the worker credential when the agent holds one; if the manager no longer
+   * accepts it (401: the worker was removed; 404), the agent forgets it and joins again with
+   * the join token, as a new identity. A join's reply carries the pair, which is stored.
+   */
   async #register(): Promise<Outcome> {
     let body: WorkerRegistrationInput;
     try {
@@ -114,9 +136,36 @@ export class ManagerClient {
     } catch (error) {
       return { ok: false, status: null, why: `could not build registration: ${String(error)}` };
     }
-    const outcome = await this.#post("/v1/workers/register", body, (json) => {
+    const { identity, log } = this.#options;
+    const held = identity.workerCredential;
+    if (held) {
+      const outcome = await this.#registerWith(body, held);
+      if (outcome.ok || (outcome.status !== 401 && outcome.status !== 404)) return outcome;
+      log.warn(
+        "the manager no longer accepts this worker's credential (the worker was removed, or the manager's database was reset): joining again with FLEET_TOKEN",
+        { why: outcome.why },
+      );
+      identity.discard();
+    }
+    const outcome = await this.#registerWith(body, identity.joinToken);
+    if (!outcome.ok) return outcome;
+    if (outcome.credentials) {
+      identity.joined(outcome.credentials);
+      log.info("joined the fleet: credentials stored", { worker_id: this.#options.workerId });
+    } else if (identity.joinToken) {
+      log.warn(
+        "the manager issued no credentials (it runs without FLEET_TOKEN): this agent refuses every call until it has them; set the same FLEET_TOKEN on the manager, or run this agent without it on loopback",
+      );
+    }
+    return outcome;
+  }
+
+  async #registerWith(body: WorkerRegistrationInput, token: string | undefined): Promise<Outcome> {
+    const outcome = await this.#post("/v1/workers/register", body, token, (json) => {
       const reply = workerRegistrationReplySchema.safeParse(json);
-      return reply.success ? reply.data.heartbeat_interval_s : null;
+      return reply.success
+        ? { intervalS: reply.data.heartbeat_interval_s, credentials: reply.data.credentials }
+        : null;
     });
     if (outcome.ok) this.registrations++;
     return outcome;
@@ -130,32 +179,37 @@ export class ManagerClient {
       return { ok: false, status: null, why: `could not build heartbeat: ${String(error)}` };
     }
     const path = `/v1/workers/${encodeURIComponent(this.#options.workerId)}/heartbeat`;
-    return this.#post(path, body, (json) => {
+    return this.#post(path, body, this.#options.identity.managerToken(), (json) => {
       const reply = heartbeatReplySchema.safeParse(json);
-      return reply.success ? reply.data.heartbeat_interval_s : this.#intervalMs / 1000;
+      return reply.success
+        ? { intervalS: reply.data.heartbeat_interval_s, credentials: reply.data.credentials }
+        : { intervalS: this.#intervalMs / 1000 };
     });
   }
 
   async #post(
     path: string,
     body: unknown,
-    interval: (json: unknown) => number | null,
+    token: string | undefined,
+    read: (json: unknown) => { intervalS: number; credentials?: WorkerCredentials } | null,
   ): Promise<Outcome> {
     const headers: Record<string, string> = { "content-type": "application/json" };
-    if (this.#options.fleetToken) headers.authorization = `Bearer ${this.#options.fleetToken}`;
+    if (token) headers.authorization = `Bearer ${token}`;
     try {
       const response = await fetch(`${this.#options.managerUrl}${path}`, {
         method: "POST",
         headers,
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
+        // The credential goes to the manager's URL and nowhere else.
+        redirect: "manual",
       });
       const text = await response.text();
       if (!response.ok) {
         return {
           ok: false,
           status: response.status,
-          why: `HTTP ${response.status}: ${text.slice(0, 300)}`,
+          why: `HTTP ${response.status}: ${errorText(text)}`,
         };
       }
       let json: unknown = null;
@@ -164,11 +218,11 @@ export class ManagerClient {
       } catch {
         // Handled below as a bad reply.
       }
-      const intervalS = interval(json);
-      if (intervalS === null)
+      const reply = read(json);
+      if (reply === null)
         return { ok: false, status: response.status, why: "unexpected reply from manager" };
       // Never spin: a manager that asks for 0.01 s still gets at most 10 heartbeats a second.
-      return { ok: true, intervalS: Math.max(0.1, intervalS) };
+      return { ...reply, ok: true, intervalS: Math.max(0.1, reply.intervalS) };
     } catch (error) {
       return {
         ok: false,
@@ -181,7 +235,13 @@ export class ManagerClient {
   #reportFailure(what: string, outcome: Extract<Outcome, { ok: false }>): void {
     const fields = { manager: this.#options.managerUrl, status: outcome.status, why: outcome.why };
     // Warn once per outage, then only at debug level: an outage is not an emergency here.
-    if (!this.#failing || outcome.status === 401 || outcome.status === 403) {
+    // Refusals (a wrong token, a worker_id that belongs to another host) need a person: always.
+    if (
+      !this.#failing ||
+      outcome.status === 401 ||
+      outcome.status === 403 ||
+      outcome.status === 409
+    ) {
       this.#options.log.warn(`${what} failed; engines and proxy keep running`, fields);
     } else {
       this.#options.log.debug(`${what} failed`, fields);
@@ -213,4 +273,15 @@ export class ManagerClient {
     this.#wake = null;
     if (nudgeable) this.#nudged = false;
   }
+}
+
+/** The message of an OpenAI-shaped error body, else the start of the text. */
+function errorText(text: string): string {
+  try {
+    const message = (JSON.parse(text) as { error?: { message?: unknown } }).error?.message;
+    if (typeof message === "string") return message;
+  } catch {
+    // Not JSON.
+  }
+  return text.slice(0, 300);
 }

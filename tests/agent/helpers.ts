@@ -1,10 +1,14 @@
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CredentialStore } from "../../agent/lib/credentials.ts";
 import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, repoRoot, type Service, startProcess } from "../../devkit/proc.ts";
 import type {
   Heartbeat,
   InstanceReport,
   OpenAiError,
+  WorkerCredentials,
   WorkerRegistration,
 } from "../../protocol/index.ts";
 
@@ -26,18 +30,55 @@ type Recorded<T> = { body: T; authorization: string | null; at: number };
  * A stand-in manager: records registrations and heartbeats, answers the heartbeat interval
  * it is told, can answer 404 to heartbeats (a manager that lost this worker) and can go
  * down and come back on the same port.
+ *
+ * With `joinToken` it plays the identity rules: the join token registers a worker that has
+ * not joined and the reply carries its pair; after that only the worker credential opens its
+ * registrations and heartbeats; `rotate()` hands a new pair out in the next heartbeat reply.
  */
 export class StubManager {
   readonly registrations: Recorded<WorkerRegistration>[] = [];
   readonly heartbeats: Recorded<Heartbeat>[] = [];
+  /** Every pair handed out (joins and rotations), in order. */
+  readonly issued: WorkerCredentials[] = [];
   heartbeatIntervalS = 0.2;
   /** When true, heartbeats answer 404 until the worker registers again. */
   forgetWorker = false;
+  /** When set, answers a join with this 409 message (a worker_id that holds a credential). */
+  conflict: string | null = null;
   port = 0;
+  /** The worker credential each worker presents now (its current pair). */
+  readonly #current = new Map<string, WorkerCredentials>();
+  readonly #rotate = new Set<string>();
   #server: ReturnType<typeof Bun.serve> | null = null;
+
+  constructor(readonly joinToken?: string) {}
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** The pair a worker holds now (after a join or a completed rotation). */
+  current(workerId: string): WorkerCredentials | undefined {
+    return this.#current.get(workerId);
+  }
+
+  /** The next heartbeat of `workerId` gets a new pair. */
+  rotate(workerId: string): void {
+    this.#rotate.add(workerId);
+  }
+
+  /** Forgets every credential (a manager whose database was reset). */
+  forgetCredentials(): void {
+    this.#current.clear();
+  }
+
+  #issue(workerId: string): WorkerCredentials {
+    const pair = {
+      worker_credential: `fw_stub-${workerId}-${this.issued.length}-${crypto.randomUUID()}`,
+      agent_token: `fa_stub-${workerId}-${this.issued.length}-${crypto.randomUUID()}`,
+    };
+    this.issued.push(pair);
+    return pair;
   }
 
   async start(port?: number): Promise<this> {
@@ -51,6 +92,19 @@ export class StubManager {
         const authorization = req.headers.get("authorization");
         if (req.method === "POST" && url.pathname === "/v1/workers/register") {
           const body = (await req.json()) as WorkerRegistration;
+          const held = this.#current.get(body.worker_id);
+          let credentials: WorkerCredentials | undefined;
+          if (this.joinToken) {
+            if (authorization === `Bearer ${this.joinToken}`) {
+              if (this.conflict) return stubError(409, "conflict", this.conflict);
+              if (held)
+                return stubError(409, "conflict", `worker ${body.worker_id} is already registered`);
+              credentials = this.#issue(body.worker_id);
+              this.#current.set(body.worker_id, credentials);
+            } else if (!held || authorization !== `Bearer ${held.worker_credential}`) {
+              return stubError(401, "unauthorized", "unknown credential");
+            }
+          }
           this.registrations.push({ body, authorization, at: Date.now() });
           this.forgetWorker = false;
           return Response.json({
@@ -58,29 +112,34 @@ export class StubManager {
             status: "online",
             heartbeat_interval_s: this.heartbeatIntervalS,
             registered_at: new Date().toISOString(),
+            ...(credentials ? { credentials } : {}),
           });
         }
         const beat = /^\/v1\/workers\/([^/]+)\/heartbeat$/.exec(url.pathname);
         if (req.method === "POST" && beat) {
+          const workerId = decodeURIComponent(beat[1] ?? "");
           if (this.forgetWorker) {
-            return Response.json(
-              {
-                error: {
-                  message: "unknown worker",
-                  type: "not_found_error",
-                  param: null,
-                  code: "worker_not_found",
-                },
-              },
-              { status: 404 },
-            );
+            return stubError(404, "worker_not_found", "unknown worker");
+          }
+          const held = this.#current.get(workerId);
+          if (this.joinToken && authorization !== `Bearer ${held?.worker_credential}`) {
+            return stubError(401, "unauthorized", "not this worker's credential");
           }
           this.heartbeats.push({
             body: (await req.json()) as Heartbeat,
             authorization,
             at: Date.now(),
           });
-          return Response.json({ heartbeat_interval_s: this.heartbeatIntervalS });
+          let credentials: WorkerCredentials | undefined;
+          if (this.#rotate.delete(workerId)) {
+            // Promoted at once here: the real manager waits for the agent to present it.
+            credentials = this.#issue(workerId);
+            this.#current.set(workerId, credentials);
+          }
+          return Response.json({
+            heartbeat_interval_s: this.heartbeatIntervalS,
+            ...(credentials ? { credentials } : {}),
+          });
         }
         return new Response("not found", { status: 404 });
       },
@@ -98,13 +157,44 @@ export class StubManager {
   }
 }
 
+function stubError(status: number, code: string, message: string): Response {
+  return Response.json({ error: { message, type: "error", param: null, code } }, { status });
+}
+
+/**
+ * A data directory holding the credentials of an agent that has joined (as one restarted
+ * after joining finds it): for tests of the agent's own API without a manager.
+ */
+export function joinedDataDir(options: {
+  workerId: string;
+  managerUrl: string;
+  agentToken: string;
+}): string {
+  const dir = mkdtempSync(join(tmpdir(), "agent-data-"));
+  new CredentialStore(dir).save({
+    worker_id: options.workerId,
+    manager_url: options.managerUrl,
+    worker_credential: `fw_test-${options.workerId}`,
+    agent_token: options.agentToken,
+  });
+  return dir;
+}
+
 export type AgentProcess = Service & { url: string; port: number };
 
-/** Starts `bun agent/main.ts` with `env` and waits until it listens. */
+/**
+ * Starts `bun agent/main.ts` with `env` and waits until it listens. Its data directory is a
+ * fresh one unless `AGENT_DATA_DIR` is given (a restart passes the same one again).
+ */
 export async function startAgent(env: Record<string, string | undefined>): Promise<AgentProcess> {
   const port = Number(env.WORKER_PORT ?? (await freePort()));
   const service = startProcess([bunBin, "agent/main.ts"], {
-    env: { LOG_LEVEL: "info", ...env, WORKER_PORT: String(port) },
+    env: {
+      LOG_LEVEL: "info",
+      AGENT_DATA_DIR: mkdtempSync(join(tmpdir(), "agent-data-")),
+      ...env,
+      WORKER_PORT: String(port),
+    },
   });
   await service.waitFor("agent listening", 20_000);
   const url = `http://127.0.0.1:${port}`;

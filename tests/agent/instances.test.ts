@@ -9,6 +9,7 @@ import {
   call,
   enginePortRange,
   groupAlive,
+  joinedDataDir,
   procArgv,
   procEnv,
   processAlive,
@@ -20,7 +21,10 @@ import {
 // Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
 setDefaultTimeout(30_000);
 
-const token = "instances-test-token";
+/** The join token, and the agent credential the manager issued when the agent joined. */
+const joinToken = "instances-test-join-token";
+const token = "fa_instances-test-agent-credential";
+const managerUrl = "http://127.0.0.1:9"; // nobody: the instance API must not care
 let agent: WorkerService;
 let base: string;
 
@@ -31,8 +35,9 @@ function newAgent(vllmBin = simVllm, overrides: Partial<WorkerServiceOptions> = 
         workerId: "instances-test",
         listenHost: "127.0.0.1",
         listenPort: 0,
-        managerUrl: "http://127.0.0.1:9", // nobody: the instance API must not care
-        fleetToken: token,
+        managerUrl,
+        fleetToken: joinToken,
+        dataDir: joinedDataDir({ workerId: "instances-test", managerUrl, agentToken: token }),
         vllmBin,
         enginePorts,
         startupTimeoutMs: 20_000,
@@ -40,7 +45,7 @@ function newAgent(vllmBin = simVllm, overrides: Partial<WorkerServiceOptions> = 
         restartBackoffMs: 150,
         restartBackoffMaxMs: 600,
         healthPollMs: 50,
-        engineEnv: { ...process.env, PATH: simPath, SIM_GPUS: twoH100, FLEET_TOKEN: token },
+        engineEnv: { ...process.env, PATH: simPath, SIM_GPUS: twoH100, FLEET_TOKEN: joinToken },
         log: createLogger({ service: "agent", level: "error" }),
         ...overrides,
       }),
@@ -293,11 +298,18 @@ describe("agent instance API", () => {
     expect(list.json.instances.some((i) => i.alias === "ok")).toBe(false);
   });
 
-  test("every endpoint but /health needs the fleet token", async () => {
+  test("every endpoint but /health needs the agent credential; FLEET_TOKEN opens nothing", async () => {
     const health = await fetch(`${base}/health`);
     expect(health.status).toBe(200);
-    // Open, and it names the worker: the manager's probes check who answered.
-    expect(await health.json()).toEqual({ status: "ok", worker_id: "instances-test" });
+    // Open, and it tells strangers nothing.
+    expect(await health.json()).toEqual({ status: "ok" });
+    // Presented the agent credential (as the manager's probes do), it says who answered.
+    const probed = await fetch(`${base}/health`, { headers: { authorization: `Bearer ${token}` } });
+    expect(await probed.json()).toEqual({
+      status: "ok",
+      worker_id: "instances-test",
+      authenticated: true,
+    });
     for (const [method, path] of [
       ["GET", "/v1/instances"],
       ["POST", "/v1/instances"],
@@ -307,7 +319,13 @@ describe("agent instance API", () => {
       ["GET", "/proxy/argv-check/v1/models"],
       ["GET", "/nowhere"],
     ] as const) {
-      for (const authorization of [undefined, "Bearer wrong-token", `Basic ${token}`, token]) {
+      for (const authorization of [
+        undefined,
+        "Bearer wrong-token",
+        `Bearer ${joinToken}`,
+        `Basic ${token}`,
+        token,
+      ]) {
         const headers: Record<string, string> = authorization ? { authorization } : {};
         const res = await fetch(`${base}${path}`, { method, headers });
         expect({ method, path, authorization, status: res.status }).toEqual({

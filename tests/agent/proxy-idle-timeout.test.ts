@@ -2,13 +2,14 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { simAgentEnv } from "../../devkit/fleet.ts";
 import { eventually, freePort } from "../../devkit/net.ts";
 import { stopAll } from "../../devkit/proc.ts";
-import { call, startAgent } from "./helpers.ts";
+import { call, joinedDataDir, startAgent } from "./helpers.ts";
 
 afterAll(async () => {
   await stopAll();
 });
 
-const token = "idle-timeout-token";
+/** The agent credential the manager issued when this agent joined. */
+const token = "fa_idle-timeout-agent-credential";
 
 describe("agent proxy", () => {
   test("waits for a queued engine's first byte past Bun's fetch idle timeout", async () => {
@@ -18,13 +19,10 @@ describe("agent proxy", () => {
     // takes 13 s to its first token must still answer through the proxy: the proxy's fetch
     // runs without Bun's idle timeout.
     const port = await freePort();
+    const managerUrl = "http://127.0.0.1:9";
     const agent = await startAgent({
-      ...simAgentEnv({
-        workerId: "idle",
-        port,
-        managerUrl: "http://127.0.0.1:9",
-        fleetToken: token,
-      }),
+      ...simAgentEnv({ workerId: "idle", port, managerUrl, fleetToken: "idle-join-token" }),
+      AGENT_DATA_DIR: joinedDataDir({ workerId: "idle", managerUrl, agentToken: token }),
       BUN_CONFIG_HTTP_IDLE_TIMEOUT: "1",
       BUN_CONFIG_MAX_HTTP_REQUESTS: "4096",
     });

@@ -4,12 +4,14 @@ import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { repoRoot } from "../../devkit/proc.ts";
 import { createLogger } from "../../kit/log.ts";
-import { call, enginePortRange, simPath, simVllm } from "./helpers.ts";
+import { call, enginePortRange, joinedDataDir, simPath, simVllm } from "./helpers.ts";
 
 // Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
 setDefaultTimeout(30_000);
 
-const token = "proxy-test-token";
+/** The agent credential the manager issued when this agent joined. */
+const token = "fa_proxy-test-agent-credential";
+const managerUrl = "http://127.0.0.1:9";
 const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
 const agents: WorkerService[] = [];
 let base: string;
@@ -21,8 +23,9 @@ async function newAgent(vllmBin: string): Promise<WorkerService> {
     workerId: "proxy-test",
     listenHost: "127.0.0.1",
     listenPort: 0,
-    managerUrl: "http://127.0.0.1:9",
-    fleetToken: token,
+    managerUrl,
+    fleetToken: "proxy-test-join-token",
+    dataDir: joinedDataDir({ workerId: "proxy-test", managerUrl, agentToken: token }),
     vllmBin,
     enginePorts: await enginePortRange(),
     healthPollMs: 50,
@@ -177,7 +180,8 @@ describe("agent /proxy", () => {
   });
 
   test("the client's Authorization never reaches the engine", async () => {
-    // This engine demands the fleet token as its own API key; the proxy must not hand it over.
+    // This engine demands the agent credential as its own API key; the proxy must not hand
+    // it over.
     const res = await fetch(`${base}/proxy/keyed/v1/models`, { headers: auth });
     expect(res.status).toBe(401);
     const withKey = await fetch(`${direct.keyed}/v1/models`, { headers: auth });

@@ -5,6 +5,7 @@ import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
 import {
   call,
   enginePortRange,
+  joinedDataDir,
   processAlive,
   StubManager,
   simPath,
@@ -16,11 +17,13 @@ import {
 // Real processes on a shared 2-core machine: give each test room (bunfig's timeout is not applied).
 setDefaultTimeout(30_000);
 
+/** The join token (FLEET_TOKEN) the stub managers issue credentials for. */
 const token = "registration-test-token";
 const managers: StubManager[] = [];
 
-async function stubManager(port?: number): Promise<StubManager> {
-  const manager = await new StubManager().start(port);
+/** A stub manager that issues credentials for `joinToken` (none: an open manager). */
+async function stubManager(port?: number, joinToken: string | null = token) {
+  const manager = await new StubManager(joinToken ?? undefined).start(port);
   managers.push(manager);
   return manager;
 }
@@ -31,7 +34,7 @@ afterAll(async () => {
 });
 
 describe("agent registration", () => {
-  test("registers its URLs, GPUs and version with the fleet token", async () => {
+  test("joins with the join token, then heartbeats with its own credential, reporting URLs, GPUs and version", async () => {
     const manager = await stubManager();
     const agent = await startAgent({
       WORKER_ID: "gpu-host-1",
@@ -60,9 +63,12 @@ describe("agent registration", () => {
     expect(first?.memory_total_mib).toBe(81559);
     expect(first?.uuid).toMatch(/^GPU-/);
     expect(second?.memory_used_mib).toBe(71234);
-    // Heartbeats follow at the interval the manager asked for, with fresh GPU readings.
+    // Heartbeats follow at the interval the manager asked for, with fresh GPU readings and
+    // the worker's own credential (never the join token again).
     await eventually(() => manager.heartbeats.length >= 2, { what: "heartbeats" });
-    expect(manager.heartbeats[0]?.authorization).toBe(`Bearer ${token}`);
+    expect(manager.heartbeats[0]?.authorization).toBe(
+      `Bearer ${manager.current("gpu-host-1")?.worker_credential}`,
+    );
     expect(manager.heartbeats[0]?.body.gpu_info.gpus).toHaveLength(2);
     await agent.stop();
   });
@@ -87,7 +93,7 @@ describe("agent registration", () => {
   });
 
   test('"No devices were found" is zero GPUs with that warning', async () => {
-    const manager = await stubManager();
+    const manager = await stubManager(undefined, null);
     const agent = await startAgent({
       WORKER_HOST: "127.0.0.1",
       MANAGER_URL: manager.url,
@@ -113,14 +119,23 @@ describe("agent registration", () => {
       PATH: simPath,
     });
     await agent.waitFor("registration failed");
-    // The agent serves while it cannot register.
-    expect((await call(`${agent.url}/v1/instances`, { token })).status).toBe(200);
+    // The agent serves while it cannot register, but before it has joined nothing can be
+    // launched on it (and the join token opens nothing there).
+    const early = await call(`${agent.url}/v1/instances`, { token });
+    expect(early.status).toBe(401);
+    expect(early.json.error.message).toContain("has not joined the fleet yet");
+    expect((await call(`${agent.url}/health`)).status).toBe(200);
     const manager = await stubManager(port);
     await eventually(() => manager.registrations.length > 0, {
       what: "a late registration",
       timeoutMs: 20_000,
     });
     expect(manager.registrations).toHaveLength(1);
+    const agentToken = manager.current(manager.registrations[0]?.body.worker_id ?? "")?.agent_token;
+    await eventually(
+      async () => (await call(`${agent.url}/v1/instances`, { token: agentToken })).status === 200,
+      { what: "the instance API to open with the agent credential" },
+    );
     await agent.stop();
   });
 
@@ -140,9 +155,14 @@ describe("agent registration", () => {
       ENGINE_HEALTH_POLL_MS: "50",
     });
     await eventually(() => manager.registrations.length === 1, { what: "first registration" });
+    const agentToken = manager.current("rereg")?.agent_token;
+    await eventually(
+      async () => (await call(`${agent.url}/v1/instances`, { token: agentToken })).status === 200,
+      { what: "the credentials to be in use" },
+    );
     const launched = await call(`${agent.url}/v1/instances`, {
       body: { alias: "survivor", model_name: "m/survivor", gpu_ids: [1] },
-      token,
+      token: agentToken,
     });
     expect(launched.status).toBe(202);
     const pid = launched.json.pid as number;
@@ -154,6 +174,9 @@ describe("agent registration", () => {
 
     manager.forgetWorker = true;
     const again = await eventually(() => manager.registrations[1], { what: "re-registration" });
+    // With its own credential: the same identity, not a second join.
+    expect(again.authorization).toBe(`Bearer ${manager.current("rereg")?.worker_credential}`);
+    expect(manager.issued).toHaveLength(1);
     const survivor = again.body.instances.find((i) => i.alias === "survivor");
     expect(survivor?.status).toBe("ready");
     expect(survivor?.pid).toBe(pid);
@@ -170,7 +193,7 @@ describe("agent registration", () => {
     await agent.waitFor("heartbeat failed; engines and proxy keep running");
     const chat = await fetch(`${agent.url}/proxy/survivor/v1/chat/completions`, {
       method: "POST",
-      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
       body: JSON.stringify({
         model: "survivor",
         messages: [{ role: "user", content: "still here" }],
@@ -213,10 +236,17 @@ describe("agent process", () => {
 
   test("holds more than Bun's default 256 engine requests in flight, and frees them on disconnect", async () => {
     const enginePorts = await enginePortRange();
+    const agentToken = "fa_wide-agent-credential";
     const agent = await startAgent({
+      WORKER_ID: "wide-host",
       WORKER_HOST: "127.0.0.1",
       MANAGER_URL: "http://127.0.0.1:9",
       FLEET_TOKEN: token,
+      AGENT_DATA_DIR: joinedDataDir({
+        workerId: "wide-host",
+        managerUrl: "http://127.0.0.1:9",
+        agentToken,
+      }),
       VLLM_BIN: simVllm,
       PATH: simPath,
       ENGINE_PORT_MIN: String(enginePorts.min),
@@ -231,11 +261,13 @@ describe("agent process", () => {
         model_name: "m/wide",
         extra_args: ["--max-num-seqs", "1024", "--inter-token-latency", "200"],
       },
-      token,
+      token: agentToken,
     });
     const metrics = `http://127.0.0.1:${launched.json.port}/metrics`;
     await eventually(
-      async () => (await call(`${agent.url}/v1/instances/wide`, { token })).json.status === "ready",
+      async () =>
+        (await call(`${agent.url}/v1/instances/wide`, { token: agentToken })).json.status ===
+        "ready",
     );
     // Raw sockets: this test process's own fetch has the 256 cap the agent must not have.
     const body = JSON.stringify({
@@ -245,7 +277,7 @@ describe("agent process", () => {
       ignore_eos: true,
       stream: true,
     });
-    const request = `POST /proxy/wide/v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${token}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
+    const request = `POST /proxy/wide/v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${agentToken}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
     const sockets = await Promise.all(
       Array.from({ length: 300 }, () =>
         Bun.connect({ hostname: "127.0.0.1", port: agent.port, socket: { data() {} } }).then(

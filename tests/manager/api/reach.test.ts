@@ -313,7 +313,10 @@ describeApi("manager API: reaching workers", (api) => {
 describe("the management path", () => {
   const agent = stubAgent();
   afterAll(() => agent.stop());
-  const client = new AgentClient({ fetch, token: FLEET, timeoutMs: 2000 });
+  const client = new AgentClient({ fetch, timeoutMs: 2000 });
+  // Every call carries the worker's own agent credential, whichever path it takes.
+  const AGENT_TOKEN = "fa_w1-agent-credential";
+  agent.token = AGENT_TOKEN;
 
   test("internal when it answers, else public, else internal with public as the fallback", async () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
@@ -321,7 +324,7 @@ describe("the management path", () => {
       workerId: "w1",
       workerUrl: dead,
       publicWorkerUrl: agent.url,
-      agentToken: null,
+      agentToken: AGENT_TOKEN,
       internalReachable: null,
       publicReachable: null,
     };
@@ -329,22 +332,22 @@ describe("the management path", () => {
     expect(target({ internalReachable: true, publicReachable: true })).toEqual({
       url: dead,
       fallback: undefined,
-      token: FLEET,
+      token: AGENT_TOKEN,
     });
     expect(target({ internalReachable: false, publicReachable: true })).toEqual({
       url: agent.url,
       fallback: undefined,
-      token: FLEET,
+      token: AGENT_TOKEN,
     });
     expect(target({ internalReachable: false, publicReachable: false })).toEqual({
       url: dead,
       fallback: agent.url,
-      token: FLEET,
+      token: AGENT_TOKEN,
     });
-    expect(target({})).toEqual({ url: dead, fallback: agent.url, token: FLEET });
+    expect(target({})).toEqual({ url: dead, fallback: agent.url, token: AGENT_TOKEN });
     expect(
       target({ publicWorkerUrl: null, internalReachable: false, publicReachable: true }),
-    ).toEqual({ url: dead, fallback: undefined, token: FLEET });
+    ).toEqual({ url: dead, fallback: undefined, token: AGENT_TOKEN });
 
     // No path known: the internal URL refuses, the call goes through the public one.
     agent.instances.clear();

@@ -9,7 +9,7 @@
  * the bare proxy is this file run as `bun bench/agent-proxy.ts bare-proxy PORT UPSTREAM`.
  */
 import { Hono } from "hono";
-import { simAgentEnv } from "../devkit/fleet.ts";
+import { joinedAgentDataDir, simAgentEnv } from "../devkit/fleet.ts";
 import { formatLoad, formatStreams, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, rssMiB, spawnServer } from "./lib/server.ts";
 
@@ -33,17 +33,25 @@ if (process.argv[2] === "bare-proxy") {
 
 async function main(): Promise<void> {
   const seconds = Number(process.env.BENCH_SECONDS ?? 3);
-  const token = "bench-fleet-token";
+  // An agent that has joined (its credentials file is there; no manager runs): its API and
+  // proxy take its agent credential, checked on every request as in production.
+  const token = "fa_bench-agent-credential";
   const auth = { authorization: `Bearer ${token}` };
   const agentPort = await freePort();
+  const managerUrl = "http://127.0.0.1:9";
   const agent = await spawnServer({
     argv: [bunBin, "agent/main.ts"],
     env: {
       ...simAgentEnv({
         workerId: "bench-agent",
         port: agentPort,
-        managerUrl: "http://127.0.0.1:9",
-        fleetToken: token,
+        managerUrl,
+        fleetToken: "bench-join-token",
+      }),
+      AGENT_DATA_DIR: joinedAgentDataDir({
+        workerId: "bench-agent",
+        managerUrl,
+        agentToken: token,
       }),
       MANAGER_RETRY_MAX_S: "60",
       ENGINE_HEALTH_POLL_MS: "100",

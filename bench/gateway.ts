@@ -24,7 +24,7 @@
  */
 import { Hono } from "hono";
 import { createTestDatabase, type TestDatabase } from "../devkit/db.ts";
-import { simAgentEnv } from "../devkit/fleet.ts";
+import { joinedAgentDataDir, simAgentEnv } from "../devkit/fleet.ts";
 import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 
@@ -61,6 +61,8 @@ async function main() {
   const seconds = Number(process.env.BENCH_SECONDS ?? 3);
   const only = new Set((process.env.BENCH_ONLY ?? "throughput,memory,connect").split(","));
   const token = "bench-fleet-token";
+  // The credential routes carry for the agent (as if it had joined): what routers send it.
+  const agentToken = "fa_bench-agent-credential";
   const adminToken = "bench-admin-token";
   const alias = "bench";
   const chat = { model: alias, messages: [{ role: "user", content: "Say hello to the fleet." }] };
@@ -124,6 +126,7 @@ async function main() {
     created_at: new Date().toISOString(),
     instance_id: `${workerId}-1`,
     ready: true,
+    agent_token: agentToken,
   });
 
   let tableCount = 0;
@@ -155,7 +158,7 @@ async function main() {
     return { server, url: `http://127.0.0.1:${port}` };
   };
 
-  const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+  const auth = { authorization: `Bearer ${agentToken}`, "content-type": "application/json" };
   const spawnAgent = async (env: Record<string, string> = {}) => {
     const port = await freePort();
     const agent = await spawnServer({
@@ -166,6 +169,11 @@ async function main() {
           port,
           managerUrl: "http://127.0.0.1:9",
           fleetToken: token,
+        }),
+        AGENT_DATA_DIR: joinedAgentDataDir({
+          workerId: "bench-agent",
+          managerUrl: "http://127.0.0.1:9",
+          agentToken,
         }),
         LOG_LEVEL: "error",
         ...bunFetchEnv,

@@ -11,7 +11,7 @@
  * Prints figures; not a test.
  */
 import postgres from "postgres";
-import { simAgentEnv } from "../devkit/fleet.ts";
+import { agentDataDir, readAgentCredentials, simAgentEnv } from "../devkit/fleet.ts";
 import type { InstanceList, RouteSnapshot } from "../protocol/index.ts";
 import { formatLoad, percentiles, runLoad } from "./lib/load.ts";
 import { bunBin, freePort, spawnServer } from "./lib/server.ts";
@@ -93,6 +93,8 @@ try {
     { length: WORKERS },
     (_, i) => `bench-worker-${String(i).padStart(4, "0")}`,
   );
+  // Each worker joins with the join token and heartbeats with the credential it got.
+  const credentials = new Map<string, string>();
   for (let i = 0; i < WORKERS; i += 20) {
     await Promise.all(
       ids.slice(i, i + 20).map(async (id, j) => {
@@ -110,6 +112,8 @@ try {
         });
         if (!response.ok)
           throw new Error(`register ${id}: ${response.status} ${await response.text()}`);
+        const reply = (await response.json()) as { credentials?: { worker_credential: string } };
+        if (reply.credentials) credentials.set(id, reply.credentials.worker_credential);
       }),
     );
   }
@@ -122,6 +126,10 @@ try {
 
   // 1. Heartbeats: each worker every INTERVAL_S, phases spread evenly over the interval.
   const bodies = ids.map((_, i) => JSON.stringify({ gpu_info: gpuInfo, instances: [report(i)] }));
+  const beatHeaders = ids.map((id) => ({
+    authorization: `Bearer ${credentials.get(id)}`,
+    "content-type": "application/json",
+  }));
   const latencies: number[] = [];
   let failures = 0;
   const cpuBefore = manager.cpuMs() ?? 0;
@@ -137,7 +145,7 @@ try {
         try {
           const response = await fetch(`${base}/v1/workers/${id}/heartbeat`, {
             method: "POST",
-            headers: fleetHeaders,
+            headers: beatHeaders[i],
             body: bodies[i],
           });
           await response.arrayBuffer();
@@ -194,6 +202,7 @@ try {
 
   // 3. Register-to-ready with a real agent launching the simulator.
   const agentPort = await freePort();
+  const agentDir = agentDataDir();
   const agent = await spawnServer({
     argv: [bunBin, "agent/main.ts"],
     env: {
@@ -203,6 +212,7 @@ try {
         managerUrl: base,
         fleetToken: FLEET,
       }),
+      AGENT_DATA_DIR: agentDir,
       SIM_GPUS: "1x NVIDIA H100 80GB HBM3:81559",
       SIM_STARTUP_DELAY_MS: "500",
       ENGINE_HEALTH_POLL_MS: "50",
@@ -244,7 +254,9 @@ try {
       }
       const total = performance.now() - start;
       const instances = (await (
-        await fetch(`http://127.0.0.1:${agentPort}/v1/instances`, { headers: fleetHeaders })
+        await fetch(`http://127.0.0.1:${agentPort}/v1/instances`, {
+          headers: { authorization: `Bearer ${readAgentCredentials(agentDir)?.agent_token}` },
+        })
       ).json()) as InstanceList;
       const engine = instances.instances.find((i) => i.alias === alias);
       const engineMs =

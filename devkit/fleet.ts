@@ -1,4 +1,8 @@
+import { mkdtempSync, readFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CredentialStore } from "../agent/lib/credentials.ts";
 import type { TestDatabase } from "./db.ts";
 import { freePort, waitForHttp } from "./net.ts";
 import { bunBin, repoRoot, type Service, startProcess } from "./proc.ts";
@@ -59,9 +63,16 @@ export function simAgentEnv(options: {
   };
 }
 
+/** A fresh AGENT_DATA_DIR: where an agent keeps the credentials it got when it joined. */
+export function agentDataDir(): string {
+  return mkdtempSync(join(tmpdir(), "fleet-agent-"));
+}
+
 /**
  * `bun agent/main.ts` on loopback with the simulator kit standing in for vLLM and
- * nvidia-smi; waits until it listens (registration happens in the background).
+ * nvidia-smi; waits until it listens (registration happens in the background). It keeps its
+ * credentials in a fresh data directory unless `env.AGENT_DATA_DIR` names one (a restart that
+ * keeps its identity passes the same directory again).
  */
 export async function startAgent(options: {
   managerUrl: string;
@@ -69,8 +80,9 @@ export async function startAgent(options: {
   /** WORKER_PORT; a free one when absent. */
   port?: number;
   env?: Record<string, string | undefined>;
-}): Promise<Running> {
+}): Promise<RunningAgent> {
   const port = options.port ?? (await freePort());
+  const dataDir = options.env?.AGENT_DATA_DIR ?? agentDataDir();
   const service = startProcess([bunBin, "agent/main.ts"], {
     env: {
       ...simAgentEnv({ workerId: options.workerId, port, managerUrl: options.managerUrl }),
@@ -79,10 +91,59 @@ export async function startAgent(options: {
       ENGINE_STOP_GRACE_S: "2",
       MANAGER_RETRY_MAX_S: "1",
       ...options.env,
+      AGENT_DATA_DIR: dataDir,
     },
   });
   await service.waitFor("agent listening", 20_000);
-  return Object.assign(service, { url: `http://127.0.0.1:${port}`, port });
+  return Object.assign(service, {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    dataDir,
+    credentials: () => readAgentCredentials(dataDir),
+  });
+}
+
+export type RunningAgent = Running & {
+  /** Its AGENT_DATA_DIR. */
+  dataDir: string;
+  /** What its credentials file holds now (undefined before it has joined). */
+  credentials(): AgentCredentials | undefined;
+};
+
+export type AgentCredentials = {
+  worker_id: string;
+  worker_credential: string;
+  agent_token: string;
+  previous_agent_token?: string;
+};
+
+/**
+ * A data directory holding the credentials of an agent that has joined, as an agent restarted
+ * after joining finds it: for tests and benchmarks of an agent without a manager that could
+ * issue them. Its API then takes `agentToken`.
+ */
+export function joinedAgentDataDir(options: {
+  workerId: string;
+  managerUrl: string;
+  agentToken: string;
+}): string {
+  const dir = agentDataDir();
+  new CredentialStore(dir).save({
+    worker_id: options.workerId,
+    manager_url: options.managerUrl,
+    worker_credential: `fw_devkit-${options.workerId}`,
+    agent_token: options.agentToken,
+  });
+  return dir;
+}
+
+/** The credentials file in an agent's data directory, as the agent wrote it. */
+export function readAgentCredentials(dataDir: string): AgentCredentials | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as AgentCredentials;
+  } catch {
+    return undefined;
+  }
 }
 
 export type TcpForwarder = {

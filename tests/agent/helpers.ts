@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CredentialStore } from "../../agent/lib/credentials.ts";
+import { joinedAgentDataDir } from "../../devkit/fleet.ts";
 import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, repoRoot, type Service, startProcess } from "../../devkit/proc.ts";
 import type {
@@ -161,24 +161,8 @@ function stubError(status: number, code: string, message: string): Response {
   return Response.json({ error: { message, type: "error", param: null, code } }, { status });
 }
 
-/**
- * A data directory holding the credentials of an agent that has joined (as one restarted
- * after joining finds it): for tests of the agent's own API without a manager.
- */
-export function joinedDataDir(options: {
-  workerId: string;
-  managerUrl: string;
-  agentToken: string;
-}): string {
-  const dir = mkdtempSync(join(tmpdir(), "agent-data-"));
-  new CredentialStore(dir).save({
-    worker_id: options.workerId,
-    manager_url: options.managerUrl,
-    worker_credential: `fw_test-${options.workerId}`,
-    agent_token: options.agentToken,
-  });
-  return dir;
-}
+/** A data directory with the credentials of an agent that joined (devkit/fleet.ts). */
+export const joinedDataDir = joinedAgentDataDir;
 
 export type AgentProcess = Service & { url: string; port: number };
 

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import {
   type Running,
+  type RunningAgent,
   startAgent as startFleetAgent,
   startManager as startFleetManager,
 } from "../../devkit/fleet.ts";
@@ -22,7 +23,7 @@ describe(`manager with real agents (${serviceDbTarget})`, () => {
   let manager: Running;
   let managerUrl: string;
   let managerPort: number;
-  const agents = new Map<string, Running>();
+  const agents = new Map<string, RunningAgent>();
 
   const startManager = async () => {
     manager = await startFleetManager({
@@ -69,8 +70,10 @@ describe(`manager with real agents (${serviceDbTarget})`, () => {
   };
   const model = async (alias: string) => (await api<ModelInfo>("GET", `/v1/models/${alias}`)).body;
   const agentInstances = async (id: string) => {
-    const response = await fetch(`${agents.get(id)?.url}/v1/instances`, {
-      headers: { authorization: `Bearer ${FLEET}` },
+    // With the agent credential it was issued when it joined (FLEET_TOKEN opens nothing there).
+    const agent = agents.get(id);
+    const response = await fetch(`${agent?.url}/v1/instances`, {
+      headers: { authorization: `Bearer ${agent?.credentials()?.agent_token}` },
     });
     return ((await response.json()) as InstanceList).instances;
   };

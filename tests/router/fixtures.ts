@@ -15,7 +15,7 @@ import {
   testManager,
 } from "../manager/helpers.ts";
 
-/** The test manager's FLEET_TOKEN: what agents present, and check on `/proxy`. */
+/** The test manager's FLEET_TOKEN, the join token: it opens nothing on an agent. */
 export const fleetToken = FLEET;
 
 /**
@@ -101,13 +101,13 @@ export async function addReplicas(
   for (const replica of replicas) {
     const agent = stubAgent();
     manager.agents.set(replica.workerId, agent);
-    const registered = await manager.call("POST", "/v1/workers/register", {
-      token: FLEET,
-      body: registration(replica.workerId, agent.url, [gpu(0)], { public_worker_url: replica.url }),
-    });
+    const registered = await manager.register(
+      registration(replica.workerId, agent.url, [gpu(0)], { public_worker_url: replica.url }),
+      agent,
+    );
     if (registered.status !== 200) {
       throw new Error(
-        `register ${replica.workerId}: ${registered.status} ${await registered.text()}`,
+        `register ${replica.workerId}: ${registered.status} ${JSON.stringify(registered.body)}`,
       );
     }
   }
@@ -134,9 +134,9 @@ export async function heartbeat(
   const agent = manager.agents.get(workerId);
   if (!agent) throw new Error(`no agent for ${workerId}`);
   if (alias) agent.markReady(alias);
-  const response = await manager.call("POST", `/v1/workers/${workerId}/heartbeat`, {
-    token: FLEET,
-    body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances: agent.reports() },
+  const response = await manager.heartbeat(workerId, {
+    gpu_info: { gpus: [gpu(0)], warning: null },
+    instances: agent.reports(),
   });
   if (response.status !== 200) throw new Error(`heartbeat ${workerId}: ${response.status}`);
 }

@@ -16,8 +16,9 @@ import {
 /**
  * The full path: client → standalone router → real agent (`bun agent/main.ts`, launching
  * the simulator through VLLM_BIN) → engine, with the real manager app (served on loopback by
- * this process) placing the model on the agent. The router authenticates to the agent with
- * FLEET_TOKEN; the client's own key never travels past the router.
+ * this process) placing the model on the agent. The agent joined with FLEET_TOKEN; the router
+ * authenticates to it with the route's agent credential, which the agent alone accepts; the
+ * client's own key never travels past the router.
  */
 
 let db: OpenTestDb;
@@ -60,7 +61,7 @@ afterAll(async () => {
 });
 
 describe("router → agent → engine", () => {
-  test("answers chat and streams through the agent with the fleet token", async () => {
+  test("answers chat and streams through the agent with its agent credential", async () => {
     const client = new OpenAI({ baseURL: `${router.url}/v1`, apiKey: "client-key", maxRetries: 0 });
     const reply = await client.chat.completions.create({
       model: "qwen",
@@ -86,12 +87,14 @@ describe("router → agent → engine", () => {
     expect(records.find((r) => r.stream)?.completion_tokens).toBeGreaterThan(0);
   });
 
-  test("the agent refuses the same request without the fleet token", async () => {
-    const response = await fetch(`${agentUrl}/proxy/qwen/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer client-key" },
-      body: JSON.stringify({ model: "qwen", messages: [{ role: "user", content: "hi" }] }),
-    });
-    expect(response.status).toBe(401);
+  test("the agent refuses the same request with the client's key or the join token", async () => {
+    for (const token of ["client-key", fleetToken]) {
+      const response = await fetch(`${agentUrl}/proxy/qwen/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ model: "qwen", messages: [{ role: "user", content: "hi" }] }),
+      });
+      expect({ token, status: response.status }).toEqual({ token, status: 401 });
+    }
   });
 });

@@ -70,10 +70,7 @@ function managerFetch() {
 async function placeModel(alias: string, workerId = `${alias}-worker`) {
   const agent = stubAgent();
   agents.push(agent);
-  const registered = await t.call("POST", "/v1/workers/register", {
-    token: FLEET,
-    body: registration(workerId, agent.url, [gpu(0)]),
-  });
+  const registered = await t.register(registration(workerId, agent.url, [gpu(0)]), agent);
   expect(registered.status).toBe(200);
   const placed = await t.call("POST", "/v1/models/register", {
     body: { alias, model_name: `org/${alias}` },
@@ -82,9 +79,9 @@ async function placeModel(alias: string, workerId = `${alias}-worker`) {
   return {
     async ready() {
       agent.markReady(alias);
-      const beat = await t.call("POST", `/v1/workers/${workerId}/heartbeat`, {
-        token: FLEET,
-        body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances: agent.reports() },
+      const beat = await t.heartbeat(workerId, {
+        gpu_info: { gpus: [gpu(0)], warning: null },
+        instances: agent.reports(),
       });
       expect(beat.status).toBe(200);
     },

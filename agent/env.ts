@@ -1,7 +1,6 @@
 import { hostname } from "node:os";
 import { z } from "zod";
 import { logLevelSchema, parseEnv } from "../kit/env.ts";
-import { isLoopbackHost } from "../kit/net.ts";
 import { baseUrlSchema, workerIdSchema, workerUrlSchema } from "../protocol/index.ts";
 import type { WorkerServiceOptions } from "./options.ts";
 
@@ -61,13 +60,8 @@ export const agentEnvSchema = z
         message: "must not be above ENGINE_PORT_MAX",
       });
     }
-    if (!env.FLEET_TOKEN && !isLoopbackHost(env.WORKER_HOST)) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["FLEET_TOKEN"],
-        message: `must be set when WORKER_HOST (${env.WORKER_HOST}) is not a loopback address: without it anyone who reaches the port could use the GPUs`,
-      });
-    }
+    // FLEET_TOKEN beyond loopback: checked by WorkerService, which knows whether the agent
+    // has joined already (its credentials file).
   });
 export type AgentEnv = z.infer<typeof agentEnvSchema>;
 

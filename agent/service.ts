@@ -62,11 +62,6 @@ export class WorkerService {
     this.managerUrl = baseUrlSchema.parse(options.managerUrl ?? "http://localhost:18000");
     this.publicUrl = options.publicUrl ? workerUrlSchema.parse(options.publicUrl) : null;
     this.#fleetToken = options.fleetToken || undefined;
-    if (!this.#fleetToken && !isLoopbackHost(this.listenHost)) {
-      throw new Error(
-        `FLEET_TOKEN must be set when the agent listens on ${this.listenHost} (not loopback): without it anyone who reaches the port could use the GPUs`,
-      );
-    }
     this.identity = new AgentIdentity({
       workerId: this.workerId,
       managerUrl: this.managerUrl,
@@ -75,6 +70,11 @@ export class WorkerService {
       graceMs: options.agentTokenGraceMs ?? 120_000,
       log: this.log,
     });
+    if (this.identity.open && !isLoopbackHost(this.listenHost)) {
+      throw new Error(
+        `FLEET_TOKEN must be set when the agent listens on ${this.listenHost} (not loopback) and has not joined yet (no credentials in ${this.identity.store.path}): without it anyone who reaches the port could use the GPUs`,
+      );
+    }
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(options.engineEnv ?? inheritedEnv())) {
       if (value !== undefined && !privateVariables.includes(key)) env[key] = value;
@@ -149,7 +149,7 @@ export class WorkerService {
       // Engine requests carry whole prompts and images; vLLM applies its own limits.
       maxRequestBodySize: 256 * 1024 * 1024,
     });
-    if (!this.#fleetToken) {
+    if (this.identity.open) {
       this.log.warn(
         "FLEET_TOKEN is not set: the agent API is open to anyone on this host (loopback only)",
       );

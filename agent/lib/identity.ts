@@ -8,8 +8,10 @@
  * authenticated endpoint takes the agent credential alone (during a rotation also the
  * previous one, for a grace period); until the agent has one, they all answer 401.
  *
- * Without FLEET_TOKEN (allowed on loopback only) the agent is open: it presents nothing,
- * stores nothing and checks nothing, as before.
+ * Once joined, the join token is no longer needed: an agent that finds its credentials file
+ * runs with them even without FLEET_TOKEN, so a host need not keep a fleet-wide secret after
+ * its first start. Only without FLEET_TOKEN and without credentials (allowed on loopback only)
+ * is the agent open: it presents nothing, stores nothing and checks nothing, as before.
  */
 import type { Logger } from "../../kit/log.ts";
 import type { WorkerCredentials } from "../../protocol/index.ts";
@@ -33,7 +35,8 @@ export type AgentIdentityOptions = {
 
 export class AgentIdentity {
   readonly joinToken: string | undefined;
-  readonly store: CredentialStore | undefined;
+  readonly store: CredentialStore;
+  readonly #open: boolean;
   readonly #options: AgentIdentityOptions;
   readonly #now: () => number;
   #file: CredentialsFile | undefined;
@@ -45,22 +48,23 @@ export class AgentIdentity {
     this.#options = options;
     this.#now = options.now ?? Date.now;
     this.joinToken = options.joinToken || undefined;
-    if (!this.joinToken) return;
     this.store = new CredentialStore(options.dataDir);
     const loaded = this.store.load({ workerId: options.workerId, managerUrl: options.managerUrl });
     if (loaded.ok) {
       this.#use(loaded.value);
       options.log.info("credentials loaded", { file: this.store.path });
-    } else if (loaded.why) {
+    } else if (loaded.why && this.joinToken) {
       options.log.warn("credentials file not used; the agent joins with FLEET_TOKEN", {
         why: loaded.why,
       });
     }
+    // Decided once: an agent that holds (or held) credentials never falls back to open.
+    this.#open = !this.joinToken && !loaded.ok;
   }
 
-  /** No join token: nothing presented, stored or checked. */
+  /** No join token and no credentials: nothing presented, stored or checked (loopback only). */
   get open(): boolean {
-    return this.joinToken === undefined;
+    return this.#open;
   }
 
   /** The worker credential, once the agent has joined. */
@@ -79,7 +83,7 @@ export class AgentIdentity {
    * allocation on the proxy's hot path.
    */
   authorized(authorization: string | null | undefined): boolean {
-    if (this.joinToken === undefined) return true;
+    if (this.#open) return true;
     if (this.#current?.(authorization)) return true;
     return (
       this.#previous !== undefined &&
@@ -90,7 +94,7 @@ export class AgentIdentity {
 
   /** Whether the caller presented this agent's credential (open mode has none to present). */
   authenticated(authorization: string | null | undefined): boolean {
-    return this.joinToken !== undefined && this.authorized(authorization);
+    return !this.#open && this.authorized(authorization);
   }
 
   /** The manager let this worker join: keep the pair (file first, then memory). */
@@ -102,13 +106,13 @@ export class AgentIdentity {
       agent_token: credentials.agent_token,
     };
     try {
-      this.store?.save(file);
+      this.store.save(file);
     } catch (error) {
       // The pair still works until this process ends; a restart will have to join again,
       // which the manager refuses (409) until the worker is removed. Say so loudly.
       this.#options.log.error(
         "could not store the credentials: after a restart this worker cannot register until it is removed (fleet workers rm)",
-        { file: this.store?.path, error: String(error) },
+        { file: this.store.path, error: String(error) },
       );
     }
     this.#use(file);
@@ -133,10 +137,10 @@ export class AgentIdentity {
       previous_valid_until: new Date(validUntil).toISOString(),
     };
     try {
-      this.store?.save(file);
+      this.store.save(file);
     } catch (error) {
       this.#options.log.error("could not store rotated credentials; keeping the current ones", {
-        file: this.store?.path,
+        file: this.store.path,
         error: String(error),
       });
       return false;
@@ -148,7 +152,7 @@ export class AgentIdentity {
   /** The manager refused the stored credential (worker removed, database reset): forget it. */
   discard(): void {
     try {
-      this.store?.clear();
+      this.store.clear();
     } catch (error) {
       this.#options.log.warn("could not remove the credentials file", { error: String(error) });
     }

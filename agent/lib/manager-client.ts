@@ -146,6 +146,13 @@ export class ManagerClient {
         { why: outcome.why },
       );
       identity.discard();
+      if (!identity.joinToken) {
+        return {
+          ok: false,
+          status: outcome.status,
+          why: "the stored credential was refused and FLEET_TOKEN is not set: set it so this agent can join again",
+        };
+      }
     }
     const outcome = await this.#registerWith(body, identity.joinToken);
     if (!outcome.ok) return outcome;

@@ -80,6 +80,25 @@ describe("agent identity", () => {
     await restarted.stop();
   });
 
+  test("once joined it needs no join token: restarted without FLEET_TOKEN it keeps its identity and stays closed", async () => {
+    const manager = await stubManager();
+    const dir = dataDir();
+    const agent = await startAgent(env(manager, "ident-6", dir));
+    const issued = await eventually(() => manager.current("ident-6"), { what: "the join" });
+    await eventually(() => existsSync(join(dir, "credentials.json")), { what: "the file" });
+    await agent.stop();
+    const restarted = await startAgent(env(manager, "ident-6", dir, { FLEET_TOKEN: "" }));
+    await eventually(() => manager.registrations[1], { what: "the second registration" });
+    expect(manager.registrations[1]?.authorization).toBe(`Bearer ${issued.worker_credential}`);
+    expect(restarted.output()).not.toContain("FLEET_TOKEN is not set");
+    expect((await call(`${restarted.url}/v1/instances`)).status).toBe(401);
+    const withCredential = await call(`${restarted.url}/v1/instances`, {
+      token: issued.agent_token,
+    });
+    expect(withCredential.status).toBe(200);
+    await restarted.stop();
+  });
+
   test("a credentials file of another worker or manager is ignored; the agent joins as itself", async () => {
     const manager = await stubManager();
     const dir = dataDir();

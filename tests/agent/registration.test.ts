@@ -1,4 +1,7 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { metric } from "../../devkit/metrics.ts";
 import { eventually, freePort } from "../../devkit/net.ts";
 import { bunBin, startProcess, stopAll } from "../../devkit/proc.ts";
@@ -304,7 +307,12 @@ describe("agent process", () => {
 
   test("refuses to listen beyond loopback without FLEET_TOKEN, naming the variable", async () => {
     const agent = startProcess([bunBin, "agent/main.ts"], {
-      env: { WORKER_HOST: "0.0.0.0", WORKER_PORT: String(await freePort()), FLEET_TOKEN: "" },
+      env: {
+        WORKER_HOST: "0.0.0.0",
+        WORKER_PORT: String(await freePort()),
+        FLEET_TOKEN: "",
+        AGENT_DATA_DIR: mkdtempSync(join(tmpdir(), "agent-data-")),
+      },
     });
     const code = await agent.exited();
     expect(code).toBe(1);

@@ -54,6 +54,11 @@ describeApi("manager API: worker identity", (api) => {
     expect(row?.agent_token).toBe(credentials?.agent_token ?? "");
     const everything = JSON.stringify(await t.db.query(sql`select * from workers`));
     expect(everything).not.toContain(credentials?.worker_credential ?? "?");
+    // Operators' views never show either secret.
+    const listed = JSON.stringify((await t.json("GET", "/v1/workers")).body);
+    for (const secret of [credentials?.worker_credential, credentials?.agent_token]) {
+      expect(listed).not.toContain(secret ?? "?");
+    }
 
     // Its own credential re-registers it, and nothing is handed out again.
     const again = await register(t, "w1", credentials?.worker_credential ?? null);

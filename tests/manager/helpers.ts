@@ -36,15 +36,15 @@ export type TestManager = {
    * has one, else the join token. Keeps what the reply issues and gives `agent` (a stub) its
    * agent credential, so the manager's calls to it pass.
    */
-  register(
+  register<T = Record<string, unknown>>(
     body: WorkerRegistrationInput,
     agent?: { token: string | null },
-  ): Promise<{ status: number; body: Record<string, unknown> }>;
+  ): Promise<{ status: number; body: T }>;
   /** `POST /v1/workers/{id}/heartbeat` with that worker's credential. */
-  heartbeat(
+  heartbeat<T = Record<string, unknown>>(
     workerId: string,
     body: Heartbeat,
-  ): Promise<{ status: number; body: Record<string, unknown> }>;
+  ): Promise<{ status: number; body: T }>;
   close(): Promise<void>;
 };
 
@@ -106,9 +106,9 @@ export async function testManager(
     call,
     json,
     credentials,
-    async register(body, agent) {
+    async register<T>(body: WorkerRegistrationInput, agent?: { token: string | null }) {
       const held = credentials.get(body.worker_id)?.worker_credential;
-      const reply = await json<Record<string, unknown> & { credentials?: WorkerCredentials }>(
+      const reply = await json<T & { credentials?: WorkerCredentials }>(
         "POST",
         "/v1/workers/register",
         { token: held ?? config.fleetToken ?? null, body },
@@ -118,13 +118,11 @@ export async function testManager(
       if (agent && issued) agent.token = issued.agent_token;
       return reply;
     },
-    async heartbeat(workerId, body) {
-      const reply = await json<Record<string, unknown> & { credentials?: WorkerCredentials }>(
-        "POST",
-        `/v1/workers/${encodeURIComponent(workerId)}/heartbeat`,
-        { token: credentials.get(workerId)?.worker_credential ?? null, body },
-      );
-      return reply;
+    heartbeat<T>(workerId: string, body: Heartbeat) {
+      return json<T>("POST", `/v1/workers/${encodeURIComponent(workerId)}/heartbeat`, {
+        token: credentials.get(workerId)?.worker_credential ?? null,
+        body,
+      });
     },
     async close() {
       await manager.close();

@@ -8,7 +8,7 @@ import {
   plainHttpProblemText,
   type WorkerInfo,
 } from "../../../protocol/index.ts";
-import { FLEET, gpu, registration, type TestManager } from "../helpers.ts";
+import { gpu, registration, type TestManager } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -24,10 +24,9 @@ describeApi("manager API: what a worker may advertise", (api) => {
     publicUrl: string | null = null,
     workerId = "w1",
   ) =>
-    t.json<OpenAiError>("POST", "/v1/workers/register", {
-      token: FLEET,
-      body: registration(workerId, workerUrl, [gpu(0)], { public_worker_url: publicUrl }),
-    });
+    t.register<OpenAiError>(
+      registration(workerId, workerUrl, [gpu(0)], { public_worker_url: publicUrl }),
+    );
 
   const refusal = async (t: TestManager, workerUrl: string, publicUrl: string | null = null) => {
     const { status, body } = await register(t, workerUrl, publicUrl);

@@ -9,7 +9,7 @@ import type {
   ModelInfo,
   RouteSnapshot,
 } from "../../../protocol/index.ts";
-import { FLEET, gpu, manualClock, type StubAgent, type TestManager } from "../helpers.ts";
+import { gpu, manualClock, type StubAgent, type TestManager } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 const MODEL = "Qwen/Qwen2.5-0.5B";
@@ -131,10 +131,7 @@ describe("specMismatch", () => {
  */
 describeApi("manager API: engines that run another spec", (api) => {
   const beat = (t: TestManager, workerId: string, instances: InstanceReport[]) =>
-    t.json("POST", `/v1/workers/${workerId}/heartbeat`, {
-      token: FLEET,
-      body: { gpu_info: { gpus: [gpu(0)], warning: null }, instances },
-    });
+    t.heartbeat(workerId, { gpu_info: { gpus: [gpu(0)], warning: null }, instances });
   const served = async (t: TestManager, alias: string) =>
     (await t.json<RouteSnapshot>("GET", "/v1/routes")).body.routes
       .filter((route) => route.alias === alias)

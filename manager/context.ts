@@ -12,6 +12,7 @@ import { Prober } from "./services/probes.ts";
 import { RouteCache } from "./services/route-cache.ts";
 import { RouterCredentials } from "./services/router-credentials.ts";
 import type { ListenAddress } from "./services/worker-urls.ts";
+import { CredentialMemo } from "./worker-auth.ts";
 
 /**
  * One manager process: its deps and the services that keep state in memory. Each service
@@ -37,6 +38,8 @@ export type ManagerContext = {
   prober: Prober;
   /** Per worker: the last report fully applied (see worker-reports.ts). */
   heartbeats: HeartbeatMemo;
+  /** Hashes of presented tokens and the credential last verified per worker (worker-auth.ts). */
+  credentials: CredentialMemo;
   /** When this process started acting (the liveness sweep waits one timeout after it). */
   startedAt: number;
   /** Whether reconciliation is holding off rescheduling (most workers silent at once). */
@@ -83,6 +86,7 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
     prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config }),
     heartbeats,
+    credentials: new CredentialMemo(),
     startedAt: clock.now().getTime(),
     holdingOff: false,
     listen: { host: deps.config.host, port: deps.config.port, localAddresses: [] },

@@ -24,17 +24,13 @@ export type RegistrationCaller =
   /** A worker's own credential (current or pending): only that worker_id. */
   | { kind: "worker"; workerId: string; credentialHash: string };
 
-/** Who is heartbeating: open mode, or the worker itself with its current or pending credential. */
-export type HeartbeatCaller =
-  | { kind: "open" }
-  | {
-      kind: "worker";
-      credentialHash: string;
-      /** The credential is the pending one of a rotation: the pair is promoted now. */
-      pending: boolean;
-      /** An operator asked for new credentials: this heartbeat's reply carries them. */
-      rotate: boolean;
-    };
+/**
+ * Who is heartbeating: open mode, or a caller presenting this credential for the worker.
+ * The heartbeat's own UPDATE is the authoritative check (it writes only when the hash is the
+ * worker's current or pending one); the middleware's check keeps strangers from learning
+ * anything about the body before it.
+ */
+export type HeartbeatCaller = { kind: "open" } | { kind: "worker"; credentialHash: string };
 
 const registrationCallers = new WeakMap<Request, RegistrationCaller>();
 const heartbeatCallers = new WeakMap<Request, HeartbeatCaller>();
@@ -73,7 +69,7 @@ async function registrationCaller(
   }
   if (constantTimeEqual(presented, fleetToken)) return { kind: "join" };
   if (adminToken !== undefined && constantTimeEqual(presented, adminToken)) return { kind: "join" };
-  const credentialHash = await sha256Hex(presented);
+  const credentialHash = await ctx.credentials.hashOf(presented);
   const [row] = await ctx.db
     .select({ workerId: schema.workers.workerId })
     .from(schema.workers)
@@ -106,6 +102,8 @@ export function registrationCallerOf(c: Context): RegistrationCaller {
  * register again.
  */
 export function requireHeartbeatCaller(ctx: ManagerContext): MiddlewareHandler {
+  // (the lookup is skipped when this worker's credential was verified before: see
+  // CredentialMemo)
   return async (c, next) => {
     heartbeatCallers.set(
       c.req.raw,
@@ -128,31 +126,37 @@ async function heartbeatCaller(
       "heartbeats need Authorization: Bearer with the worker's own credential",
     );
   }
+  const credentialHash = await ctx.credentials.hashOf(presented);
+  if (ctx.credentials.verified(workerId) === credentialHash) {
+    return { kind: "worker", credentialHash };
+  }
   const [row] = await ctx.db
     .select({
       credentialHash: schema.workers.credentialHash,
       pendingCredentialHash: schema.workers.pendingCredentialHash,
-      rotateRequestedAt: schema.workers.rotateRequestedAt,
     })
     .from(schema.workers)
     .where(eq(schema.workers.workerId, workerId));
-  if (!row) {
-    throw new AppError("worker_not_found", `worker ${workerId} is not registered; register again`);
-  }
-  const credentialHash = await sha256Hex(presented);
+  if (!row) throw workerNotFound(workerId);
   const current =
     row.credentialHash !== null && constantTimeEqual(credentialHash, row.credentialHash);
   const pending =
-    !current &&
     row.pendingCredentialHash !== null &&
     constantTimeEqual(credentialHash, row.pendingCredentialHash);
-  if (!current && !pending) {
-    throw new AppError(
-      "unauthorized",
-      `heartbeats for worker ${workerId} need that worker's own credential (the join token only joins new workers)`,
-    );
-  }
-  return { kind: "worker", credentialHash, pending, rotate: row.rotateRequestedAt !== null };
+  if (!current && !pending) throw notThisWorker(workerId);
+  if (current) ctx.credentials.remember(workerId, credentialHash);
+  return { kind: "worker", credentialHash };
+}
+
+export function workerNotFound(workerId: string): AppError {
+  return new AppError("worker_not_found", `worker ${workerId} is not registered; register again`);
+}
+
+export function notThisWorker(workerId: string): AppError {
+  return new AppError(
+    "unauthorized",
+    `heartbeats for worker ${workerId} need that worker's own credential (the join token only joins new workers)`,
+  );
 }
 
 /** What `requireHeartbeatCaller` found for this request. */
@@ -160,6 +164,47 @@ export function heartbeatCallerOf(c: Context): HeartbeatCaller {
   const caller = heartbeatCallers.get(c.req.raw);
   if (!caller) throw new Error("requireHeartbeatCaller did not run for this route");
   return caller;
+}
+
+/**
+ * What the manager remembers to keep a heartbeat at one statement: the SHA-256 of recently
+ * presented tokens (bounded), and per worker the credential hash last verified against the
+ * database. A remembered hash only spares the middleware its lookup: the heartbeat's UPDATE
+ * checks the hash again, so a credential removed or rotated by another manager replica stops
+ * working all the same (the memo is then forgotten).
+ */
+export class CredentialMemo {
+  private readonly hashes = new Map<string, string>();
+  private readonly workers = new Map<string, string>();
+
+  constructor(private readonly maxTokens = 100_000) {}
+
+  async hashOf(token: string): Promise<string> {
+    const known = this.hashes.get(token);
+    if (known !== undefined) return known;
+    const hash = await sha256Hex(token);
+    this.seed(token, hash);
+    return hash;
+  }
+
+  /** A token whose hash is known already (one this manager just issued). */
+  seed(token: string, hash: string): void {
+    // A flood of made-up tokens must not grow memory without bound: start over.
+    if (this.hashes.size >= this.maxTokens) this.hashes.clear();
+    this.hashes.set(token, hash);
+  }
+
+  verified(workerId: string): string | undefined {
+    return this.workers.get(workerId);
+  }
+
+  remember(workerId: string, credentialHash: string): void {
+    this.workers.set(workerId, credentialHash);
+  }
+
+  forget(workerId: string): void {
+    this.workers.delete(workerId);
+  }
 }
 
 /** A fresh pair for one worker, and the hash the manager keeps of its worker credential. */

@@ -87,6 +87,7 @@ export async function removeWorker(
     return { rescheduled, dropped, address, aliases: rows.map((r) => r.instance.alias) };
   });
   ctx.heartbeats.forget(workerId);
+  ctx.credentials.forget(workerId);
   ctx.log.info("worker removed", {
     worker_id: workerId,
     rescheduled: outcome.rescheduled.length,

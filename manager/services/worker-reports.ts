@@ -18,7 +18,13 @@ import {
   type WorkerRegistrationReply,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
-import { type HeartbeatCaller, newCredentials, type RegistrationCaller } from "../worker-auth.ts";
+import {
+  type HeartbeatCaller,
+  newCredentials,
+  notThisWorker,
+  type RegistrationCaller,
+  workerNotFound,
+} from "../worker-auth.ts";
 import { agentAddressColumns } from "./agent-client.ts";
 import { recordEvents } from "./events.ts";
 import { instanceSpec, specMismatch } from "./launcher.ts";
@@ -139,7 +145,14 @@ export async function registerWorker(
     w.routesChanged();
     return { registeredAt: row.registeredAt, promoted };
   });
-  if (issued) ctx.log.info("worker joined: credentials issued", { worker_id: id });
+  // Its next heartbeat then costs no lookup and no hashing (worker-auth.ts, CredentialMemo).
+  if (issued) {
+    ctx.credentials.seed(issued.credentials.worker_credential, issued.credentialHash);
+    ctx.credentials.remember(id, issued.credentialHash);
+    ctx.log.info("worker joined: credentials issued", { worker_id: id });
+  } else if (caller.kind === "worker") {
+    ctx.credentials.remember(id, caller.credentialHash);
+  }
   if (promoted) ctx.log.info("worker credentials rotated", { worker_id: id });
   await applyReports(ctx, id, registration.instances, now);
   ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
@@ -196,17 +209,35 @@ export async function heartbeat(
   caller: HeartbeatCaller = { kind: "open" },
 ): Promise<HeartbeatReply> {
   const now = ctx.clock.now();
-  const credentials =
-    caller.kind === "worker" ? await rotation(ctx, workerId, caller, now) : undefined;
-  const rows = await ctx.fleetDb.query<{ previous: string }>(sql`
-    with old as (select status from workers where worker_id = ${workerId} for update)
+  // One statement in the common case, and the authoritative credential check: the row is
+  // written only when the presented hash is the worker's current or pending one, and it says
+  // whether a rotation is asked for or the pending pair is being presented.
+  const hash = caller.kind === "worker" ? caller.credentialHash : null;
+  const rows = await ctx.fleetDb.query<{ previous: string; rotate: boolean; pending: boolean }>(sql`
+    with old as (
+      select status, rotate_requested_at is not null as rotate,
+             coalesce(pending_credential_hash = ${hash}, false) as pending
+      from workers
+      where worker_id = ${workerId}
+        and (${hash}::text is null or credential_hash = ${hash} or pending_credential_hash = ${hash})
+      for update)
     update workers w set last_heartbeat = ${now.toISOString()}::timestamptz, status = 'online'
     from old where w.worker_id = ${workerId}
-    returning old.status as previous`);
-  const previous = rows[0]?.previous;
-  if (previous === undefined) {
-    throw new AppError("worker_not_found", `worker ${workerId} is not registered; register again`);
+    returning old.status as previous, old.rotate as rotate, old.pending as pending`);
+  const row = rows[0];
+  if (row === undefined) {
+    ctx.credentials.forget(workerId);
+    if (hash === null) throw workerNotFound(workerId);
+    // Removed, or rotated past this credential, since the middleware looked.
+    const [exists] = await ctx.db
+      .select({ workerId: schema.workers.workerId })
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, workerId));
+    throw exists ? notThisWorker(workerId) : workerNotFound(workerId);
   }
+  const previous = row.previous;
+  const credentials =
+    hash === null ? undefined : await rotation(ctx, workerId, { hash, ...row }, now);
   const cameBack = previous !== "online";
   if (cameBack) ctx.log.info("worker back online", { worker_id: workerId });
   if (ctx.heartbeats.gpusChanged(workerId, beat.gpu_info)) {
@@ -251,7 +282,7 @@ export async function heartbeat(
 async function rotation(
   ctx: ManagerContext,
   workerId: string,
-  caller: Extract<HeartbeatCaller, { kind: "worker" }>,
+  caller: { hash: string; pending: boolean; rotate: boolean },
   now: Date,
 ): Promise<WorkerCredentials | undefined> {
   if (caller.pending) {
@@ -261,7 +292,7 @@ async function rotation(
         .from(schema.workers)
         .where(eq(schema.workers.workerId, workerId))
         .for("update");
-      if (!before || before.pendingCredentialHash !== caller.credentialHash) return false;
+      if (!before || before.pendingCredentialHash !== caller.hash) return false;
       await w.tx
         .update(schema.workers)
         .set({ ...promotion(before), updatedAt: now })
@@ -270,7 +301,10 @@ async function rotation(
       w.routesChanged();
       return true;
     });
-    if (promoted) ctx.log.info("worker credentials rotated", { worker_id: workerId });
+    if (promoted) {
+      ctx.credentials.remember(workerId, caller.hash);
+      ctx.log.info("worker credentials rotated", { worker_id: workerId });
+    }
     return undefined;
   }
   if (!caller.rotate) return undefined;
@@ -284,12 +318,13 @@ async function rotation(
     .where(
       and(
         eq(schema.workers.workerId, workerId),
-        eq(schema.workers.credentialHash, caller.credentialHash),
+        eq(schema.workers.credentialHash, caller.hash),
         isNotNull(schema.workers.rotateRequestedAt),
       ),
     )
     .returning({ workerId: schema.workers.workerId });
   if (updated.length === 0) return undefined;
+  ctx.credentials.seed(next.credentials.worker_credential, next.credentialHash);
   ctx.log.info("new credentials handed to the agent", { worker_id: workerId });
   return next.credentials;
 }

@@ -141,6 +141,35 @@ describeApi("manager API: worker identity", (api) => {
     expect((await beat(t, "ghost", null)).status).toBe(401);
   });
 
+  test("a credential another manager replica rotated away or removed stops working here at once", async () => {
+    const t = await api.manager();
+    const own = (await register(t, "w1", FLEET)).body.credentials?.worker_credential ?? null;
+    // Verified once: this manager remembers it and skips its lookup next time.
+    expect((await beat(t, "w1", own)).status).toBe(200);
+    expect((await beat(t, "w1", own)).status).toBe(200);
+    // Another replica promoted a new pair (the row changed behind this process's back).
+    await t.db.query(
+      sql`update workers set credential_hash = ${await sha256Hex("fw_elsewhere")} where worker_id = 'w1'`,
+    );
+    const refused = await beat(t, "w1", own);
+    expect([refused.status, refused.body.error.code]).toEqual([401, "unauthorized"]);
+    const [row] = await t.db.query<{ status: string; last_heartbeat: Date }>(
+      sql`select status, last_heartbeat from workers where worker_id = 'w1'`,
+    );
+    // The refused heartbeat wrote nothing.
+    await t.db.query(sql`update workers set status = 'offline' where worker_id = 'w1'`);
+    expect((await beat(t, "w1", own)).status).toBe(401);
+    const [after] = await t.db.query<{ status: string; last_heartbeat: Date }>(
+      sql`select status, last_heartbeat from workers where worker_id = 'w1'`,
+    );
+    expect([after?.status, after?.last_heartbeat]).toEqual(["offline", row?.last_heartbeat]);
+    // And one that removed it: 404, so the agent registers again.
+    const other = (await register(t, "w2", FLEET)).body.credentials?.worker_credential ?? null;
+    expect((await beat(t, "w2", other)).status).toBe(200);
+    await t.db.query(sql`delete from workers where worker_id = 'w2'`);
+    expect((await beat(t, "w2", other)).status).toBe(404);
+  });
+
   test("open mode issues no credentials and checks none", async () => {
     const t = await api.manager({ config: { fleetToken: undefined, adminToken: undefined } });
     const joined = await register(t, "w1", null);

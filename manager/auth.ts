@@ -6,13 +6,13 @@ import type { RouterCredentials } from "./services/router-credentials.ts";
 
 /**
  * Who may call what. `admin` endpoints (models, workers list, keys, router credentials) take
- * ADMIN_TOKEN; `fleet` endpoints (agent registration and heartbeats) take FLEET_TOKEN or
  * ADMIN_TOKEN; `router` endpoints (route snapshots, usage batches) take a router credential
- * (`POST /v1/routers`) or ADMIN_TOKEN. A scope whose token is unset is open, which the
+ * (`POST /v1/routers`) or ADMIN_TOKEN. ADMIN_TOKEN unset leaves `admin` open, which the
  * entries allow only on a loopback address; the `router` scope is open only when neither
- * token is set (the open mode), since its credentials are issued by an admin.
+ * token is set (the open mode), since its credentials are issued by an admin. Agents'
+ * registrations and heartbeats are checked by worker identity (worker-auth.ts).
  */
-export type Scope = "admin" | "fleet" | "router";
+export type Scope = "admin" | "router";
 
 /** What a scope check reads: the tokens, and the `routers` table for router credentials. */
 export type AuthContext = {
@@ -26,16 +26,10 @@ export function isAuthorized(
   header: string | undefined,
   scope: Exclude<Scope, "router">,
 ): boolean {
-  const open = scope === "admin" ? !config.adminToken : !config.fleetToken;
-  if (open) return true;
+  // `admin` is the only scope without a database check.
+  if (scope !== "admin" || !config.adminToken) return true;
   const presented = bearerToken(header);
-  if (presented === "") return false;
-  if (config.adminToken && constantTimeEqual(presented, config.adminToken)) return true;
-  return (
-    scope === "fleet" &&
-    config.fleetToken !== undefined &&
-    constantTimeEqual(presented, config.fleetToken)
-  );
+  return presented !== "" && constantTimeEqual(presented, config.adminToken);
 }
 
 const routerNeeds =
@@ -74,12 +68,7 @@ export function requireScope(ctx: AuthContext, scope: Scope): MiddlewareHandler 
   }
   return async (c, next) => {
     if (!isAuthorized(ctx.config, c.req.header("authorization"), scope)) {
-      throw new AppError(
-        "unauthorized",
-        scope === "admin"
-          ? "this endpoint needs Authorization: Bearer ADMIN_TOKEN"
-          : "this endpoint needs Authorization: Bearer FLEET_TOKEN (or ADMIN_TOKEN)",
-      );
+      throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");
     }
     await next();
   };

@@ -20,7 +20,10 @@ export const routerEnvSchema = z.object({
   MANAGER_URL: baseUrlSchema.default("http://localhost:18000"),
   /** This router's credential (`fleet routers create NAME`): reads routes, posts usage. */
   ROUTER_TOKEN: optionalString,
-  /** Sent to agents on `/proxy` (they check it); never to the manager. */
+  /**
+   * Not used: each route carries its agent's own credential. Read only to stop a router
+   * configured as before router credentials (FLEET_TOKEN without ROUTER_TOKEN).
+   */
   FLEET_TOKEN: optionalString,
   HOST: z.string().trim().min(1).default("127.0.0.1"),
   LOG_LEVEL: logLevelSchema,

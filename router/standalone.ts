@@ -23,6 +23,12 @@ export function createStandaloneRouter(options: {
   flushUnderWaitUntil?: boolean;
 }) {
   const { env, log } = options;
+  if (env.FLEET_TOKEN) {
+    // A router needs no fleet-wide secret, and a host that holds the join token can add workers.
+    log.warn(
+      "FLEET_TOKEN is not used by routers (each route carries its agent's own credential): remove it from this router's environment",
+    );
+  }
   const metrics = new Metrics();
   const routes = new SnapshotPoller({
     managerUrl: env.MANAGER_URL,

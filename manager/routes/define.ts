@@ -37,11 +37,6 @@ export function routeGroup(): OpenAPIHono {
 /** Security schemes of the document (registered once, on the app). */
 export const securitySchemes = {
   adminToken: { type: "http", scheme: "bearer", description: "ADMIN_TOKEN" },
-  fleetToken: {
-    type: "http",
-    scheme: "bearer",
-    description: "FLEET_TOKEN (ADMIN_TOKEN is accepted too)",
-  },
   routerToken: {
     type: "http",
     scheme: "bearer",
@@ -70,7 +65,6 @@ export const securitySchemes = {
 
 const securityOf: Record<Scope, Record<string, string[]>[]> = {
   admin: [{ adminToken: [] }],
-  fleet: [{ fleetToken: [] }, { adminToken: [] }],
   router: [{ routerToken: [] }, { adminToken: [] }],
 };
 
@@ -89,7 +83,7 @@ export function accessFor(ctx: AuthContext): Access {
     security: securityOf[scope],
     middleware: [requireScope(ctx, scope), readJsonBody],
   });
-  return { admin: entry("admin"), fleet: entry("fleet"), router: entry("router") };
+  return { admin: entry("admin"), router: entry("router") };
 }
 
 /**

@@ -4,6 +4,7 @@ import { createDb } from "../../db/index.ts";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import {
   type Running,
+  type RunningAgent,
   startAgent,
   startManager,
   startTcpForwarder,
@@ -59,6 +60,8 @@ describe(`a remote manager reaches a worker only through its port mapping (${ser
     return cli.output();
   }
 
+  let agent: RunningAgent;
+
   beforeAll(async () => {
     database = await createTestDatabase();
     manager = await startManager({
@@ -69,7 +72,7 @@ describe(`a remote manager reaches a worker only through its port mapping (${ser
     internalUrl = `http://127.0.0.1:${await freePort()}`;
     forwarder = await startTcpForwarder(agentPort);
     publicUrl = forwarder.url;
-    await startAgent({
+    agent = await startAgent({
       managerUrl: manager.url,
       workerId: "rented-1",
       port: agentPort,
@@ -153,8 +156,9 @@ describe(`a remote manager reaches a worker only through its port mapping (${ser
     );
     expect(removed.status).toBe(200);
     expect(removed.body.stopped).toEqual([{ worker_id: "rented-1", ok: true }]);
+    // With the agent credential it got when it joined (FLEET_TOKEN opens nothing there).
     const instances = await fetch(`${publicUrl}/v1/instances`, {
-      headers: { authorization: `Bearer ${FLEET_TOKEN}` },
+      headers: { authorization: `Bearer ${agent.credentials()?.agent_token}` },
     });
     const listed = (await instances.json()) as { instances: { alias: string; status: string }[] };
     expect(listed.instances.filter((i) => i.status !== "stopped")).toEqual([]);

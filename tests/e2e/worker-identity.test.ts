@@ -112,11 +112,15 @@ describe(`worker identity across processes (${serviceDbTarget})`, () => {
       "40",
     );
     expect(registered.code).toBe(0);
+    const created = await fleet("routers", "create", "ident-router", "--json");
+    expect(created.code).toBe(0);
+    const routerToken = (JSON.parse(created.output) as { token: string }).token;
     const routerPort = await freePort();
+    // A router holds its own credential for the manager and no fleet-wide secret at all.
     const service = startProcess([bunBin, "router/main.ts"], {
       env: {
         MANAGER_URL: manager.url,
-        FLEET_TOKEN,
+        ROUTER_TOKEN: routerToken,
         HOST: "127.0.0.1",
         PORT: String(routerPort),
         ROUTES_REFRESH_MS: "200",

@@ -211,13 +211,12 @@ export async function revokeRouterCredential(managerUrl: string, id: string): Pr
 }
 
 /**
- * A standalone router's environment. FLEET_TOKEN is what the agents behind the routes check
- * on `/proxy`; the manager takes only ROUTER_TOKEN.
+ * A standalone router's environment: no FLEET_TOKEN (agents get each route's own credential;
+ * the manager takes only ROUTER_TOKEN, which `startRouter` adds).
  */
 export function routerEnv(managerUrl: string, extra: Record<string, string> = {}) {
   return {
     MANAGER_URL: managerUrl,
-    FLEET_TOKEN: fleetToken,
     HOST: "127.0.0.1",
     ROUTES_REFRESH_MS: "200",
     USAGE_FLUSH_MS: "200",

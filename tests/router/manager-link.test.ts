@@ -10,7 +10,6 @@ import type { FetchLike } from "../../router/types.ts";
 import { UsageBatcher } from "../../router/usage-batcher.ts";
 import {
   createRouterToken,
-  FLEET,
   gpu,
   registration,
   stubAgent,

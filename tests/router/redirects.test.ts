@@ -10,7 +10,6 @@ import type { ApiKeyCreated } from "../../protocol/index.ts";
 import {
   addReplicas,
   createRouterCredential,
-  fleetToken,
   type ServedManager,
   type Sim,
   serveManager,
@@ -123,7 +122,6 @@ async function startRuntime(runtime: (typeof runtimes)[number]): Promise<string>
     bindings: {
       MANAGER_URL: manager.url,
       ROUTER_TOKEN: (await createRouterCredential(manager.url)).token,
-      FLEET_TOKEN: fleetToken,
       ...extra,
     },
     host: "127.0.0.1",

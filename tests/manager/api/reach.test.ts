@@ -18,8 +18,10 @@ import { describeApi } from "./harness.ts";
  * answers, manages the worker over the path that answers and says what to fix when none does.
  */
 
-type Answer = (request: Request) => Response | Promise<Response>;
-type HealthServer = {
+/** What an agent's `/health` knows: the agent credential it was issued when it joined. */
+type Self = { token: string | null };
+type Answer = (request: Request, self: Self) => Response | Promise<Response>;
+type HealthServer = Self & {
   url: string;
   port: number;
   hits(): number;
@@ -32,13 +34,24 @@ afterAll(() => {
   for (const server of servers) server.stop();
 });
 
+/**
+ * As the agent answers: its worker id, and `authenticated: true` to a caller presenting its
+ * agent credential (`token`, set when the worker joins through `api.register`).
+ */
 const agentAnswer =
   (workerId: string, extra: Record<string, unknown> = {}): Answer =>
-  () =>
-    Response.json({ status: "ok", worker_id: workerId, ...extra });
+  (request, self) =>
+    Response.json({
+      status: "ok",
+      worker_id: workerId,
+      ...(self.token !== null && request.headers.get("authorization") === `Bearer ${self.token}`
+        ? { authenticated: true }
+        : {}),
+      ...extra,
+    });
 
 /** An agent's `/health` answered as the test says, over real HTTP on a loopback port. */
-function healthServer(answer: Answer, port = 0): HealthServer {
+function healthServer(answer: Answer, port = 0, token: string | null = null): HealthServer {
   let current = answer;
   let hits = 0;
   const server: Server<undefined> = Bun.serve({
@@ -46,10 +59,11 @@ function healthServer(answer: Answer, port = 0): HealthServer {
     port,
     fetch(request) {
       hits++;
-      return current(request);
+      return current(request, health);
     },
   });
   const health: HealthServer = {
+    token,
     url: `http://127.0.0.1:${server.port}`,
     port: server.port ?? port,
     hits: () => hits,
@@ -82,11 +96,12 @@ async function pathEvents(t: TestManager) {
 describeApi("manager API: reaching workers", (api) => {
   test("a registration is probed without holding up its reply; both paths then show an RTT", async () => {
     const t = await api.manager();
-    const slow = healthServer(async () => {
+    const slow = healthServer(async (request, self) => {
       await Bun.sleep(800);
-      return Response.json({ status: "ok", worker_id: "w1" });
+      return agentAnswer("w1")(request, self);
     });
-    const mapped = healthServer(agentAnswer("w1"));
+    // Both URLs lead to the same agent, which holds the credential w1 is issued.
+    const mapped = healthServer((request) => agentAnswer("w1")(request, slow));
     const started = performance.now();
     const reply = await api.register(slow, "w1", [gpu(0)], { public_worker_url: mapped.url });
     expect(reply.status).toBe(200);
@@ -117,7 +132,7 @@ describeApi("manager API: reaching workers", (api) => {
   test("a path counts only when that worker's own agent answers", async () => {
     const t = await api.manager({ config: { probeTimeoutMs: 300 } });
     const health = healthServer(agentAnswer("w1"));
-    const elsewhere = healthServer(agentAnswer("w1"));
+    const elsewhere = healthServer((request) => agentAnswer("w1")(request, health));
     await api.register(health, "w1");
     await t.manager.context.prober.idle();
     expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
@@ -138,9 +153,9 @@ describeApi("manager API: reaching workers", (api) => {
       ],
       [
         "silence",
-        async () => {
+        async (request, self) => {
           await Bun.sleep(1500);
-          return Response.json({ status: "ok", worker_id: "w1" });
+          return agentAnswer("w1")(request, self);
         },
         "no answer within 300 ms (PROBE_TIMEOUT_MS)",
       ],
@@ -161,7 +176,8 @@ describeApi("manager API: reaching workers", (api) => {
   });
 
   test("with an agent credential on record, the agent must confirm it", async () => {
-    const t = await api.manager();
+    // Workers register without credentials here (no join token), as in open mode.
+    const t = await api.manager({ config: { fleetToken: undefined } });
     const health = healthServer((request) =>
       Response.json({
         status: "ok",
@@ -196,6 +212,8 @@ describeApi("manager API: reaching workers", (api) => {
     internal.answersAs = "w1";
     mapped.answersAs = "w1";
     await api.register(internal, "w1", [gpu(0)], { public_worker_url: mapped.url });
+    // One agent behind both URLs: it holds the credential w1 was issued.
+    mapped.token = internal.token;
     await t.manager.context.prober.idle();
     expect((await workerInfo(t, "w1")).management_path).toBe("internal");
     expect((await api.model({ alias: "one", gpu_memory_utilization: 0.4 })).status).toBe(201);
@@ -239,7 +257,8 @@ describeApi("manager API: reaching workers", (api) => {
       },
     ]);
 
-    health = healthServer(agentAnswer("w1"), port);
+    // The same agent back on its port, with the credential it holds.
+    health = healthServer(agentAnswer("w1"), port, health.token);
     await t.manager.context.prober.probe("w1");
     await t.manager.context.prober.probe("w1");
     const events = await pathEvents(t);
@@ -292,9 +311,9 @@ describeApi("manager API: reaching workers", (api) => {
     await t.manager.context.prober.idle();
     expect((await workerInfo(t, "w1")).management_path).toBe("internal");
 
-    const moved = healthServer(async () => {
+    const moved = healthServer(async (request, self) => {
       await Bun.sleep(500);
-      return Response.json({ status: "ok", worker_id: "w1" });
+      return agentAnswer("w1")(request, self);
     });
     await api.register(moved, "w1");
     const info = await workerInfo(t, "w1");

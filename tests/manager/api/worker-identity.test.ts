@@ -195,8 +195,7 @@ describeApi("manager API: worker identity", (api) => {
       gpu_info: { gpus: [gpu(0)], warning: null },
       instances: a.reports(),
     });
-    const snapshot = async () =>
-      (await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET })).body;
+    const snapshot = async () => (await t.json<RouteSnapshot>("GET", "/v1/routes")).body;
     const before = await snapshot();
     expect(before.routes.map((r) => [r.alias, r.ready, r.agent_token])).toEqual([
       ["rot", true, old.agent_token],
@@ -299,7 +298,7 @@ describeApi("manager API: worker identity", (api) => {
     expect(movable.routes.map((r) => r.worker_id)).toEqual(["w2"]);
     const pinned = (await t.json<ModelInfo>("GET", "/v1/models/pinned")).body;
     expect([pinned.status, pinned.instances]).toEqual(["failed", []]);
-    const routes = (await t.json<RouteSnapshot>("GET", "/v1/routes", { token: FLEET })).body;
+    const routes = (await t.json<RouteSnapshot>("GET", "/v1/routes")).body;
     expect(routes.routes.some((r) => r.worker_id === "w1")).toBe(false);
 
     // Its credentials stop working: the agent's next heartbeat is told to register again,

@@ -42,3 +42,8 @@ export function bearerToken(authorization: string | null | undefined): string {
     return "";
   return authorization.slice(7).trim();
 }
+
+/** `constantTimeEqual` for values that may be absent (a column that is null, a cache miss). */
+export function sameSecret(stored: string | null | undefined, presented: string): boolean {
+  return stored !== null && stored !== undefined && constantTimeEqual(presented, stored);
+}

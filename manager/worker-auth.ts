@@ -10,7 +10,13 @@
 import { eq, or } from "drizzle-orm";
 import type { Context, MiddlewareHandler } from "hono";
 import { schema } from "../db/index.ts";
-import { bearerToken, constantTimeEqual, randomToken, sha256Hex } from "../kit/crypto.ts";
+import {
+  bearerToken,
+  constantTimeEqual,
+  randomToken,
+  sameSecret,
+  sha256Hex,
+} from "../kit/crypto.ts";
 import { AppError } from "../kit/errors.ts";
 import type { WorkerCredentials } from "../protocol/index.ts";
 import type { ManagerContext } from "./context.ts";
@@ -127,7 +133,7 @@ async function heartbeatCaller(
     );
   }
   const credentialHash = await ctx.credentials.hashOf(presented);
-  if (ctx.credentials.verified(workerId) === credentialHash) {
+  if (sameSecret(ctx.credentials.verified(workerId), credentialHash)) {
     return { kind: "worker", credentialHash };
   }
   const [row] = await ctx.db

@@ -6,6 +6,7 @@
 import { and, asc, eq, inArray, isNotNull, isNull, sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
 import type { WorkerRow } from "../../db/schema/index.ts";
+import { sameSecret } from "../../kit/crypto.ts";
 import { AppError, describeError } from "../../kit/errors.ts";
 import {
   claimingInstanceStatuses,
@@ -81,8 +82,8 @@ export async function registerWorker(
     let promoted = false;
     if (caller.kind === "worker") {
       // Removed or rotated since the middleware looked: the credential no longer opens it.
-      if (before?.credentialHash !== caller.credentialHash) {
-        if (before?.pendingCredentialHash !== caller.credentialHash) {
+      if (!sameSecret(before?.credentialHash, caller.credentialHash)) {
+        if (!sameSecret(before?.pendingCredentialHash, caller.credentialHash)) {
           throw new AppError("unauthorized", `this credential no longer belongs to worker ${id}`);
         }
         promoted = true;
@@ -292,7 +293,7 @@ async function rotation(
         .from(schema.workers)
         .where(eq(schema.workers.workerId, workerId))
         .for("update");
-      if (!before || before.pendingCredentialHash !== caller.hash) return false;
+      if (!before || !sameSecret(before.pendingCredentialHash, caller.hash)) return false;
       await w.tx
         .update(schema.workers)
         .set({ ...promotion(before), updatedAt: now })

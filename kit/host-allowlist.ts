@@ -10,7 +10,7 @@ import { type IpRange, inRange, parseCidr, parseIp } from "./ip.ts";
 export type HostAllowlist = {
   /** Exact host names (lower case, no trailing dot). */
   names: ReadonlySet<string>;
-  /** `.example.com`: any host name under example.com, not example.com itself. */
+  /** `.example.com`: every host name under example.com, not example.com itself. */
   suffixes: readonly string[];
   /** IP addresses (as /32 or /128) and CIDR ranges. */
   ranges: readonly IpRange[];

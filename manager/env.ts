@@ -66,7 +66,7 @@ export const managerEnvSchema = z.object({
   GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
   /**
    * Hosts a worker may advertise in `worker_url` and `public_worker_url`: host names,
-   * `.suffix` domains, IP addresses or CIDR ranges, comma-separated. Unset: any host.
+   * `.suffix` domains, IP addresses or CIDR ranges, comma-separated. Unset: every host.
    */
   WORKER_URL_ALLOW: z
     .string()
@@ -99,7 +99,7 @@ export type ManagerConfig = {
   probeIntervalS: number;
   probeTimeoutMs: number;
   routesPollMs: number;
-  /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: any. */
+  /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: every host. */
   workerUrlAllow: HostAllowlist | undefined;
 };
 

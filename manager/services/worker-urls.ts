@@ -20,7 +20,7 @@ export type ListenAddress = {
 
 export type AdvertiseRules = {
   listen: ListenAddress;
-  /** `WORKER_URL_ALLOW`; undefined: any host. */
+  /** `WORKER_URL_ALLOW`; undefined: every host. */
   allow: HostAllowlist | undefined;
 };
 
@@ -57,7 +57,7 @@ export function advertisedUrlProblem(url: string, rules: AdvertiseRules): string
 }
 
 /**
- * Same port, and a host that reaches the listener: any loopback spelling when the manager
+ * Same port, and a host that reaches the listener: every loopback spelling when the manager
  * listens on loopback or on every interface, one of the host's own addresses on a wildcard,
  * else the very host it listens on.
  */

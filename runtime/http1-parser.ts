@@ -85,6 +85,28 @@ export class ResponseParser {
     this.resetLine();
   }
 
+  /**
+   * One byte of a line that must end in CRLF: `"end"` at the LF after a CR, `"cr"` for the
+   * CR itself, `"byte"` for content; a bare CR or bare LF fails the parse (`"failed"`) —
+   * lenient line endings are what request smuggling is built on.
+   */
+  private lineEnding(byte: number, what: string): "end" | "cr" | "byte" | "failed" {
+    if (this.sawCR) {
+      if (byte === LF) return "end";
+      this.fail(`bare CR in ${what} line`);
+      return "failed";
+    }
+    if (byte === CR) {
+      this.sawCR = true;
+      return "cr";
+    }
+    if (byte === LF) {
+      this.fail(`bare LF in ${what} line`);
+      return "failed";
+    }
+    return "byte";
+  }
+
   private resetLine(): void {
     this.lineBytes = 0;
     this.sizeDigits = 0;
@@ -120,21 +142,10 @@ export class ResponseParser {
           // (lenient line endings are what request smuggling is built on).
           for (; at < bytes.byteLength; at++) {
             const byte = bytes[at] as number;
-            if (this.sawCR) {
-              if (byte !== LF) {
-                this.fail("bare CR in chunk line");
-                return;
-              }
-              break;
-            }
-            if (byte === CR) {
-              this.sawCR = true;
-              continue;
-            }
-            if (byte === LF) {
-              this.fail("bare LF in chunk line");
-              return;
-            }
+            const ending = this.lineEnding(byte, "chunk");
+            if (ending === "failed") return;
+            if (ending === "end") break;
+            if (ending === "cr") continue;
             if (this.lineBytes++ > maxChunkLine) {
               this.fail("chunk line too long");
               return;
@@ -173,21 +184,10 @@ export class ResponseParser {
           // and none may start with whitespace (obsolete line folding).
           for (; at < bytes.byteLength; at++) {
             const byte = bytes[at] as number;
-            if (this.sawCR) {
-              if (byte !== LF) {
-                this.fail("bare CR in trailer line");
-                return;
-              }
-              break;
-            }
-            if (byte === CR) {
-              this.sawCR = true;
-              continue;
-            }
-            if (byte === LF) {
-              this.fail("bare LF in trailer line");
-              return;
-            }
+            const ending = this.lineEnding(byte, "trailer");
+            if (ending === "failed") return;
+            if (ending === "end") break;
+            if (ending === "cr") continue;
             if (this.lineBytes === 0 && (byte === 0x20 || byte === 0x09)) {
               this.fail("malformed trailer line");
               return;

@@ -41,6 +41,8 @@ export const managerEnvSchema = z.object({
   RESCHEDULE_AFTER_S: z.coerce.number().min(0).max(86_400).default(60),
   LAUNCH_RETRY_BASE_S: seconds(5),
   LAUNCH_RETRY_MAX_S: seconds(300),
+  /** An instance ready this long has its failure count (the backoff's exponent) forgotten. */
+  LAUNCH_RETRY_RESET_S: seconds(600),
   /** Timeout of one manager → agent call (launch, stop). */
   AGENT_TIMEOUT_S: seconds(10),
   /**
@@ -95,6 +97,7 @@ export type ManagerConfig = {
   rescheduleAfterS: number;
   launchRetryBaseS: number;
   launchRetryMaxS: number;
+  launchRetryResetS: number;
   agentTimeoutS: number;
   probeIntervalS: number;
   probeTimeoutMs: number;
@@ -115,6 +118,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     rescheduleAfterS: env.RESCHEDULE_AFTER_S,
     launchRetryBaseS: env.LAUNCH_RETRY_BASE_S,
     launchRetryMaxS: env.LAUNCH_RETRY_MAX_S,
+    launchRetryResetS: env.LAUNCH_RETRY_RESET_S,
     agentTimeoutS: env.AGENT_TIMEOUT_S,
     probeIntervalS: env.PROBE_INTERVAL_S,
     probeTimeoutMs: env.PROBE_TIMEOUT_MS,

@@ -7,7 +7,7 @@
  * a transition the table does not allow, or one whose row moved meanwhile, is ignored
  * (the call answers false) and writes nothing. docs/manager.md prints the table.
  */
-import { and, asc, eq, inArray, ne, or, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, lte, ne, or, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
 import type { InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
 import {
@@ -466,6 +466,23 @@ export class LifecycleTx {
       this.effects.workers.add(next.workerId);
     }
     return true;
+  }
+
+  /**
+   * Instances ready since `stableSince` or earlier forget their failures: the retry backoff
+   * starts from the base delay again at their next failure. Nothing else moves (no event).
+   */
+  async forgetFailures(stableSince: Date): Promise<void> {
+    await this.tx
+      .update(schema.instances)
+      .set({ failures: 0 })
+      .where(
+        and(
+          eq(schema.instances.status, "ready"),
+          sql`${schema.instances.failures} > 0`,
+          lte(schema.instances.readyAt, stableSince),
+        ),
+      );
   }
 
   // ---- replacement and removal ----

@@ -83,7 +83,8 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
  *    replaced on workers that fit, unless more than half the workers are offline (then it
  *    is a network problem, not dead hosts: hold off);
  * 2. `failed` instances are retried with capped exponential backoff (on their worker when
- *    it still fits, else wherever placement finds room);
+ *    it still fits, else wherever placement finds room); the backoff counts recent failures:
+ *    an instance ready for LAUNCH_RETRY_RESET_S starts again from the base delay;
  * 3. `pending` instances whose launch call never completed (a manager crash between the
  *    placement and the call) are launched again.
  */
@@ -130,6 +131,11 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
       if (replacement) launches.push(replacement);
     }
   }
+
+  // One bad hour must not make every later relaunch wait the maximum: a stable stretch of
+  // readiness forgets the failures before it.
+  const stableSince = new Date(now.getTime() - ctx.config.launchRetryResetS * 1000);
+  await ctx.lifecycle.write(now, (w) => w.forgetFailures(stableSince));
 
   const failed = await ctx.db
     .select({

@@ -106,6 +106,70 @@ for (const target of dbTargets) {
       expect((await info("flaky")).instances[0]?.status).toBe("starting");
     });
 
+    test("the retry backoff forgets earlier failures once the instance has been ready for LAUNCH_RETRY_RESET_S", async () => {
+      await start({ launchRetryResetS: 60 });
+      const a = agent();
+      await register(a, "w1");
+      const later = async (ms: number) => {
+        clock.advance(ms);
+        await beat(a, "w1");
+        await t.manager.tick();
+      };
+      a.refuse = { status: 400, message: "CUDA_VISIBLE_DEVICES 0 is busy" };
+      await t.json("POST", "/v1/models/register", { body: { alias: "bad-hour", model_name: "m" } });
+      // Three failures (a bad hour): the next wait would be 5 × 2² = 20 s, then 40 s.
+      await later(6_000);
+      await later(11_000);
+      expect(a.launches).toHaveLength(3);
+      a.refuse = null;
+      await later(11_000);
+      await later(10_000);
+      expect(a.launches).toHaveLength(4);
+      a.markReady("bad-hour");
+      await beat(a, "w1");
+      expect((await info("bad-hour")).instances[0]?.status).toBe("ready");
+      // Ready for longer than the reset period.
+      for (let i = 0; i < 4; i++) await later(16_000);
+      // The engine vanishes: one recent failure, so the first delay (5 s), not 40 s.
+      a.instances.clear();
+      clock.advance(21_000);
+      await beat(a, "w1");
+      expect((await info("bad-hour")).instances[0]?.status).toBe("failed");
+      await later(6_000);
+      expect(a.launches).toHaveLength(5);
+    });
+
+    test("a failure soon after readiness keeps the backoff it had", async () => {
+      await start({ launchRetryResetS: 600 });
+      const a = agent();
+      await register(a, "w1");
+      const later = async (ms: number) => {
+        clock.advance(ms);
+        await beat(a, "w1");
+        await t.manager.tick();
+      };
+      a.refuse = { status: 400, message: "busy" };
+      await t.json("POST", "/v1/models/register", { body: { alias: "shaky", model_name: "m" } });
+      await later(6_000);
+      await later(11_000);
+      a.refuse = null;
+      await later(11_000);
+      await later(10_000);
+      expect(a.launches).toHaveLength(4);
+      a.markReady("shaky");
+      await later(16_000);
+      a.instances.clear();
+      clock.advance(21_000);
+      await beat(a, "w1");
+      expect((await info("shaky")).instances[0]?.status).toBe("failed");
+      // Four failures now: 5 × 2³ = 40 s before the next try.
+      await later(16_000);
+      await later(16_000);
+      expect(a.launches).toHaveLength(4);
+      await later(9_000);
+      expect(a.launches).toHaveLength(5);
+    });
+
     test("an unreachable agent is named in the error", async () => {
       await start({ agentTimeoutS: 1 });
       const a = agent();

@@ -86,14 +86,29 @@ export function renderError(
   return errorResponse("internal_error", `internal error${suffix}`, { headers: requestHeaders });
 }
 
+/** How many characters of a client's value an error message quotes. */
+export const maxQuoted = 256;
+
+/**
+ * A value the client sent, as an error message may quote it: whole up to 256 characters,
+ * else its first 256 and an ellipsis. Every message that echoes input (a model name, a
+ * field, a path) goes through this, so a 1 MB `model` is not sent back whole.
+ */
+export function quote(value: string, max = maxQuoted): string {
+  if (value.length <= max) return value;
+  // Never cut a surrogate pair in half: the message must stay valid UTF-16.
+  const end = /[\uD800-\uDBFF]/.test(value.charAt(max - 1)) ? max - 1 : max;
+  return `${value.slice(0, end)}…`;
+}
+
 /** A zod failure → 400 naming the first failing field (dotted path) in `param`. */
 export function validationError(error: z.ZodError, where = "body"): AppError {
   const issue = error.issues[0];
-  const path = issue?.path.map(String).join(".") ?? "";
+  const path = quote(issue?.path.map(String).join(".") ?? "");
   const param = path === "" ? null : path;
   const what =
     issue?.code === "unrecognized_keys"
-      ? `unknown field(s) ${issue.keys.join(", ")}`
+      ? `unknown field(s) ${quote(issue.keys.join(", "))}`
       : issue?.message;
   const message = issue ? `${param ?? where}: ${what}` : `invalid ${where}`;
   return new AppError("invalid_request", message, { param });

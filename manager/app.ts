@@ -2,7 +2,7 @@ import { createRoute, type OpenAPIHono, type RouteConfig } from "@hono/zod-opena
 import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
-import { AppError, renderError } from "../kit/errors.ts";
+import { AppError, quote, renderError } from "../kit/errors.ts";
 import { openAiModelListSchema, type RouteSnapshot, type UsageRecord } from "../protocol/index.ts";
 import { routerRoutes } from "../router/routes.ts";
 import { isAuthorized } from "./auth.ts";
@@ -85,7 +85,7 @@ export function createApp(deps: ManagerDeps): Manager {
     }),
   );
   app.notFound((c) => {
-    throw new AppError("not_found", `no route for ${c.req.method} ${c.req.path}`);
+    throw new AppError("not_found", `no route for ${quote(c.req.method)} ${quote(c.req.path)}`);
   });
 
   // The manager's API, one sub-app per resource.
@@ -108,7 +108,7 @@ export function createApp(deps: ManagerDeps): Manager {
 
   // The OpenAI surface and the router's own endpoints, answered by the mounted router.
   const toRouter = (c: Context) => {
-    if (!router) throw new AppError("not_found", `no router is mounted for ${c.req.path}`);
+    if (!router) throw new AppError("not_found", `no router is mounted for ${quote(c.req.path)}`);
     return router.fetch(c.req.raw);
   };
   const { models: _servedModels, ...forwarded } = routerRoutes;

@@ -6,7 +6,7 @@
  */
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
-import { AppError } from "../kit/errors.ts";
+import { AppError, quote } from "../kit/errors.ts";
 import { errors, routeGroup } from "./routes/define.ts";
 
 /** The document as `@hono/zod-openapi` generates it. */
@@ -111,7 +111,7 @@ export function docsRoutes(document: () => ApiDocument): OpenAPIHono {
         return c.body(initScript, 200, { ...headers, "content-type": "text/javascript" });
       }
       const entry = uiFiles[file];
-      if (!entry) throw new AppError("not_found", `no documentation asset named ${file}`);
+      if (!entry) throw new AppError("not_found", `no documentation asset named ${quote(file)}`);
       let bytes = assets.get(file);
       if (!bytes) {
         bytes = readUiFile(entry.file);

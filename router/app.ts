@@ -1,6 +1,6 @@
 import { type Context, Hono } from "hono";
 import { type MonotonicClock, monotonicClock } from "../kit/clock.ts";
-import { AppError, errorResponse, renderError } from "../kit/errors.ts";
+import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { authenticate } from "./auth.ts";
 import { Balancer } from "./balancer.ts";
@@ -135,7 +135,7 @@ function inferenceHandler(parts: {
     const alias = body.model;
     const group = view.aliases.get(alias);
     if (!group) {
-      throw new AppError("model_not_found", `The model \`${alias}\` does not exist.`, {
+      throw new AppError("model_not_found", `The model \`${quote(alias)}\` does not exist.`, {
         param: "model",
       });
     }

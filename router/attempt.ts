@@ -1,12 +1,13 @@
 import type { RouteEntry } from "../protocol/index.ts";
+import { headProblem, malformedAnswer } from "./answer-check.ts";
 import type { Pick as Choice, ReplicaState } from "./balancer.ts";
 import type { ForwardRequest, ProxyConfig } from "./proxy-types.ts";
 
 /**
  * One try of a request on one replica, up to the commit point (the first body byte). Until
  * then nothing has reached the client, so whatever goes wrong is a `Failure` that `forward`
- * may retry elsewhere. The steps: send, classify the status, wait for the first byte (or
- * the whole of a small answer), commit.
+ * may retry elsewhere. The steps: send, check the answer's head (answer-check.ts), classify
+ * the status, wait for the first byte (or the whole of a small answer), commit.
  */
 export async function attempt(
   config: ProxyConfig,
@@ -19,7 +20,12 @@ export async function attempt(
   try {
     response = await send(run, headers);
   } catch (error) {
-    return run.fail("connect", error);
+    return run.fail(malformedAnswer(error) ? "malformed" : "connect", error);
+  }
+  const problem = headProblem(response);
+  if (problem) {
+    await response.body?.cancel().catch(() => {});
+    return run.fail("malformed", problem);
   }
   // An agent only ever answers /proxy itself: a redirect would send the prompt and the
   // agent's credential elsewhere, so it is never followed (every client here is asked for
@@ -40,7 +46,16 @@ export async function attempt(
     try {
       bytes = await response.bytes();
     } catch (error) {
-      return run.fail("reset", error);
+      return run.fail(malformedAnswer(error) ? "malformed" : "reset", error);
+    }
+    // A client that hands over fewer (or more) bytes than Content-Length promised must not
+    // make the router repeat the promise to its own client.
+    const declared = Number(response.headers.get("content-length"));
+    if (bytes.byteLength !== declared) {
+      return run.fail(
+        "malformed",
+        `body of ${bytes.byteLength} bytes where Content-Length said ${declared}`,
+      );
     }
     // Nothing is left to relay: the attempt ends here.
     run.release();
@@ -65,7 +80,8 @@ export type ReadResult = Awaited<
 /** Before the commit point; `reply` is a 502/503/504 to pass through if no replica is left. */
 export type Failure = {
   kind: "failed";
-  reason: "connect" | "timeout" | "reset" | "status" | "redirect";
+  /** `malformed`: the answer broke HTTP or the limits of answer-check.ts. */
+  reason: "connect" | "timeout" | "reset" | "status" | "redirect" | "malformed";
   workerId: string;
   /** Why, for the log: the transport error with its cause, or the status. */
   cause: string;
@@ -157,7 +173,10 @@ export class Attempt {
     body: Partial<Pick<Committed, "bytes" | "reader" | "first">>,
   ): Committed {
     clearTimeout(this.firstByteTimer);
-    this.config.balancer.succeeded(this.state);
+    // A whole answer is a success now, and so is a half-open probe's first byte (it brings
+    // the replica back). Any other relayed answer is one when it ends cleanly (relay.ts):
+    // a replica whose streams all break mid-way must still reach its ejection.
+    if (body.bytes || this.state.ejectedUntil !== 0) this.config.balancer.succeeded(this.state);
     const ttftMs = this.config.clock.now() - this.request.startedAt;
     return { kind: "committed", attempt: this, response, ttftMs, ...body };
   }

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { AppError } from "../kit/errors.ts";
+import { AppError, quote } from "../kit/errors.ts";
 
 /**
  * The fields the router reads from an OpenAI request body; everything else passes through
@@ -77,7 +77,7 @@ export function parseInferenceBody(raw: Uint8Array<ArrayBuffer>): {
   const parsed = inferenceBodySchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const param = issue?.path.join(".") || null;
+    const param = quote(issue?.path.join(".") ?? "") || null;
     throw new AppError(
       "invalid_request",
       typeof json === "object" && json !== null && !Array.isArray(json)

@@ -33,6 +33,11 @@ export function routerInstruments(
   metrics.declare("fleet_router_in_flight", "gauge", "Requests being proxied, by alias");
   metrics.declare("fleet_router_retries_total", "counter", "Attempts retried on another replica");
   metrics.declare("fleet_router_ejections_total", "counter", "Replicas ejected after failures");
+  metrics.declare(
+    "fleet_router_malformed_answers_total",
+    "counter",
+    "Answers refused from agents: a status outside 200-599, a Content-Length the body did not keep, too many or too large headers; by alias and worker",
+  );
   metrics.declare("fleet_router_ejected_replicas", "gauge", "Replicas currently ejected");
   metrics.collect(() =>
     metrics.set("fleet_router_ejected_replicas", undefined, balancer.ejectedCount()),

@@ -101,6 +101,12 @@ class RetryState {
       status: failure.reply?.status,
       cause: failure.cause,
     });
+    if (failure.reason === "malformed") {
+      this.config.metrics.inc("fleet_router_malformed_answers_total", {
+        alias: this.request.alias,
+        worker_id: failure.workerId,
+      });
+    }
   }
 }
 
@@ -147,6 +153,13 @@ function noReplicaAnswered(
     return errorResponse("upstream_timeout", `model \`${alias}\` did not start answering in time`, {
       headers: requestIdHeader,
     });
+  }
+  if (last.reason === "malformed") {
+    return errorResponse(
+      "upstream_error",
+      `a replica of model \`${alias}\` sent a malformed answer (see the router's log)`,
+      { headers: requestIdHeader },
+    );
   }
   if (last.reason === "redirect") {
     return errorResponse(

@@ -59,7 +59,13 @@ function relayStream(
   const isSse = (response.headers.get("content-type") ?? "").includes("text/event-stream");
   const filter = isSse ? new SseUsageFilter(request.hideUsage) : undefined;
   const tail = isSse ? undefined : new JsonUsageTail();
-  const headers = downstreamHeaders(response.headers, filter !== undefined && request.hideUsage);
+  // The router frames what it relays itself (chunked): the agent's Content-Length is checked
+  // against the bytes that came (below), never repeated to the client, where a lying one
+  // would promise bytes that never come.
+  const headers = downstreamHeaders(response.headers, true);
+  const declaredHeader = response.headers.get("content-length");
+  const declared = declaredHeader === null ? null : Number(declaredHeader);
+  let received = 0;
   headers.set("x-request-id", request.requestId);
   if (isSse) {
     headers.set("x-accel-buffering", "no");
@@ -74,12 +80,18 @@ function relayStream(
     const usage = filter ? filter.usage : tail?.usage();
     return { status: finalStatus, ttftMs, usage, workerId: route.worker_id };
   };
+  /** Ended cleanly: the replica's failures are no longer consecutive (an ejection stands). */
+  const completed = () => {
+    if (attempt.state.ejectedUntil === 0) config.balancer.succeeded(attempt.state);
+  };
   if (!reader || !first || first.done) {
+    completed();
     done(stop(status));
     return new Response(null, { status, headers });
   }
 
   const pass = (chunk: Uint8Array): Uint8Array | undefined => {
+    received += chunk.byteLength;
     if (filter) return filter.push(chunk);
     tail?.push(chunk);
     return chunk;
@@ -98,7 +110,11 @@ function relayStream(
     },
     Math.max(50, Math.min(config.idleMs / 10, 10_000)),
   );
-  const broke = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
+  const broke = (
+    controller: ReadableStreamDefaultController<Uint8Array>,
+    error: unknown,
+    malformed?: string,
+  ) => {
     closed = true;
     if (clientSignal.aborted) {
       done(stop(clientClosed));
@@ -108,21 +124,31 @@ function relayStream(
     // The response already started: never retry (it would duplicate text). SSE clients get
     // vLLM's own mid-stream error shape so SDKs raise instead of hanging.
     const statusSeen = idleFired ? 504 : 502;
+    const reason = idleFired ? "idle timeout" : malformed ? "malformed" : "reset";
+    const shortBy =
+      declared !== null && received < declared ? ` after ${received} of ${declared} bytes` : "";
     log.warn("upstream broke mid-response", {
       request_id: request.requestId,
       alias: request.alias,
       worker_id: route.worker_id,
-      reason: idleFired ? "idle timeout" : "reset",
-      cause: idleFired ? `no body byte for ${config.idleMs} ms` : String(error),
+      reason,
+      cause: idleFired
+        ? `no body byte for ${config.idleMs} ms`
+        : (malformed ?? `${String(error)}${shortBy}`),
     });
+    // A replica whose answers break off counts toward its ejection like one that fails
+    // before the first byte: the next request should not meet the same fate.
+    config.balancer.failed(route, attempt.state);
+    if (malformed)
+      config.metrics.inc("fleet_router_malformed_answers_total", {
+        alias: request.alias,
+        worker_id: route.worker_id,
+      });
     if (isSse) {
       const message = idleFired
         ? "the model went idle mid-stream"
         : "the connection to the model was lost mid-stream";
-      const event = JSON.stringify({
-        error: { message, type: "server_error", param: null, code: statusSeen },
-      });
-      controller.enqueue(new TextEncoder().encode(`data: ${event}\n\ndata: [DONE]\n\n`));
+      controller.enqueue(streamErrorEvent(message, statusSeen));
       controller.close();
     } else {
       controller.error(error);
@@ -148,11 +174,26 @@ function relayStream(
         lastChunkAt = clock.now();
         if (closed) return;
         if (result.done) {
+          if (declared !== null && received !== declared) {
+            // The client said the body ended where Content-Length says it did not: the
+            // answer is cut (or padded), and the client must not take it as whole.
+            const cause = `body ended after ${received} of ${declared} declared bytes`;
+            broke(controller, new Error(cause), cause);
+            return;
+          }
           closed = true;
           const rest = filter?.finish();
           if (rest) controller.enqueue(rest);
           controller.close();
+          completed();
           done(stop(status));
+          return;
+        }
+        if (declared !== null && received + result.value.byteLength > declared) {
+          const cause = `body longer than its Content-Length of ${declared} bytes`;
+          upstream.abort(new Error(cause));
+          reader.cancel().catch(() => {});
+          broke(controller, new Error(cause), cause);
           return;
         }
         const out = pass(result.value);
@@ -172,4 +213,18 @@ function relayStream(
     },
   });
   return new Response(body, { status, headers });
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The end of an event stream that cannot go on: an error event in the shape vLLM itself
+ * sends mid-stream (OpenAI's error object, the HTTP status as `code`), then `[DONE]`, so an
+ * SDK raises the error instead of waiting or taking the text as complete.
+ */
+export function streamErrorEvent(message: string, status: number): Uint8Array {
+  const event = JSON.stringify({
+    error: { message, type: "server_error", param: null, code: status },
+  });
+  return encoder.encode(`data: ${event}\n\ndata: [DONE]\n\n`);
 }

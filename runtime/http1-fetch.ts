@@ -42,6 +42,8 @@ export type Http1FetchOptions = {
   maxIdlePerOrigin?: number;
   /** Largest response head accepted (default 64 KiB). */
   maxHeadBytes?: number;
+  /** Most header fields in a response head (default 100). */
+  maxHeaders?: number;
   /** For requests this client does not handle (default: the global `fetch`). */
   fallback?: FetchFn;
   /**
@@ -141,6 +143,7 @@ const defaults = {
   keepAliveMs: 4000,
   maxIdlePerOrigin: 256,
   maxHeadBytes: 64 * 1024,
+  maxHeaders: 100,
 };
 const encoder = new TextEncoder();
 const headerName = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
@@ -248,7 +251,9 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
       connectAndSend(exchange.request, false).then(exchange.resolve, exchange.reject);
     } else {
       exchange.reject(
-        error instanceof ProtocolError ? fetchFailed(conn.origin, error.message) : error,
+        // The ProtocolError stays the cause: the router tells a malformed answer from a
+        // failed connection by it (router/answer-check.ts).
+        error instanceof ProtocolError ? fetchFailed(conn.origin, error.message, error) : error,
       );
     }
   };
@@ -352,7 +357,7 @@ export function createHttp1Fetch(options: Http1FetchOptions = {}): Http1Fetch {
           destroy(c);
         },
       },
-      { maxHeadBytes: config.maxHeadBytes },
+      { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders },
     );
 
   const handlers: SocketHandler<Connection> = {

@@ -3,7 +3,7 @@
  * `http1-fetch.ts`. Pure: bytes in, callbacks out, no I/O, so every framing rule is tested
  * by feeding it bytes split at every position.
  *
- *   const parser = new ResponseParser(handlers, { maxHeadBytes: 64 * 1024 });
+ *   const parser = new ResponseParser(handlers, { maxHeadBytes: 64 * 1024, maxHeaders: 100 });
  *   parser.expect("POST");       // before each request written on the connection
  *   parser.push(bytes);          // as bytes arrive; views of `bytes` reach onBody
  *   parser.closed();             // when the peer closes: ends a close-delimited body
@@ -73,7 +73,11 @@ export class ResponseParser {
 
   constructor(
     private readonly handlers: ResponseHandlers,
-    private readonly options: { maxHeadBytes: number },
+    private readonly options: {
+      maxHeadBytes: number;
+      /** Most header fields in one head; more is refused as a flood, not buffered on. */
+      maxHeaders: number;
+    },
   ) {}
 
   /** Arms the parser for the response to a request with this method. */
@@ -311,6 +315,10 @@ export class ResponseParser {
     }
     if (status < 100 || status > 599) {
       this.fail("malformed status line");
+      return null;
+    }
+    if (lines.length - 1 > this.options.maxHeaders) {
+      this.fail(`response head has more than ${this.options.maxHeaders} header fields`);
       return null;
     }
     // Framing headers are picked out while scanning; the Headers object is built once.

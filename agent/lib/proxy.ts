@@ -1,4 +1,4 @@
-import { errorResponse } from "../../kit/errors.ts";
+import { errorResponse, quote } from "../../kit/errors.ts";
 import { connectionNamedHeaders, hopByHopHeaders } from "../../kit/http-headers.ts";
 import type { Logger } from "../../kit/log.ts";
 import type { Supervisor } from "./supervisor.ts";
@@ -28,10 +28,13 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
   return async (req: Request, alias: string, path: string, search: string): Promise<Response> => {
     const method = allowed[path];
     if (method === undefined) {
-      return errorResponse("not_found", `/v1/${path} is not served through the agent's proxy`);
+      return errorResponse(
+        "not_found",
+        `/v1/${quote(path)} is not served through the agent's proxy`,
+      );
     }
     if (req.method !== method) {
-      return errorResponse("method_not_allowed", `/v1/${path} takes ${method}`, {
+      return errorResponse("method_not_allowed", `/v1/${quote(path)} takes ${method}`, {
         headers: { allow: method },
       });
     }
@@ -39,7 +42,7 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
     if (engine === undefined) {
       return errorResponse(
         "model_not_found",
-        `The model \`${alias}\` does not exist on this worker.`,
+        `The model \`${quote(alias)}\` does not exist on this worker.`,
         {
           param: "model",
         },

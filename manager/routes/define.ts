@@ -8,7 +8,7 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
 import type { z } from "zod";
-import { AppError, validationError } from "../../kit/errors.ts";
+import { AppError, quote, validationError } from "../../kit/errors.ts";
 import { openAiErrorSchema } from "../../protocol/index.ts";
 import { type AuthContext, requireScope, type Scope } from "../auth.ts";
 
@@ -110,7 +110,7 @@ const readJsonBody: MiddlewareHandler = async (c, next) => {
   if (type === undefined || !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
     throw new AppError(
       "invalid_request",
-      `the request body must be JSON, sent with Content-Type: application/json (got ${type ?? "no Content-Type"})`,
+      `the request body must be JSON, sent with Content-Type: application/json (got ${type === undefined ? "no Content-Type" : quote(type)})`,
     );
   }
   if (text.trim() === "") {

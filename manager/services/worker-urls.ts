@@ -4,7 +4,7 @@
  * (the router would send prompts and credentials to the manager's API), and, when
  * `WORKER_URL_ALLOW` is set, only hosts on that list.
  */
-import { AppError } from "../../kit/errors.ts";
+import { AppError, quote } from "../../kit/errors.ts";
 import { type HostAllowlist, hostAllowed } from "../../kit/host-allowlist.ts";
 import { embeddedIpv4, type IpAddress, parseIp } from "../../kit/ip.ts";
 import { isLoopbackHost, isWildcardHost } from "../../kit/net.ts";
@@ -48,10 +48,10 @@ export function advertisedUrlProblem(url: string, rules: AdvertiseRules): string
   const parsed = new URL(url);
   const host = parsed.hostname;
   if (pointsAtListenAddress(parsed, rules.listen)) {
-    return `${url} points at this manager's own address (${rules.listen.host}:${rules.listen.port}); advertise the agent's address (WORKER_URL, PUBLIC_URL)`;
+    return `${quote(url)} points at this manager's own address (${rules.listen.host}:${rules.listen.port}); advertise the agent's address (WORKER_URL, PUBLIC_URL)`;
   }
   if (rules.allow && !hostAllowed(rules.allow, host)) {
-    return `${url}: host ${host} is not allowed by the manager's WORKER_URL_ALLOW (${rules.allow.entries.join(",")})`;
+    return `${quote(url)}: host ${quote(host)} is not allowed by the manager's WORKER_URL_ALLOW (${rules.allow.entries.join(",")})`;
   }
   return undefined;
 }

@@ -1,6 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { createSimApp } from "../../agent/sim/app.ts";
 import { parseServeArgs } from "../../agent/sim/config.ts";
+import { metric } from "../../devkit/metrics.ts";
+import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
 import { route } from "./route-entry.ts";
@@ -69,6 +71,7 @@ function router(
         body: await request.clone().text(),
       });
       if (host === "down.test") throw new TypeError("fetch failed: connection refused");
+      if (host === "short.test") return shortAnswer(new URL(request.url).pathname);
       if (host === "sick.test") {
         return Response.json(
           { error: { message: "engine not ready", type: "server_error", param: null, code: 503 } },
@@ -94,6 +97,30 @@ const chat = (extra: Record<string, unknown> = {}) => ({
   max_tokens: 5,
   ...extra,
 });
+
+/**
+ * An answer whose body ends, cleanly, a few bytes into what its Content-Length promised
+ * (100,000 bytes, or 99,999,999,999,999 for embeddings): what a client that does not check
+ * framing itself would hand over.
+ */
+function shortAnswer(path: string): Response {
+  const sse = path.endsWith("/chat/completions");
+  const first = sse
+    ? 'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    : '{"partial":';
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new TextEncoder().encode(first));
+      controller.close();
+    },
+  });
+  return new Response(body, {
+    headers: {
+      "content-type": sse ? "text/event-stream" : "application/json",
+      "content-length": path.endsWith("/embeddings") ? "99999999999999" : "100000",
+    },
+  });
+}
 
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string } };
 
@@ -236,6 +263,37 @@ describe("router app: proxying", () => {
     expect(((await busy.json()) as ErrorBody).error.message).toBe("engine not ready");
   });
 
+  test("a body that ends short of its Content-Length ends the response as a failure, and the replica is counted", async () => {
+    const { post, usage, app } = router({
+      routes: [route({ alias: "qwen", workerId: "short", url: "http://short.test" })],
+      deps: { ejection: { after: 3 } },
+    });
+    // An event stream: the text so far, then vLLM's mid-stream error event and [DONE].
+    const stream = await post("/v1/chat/completions", chat({ stream: true }));
+    expect(stream.status).toBe(200);
+    expect(stream.headers.get("content-length")).toBeNull();
+    const seen = events(await stream.text());
+    expect(seen.at(-1)).toBe("[DONE]");
+    const error = JSON.parse(seen.at(-2) ?? "{}") as ErrorBody;
+    expect(error.error).toMatchObject({ type: "server_error", code: 502 });
+    // A small JSON answer is read whole before anything reaches the client: a plain 502.
+    const small = await post("/v1/completions", { model: "qwen", prompt: "hi" });
+    expect(small.status).toBe(502);
+    expect(((await small.json()) as ErrorBody).error.message).toContain("malformed answer");
+    // A large one is relayed as it comes: the client's read fails rather than ending on half
+    // a document, and the lying length never reaches it.
+    const large = await post("/v1/embeddings", { model: "qwen", input: "hi" });
+    expect(large.status).toBe(200);
+    expect(large.headers.get("content-length")).toBeNull();
+    expect(large.text()).rejects.toThrow();
+    await eventually(() => usage.length === 3);
+    expect(usage.map((record) => record.status)).toEqual([502, 502, 502]);
+    // Three broken answers in a row eject the replica (ejection.after = 3).
+    const metrics = await (await app.request("/metrics")).text();
+    expect(metric(metrics, "fleet_router_ejections_total", { worker_id: "short" })).toBe(1);
+    expect(metric(metrics, "fleet_router_malformed_answers_total", { worker_id: "short" })).toBe(3);
+  });
+
   test("an engine's 400 reaches the client as is and is not retried", async () => {
     const { post, upstream } = router({
       routes: [
@@ -312,6 +370,18 @@ describe("router app: what it refuses before any replica is asked", () => {
     const path = await app.request("/v1/nowhere");
     expect(path.status).toBe(404);
     expect(((await path.json()) as ErrorBody).error.code).toBe("not_found");
+  });
+
+  test("an unknown model's name is quoted up to 256 characters, not echoed whole", async () => {
+    const { post } = router();
+    const huge = `m${"x".repeat(1024 * 1024)}`;
+    const response = await post("/v1/chat/completions", chat({ model: huge }));
+    expect(response.status).toBe(404);
+    const text = await response.text();
+    expect(text.length).toBeLessThan(1024);
+    const { error } = JSON.parse(text) as ErrorBody;
+    expect(error.message).toContain(`\`${huge.slice(0, 256)}…\``);
+    expect(error.code).toBe("model_not_found");
   });
 
   test("413 for a body over maxBodyBytes, declared or streamed", async () => {

@@ -23,7 +23,7 @@ function parse(pieces: Uint8Array[], method = "POST", options: { close?: boolean
       onEnd: (reusable) => seen.ends.push(reusable),
       onError: (error) => seen.errors.push(error.message),
     },
-    { maxHeadBytes: 1024 },
+    { maxHeadBytes: 1024, maxHeaders: 8 },
   );
   parser.expect(method);
   for (const piece of pieces) parser.push(piece);
@@ -135,6 +135,19 @@ describe("ResponseParser", () => {
     expect(seen.heads).toEqual([]);
   });
 
+  test("refuses more header fields than the limit, however small each is", () => {
+    const fields = (count: number) =>
+      Array.from({ length: count }, (_, index) => `X-${index}: v\r\n`).join("");
+    const flood = parse([encoder.encode(`HTTP/1.1 200 OK\r\n${fields(9)}\r\n`)]);
+    expect(flood.errors).toEqual(["response head has more than 8 header fields"]);
+    expect(flood.heads).toEqual([]);
+    const atLimit = parse([
+      encoder.encode(`HTTP/1.1 200 OK\r\n${fields(7)}Content-Length: 2\r\n\r\nok`),
+    ]);
+    expect(atLimit.errors).toEqual([]);
+    expect(atLimit.body).toBe("ok");
+  });
+
   test("a close before the response ends is an error, not a short body", () => {
     const midBody = parse(
       [encoder.encode("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")],
@@ -158,7 +171,7 @@ describe("ResponseParser", () => {
         onEnd: (reusable) => ends.push(reusable),
         onError: (error) => seen.push(`error: ${error.message}`),
       },
-      { maxHeadBytes: 1024 },
+      { maxHeadBytes: 1024, maxHeaders: 8 },
     );
     parser.expect("POST");
     parser.push(encoder.encode("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"));

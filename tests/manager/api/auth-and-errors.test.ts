@@ -113,6 +113,21 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
     expect(nowhere.body.error.type).toBe("not_found_error");
   });
 
+  test("errors quote what the client sent up to 256 characters, then an ellipsis", async () => {
+    const t = await api.manager();
+    const long = "x".repeat(100_000);
+    const path = await t.json<OpenAiError>("GET", `/v1/${long}`);
+    expect(path.status).toBe(404);
+    expect(path.body.error.message).toBe(`no route for GET ${`/v1/${long}`.slice(0, 256)}…`);
+    // An unknown field's name is quoted the same way.
+    const field = await t.json<OpenAiError>("POST", "/v1/models/register", {
+      body: { alias: "ok", model_name: "m", [long]: 1 },
+    });
+    expect(field.status).toBe(400);
+    expect(field.body.error.message.length).toBeLessThan(400);
+    expect(field.body.error.message).toContain(`${long.slice(0, 256)}…`);
+  });
+
   test("GET /openapi.json describes each request body field for field from its protocol schema; /docs is a page naming the routes", async () => {
     const t = await api.manager();
     type JsonSchema = { $ref?: string; properties?: Record<string, unknown> };

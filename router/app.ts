@@ -8,6 +8,7 @@ import { clientAskedForUsage, parseInferenceBody, readBody, withIncludeUsage } f
 import { routerInstruments } from "./instruments.ts";
 import { Metrics } from "./metrics.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
+import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
 import type { FetchLike, RouteSource, UsageSink } from "./types.ts";
 import { type RouteView, viewSource } from "./view.ts";
@@ -32,6 +33,13 @@ export type AppDeps = {
     firstByteMs?: number;
     /** Between body chunks once the response started (default 5 min). */
     idleMs?: number;
+    /**
+     * A request waiting this long for its first byte has its replica health-checked, and
+     * again every as long while it waits (default 3 s; 0 = off).
+     */
+    firstByteProbeMs?: number;
+    /** The health check's timeout: no answer in time ejects the replica (default 2 s). */
+    probeTimeoutMs?: number;
   };
   retry?: {
     /** Attempts per request, each on a different replica (default 3). */
@@ -243,14 +251,48 @@ function proxyConfig(
   deps: AppDeps,
   parts: { balancer: Balancer; metrics: Metrics; log: Logger; clock: MonotonicClock },
 ): ProxyConfig {
+  const upstreamFetch: FetchLike = deps.fetch ?? ((input, init) => fetch(input, init));
   return {
-    fetch: deps.fetch ?? ((input, init) => fetch(input, init)),
+    fetch: upstreamFetch,
     firstByteMs: deps.timeouts?.firstByteMs ?? 600_000,
     idleMs: deps.timeouts?.idleMs ?? 300_000,
     maxAttempts: Math.max(1, deps.retry?.maxAttempts ?? 3),
     budgetMs: deps.retry?.budgetMs ?? 30_000,
+    check: replicaCheck(deps, upstreamFetch, parts),
     ...parts,
   };
+}
+
+/** The health checks of replicas that keep a request waiting for its first byte. */
+function replicaCheck(
+  deps: AppDeps,
+  upstreamFetch: FetchLike,
+  { metrics, log, clock }: { metrics: Metrics; log: Logger; clock: MonotonicClock },
+): ProxyConfig["check"] {
+  const afterMs = deps.timeouts?.firstByteProbeMs ?? 3000;
+  if (afterMs <= 0) return undefined;
+  const checker = new ReplicaChecker({
+    fetch: upstreamFetch,
+    timeoutMs: deps.timeouts?.probeTimeoutMs ?? 2000,
+    // Reused for up to a second: however many requests wait, about one check per second
+    // reaches each agent.
+    freshMs: Math.min(1000, afterMs),
+    now: () => clock.now(),
+    onVerdict: (route, verdict) => {
+      metrics.inc("fleet_router_replica_checks_total", {
+        worker_id: route.worker_id,
+        result: verdict.alive ? "alive" : "unresponsive",
+      });
+      if (!verdict.alive) {
+        log.warn("replica unresponsive", {
+          worker_id: route.worker_id,
+          worker_url: route.worker_url,
+          cause: verdict.cause,
+        });
+      }
+    },
+  });
+  return { afterMs, checker };
 }
 
 function notLoaded(): AppError {

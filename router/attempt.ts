@@ -81,7 +81,7 @@ export type ReadResult = Awaited<
 export type Failure = {
   kind: "failed";
   /** `malformed`: the answer broke HTTP or the limits of answer-check.ts. */
-  reason: "connect" | "timeout" | "reset" | "status" | "redirect" | "malformed";
+  reason: "connect" | "timeout" | "reset" | "status" | "redirect" | "malformed" | "unresponsive";
   workerId: string;
   /** Why, for the log: the transport error with its cause, or the status. */
   cause: string;
@@ -109,19 +109,30 @@ const maxErrorBody = 64 * 1024;
 const maxBufferedBody = 1024 * 1024;
 
 /**
- * The state of one attempt: its abort controller (the client's disconnect and the router's
- * timeouts both abort it), the first-byte timer and the replica's in-flight count. A class
- * and an `EventListener` object rather than closures: this runs for every request.
+ * The state of one attempt: its abort controller (the client's disconnect, the router's
+ * timeouts and a failed replica check all abort it), the first-byte and check timers and the
+ * replica's in-flight count. A class and an `EventListener` object rather than closures:
+ * this runs for every request.
  */
 export class Attempt {
   readonly upstream = new AbortController();
   readonly route: RouteEntry;
   readonly state: ReplicaState;
   readonly clientSignal: AbortSignal;
+  /** When this attempt was sent (monotonic ms). */
+  readonly startedAt: number;
   /** The first-byte timer fired (the abort that follows is ours, not a transport failure). */
   timedOut = false;
+  /**
+   * Why the replica failed its health check while this attempt waited for the first byte
+   * (the abort that follows is ours, and the replica is ejected at once).
+   */
+  unresponsive: string | undefined;
   private released = false;
+  /** Committed or failed: a check that settles later changes nothing. */
+  private settled = false;
   private firstByteTimer: ReturnType<typeof setTimeout> | undefined;
+  private checkTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly config: ProxyConfig,
@@ -130,6 +141,7 @@ export class Attempt {
   ) {
     this.route = choice.route;
     this.state = choice.state;
+    this.startedAt = config.clock.now();
     this.state.inflight++;
     // A listener removed when the attempt ends, not AbortSignal.any, whose links outlive
     // the request.
@@ -137,6 +149,29 @@ export class Attempt {
     if (this.clientSignal.aborted) this.upstream.abort(this.clientSignal.reason);
     else this.clientSignal.addEventListener("abort", this, { once: true });
     this.firstByteTimer = setTimeout(firstByteTimeout, config.firstByteMs, this);
+    if (config.check) this.checkTimer = setTimeout(checkDue, config.check.afterMs, this);
+  }
+
+  /**
+   * Waited `check.afterMs` without a first byte: asks whether the replica still answers
+   * (sharing the check with every request waiting there). A replica that answers keeps this
+   * request waiting, since vLLM queues and long first bytes are legitimate, and is asked
+   * again after another `afterMs`; one that does not is ejected and this attempt aborted,
+   * to be retried elsewhere: nothing has reached the client yet.
+   */
+  checkReplica(): void {
+    this.checkTimer = undefined;
+    const check = this.config.check;
+    if (!check || this.settled) return;
+    void check.checker.check(this.route).then((verdict) => {
+      if (this.settled) return;
+      if (verdict.alive) {
+        this.checkTimer = setTimeout(checkDue, check.afterMs, this);
+        return;
+      }
+      this.unresponsive = verdict.cause;
+      this.upstream.abort(new Error(`replica unresponsive: ${verdict.cause}`));
+    });
   }
 
   /** The client went away: stop the agent (and so vLLM) from working for nobody. */
@@ -153,11 +188,17 @@ export class Attempt {
   }
 
   fail(reason: Failure["reason"], error: unknown, reply?: Failure["reply"]): AttemptResult {
-    clearTimeout(this.firstByteTimer);
+    this.settle();
     this.release();
     if (!reply && this.clientSignal.aborted) {
       this.config.balancer.released(this.state);
       return { kind: "client-gone" };
+    }
+    if (this.unresponsive !== undefined && !reply) {
+      this.config.balancer.eject(this.route, this.state);
+      const waited = Math.round(this.config.clock.now() - this.startedAt);
+      const cause = `no first byte after ${waited} ms and ${this.unresponsive}`;
+      return { kind: "failed", reason: "unresponsive", workerId: this.route.worker_id, cause };
     }
     this.config.balancer.failed(this.route, this.state);
     if (this.timedOut) {
@@ -172,7 +213,7 @@ export class Attempt {
     response: Response,
     body: Partial<Pick<Committed, "bytes" | "reader" | "first">>,
   ): Committed {
-    clearTimeout(this.firstByteTimer);
+    this.settle();
     // A whole answer is a success now, and so is a half-open probe's first byte (it brings
     // the replica back). Any other relayed answer is one when it ends cleanly (relay.ts):
     // a replica whose streams all break mid-way must still reach its ejection.
@@ -180,6 +221,16 @@ export class Attempt {
     const ttftMs = this.config.clock.now() - this.request.startedAt;
     return { kind: "committed", attempt: this, response, ttftMs, ...body };
   }
+
+  private settle(): void {
+    this.settled = true;
+    clearTimeout(this.firstByteTimer);
+    if (this.checkTimer !== undefined) clearTimeout(this.checkTimer);
+  }
+}
+
+function checkDue(attempt: Attempt): void {
+  attempt.checkReplica();
 }
 
 function firstByteTimeout(attempt: Attempt): void {

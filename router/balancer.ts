@@ -11,6 +11,8 @@ import type { RouteEntry } from "../protocol/index.ts";
  *   resets, timeouts, 502/503/504 from the agent) a replica is skipped for a cool-down
  *   that doubles on each failed probe; after it, exactly one request probes it (half-open)
  *   and only a success brings it back. 4xx and client aborts never count.
+ * - Active ejection: a replica whose waiting request's health check goes unanswered
+ *   (attempt.ts, replica-check.ts) is ejected at once, whatever its failure count.
  */
 
 export type ReplicaState = {
@@ -185,6 +187,22 @@ export class Balancer {
     ) {
       return;
     }
+    this.ejectNow(route, state);
+  }
+
+  /**
+   * The replica did not answer a health check while a request waited on it: ejected now
+   * (every request waiting there hears the same verdict; the first one ejects, and a
+   * replica already cooling down keeps its period).
+   */
+  eject(route: RouteEntry, state: ReplicaState): void {
+    state.consecutiveFailures++;
+    state.probing = false;
+    if (state.ejectedUntil > this.options.now()) return;
+    this.ejectNow(route, state);
+  }
+
+  private ejectNow(route: RouteEntry, state: ReplicaState): void {
     state.ejections++;
     const cooldown = Math.min(
       this.options.cooldownMs * 2 ** (state.ejections - 1),

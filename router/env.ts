@@ -42,6 +42,13 @@ export const routerEnvSchema = z.object({
   /** Bun's cap on in-flight fetches, read at startup (default 256); needed with `fetch`. */
   BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
   FIRST_BYTE_TIMEOUT_MS: ms(600_000),
+  /**
+   * A request waiting this long for its first byte has its replica health-checked
+   * (`GET {worker_url}/health`), and again every as long while it waits; 0 = off.
+   */
+  FIRST_BYTE_PROBE_MS: z.coerce.number().int().min(0).default(3000),
+  /** The health check's own timeout: no answer in time ejects the replica. */
+  FIRST_BYTE_PROBE_TIMEOUT_MS: ms(2000),
   IDLE_TIMEOUT_MS: ms(300_000),
   RETRY_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),
   RETRY_BUDGET_MS: ms(30_000),

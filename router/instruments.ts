@@ -39,6 +39,11 @@ export function routerInstruments(
     "Answers refused from agents: a status outside 200-599, a Content-Length the body did not keep, too many or too large headers; by alias and worker",
   );
   metrics.declare("fleet_router_ejected_replicas", "gauge", "Replicas currently ejected");
+  metrics.declare(
+    "fleet_router_replica_checks_total",
+    "counter",
+    "Health checks of replicas that kept a request waiting for its first byte, by worker and result",
+  );
   metrics.collect(() =>
     metrics.set("fleet_router_ejected_replicas", undefined, balancer.ejectedCount()),
   );

@@ -4,6 +4,7 @@ import type { Logger } from "../kit/log.ts";
 import type { RouteEntry } from "../protocol/index.ts";
 import type { Balancer } from "./balancer.ts";
 import type { BoundSeries, Metrics } from "./metrics.ts";
+import type { ReplicaChecker } from "./replica-check.ts";
 import type { FetchLike } from "./types.ts";
 import type { Usage } from "./usage-scan.ts";
 
@@ -14,6 +15,11 @@ export type ProxyConfig = {
   idleMs: number;
   maxAttempts: number;
   budgetMs: number;
+  /**
+   * Health checks of replicas whose requests wait `afterMs` for a first byte
+   * (FIRST_BYTE_PROBE_MS); undefined: off.
+   */
+  check: { afterMs: number; checker: ReplicaChecker } | undefined;
   balancer: Balancer;
   metrics: Metrics;
   clock: MonotonicClock;

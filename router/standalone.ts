@@ -55,7 +55,12 @@ export function createStandaloneRouter(options: {
     log,
     metrics,
     maxBodyBytes: env.MAX_BODY_BYTES,
-    timeouts: { firstByteMs: env.FIRST_BYTE_TIMEOUT_MS, idleMs: env.IDLE_TIMEOUT_MS },
+    timeouts: {
+      firstByteMs: env.FIRST_BYTE_TIMEOUT_MS,
+      idleMs: env.IDLE_TIMEOUT_MS,
+      firstByteProbeMs: env.FIRST_BYTE_PROBE_MS,
+      probeTimeoutMs: env.FIRST_BYTE_PROBE_TIMEOUT_MS,
+    },
     retry: { maxAttempts: env.RETRY_MAX_ATTEMPTS, budgetMs: env.RETRY_BUDGET_MS },
     ejection: {
       after: env.EJECT_AFTER_FAILURES,

@@ -3,7 +3,8 @@ import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import { AppError, quote, renderError } from "../kit/errors.ts";
-import { openAiModelListSchema, type RouteSnapshot, type UsageRecord } from "../protocol/index.ts";
+import { openAiModelListSchema, type RouteSnapshot } from "../protocol/index.ts";
+import { Metrics } from "../router/metrics.ts";
 import { routerRoutes } from "../router/routes.ts";
 import { isAuthorized } from "./auth.ts";
 import { createContext, type ManagerContext } from "./context.ts";
@@ -29,7 +30,12 @@ export type Manager = {
   /** The in-process route snapshot: what a mounted router reads (`RouteSource`). */
   routes: { current(): RouteSnapshot | undefined };
   /** Batches usage into `request_logs` (`UsageSink`); never blocks the caller. */
-  usage: { record(record: UsageRecord): void };
+  usage: UsageBuffer;
+  /**
+   * The registry of the manager's `/metrics` (rendered by the mounted router, which should
+   * be built with it): usage writes, dead letters and the spool.
+   */
+  metrics: Metrics;
   /** One round of the background loops (liveness sweep, then reconciliation; probes beside). */
   tick(): Promise<TickResult>;
   /** The router that answers the OpenAI routes (router/routes.ts), which are mounted by name. */
@@ -73,7 +79,13 @@ const documentConfig = {
 /** Builds the manager app from its dependencies; web-standard only (Bun, Node, workerd). */
 export function createApp(deps: ManagerDeps): Manager {
   const ctx = createContext(deps);
-  const usage = new UsageBuffer({ db: ctx.db, log: ctx.log });
+  const metrics = new Metrics();
+  const usage = new UsageBuffer({
+    db: ctx.db,
+    log: ctx.log,
+    metrics,
+    spool: deps.usageSpool,
+  });
   let router: FetchHandler | undefined;
 
   const app = routeGroup();
@@ -104,7 +116,7 @@ export function createApp(deps: ManagerDeps): Manager {
   mountAt("/v1/routes", routesRoutes(ctx));
   mountAt("/v1/keys", keysRoutes(ctx));
   mountAt("/v1/routers", routersRoutes(ctx));
-  mountAt("/v1/usage", usageRoutes(ctx));
+  mountAt("/v1/usage", usageRoutes(ctx, metrics));
 
   // The OpenAI surface and the router's own endpoints, answered by the mounted router.
   const toRouter = (c: Context) => {
@@ -179,6 +191,7 @@ export function createApp(deps: ManagerDeps): Manager {
     context: ctx,
     routes: ctx.routes,
     usage,
+    metrics,
     tick: () => tick(ctx),
     mount(handler) {
       router = handler;

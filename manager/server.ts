@@ -126,6 +126,7 @@ function mountRouter(
     fetch: upstreamFetch,
     routes: manager.routes,
     usage: manager.usage,
+    metrics: manager.metrics,
     // Beyond loopback the OpenAI surface needs an API key even before the first key exists.
     requireApiKey: !isLoopbackHost(config.host),
     log: log.child("router"),

@@ -94,6 +94,9 @@ export function normalizeBaseUrl(value: string): string {
 
 export const isoTimeSchema = z.iso.datetime({ offset: true });
 
+/** The longest context (`max_model_len`) the manager accepts for a model: 2^24 tokens. */
+export const maxContextTokens = 16_777_216;
+
 export const portSchema = z.number().int().min(1).max(65535);
 
 /** GPU indices as nvidia-smi numbers them (PCI bus order); never UUIDs, which crash vLLM. */

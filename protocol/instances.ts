@@ -1,5 +1,12 @@
 import { z } from "zod";
-import { aliasSchema, dtypeSchema, gpuIdsSchema, isoTimeSchema, portSchema } from "./common.ts";
+import {
+  aliasSchema,
+  dtypeSchema,
+  gpuIdsSchema,
+  isoTimeSchema,
+  maxContextTokens,
+  portSchema,
+} from "./common.ts";
 
 /**
  * Flags the agent sets itself. `extra_args` may not carry them: the engine must stay on
@@ -20,7 +27,7 @@ export const extraArgSchema = z
 export const instanceSpecSchema = z.strictObject({
   alias: aliasSchema,
   model_name: z.string().min(1).max(512),
-  max_model_len: z.number().int().min(1).max(16_777_216).optional(),
+  max_model_len: z.number().int().min(1).max(maxContextTokens).optional(),
   gpu_memory_utilization: z.number().gt(0).lte(1).optional(),
   tensor_parallel_size: z.number().int().min(1).max(64).optional(),
   dtype: dtypeSchema.optional(),

@@ -4,6 +4,7 @@ import {
   dtypeSchema,
   gpuIdsSchema,
   isoTimeSchema,
+  maxContextTokens,
   portSchema,
   workerIdSchema,
 } from "./common.ts";
@@ -17,7 +18,7 @@ export type PlacementStrategy = z.infer<typeof placementStrategySchema>;
 export const modelRegistrationSchema = z.strictObject({
   alias: aliasSchema,
   model_name: z.string().min(1).max(512),
-  max_model_len: z.number().int().min(1).max(16_777_216).optional(),
+  max_model_len: z.number().int().min(1).max(maxContextTokens).optional(),
   gpu_memory_utilization: z.number().gt(0).lte(1).default(0.9),
   tensor_parallel_size: z.number().int().min(1).max(64).default(1),
   replicas: z.number().int().min(1).max(64).default(1),

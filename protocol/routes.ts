@@ -29,6 +29,11 @@ export const routeEntrySchema = z.object({
    * to that worker alone. Null when the worker has none (open mode).
    */
   agent_token: z.string().nullable().default(null),
+  /**
+   * The model's context length when it was registered with one: routers take it as the
+   * bound of a request's token counts. Null: the engine's own default, not known here.
+   */
+  max_model_len: z.number().int().min(1).nullable().default(null),
 });
 export type RouteEntry = z.infer<typeof routeEntrySchema>;
 

@@ -2,15 +2,24 @@ import { type Context, Hono } from "hono";
 import { type MonotonicClock, monotonicClock } from "../kit/clock.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
+import { LogLimiter } from "../kit/log-limit.ts";
+import { maxLatencyMs } from "../protocol/index.ts";
 import { authenticate } from "./auth.ts";
 import { Balancer } from "./balancer.ts";
-import { clientAskedForUsage, parseInferenceBody, readBody, withIncludeUsage } from "./body.ts";
+import {
+  clientAskedForUsage,
+  parseInferenceBody,
+  readBody,
+  requestShape,
+  withIncludeUsage,
+} from "./body.ts";
 import { routerInstruments } from "./instruments.ts";
 import { Metrics } from "./metrics.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
 import type { FetchLike, RouteSource, UsageSink } from "./types.ts";
+import type { CheckedField, Rejection } from "./usage-scan.ts";
 import { type RouteView, viewSource } from "./view.ts";
 
 export type { FetchLike, RouteSource, UsageSink };
@@ -129,6 +138,7 @@ function inferenceHandler(parts: {
   const { deps, proxy, instruments, currentView, requireApiKey } = parts;
   const { clock, log } = proxy;
   const maxBodyBytes = deps.maxBodyBytes ?? 32 * MiB;
+  const rejectValues = usageRejections(proxy.metrics, log);
 
   const handle = async (
     c: Context,
@@ -161,6 +171,7 @@ function inferenceHandler(parts: {
       body: hideUsage ? withIncludeUsage(raw, json) : raw,
       stream,
       hideUsage,
+      shape: requestShape(json, path),
       sessionKey: c.req.header("x-session-id") || body.user || undefined,
       requestId: request.id,
       clientAddress: deps.clientAddress?.(c),
@@ -170,6 +181,7 @@ function inferenceHandler(parts: {
         series.count(outcome.status);
         series.duration.observe(latencyMs / 1000);
         if (outcome.ttftMs !== null) series.ttft.observe(outcome.ttftMs / 1000);
+        const rejected = outcome.rejected ? [...outcome.rejected] : [];
         try {
           deps.usage.record({
             ts: new Date(request.startedWall).toISOString(),
@@ -177,12 +189,13 @@ function inferenceHandler(parts: {
             alias,
             worker_id: outcome.workerId,
             status: outcome.status,
-            latency_ms: Math.round(latencyMs),
-            ttft_ms: outcome.ttftMs === null ? null : Math.round(outcome.ttftMs),
+            latency_ms: checkedMs("latency_ms", latencyMs, rejected),
+            ttft_ms: checkedMs("ttft_ms", outcome.ttftMs, rejected),
             prompt_tokens: outcome.usage?.promptTokens ?? null,
             completion_tokens: outcome.usage?.completionTokens ?? null,
             stream,
           });
+          if (rejected.length > 0) rejectValues(rejected, { alias, workerId: outcome.workerId });
         } catch (error) {
           log.error("usage sink failed", { error: String(error) });
         }
@@ -197,6 +210,46 @@ function inferenceHandler(parts: {
       return await handle(c, path, request);
     } catch (error) {
       return renderError(error, { log, requestId: request.id, path });
+    }
+  };
+}
+
+/**
+ * A latency as a record carries it: whole milliseconds within what the column holds. The
+ * router measures these itself, so a bad one means a broken clock; it is still never passed on.
+ */
+function checkedMs(
+  field: CheckedField,
+  value: number | null,
+  rejected: Rejection[],
+): number | null {
+  if (value === null) return null;
+  const ms = Math.round(value);
+  if (Number.isFinite(ms) && ms >= 0 && ms <= maxLatencyMs) return ms;
+  rejected.push({ field, value });
+  return null;
+}
+
+/**
+ * Counts values a record could not carry (`fleet_router_usage_values_rejected_total{field}`)
+ * and says which worker sent them, at most once a minute per worker and field.
+ */
+function usageRejections(metrics: Metrics, log: Logger) {
+  metrics.declare(
+    "fleet_router_usage_values_rejected_total",
+    "counter",
+    "Token counts and latencies recorded as null because they were not whole numbers within bounds, by field",
+  );
+  const limiter = new LogLimiter(log);
+  return (rejected: Rejection[], context: { alias: string; workerId: string | null }) => {
+    for (const { field, value } of rejected) {
+      metrics.inc("fleet_router_usage_values_rejected_total", { field });
+      limiter.warn(`${field}:${context.workerId}`, "usage value out of bounds; recorded as null", {
+        field,
+        value: String(typeof value === "object" ? JSON.stringify(value) : value).slice(0, 40),
+        alias: context.alias,
+        worker_id: context.workerId,
+      });
     }
   };
 }

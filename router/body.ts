@@ -126,3 +126,20 @@ export function clientAskedForUsage(streamOptions: unknown): boolean {
   if (typeof streamOptions !== "object" || streamOptions === null) return false;
   return (streamOptions as { include_usage?: unknown }).include_usage !== false;
 }
+
+/**
+ * How many prompts and choices one request asks for, which bound its token counts
+ * (usage-scan.ts `checkUsage`): a batch of completion prompts or embedding inputs counts each
+ * (a flat list of token ids is one prompt), and `n` completions per prompt.
+ */
+export function requestShape(
+  json: Record<string, unknown>,
+  path: string,
+): { inputs: number; choices: number } {
+  const batch = path === "/v1/embeddings" ? json.input : json.prompt;
+  const inputs =
+    Array.isArray(batch) && batch.length > 0 && typeof batch[0] !== "number" ? batch.length : 1;
+  const n = json.n;
+  const choices = typeof n === "number" && Number.isInteger(n) && n > 1 ? n : 1;
+  return { inputs, choices };
+}

@@ -6,7 +6,7 @@ import type { Balancer } from "./balancer.ts";
 import type { BoundSeries, Metrics } from "./metrics.ts";
 import type { ReplicaChecker } from "./replica-check.ts";
 import type { FetchLike } from "./types.ts";
-import type { Usage } from "./usage-scan.ts";
+import type { Rejection, Usage } from "./usage-scan.ts";
 
 /** What `forward` (proxy.ts), `attempt` (attempt.ts) and `relay` (relay.ts) share. */
 export type ProxyConfig = {
@@ -30,7 +30,10 @@ export type Outcome = {
   /** The status the client saw; 499 when the client went away first. */
   status: number;
   ttftMs: number | null;
+  /** Token counts that passed `checkUsage`. */
   usage: Usage | undefined;
+  /** Counts the replica sent that failed `checkUsage` (recorded as null). */
+  rejected?: Rejection[];
   workerId: string | null;
 };
 
@@ -44,6 +47,8 @@ export type ForwardRequest = {
   body: Uint8Array<ArrayBuffer> | string;
   stream: boolean;
   hideUsage: boolean;
+  /** Prompts and choices the request asks for: with the route's context, its token bounds. */
+  shape: { inputs: number; choices: number };
   sessionKey: string | undefined;
   requestId: string;
   clientAddress: string | undefined;

@@ -1,3 +1,4 @@
+import type { RouteEntry } from "../protocol/index.ts";
 import type { Committed, ReadResult } from "./attempt.ts";
 import { downstreamHeaders } from "./headers.ts";
 import {
@@ -6,7 +7,7 @@ import {
   type Outcome,
   type ProxyConfig,
 } from "./proxy-types.ts";
-import { JsonUsageTail, SseUsageFilter } from "./usage-scan.ts";
+import { checkUsage, JsonUsageTail, type RawUsage, SseUsageFilter } from "./usage-scan.ts";
 
 type Done = (outcome: Outcome) => void;
 
@@ -26,6 +27,11 @@ export function relay(
   return relayStream(config, request, committed, done);
 }
 
+/** The replica's token counts, bounded by its model's context and the request's shape. */
+function checked(raw: RawUsage | undefined, route: RouteEntry, request: ForwardRequest) {
+  return checkUsage(raw, { maxModelLen: route.max_model_len, ...request.shape });
+}
+
 function respondWhole(
   request: ForwardRequest,
   committed: Committed,
@@ -40,7 +46,7 @@ function respondWhole(
   done({
     status: response.status,
     ttftMs: committed.ttftMs,
-    usage: tail.usage(),
+    ...checked(tail.usage(), committed.attempt.route, request),
     workerId: committed.attempt.route.worker_id,
   });
   return new Response(bytes.byteLength ? bytes : null, { status: response.status, headers });
@@ -77,8 +83,8 @@ function relayStream(
   const stop = (finalStatus: number): Outcome => {
     clearInterval(watchdog);
     attempt.release();
-    const usage = filter ? filter.usage : tail?.usage();
-    return { status: finalStatus, ttftMs, usage, workerId: route.worker_id };
+    const usage = checked(filter ? filter.usage : tail?.usage(), route, request);
+    return { status: finalStatus, ttftMs, ...usage, workerId: route.worker_id };
   };
   /** Ended cleanly: the replica's failures are no longer consecutive (an ejection stands). */
   const completed = () => {

@@ -68,6 +68,11 @@ export class UsageBatcher implements UsageSink {
         "counter",
         "Usage batches sent, by result",
       );
+      metrics.declare(
+        "fleet_router_usage_records_rejected_total",
+        "counter",
+        "Usage records the manager set aside as invalid (kept in its usage_dead_letters)",
+      );
       metrics.collect(() =>
         metrics.set("fleet_router_usage_buffered", undefined, this.buffer.length),
       );
@@ -159,6 +164,15 @@ export class UsageBatcher implements UsageSink {
       const text = await response.text().catch(() => "");
       if (response.ok) {
         this.options.metrics?.inc("fleet_router_usage_batches_total", { result: "ok" });
+        const rejected = rejectedIn(text);
+        if (rejected > 0) {
+          // The manager kept them in usage_dead_letters with the reason; nothing to resend.
+          this.options.metrics?.inc(
+            "fleet_router_usage_records_rejected_total",
+            undefined,
+            rejected,
+          );
+        }
         this.backoffMs = 0;
         this.nextAttemptAt = 0;
         if (!this.healthy) this.log.info("usage delivery resumed", { url: this.url });
@@ -198,5 +212,15 @@ export class UsageBatcher implements UsageSink {
     }
     this.healthy = false;
     return false;
+  }
+}
+
+/** `rejected` of the manager's answer (`{"accepted","rejected"}`), 0 when absent. */
+function rejectedIn(text: string): number {
+  try {
+    const { rejected } = JSON.parse(text) as { rejected?: unknown };
+    return typeof rejected === "number" && rejected > 0 ? rejected : 0;
+  } catch {
+    return 0;
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Reading token usage out of responses without buffering them.
+ * Reading token usage out of responses without buffering them, and checking it.
  *
  * Streams: an incremental SSE splitter watches each event for vLLM's usage chunk
  * (`choices: []` + `usage`). When the client did not ask for usage (the router asked on its
@@ -9,21 +9,72 @@
  * JSON bodies: vLLM serialises `usage` last, so keeping the tail of the body is enough.
  */
 
+import { maxContextTokens, maxTokensPerRequest } from "../protocol/index.ts";
+
+/**
+ * Token counts as the engine wrote them: a number (any number: `checkUsage` judges it), null
+ * when absent, or the text of anything else found there (a string, an object).
+ */
+export type RawUsage = { promptTokens: unknown; completionTokens: unknown };
+/** Token counts that passed `checkUsage`: whole numbers within the request's bounds, or null. */
 export type Usage = { promptTokens: number | null; completionTokens: number | null };
+/** The record fields the router checks before they leave it. */
+export type CheckedField = "prompt_tokens" | "completion_tokens" | "latency_ms" | "ttft_ms";
+export type Rejection = { field: CheckedField; value: unknown };
 
 const encoder = new TextEncoder();
 const eventBoundary = /\r?\n\r?\n/g;
 const maxPendingChars = 4 * 1024 * 1024;
 
-function usageFrom(value: unknown): Usage | undefined {
+function usageFrom(value: unknown): RawUsage | undefined {
   if (typeof value !== "object" || value === null) return undefined;
   const usage = (value as { usage?: unknown }).usage;
   if (typeof usage !== "object" || usage === null) return undefined;
   const { prompt_tokens, completion_tokens } = usage as Record<string, unknown>;
-  return {
-    promptTokens: typeof prompt_tokens === "number" ? prompt_tokens : null,
-    completionTokens: typeof completion_tokens === "number" ? completion_tokens : null,
+  return { promptTokens: prompt_tokens ?? null, completionTokens: completion_tokens ?? null };
+}
+
+/**
+ * What one request may hold: `inputs` prompts (a batch of completions or embeddings counts
+ * each), `choices` completions per prompt (`n`), each within the model's context.
+ */
+export type UsageBounds = { maxModelLen: number | null; inputs: number; choices: number };
+
+/**
+ * Token counts as a record may carry them: whole numbers from 0 up to what the request could
+ * hold (its model's `max_model_len` per prompt and choice when the route knows it, else
+ * `maxContextTokens`; never above `maxTokensPerRequest`). Anything else (negative, a
+ * fraction, a string, 3e9) becomes null and is named in `rejected`, never passed on.
+ */
+export function checkUsage(
+  raw: RawUsage | undefined,
+  bounds: UsageBounds,
+): { usage: Usage | undefined; rejected: Rejection[] } {
+  if (!raw) return { usage: undefined, rejected: [] };
+  const context = bounds.maxModelLen ?? maxContextTokens;
+  const inputs = Math.max(1, bounds.inputs);
+  const rejected: Rejection[] = [];
+  const check = (field: CheckedField, value: unknown, limit: number): number | null => {
+    if (value === null || value === undefined) return null;
+    if (typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= limit) {
+      return value;
+    }
+    rejected.push({ field, value });
+    return null;
   };
+  const usage = {
+    promptTokens: check(
+      "prompt_tokens",
+      raw.promptTokens,
+      Math.min(maxTokensPerRequest, context * inputs),
+    ),
+    completionTokens: check(
+      "completion_tokens",
+      raw.completionTokens,
+      Math.min(maxTokensPerRequest, context * inputs * Math.max(1, bounds.choices)),
+    ),
+  };
+  return { usage, rejected };
 }
 
 /** The JSON payload of an SSE event's `data:` lines, or undefined. */
@@ -43,7 +94,7 @@ function eventData(event: string): unknown {
 }
 
 export class SseUsageFilter {
-  usage: Usage | undefined;
+  usage: RawUsage | undefined;
   /** Text of the trailing event not yet terminated by a blank line. */
   private pending = "";
   /** Made on the first chunk that needs decoding: most streams never need one. */
@@ -150,7 +201,7 @@ export class JsonUsageTail {
     }
   }
 
-  usage(): Usage | undefined {
+  usage(): RawUsage | undefined {
     if (this.size === 0) return undefined;
     let tail = this.chunks[0] as Uint8Array;
     if (this.chunks.length > 1) {
@@ -163,8 +214,8 @@ export class JsonUsageTail {
     }
     // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
     // Searched as bytes from the end: no decoding, no regular expressions.
-    const prompt = lastNumberAfter(tail, promptKey);
-    const completion = lastNumberAfter(tail, completionKey);
+    const prompt = lastValueAfter(tail, promptKey);
+    const completion = lastValueAfter(tail, completionKey);
     if (prompt === null && completion === null) return undefined;
     return { promptTokens: prompt, completionTokens: completion };
   }
@@ -173,8 +224,20 @@ export class JsonUsageTail {
 const promptKey = encoder.encode('"prompt_tokens"');
 const completionKey = encoder.encode('"completion_tokens"');
 
-/** The integer after the last `key` (then optional spaces, `:`, spaces) in `bytes`, or null. */
-function lastNumberAfter(bytes: Uint8Array, key: Uint8Array): number | null {
+const isSpace = (byte: number | undefined) =>
+  byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d;
+/** Bytes that may follow a JSON value: space, `,`, `}`, `]`. */
+const endsValue = (byte: number | undefined) =>
+  byte === undefined || isSpace(byte) || byte === 0x2c || byte === 0x7d || byte === 0x5d;
+const decoder = new TextDecoder();
+const jsonNumber = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
+
+/**
+ * The value after the last `key` (then optional spaces, `:`, spaces) in `bytes`: a number
+ * for a JSON number (any: `checkUsage` judges it), null for `null` or no such key, else the
+ * first 32 characters of whatever stands there (a string, an object), which is not a count.
+ */
+function lastValueAfter(bytes: Uint8Array, key: Uint8Array): unknown {
   const last = key.byteLength - 1;
   for (let end = bytes.lastIndexOf(key[last] as number); end >= last; ) {
     let matches = true;
@@ -186,23 +249,16 @@ function lastNumberAfter(bytes: Uint8Array, key: Uint8Array): number | null {
     }
     if (matches) {
       let at = end + 1;
-      while (bytes[at] === 0x20 || bytes[at] === 0x09 || bytes[at] === 0x0a || bytes[at] === 0x0d)
-        at++;
+      while (isSpace(bytes[at])) at++;
       if (bytes[at] === 0x3a /* : */) {
         at++;
-        while (bytes[at] === 0x20 || bytes[at] === 0x09 || bytes[at] === 0x0a || bytes[at] === 0x0d)
-          at++;
-        let value = 0;
-        let digits = 0;
-        for (
-          let byte = bytes[at];
-          byte !== undefined && byte >= 0x30 && byte <= 0x39;
-          byte = bytes[++at]
-        ) {
-          value = value * 10 + (byte - 0x30);
-          digits++;
-        }
-        if (digits > 0 && digits <= 15) return value;
+        while (isSpace(bytes[at])) at++;
+        let stop = at;
+        while (stop < bytes.byteLength && stop - at < 32 && !endsValue(bytes[stop])) stop++;
+        const text = decoder.decode(bytes.subarray(at, stop));
+        if (text === "null") return null;
+        if (jsonNumber.test(text)) return Number(text);
+        if (text !== "") return text;
       }
     }
     end = end > 0 ? bytes.lastIndexOf(key[last] as number, end - 1) : -1;

@@ -7,4 +7,5 @@ export { requestLogs } from "./request-logs.ts";
 export { routeTable } from "./route-table.ts";
 export { type RouterRow, routers } from "./routers.ts";
 export { type RouteRow, routes } from "./routes.ts";
+export { usageDeadLetters } from "./usage-dead-letters.ts";
 export { type GpuRow, gpus, type WorkerRow, workers } from "./workers.ts";

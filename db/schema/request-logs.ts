@@ -3,7 +3,9 @@ import { apiKeys } from "./api-keys.ts";
 
 /**
  * One row per OpenAI request the router answered. `alias` and `worker_id` are plain text,
- * not foreign keys: usage history outlives the models and workers it mentions.
+ * not foreign keys: usage history outlives the models and workers it mentions. Token counts
+ * and latencies hold what `usageRecordSchema` admits (protocol/usage.ts: at most 2^30 tokens,
+ * 2^31-1 ms), so `integer` columns suffice.
  */
 export const requestLogs = pgTable(
   "request_logs",
@@ -14,7 +16,8 @@ export const requestLogs = pgTable(
     alias: text().notNull(),
     workerId: text(),
     status: integer().notNull(),
-    latencyMs: integer().notNull(),
+    /** Null when the router's measurement was out of bounds (never in practice). */
+    latencyMs: integer(),
     ttftMs: integer(),
     promptTokens: integer(),
     completionTokens: integer(),

@@ -1,15 +1,20 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import { z } from "zod";
-import { usageBatchSchema } from "../../protocol/index.ts";
+import { bearerToken } from "../../kit/crypto.ts";
+import { AppError, describeError } from "../../kit/errors.ts";
+import { usageBatchReplySchema, usageBatchSchema } from "../../protocol/index.ts";
+import type { Metrics } from "../../router/metrics.ts";
 import type { ManagerContext } from "../context.ts";
-import { insertUsage } from "../services/usage.ts";
+import { checkRecords, countWrite, writeUsage } from "../services/usage.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 /**
  * `POST /v1/usage` (a router credential or ADMIN_TOKEN): a standalone router's batch of
- * request records.
+ * request records. Each record is checked on its own: the valid ones are written, the rest
+ * set aside in `usage_dead_letters` with the reason, and the answer counts both. A database
+ * that cannot be reached answers 503 with nothing written, and the router sends the batch
+ * again later.
  */
-export function usageRoutes(ctx: ManagerContext): OpenAPIHono {
+export function usageRoutes(ctx: ManagerContext, metrics?: Metrics): OpenAPIHono {
   const access = accessFor(ctx);
   const app = routeGroup();
   app.openapi(
@@ -18,14 +23,44 @@ export function usageRoutes(ctx: ManagerContext): OpenAPIHono {
       path: "/",
       tags: ["Usage"],
       summary: "A standalone router's batch of usage records, stored as request_logs rows",
+      description:
+        "Records are checked one by one: an invalid record (a float, a negative or impossible count, a missing field) is set aside in `usage_dead_letters` with the reason, and the others are written. `accepted` counts the rows written, `rejected` the records set aside.",
       ...access.router,
       request: { body: jsonBody(usageBatchSchema) },
       responses: {
-        202: json(z.object({ accepted: z.number().int() }), "stored"),
-        ...errors(400, 401, 413),
+        202: json(usageBatchReplySchema, "written; invalid records set aside"),
+        ...errors(400, 401, 413, [
+          503,
+          "`unavailable`: the database cannot be reached; send again later",
+        ]),
       },
     }),
-    async (c) => c.json({ accepted: await insertUsage(ctx.db, c.req.valid("json").records) }, 202),
+    async (c) => {
+      const source = await sourceOf(ctx, c.req.header("authorization"));
+      let result: Awaited<ReturnType<typeof writeUsage>>;
+      try {
+        result = await writeUsage(ctx.db, checkRecords(c.req.valid("json").records), source);
+      } catch (error) {
+        ctx.log.warn("usage batch not written; the router will send it again", {
+          source,
+          error: describeError(error).slice(0, 200),
+        });
+        throw new AppError(
+          "unavailable",
+          "usage could not be written now; send the batch again later",
+        );
+      }
+      countWrite(metrics, result, "router");
+      return c.json({ accepted: result.written, rejected: result.invalid + result.refused }, 202);
+    },
   );
   return app;
+}
+
+/** `router:<id>` for a router credential, else `admin`, or `open` with no token. */
+async function sourceOf(ctx: ManagerContext, header: string | undefined): Promise<string> {
+  const presented = bearerToken(header);
+  if (presented === "") return "open";
+  const check = await ctx.routerCredentials.check(presented);
+  return check.ok ? `router:${check.id}` : "admin";
 }

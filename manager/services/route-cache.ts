@@ -79,9 +79,12 @@ export class RouteCache {
             route: schema.routes,
             workerStatus: schema.workers.status,
             agentToken: schema.workers.agentToken,
+            maxModelLen: schema.models.maxModelLen,
           })
           .from(schema.routes)
           .innerJoin(schema.workers, eq(schema.workers.workerId, schema.routes.workerId))
+          // A model's context length never changes after it is registered (routes do).
+          .innerJoin(schema.models, eq(schema.models.alias, schema.routes.alias))
           .orderBy(asc(schema.routes.alias), asc(schema.routes.workerId)),
         db
           .select({ id: schema.apiKeys.id, key_hash: schema.apiKeys.keyHash })
@@ -91,13 +94,14 @@ export class RouteCache {
       ]);
       const snapshot: RouteSnapshot = {
         version: key,
-        routes: rows.map(({ route, workerStatus, agentToken }) => ({
+        routes: rows.map(({ route, workerStatus, agentToken, maxModelLen }) => ({
           ...routingRecord(route),
           instance_id: route.instanceId,
           ready: route.ready && workerStatus === "online",
           // Each route carries its own worker's agent credential, so a router sends every
           // worker a secret that works there alone (a rotation bumps the version).
           agent_token: agentToken,
+          max_model_len: maxModelLen,
         })),
         api_keys: keys,
       };

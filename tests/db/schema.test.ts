@@ -81,6 +81,7 @@ describe.each(dbTargets)("db schema on %s", (target) => {
       "request_logs",
       "route_table",
       "routes",
+      "usage_dead_letters",
       "workers",
     ]) {
       expect(names).toContain(name);

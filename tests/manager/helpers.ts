@@ -165,7 +165,7 @@ const loopbackOnlyFetch: FetchLike = (input, init) => {
  */
 export async function resetDb(db: OpenTestDb): Promise<void> {
   await db.query(
-    sql`truncate workers, gpus, models, instances, routes, api_keys, routers, request_logs, events`,
+    sql`truncate workers, gpus, models, instances, routes, api_keys, routers, request_logs, usage_dead_letters, events`,
   );
 }
 

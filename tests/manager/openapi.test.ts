@@ -186,6 +186,7 @@ describe("manager mounts the router by name", () => {
         instance_id: "i1",
         ready: true,
         agent_token: "fa_agent-of-w1",
+        max_model_len: null,
       },
     ],
     api_keys: [],

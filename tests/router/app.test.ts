@@ -5,6 +5,7 @@ import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
+import { Metrics } from "../../router/metrics.ts";
 import { route } from "./route-entry.ts";
 
 /**
@@ -432,5 +433,81 @@ describe("router app: what it refuses before any replica is asked", () => {
     const body = (await response.json()) as { object: string; data: { id: string }[] };
     expect(body.object).toBe("list");
     expect(body.data.map((model) => model.id)).toEqual(["qwen"]);
+  });
+});
+
+describe("router app: token counts it cannot trust", () => {
+  /** A replica that answers every request with `usage` as given, as JSON or as a stream. */
+  const hostile = (usage: Record<string, unknown>) => {
+    const metrics = new Metrics();
+    const records: UsageRecord[] = [];
+    const app = createApp({
+      routes: {
+        current: () => ({
+          version: "1",
+          routes: [
+            route({ alias: "bad", workerId: "evil", url: "http://evil.test", maxModelLen: 4096 }),
+          ],
+          api_keys: [],
+        }),
+      },
+      usage: { record: (record) => records.push(record) },
+      metrics,
+      fetch: async (input, init) => {
+        const request = new Request(input, init);
+        const body = JSON.parse(await request.text()) as { stream?: boolean };
+        const answer = { id: "x", object: "chat.completion", choices: [], usage };
+        if (!body.stream) return Response.json(answer);
+        return new Response(`data: ${JSON.stringify(answer)}\n\ndata: [DONE]\n\n`, {
+          headers: { "content-type": "text/event-stream" },
+        });
+      },
+    });
+    const post = (body: unknown, path = "/v1/chat/completions") =>
+      app.request(path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    return { post, records, metrics };
+  };
+  const rejected = (metrics: Metrics, field: string) =>
+    metric(metrics.render(), "fleet_router_usage_values_rejected_total", { field }) || 0;
+
+  test("absurd, negative, float and string counts are recorded as null and counted by field", async () => {
+    for (const stream of [false, true]) {
+      const cases: [unknown, unknown][] = [
+        [3e9, 5],
+        [-7, 5],
+        [1.5, 5],
+        ["12", 5],
+        [12, 4097], // past the model's max_model_len of 4096
+      ];
+      for (const [prompt, completion] of cases) {
+        const t = hostile({ prompt_tokens: prompt, completion_tokens: completion });
+        const response = await t.post({ model: "bad", messages: [], stream });
+        await response.text();
+        const valid = (value: unknown) =>
+          typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 4096;
+        expect(t.records).toHaveLength(1);
+        expect(t.records[0]?.prompt_tokens).toBe(valid(prompt) ? (prompt as number) : null);
+        expect(t.records[0]?.completion_tokens).toBe(
+          valid(completion) ? (completion as number) : null,
+        );
+        expect(rejected(t.metrics, "prompt_tokens")).toBe(valid(prompt) ? 0 : 1);
+        expect(rejected(t.metrics, "completion_tokens")).toBe(valid(completion) ? 0 : 1);
+      }
+    }
+  });
+
+  test("n choices of a batch of prompts widen the bound; the client still sees the answer as sent", async () => {
+    const t = hostile({ prompt_tokens: 2 * 4096, completion_tokens: 2 * 3 * 4096 });
+    const response = await t.post({ model: "bad", prompt: ["a", "b"], n: 3 }, "/v1/completions");
+    expect(((await response.json()) as { usage: unknown }).usage).toEqual({
+      prompt_tokens: 2 * 4096,
+      completion_tokens: 2 * 3 * 4096,
+    });
+    expect(t.records[0]?.prompt_tokens).toBe(2 * 4096);
+    expect(t.records[0]?.completion_tokens).toBe(2 * 3 * 4096);
   });
 });

@@ -51,13 +51,14 @@ const managerUrl = "http://manager.test";
 /** The manager app as the router's fetch, with each answer's status recorded. */
 function managerFetch() {
   const statuses: number[] = [];
-  const state = { down: false, calls: 0 };
+  const state = { down: false, calls: 0, corrupt: false };
   const fetch: FetchLike = async (input, init) => {
     state.calls++;
     if (state.down) throw new TypeError("fetch failed: connection refused");
     const response = await t.manager.app.request(
       input instanceof Request ? input : String(input),
-      init,
+      // `corrupt`: the body is mangled on the way, as a broken proxy might.
+      state.corrupt ? { ...init, body: '{"records":"not a list"}' } : init,
     );
     statuses.push(response.status);
     return response;
@@ -343,7 +344,7 @@ describe("UsageBatcher against the manager", () => {
     expect((await stored()).map((row) => row.latency_ms)).toEqual([3, 4, 5]);
   });
 
-  test("a batch the manager rejects as invalid is dropped, not retried forever", async () => {
+  test("a record the manager finds invalid is set aside there; the rest of the batch is written", async () => {
     await startManager();
     const link = managerFetch();
     const metrics = new Metrics();
@@ -353,7 +354,33 @@ describe("UsageBatcher against the manager", () => {
       fetch: link.fetch,
       metrics,
     });
-    batcher.record(record(1, { status: 42 }));
+    batcher.record(record(1));
+    batcher.record(record(2, { status: 42 }));
+    batcher.record(record(3));
+    await batcher.flush();
+    expect(link.statuses).toEqual([202]);
+    expect(batcher.pending()).toBe(0);
+    expect(batcher.dropped).toBe(0);
+    expect(metric(metrics.render(), "fleet_router_usage_records_rejected_total")).toBe(1);
+    expect((await stored()).map((row) => row.latency_ms)).toEqual([1, 3]);
+    // The queue is not wedged: the next record goes through.
+    batcher.record(record(4));
+    await batcher.flush();
+    expect((await stored()).map((row) => row.latency_ms)).toEqual([1, 3, 4]);
+  });
+
+  test("a body the manager cannot read at all is dropped, not retried forever", async () => {
+    await startManager();
+    const link = managerFetch();
+    const metrics = new Metrics();
+    const batcher = new UsageBatcher({
+      managerUrl,
+      routerToken: token,
+      fetch: link.fetch,
+      metrics,
+    });
+    link.state.corrupt = true;
+    batcher.record(record(1));
     await batcher.flush();
     expect(link.statuses).toEqual([400]);
     expect(batcher.pending()).toBe(0);
@@ -361,9 +388,5 @@ describe("UsageBatcher against the manager", () => {
     expect(
       metric(metrics.render(), "fleet_router_usage_batches_total", { result: "rejected" }),
     ).toBe(1);
-    // The queue is not wedged: the next record goes through.
-    batcher.record(record(2));
-    await batcher.flush();
-    expect((await stored()).map((row) => row.latency_ms)).toEqual([2]);
   });
 });

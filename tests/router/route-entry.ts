@@ -8,6 +8,8 @@ export function route(options: {
   ready?: boolean;
   /** The worker's agent credential (default: one derived from the worker id). */
   agentToken?: string | null;
+  /** The model's context length, as registered (default: not known). */
+  maxModelLen?: number | null;
 }): RouteEntry {
   return {
     alias: options.alias,
@@ -20,5 +22,6 @@ export function route(options: {
     ready: options.ready ?? true,
     agent_token:
       options.agentToken === undefined ? `fa_agent-of-${options.workerId}` : options.agentToken,
+    max_model_len: options.maxModelLen ?? null,
   };
 }

@@ -1,5 +1,11 @@
 import { describe, expect, test } from "bun:test";
-import { JsonUsageTail, SseUsageFilter } from "../../router/usage-scan.ts";
+import { maxContextTokens, maxTokensPerRequest } from "../../protocol/index.ts";
+import {
+  checkUsage,
+  JsonUsageTail,
+  SseUsageFilter,
+  type UsageBounds,
+} from "../../router/usage-scan.ts";
 
 const encoder = new TextEncoder();
 
@@ -32,11 +38,32 @@ describe("JsonUsageTail", () => {
     }
   });
 
-  test("accepts whitespace around the colon and skips a key without a number", () => {
+  test("accepts whitespace around the colon; the last key counts, even when it is null", () => {
     const pretty = '{"usage": {\n  "prompt_tokens" :\t7,\n  "completion_tokens": null\n}}';
     expect(tailOf(pretty).usage()).toEqual({ promptTokens: 7, completionTokens: null });
     const earlier = '{"a":{"completion_tokens": 3},"usage":{"completion_tokens": null}}';
-    expect(tailOf(earlier).usage()).toEqual({ promptTokens: null, completionTokens: 3 });
+    expect(tailOf(earlier).usage()).toBeUndefined();
+  });
+
+  test("reads every JSON number as written and anything else as its text, for checkUsage to judge", () => {
+    const body = (prompt: string, completion: string) =>
+      `{"usage":{"prompt_tokens":${prompt},"completion_tokens":${completion},"total_tokens":1}}`;
+    expect(tailOf(body("3000000000", "-5")).usage()).toEqual({
+      promptTokens: 3e9,
+      completionTokens: -5,
+    });
+    expect(tailOf(body("1.5", "2e3")).usage()).toEqual({
+      promptTokens: 1.5,
+      completionTokens: 2000,
+    });
+    expect(tailOf(body('"12"', '"many"')).usage()).toEqual({
+      promptTokens: '"12"',
+      completionTokens: '"many"',
+    });
+    // Once, a float read as its integer part (1.5 became 1) and a long number as 15 digits.
+    expect(tailOf(body("12345678901234567890", "0")).usage()?.promptTokens).toBe(
+      1.2345678901234567e19,
+    );
   });
 
   test("answers undefined for a body without usage, and for no body", () => {
@@ -133,5 +160,55 @@ describe("SseUsageFilter", () => {
     expect(relay(filter, `${token}data: {"partial":`, [token.length + 4])).toBe(
       `${token}data: {"partial":`,
     );
+  });
+});
+
+describe("checkUsage", () => {
+  const one: UsageBounds = { maxModelLen: null, inputs: 1, choices: 1 };
+  const counts = (promptTokens: unknown, completionTokens: unknown, bounds = one) =>
+    checkUsage({ promptTokens, completionTokens }, bounds);
+
+  test("passes whole counts within bounds, and null for counts not sent", () => {
+    expect(counts(14, 16)).toEqual({
+      usage: { promptTokens: 14, completionTokens: 16 },
+      rejected: [],
+    });
+    expect(counts(null, undefined)).toEqual({
+      usage: { promptTokens: null, completionTokens: null },
+      rejected: [],
+    });
+    expect(checkUsage(undefined, one)).toEqual({ usage: undefined, rejected: [] });
+  });
+
+  test("absurd, negative, fractional and non-numeric counts become null and are named", () => {
+    for (const bad of [3e9, -1, 1.5, "12", '"12"', {}, Number.NaN, Number.POSITIVE_INFINITY]) {
+      const { usage, rejected } = counts(bad, 5);
+      expect(usage).toEqual({ promptTokens: null, completionTokens: 5 });
+      expect(rejected).toEqual([{ field: "prompt_tokens", value: bad }]);
+    }
+    const both = counts(-3, 0.25);
+    expect(both.usage).toEqual({ promptTokens: null, completionTokens: null });
+    expect(both.rejected.map((r) => r.field)).toEqual(["prompt_tokens", "completion_tokens"]);
+  });
+
+  test("the model's context bounds each count, per prompt and per choice", () => {
+    const ctx = { maxModelLen: 4096, inputs: 1, choices: 1 };
+    expect(counts(4096, 4096, ctx).rejected).toEqual([]);
+    expect(counts(4097, 10, ctx).rejected).toEqual([{ field: "prompt_tokens", value: 4097 }]);
+    // Three prompts (a batch), two choices each: up to 3 x 4096 prompt tokens, 6 x 4096 out.
+    const batch = { maxModelLen: 4096, inputs: 3, choices: 2 };
+    expect(counts(3 * 4096, 6 * 4096, batch).rejected).toEqual([]);
+    expect(counts(3 * 4096 + 1, 6 * 4096 + 1, batch).rejected.map((r) => r.field)).toEqual([
+      "prompt_tokens",
+      "completion_tokens",
+    ]);
+  });
+
+  test("without a known context the largest the manager accepts bounds it, never past the hard cap", () => {
+    expect(counts(maxContextTokens, 0).rejected).toEqual([]);
+    expect(counts(maxContextTokens + 1, 0).rejected).toHaveLength(1);
+    const huge = { maxModelLen: null, inputs: 1000, choices: 1000 };
+    expect(counts(maxTokensPerRequest, maxTokensPerRequest, huge).rejected).toEqual([]);
+    expect(counts(maxTokensPerRequest + 1, maxTokensPerRequest + 1, huge).rejected).toHaveLength(2);
   });
 });

@@ -1,6 +1,9 @@
-import { expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import type { ApiKeyCreated } from "../../../protocol/index.ts";
+import { openFreshDb } from "../../../devkit/db.ts";
+import { metric } from "../../../devkit/metrics.ts";
+import { checkRecords, writeUsage } from "../../../manager/services/usage.ts";
+import type { ApiKeyCreated, UsageRecord } from "../../../protocol/index.ts";
 import { createRouterToken } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
@@ -29,11 +32,11 @@ describeApi("manager API: usage", (api) => {
       record(1, "key_gone"),
       ...Array.from({ length: 1498 }, (_, i) => record(i + 2, null)),
     ];
-    const reply = await t.json<{ accepted: number }>("POST", "/v1/usage", {
+    const reply = await t.json<{ accepted: number; rejected: number }>("POST", "/v1/usage", {
       token,
       body: { records },
     });
-    expect(reply).toEqual({ status: 202, body: { accepted: 1500 } });
+    expect(reply).toEqual({ status: 202, body: { accepted: 1500, rejected: 0 } });
     const rows = await t.db.query<{ n: number; keyed: number; tokens: number }>(
       sql`select count(*)::int as n, count(api_key_id)::int as keyed, sum(completion_tokens)::int as tokens from request_logs`,
     );
@@ -63,5 +66,148 @@ describeApi("manager API: usage", (api) => {
     await t.manager.close();
     const after = await t.db.query<{ n: number }>(sql`select count(*)::int as n from request_logs`);
     expect(after[0]?.n).toBe(20);
+  });
+});
+
+/** A record as a router sends it, valid unless `fields` say otherwise. */
+function usageRecord(fields: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    ts: new Date().toISOString(),
+    api_key_id: null,
+    alias: "qwen",
+    worker_id: "w1",
+    status: 200,
+    latency_ms: 10,
+    ttft_ms: 5,
+    prompt_tokens: 7,
+    completion_tokens: 3,
+    stream: false,
+    ...fields,
+  };
+}
+
+type DeadLetterRow = { source: string; reason: string; record: Record<string, unknown> };
+
+describeApi("manager API: usage it cannot write", (api) => {
+  const stored = async (t: Awaited<ReturnType<typeof api.manager>>) =>
+    (
+      await t.db.query<{ latency_ms: number }>(
+        sql`select latency_ms from request_logs order by latency_ms`,
+      )
+    ).map((row) => row.latency_ms);
+  const deadLetters = (t: Awaited<ReturnType<typeof api.manager>>) =>
+    t.db.query<DeadLetterRow>(
+      sql`select source, reason, record from usage_dead_letters order by id`,
+    );
+
+  test("each record of a batch is judged alone: the good ones are written, the bad ones set aside with the reason", async () => {
+    const t = await api.manager();
+    const token = await createRouterToken(t);
+    const bad = [
+      usageRecord({ latency_ms: 101, prompt_tokens: 3e9 }),
+      usageRecord({ latency_ms: 102, completion_tokens: -1 }),
+      usageRecord({ latency_ms: 103, prompt_tokens: 1.5 }),
+      usageRecord({ latency_ms: 104, completion_tokens: "12" }),
+      usageRecord({ latency_ms: 105, alias: undefined }),
+      "not a record",
+      // Valid to the schema, refused by the database: found by splitting the batch.
+      usageRecord({ latency_ms: 106, alias: "nul\u0000alias" }),
+    ];
+    const good = Array.from({ length: 300 }, (_, i) => usageRecord({ latency_ms: i + 1 }));
+    const records = [...good.slice(0, 150), ...bad, ...good.slice(150)];
+    const reply = await t.json("POST", "/v1/usage", { token, body: { records } });
+    expect(reply).toEqual({ status: 202, body: { accepted: 300, rejected: bad.length } });
+    expect(await stored(t)).toEqual(good.map((r) => r.latency_ms as number));
+
+    const letters = await deadLetters(t);
+    expect(letters.map((l) => l.record.latency_ms ?? null)).toEqual([
+      101,
+      102,
+      103,
+      104,
+      105,
+      null,
+      106,
+    ]);
+    expect(letters.every((l) => l.source.startsWith("router:"))).toBe(true);
+    expect(letters[0]?.reason).toStartWith("invalid: prompt_tokens:");
+    expect(letters[2]?.reason).toStartWith("invalid: prompt_tokens:");
+    expect(letters[3]?.reason).toStartWith("invalid: completion_tokens:");
+    expect(letters[4]?.reason).toStartWith("invalid: alias:");
+    expect(letters[6]?.reason).toStartWith("refused by the database: 22P05");
+    // The record is kept, its NUL replaced (jsonb holds none), and no SQL in the reason.
+    expect(letters[6]?.record.alias).toBe("nul\ufffdalias");
+    expect(letters.some((l) => /insert|select/i.test(l.reason))).toBe(false);
+
+    const text = t.manager.metrics.render();
+    expect(metric(text, "fleet_manager_usage_records_written_total")).toBe(300);
+    expect(
+      metric(text, "fleet_manager_usage_dead_letters_total", {
+        reason: "invalid",
+        source: "router",
+      }),
+    ).toBe(6);
+    expect(
+      metric(text, "fleet_manager_usage_dead_letters_total", {
+        reason: "refused",
+        source: "router",
+      }),
+    ).toBe(1);
+  });
+
+  test("the in-process sink sets a record the database refuses aside and writes the rest", async () => {
+    const t = await api.manager();
+    const records = Array.from({ length: 40 }, (_, i) =>
+      usageRecord({ latency_ms: i + 1, worker_id: i === 17 ? "w\u0000" : "w1" }),
+    );
+    for (const record of records) t.manager.usage.record(record as UsageRecord);
+    await t.manager.usage.flush();
+    expect(await stored(t)).toEqual(
+      records.filter((_, i) => i !== 17).map((r) => r.latency_ms as number),
+    );
+    const letters = await deadLetters(t);
+    expect(letters).toHaveLength(1);
+    expect(letters[0]).toMatchObject({ source: "manager", record: { latency_ms: 18 } });
+    expect(t.manager.usage.waiting()).toBe(0);
+    expect(
+      metric(t.manager.metrics.render(), "fleet_manager_usage_dead_letters_total", {
+        reason: "refused",
+        source: "manager",
+      }),
+    ).toBe(1);
+  });
+});
+
+describe("writeUsage", () => {
+  test("a database that fails midway leaves nothing written, so the batch can be sent again", async () => {
+    const db = await openFreshDb("pglite");
+    try {
+      const batch = checkRecords(
+        Array.from({ length: 4500 }, (_, i) => usageRecord({ latency_ms: i })),
+      );
+      // A trigger stands in for a database that fails on the third chunk of 2,000 rows.
+      await db.query(sql`
+        create function fail_late() returns trigger language plpgsql as $$
+        begin
+          if new.latency_ms = 4200 then raise exception 'disk full' using errcode = '53100'; end if;
+          return new;
+        end $$`);
+      await db.query(
+        sql`create trigger fail_late before insert on request_logs for each row execute function fail_late()`,
+      );
+      await expect(writeUsage(db.db, batch, "test")).rejects.toThrow();
+      const count = async () =>
+        (await db.query<{ n: number }>(sql`select count(*)::int as n from request_logs`))[0]?.n;
+      expect(await count()).toBe(0);
+      await db.query(sql`drop trigger fail_late on request_logs`);
+      expect(await writeUsage(db.db, batch, "test")).toEqual({
+        written: 4500,
+        invalid: 0,
+        refused: 0,
+      });
+      expect(await count()).toBe(4500);
+    } finally {
+      await db.destroy();
+    }
   });
 });

@@ -28,6 +28,8 @@ export async function startManager(options: {
       WORKER_TIMEOUT_S: "3",
       RECONCILE_INTERVAL_S: "0.3",
       ROUTES_POLL_MS: "100",
+      // What `npm start` sets (the mounted router's UPSTREAM_CLIENT=auto needs it).
+      BUN_CONFIG_MAX_HTTP_REQUESTS: "65000",
       ...options.env,
     },
   });

@@ -19,12 +19,12 @@ const upstreamEnv = parseEnv(
 await runManager({
   env: process.env,
   runtime: `bun ${Bun.version}`,
-  upstreamFetch: createUpstreamFetch({
+  upstream: createUpstreamFetch({
     client: upstreamEnv.UPSTREAM_CLIENT,
     connectTimeoutMs: upstreamEnv.CONNECT_TIMEOUT_MS,
     fetchCap: upstreamEnv.BUN_CONFIG_MAX_HTTP_REQUESTS,
     log: createLogger({ service: "manager" }),
-  }).fetch,
+  }),
   startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
   serve: async ({ fetch, hostname, port }) => {
     const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });

@@ -28,8 +28,8 @@ export async function runManager(options: {
   env: Record<string, string | undefined>;
   serve: Serve;
   runtime: string;
-  /** How the mounted router reaches agents (default: the runtime's `fetch`). */
-  upstreamFetch?: FetchLike;
+  /** How the mounted router reaches agents (default: the runtime's `fetch` for both). */
+  upstream?: { fetch: FetchLike; streamFetch: FetchLike };
   /** Bun: keeps relayed garbage from piling up (runtime/gc-pacer.ts); GC_GROWTH_MB sets it. */
   startGcPacer?: (growthBytes: number) => { stop(): void };
 }): Promise<void> {
@@ -56,7 +56,7 @@ export async function runManager(options: {
     process.exit(1);
   }
   const manager = createApp({ db, config, log });
-  manager.mount(mountRouter(manager, config, options.upstreamFetch, log));
+  manager.mount(mountRouter(manager, config, options.upstream, log));
   await manager.start();
   const server = await options.serve({
     fetch: manager.app.fetch,
@@ -119,11 +119,12 @@ export async function runManager(options: {
 function mountRouter(
   manager: Manager,
   config: ManagerConfig,
-  upstreamFetch: FetchLike | undefined,
+  upstream: { fetch: FetchLike; streamFetch: FetchLike } | undefined,
   log: Logger,
 ): FetchHandler {
   return createRouterApp({
-    fetch: upstreamFetch,
+    fetch: upstream?.fetch,
+    streamFetch: upstream?.streamFetch,
     routes: manager.routes,
     usage: manager.usage,
     metrics: manager.metrics,

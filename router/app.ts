@@ -30,6 +30,8 @@ export type AppDeps = {
   /** Require an API key even when no key exists (a router listening beyond loopback). */
   requireApiKey?: boolean;
   fetch?: FetchLike;
+  /** The client for requests with `"stream": true` (default: `fetch`). */
+  streamFetch?: FetchLike;
   /** Monotonic milliseconds for latencies and deadlines (performance.now by default). */
   clock?: MonotonicClock;
   log?: Logger;
@@ -307,6 +309,7 @@ function proxyConfig(
   const upstreamFetch: FetchLike = deps.fetch ?? ((input, init) => fetch(input, init));
   return {
     fetch: upstreamFetch,
+    streamFetch: deps.streamFetch ?? upstreamFetch,
     firstByteMs: deps.timeouts?.firstByteMs ?? 600_000,
     idleMs: deps.timeouts?.idleMs ?? 300_000,
     maxAttempts: Math.max(1, deps.retry?.maxAttempts ?? 3),

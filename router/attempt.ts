@@ -240,7 +240,8 @@ function firstByteTimeout(attempt: Attempt): void {
 
 function send(run: Attempt, headers: Record<string, string>): Promise<Response> {
   const { config, request } = run;
-  return config.fetch(`${run.route.worker_url}/proxy/${request.alias}${request.path}`, {
+  const client = request.stream ? config.streamFetch : config.fetch;
+  return client(`${run.route.worker_url}/proxy/${request.alias}${request.path}`, {
     method: "POST",
     headers,
     body: request.body,

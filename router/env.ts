@@ -37,9 +37,12 @@ export const routerEnvSchema = z.object({
   /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
   REQUIRE_API_KEY: flag,
   CONNECT_TIMEOUT_MS: ms(5000),
-  /** Bun: how the router reaches agents (`http1`: runtime/http1-fetch.ts; `fetch`: Bun's own). */
-  UPSTREAM_CLIENT: z.enum(["fetch", "http1"]).default("http1"),
-  /** Bun's cap on in-flight fetches, read at startup (default 256); needed with `fetch`. */
+  /**
+   * Bun: how the router reaches agents (runtime/upstream-fetch.ts): `auto` (Bun's fetch for
+   * non-streamed requests, runtime/http1-fetch.ts for streams), `http1` or `fetch` for all.
+   */
+  UPSTREAM_CLIENT: z.enum(["auto", "fetch", "http1"]).default("auto"),
+  /** Bun's cap on in-flight fetches, read at startup (default 256); needed by `auto` and `fetch`. */
   BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
   FIRST_BYTE_TIMEOUT_MS: ms(600_000),
   /**

@@ -11,9 +11,8 @@ import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
 const log = createLogger({ service: "router", level: env.LOG_LEVEL });
-// Agents (and the manager) are reached over our own HTTP/1.1 client unless UPSTREAM_CLIENT
-// says otherwise: a real connect timeout and 25-32 MiB less at 1,000 streams than Bun's
-// fetch (docs/router.md "The upstream client on Bun").
+// Agents are reached over Bun's fetch for whole answers and our own HTTP/1.1 client for
+// streams unless UPSTREAM_CLIENT says otherwise (runtime/upstream-fetch.ts).
 const upstream = createUpstreamFetch({
   client: env.UPSTREAM_CLIENT,
   connectTimeoutMs: env.CONNECT_TIMEOUT_MS,
@@ -24,6 +23,7 @@ const router = createStandaloneRouter({
   env,
   log,
   fetch: upstream.fetch,
+  streamFetch: upstream.streamFetch,
   clientAddress: (c) => getConnInfo(c).remote.address,
 });
 await router.start();

@@ -11,6 +11,8 @@ import type { Rejection, Usage } from "./usage-scan.ts";
 /** What `forward` (proxy.ts), `attempt` (attempt.ts) and `relay` (relay.ts) share. */
 export type ProxyConfig = {
   fetch: FetchLike;
+  /** For requests with `"stream": true`. */
+  streamFetch: FetchLike;
   firstByteMs: number;
   idleMs: number;
   maxAttempts: number;

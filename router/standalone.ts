@@ -14,6 +14,8 @@ export function createStandaloneRouter(options: {
   env: RouterEnv;
   log: Logger;
   fetch?: FetchLike;
+  /** The client for streamed requests to agents (default: `fetch`). */
+  streamFetch?: FetchLike;
   clientAddress?: AppDeps["clientAddress"];
   requireApiKey?: boolean;
   /**
@@ -52,6 +54,7 @@ export function createStandaloneRouter(options: {
     usage,
     requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopbackHost(env.HOST),
     fetch: options.fetch,
+    streamFetch: options.streamFetch,
     log,
     metrics,
     maxBodyBytes: env.MAX_BODY_BYTES,

@@ -2,34 +2,62 @@ import type { FetchLike } from "../kit/fetch.ts";
 import type { Logger } from "../kit/log.ts";
 import { createHttp1Fetch } from "./http1-fetch.ts";
 
+/** The clients a Bun router (standalone, or mounted in the manager) reaches agents with. */
+export type UpstreamClients = {
+  /** Non-streamed requests, and the router's own calls to the manager. */
+  fetch: FetchLike;
+  /** Requests with `"stream": true`. */
+  streamFetch: FetchLike;
+  close(): void;
+};
+
+export type UpstreamClient = "auto" | "fetch" | "http1";
+
 /**
- * The Bun router's client for the hop to agents (standalone, and mounted in the manager).
- * `http1` (the default): runtime/http1-fetch.ts, chosen by measurement (docs/router.md "The
- * upstream client on Bun"). `fetch`: Bun's own, with its 5-minute idle timeout off (the
- * router's first-byte and idle timeouts govern); it has no connect timeout, and it needs
- * BUN_CONFIG_MAX_HTTP_REQUESTS set at startup. It stays selectable so that bench/gateway.ts
- * can measure both side by side again (a new Bun may change the answer).
+ * The Bun router's clients for the hop to agents, chosen by UPSTREAM_CLIENT from figures in
+ * docs/router.md ("The upstream client on Bun"):
+ * - `auto` (the default): Bun's `fetch` for non-streamed requests, whose socket work runs on
+ *   Bun's HTTP thread (97% of a bare proxy's throughput at 64 connections against 76% for
+ *   the hand-written client), and runtime/http1-fetch.ts for streams, which holds 25-40 MiB
+ *   less at 1,000 open streams and has a real connect timeout. Bun's `fetch` keeps at most
+ *   BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight, read only when the process starts; when
+ *   it is not set (Bun's default, 256) every request goes through the HTTP/1.1 client
+ *   rather than queue inside the router.
+ * - `http1`: the hand-written client for everything.
+ * - `fetch`: Bun's own for everything, its 5-minute idle timeout off (the router's own
+ *   first-byte and idle timeouts govern); no connect timeout.
+ * Both stay selectable so that bench/gateway.ts can measure them side by side again (a new
+ * Bun may change the answer).
  */
 export function createUpstreamFetch(options: {
-  client: "fetch" | "http1";
+  client: UpstreamClient;
   connectTimeoutMs: number;
   /** BUN_CONFIG_MAX_HTTP_REQUESTS as the process was started with. */
   fetchCap: number | undefined;
   log: Logger;
-}): { fetch: FetchLike; close(): void } {
-  if (options.client === "http1") {
-    const http1 = createHttp1Fetch({ connectTimeoutMs: options.connectTimeoutMs });
-    return { fetch: http1.fetch, close: http1.close };
-  }
-  if (options.fetchCap === undefined) {
-    options.log.warn(
-      "UPSTREAM_CLIENT=fetch without BUN_CONFIG_MAX_HTTP_REQUESTS: Bun's fetch keeps at most 256 requests in flight, and request 257 waits inside the router (set it, e.g. to 65000, where the process starts)",
-    );
-  }
-  options.log.info(
-    "upstream client: Bun's fetch (no connect timeout: CONNECT_TIMEOUT_MS is not applied)",
-  );
+}): UpstreamClients {
+  const { client, fetchCap, log } = options;
   const bunFetch: FetchLike = (input, init) =>
     fetch(input, { ...init, timeout: false, decompress: false } as BunFetchRequestInit);
-  return { fetch: bunFetch, close() {} };
+  if (client === "fetch") {
+    if (fetchCap === undefined) {
+      log.warn(
+        "UPSTREAM_CLIENT=fetch without BUN_CONFIG_MAX_HTTP_REQUESTS: Bun's fetch keeps at most 256 requests in flight, and request 257 waits inside the router (set it, e.g. to 65000, where the process starts)",
+      );
+    }
+    log.info(
+      "upstream client: Bun's fetch (no connect timeout: CONNECT_TIMEOUT_MS is not applied)",
+    );
+    return { fetch: bunFetch, streamFetch: bunFetch, close() {} };
+  }
+  const http1 = createHttp1Fetch({ connectTimeoutMs: options.connectTimeoutMs });
+  if (client === "http1" || fetchCap === undefined) {
+    if (client === "auto") {
+      log.info(
+        "upstream client: the HTTP/1.1 client for every request (BUN_CONFIG_MAX_HTTP_REQUESTS is not set, so Bun's fetch would hold at most 256 in flight; `npm run router` and `npm start` set it)",
+      );
+    }
+    return { fetch: http1.fetch, streamFetch: http1.fetch, close: http1.close };
+  }
+  return { fetch: bunFetch, streamFetch: http1.fetch, close: http1.close };
 }

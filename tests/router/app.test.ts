@@ -133,6 +133,28 @@ function events(text: string): string[] {
     .map((event) => event.slice(6));
 }
 
+describe("router app: upstream clients", () => {
+  test("streamed requests go through streamFetch, whole answers through fetch", async () => {
+    const streamed: string[] = [];
+    const { post, upstream } = router({
+      deps: {
+        streamFetch: async (input, init) => {
+          streamed.push(String(input));
+          return sim.fetch(new Request(input, init));
+        },
+      },
+    });
+    const whole = await post("/v1/chat/completions", chat());
+    expect(whole.status).toBe(200);
+    await whole.arrayBuffer();
+    const stream = await post("/v1/chat/completions", chat({ stream: true }));
+    expect(stream.status).toBe(200);
+    expect(events(await stream.text()).at(-1)).toBe("[DONE]");
+    expect(upstream.map((u) => u.url)).toEqual(["http://live.test/proxy/qwen/v1/chat/completions"]);
+    expect(streamed).toEqual(["http://live.test/proxy/qwen/v1/chat/completions"]);
+  });
+});
+
 describe("router app: proxying", () => {
   test("answers a chat completion from a replica and records its usage", async () => {
     const { post, usage, upstream } = router();

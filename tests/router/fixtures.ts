@@ -220,6 +220,9 @@ export function routerEnv(managerUrl: string, extra: Record<string, string> = {}
     HOST: "127.0.0.1",
     ROUTES_REFRESH_MS: "200",
     USAGE_FLUSH_MS: "200",
+    // What `npm run router` sets: Bun reads its in-flight fetch cap only at startup, and
+    // UPSTREAM_CLIENT=auto uses Bun's fetch only when it is set.
+    BUN_CONFIG_MAX_HTTP_REQUESTS: "65000",
     ...extra,
   };
 }

@@ -16,6 +16,19 @@ const optionalUrl = z.preprocess(
   workerUrlSchema.optional(),
 );
 
+/** `1`/`true`/`yes` on, `0`/`false`/`no`/empty/unset off. */
+const flag = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .optional()
+  .transform((value, ctx) => {
+    if (value === undefined || value === "" || ["0", "false", "no"].includes(value)) return false;
+    if (["1", "true", "yes"].includes(value)) return true;
+    ctx.addIssue({ code: "custom", message: "must be 1 or 0" });
+    return z.NEVER;
+  });
+
 const seconds = (fallback: number) => z.coerce.number().positive().default(fallback);
 const port = z.coerce.number().int().min(1).max(65535);
 
@@ -47,6 +60,10 @@ export const agentEnvSchema = z
     ENGINE_RESTART_BACKOFF_S: seconds(1),
     ENGINE_RESTART_BACKOFF_MAX_S: seconds(60),
     ENGINE_HEALTH_POLL_MS: z.coerce.number().int().min(10).default(500),
+    /** How long an engine adopted from a previous agent may take to answer as itself. */
+    ENGINE_ADOPT_GRACE_S: seconds(60),
+    /** `1`: stopping the agent leaves its engines running for the next agent to adopt. */
+    AGENT_KEEP_ENGINES: flag,
     MANAGER_RETRY_MAX_S: seconds(30),
     LOG_LEVEL: logLevelSchema,
     /** Bun's cap on in-flight fetches (default 256); the entry raises it unless set. */
@@ -93,6 +110,8 @@ export function serviceOptionsFromEnv(
     restartBackoffMs: env.ENGINE_RESTART_BACKOFF_S * 1000,
     restartBackoffMaxMs: env.ENGINE_RESTART_BACKOFF_MAX_S * 1000,
     healthPollMs: env.ENGINE_HEALTH_POLL_MS,
+    adoptGraceMs: env.ENGINE_ADOPT_GRACE_S * 1000,
+    keepEngines: env.AGENT_KEEP_ENGINES,
     registerRetryMaxMs: env.MANAGER_RETRY_MAX_S * 1000,
     logLevel: env.LOG_LEVEL,
     engineEnv,

@@ -35,8 +35,17 @@ let signals = 0;
 const shutdown = (signal: string) => {
   // A second signal means the operator does not want to wait for the grace period.
   if (++signals > 1) process.exit(130);
-  agent.log.info("signal received: stopping engines", { signal });
-  void agent.stop().then(() => process.exit(0));
+  // SIGUSR2 (or AGENT_KEEP_ENGINES=1): an upgrade. The engines keep running and the next
+  // agent adopts them (docs/operations.md, "Upgrading an agent").
+  const keepEngines = signal === "SIGUSR2" || agent.keepsEngines;
+  agent.log.info(
+    `signal received: ${keepEngines ? "leaving engines running" : "stopping engines"}`,
+    {
+      signal,
+    },
+  );
+  void agent.stop({ keepEngines }).then(() => process.exit(0));
 };
 process.on("SIGTERM", () => shutdown("SIGTERM"));
 process.on("SIGINT", () => shutdown("SIGINT"));
+process.on("SIGUSR2", () => shutdown("SIGUSR2"));

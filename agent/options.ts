@@ -19,7 +19,10 @@ export type WorkerServiceOptions = {
    * the manager issued (kept in `dataDir`). Without it the agent is open (loopback only).
    */
   fleetToken?: string;
-  /** `AGENT_DATA_DIR`: where the credentials file lives (default `.fleet/agent`). */
+  /**
+   * `AGENT_DATA_DIR`: where the credentials file and the engine records live (default
+   * `.fleet/agent`).
+   */
   dataDir?: string;
   /** How long the previous agent credential still works after a rotation (default 120 s). */
   agentTokenGraceMs?: number;
@@ -31,6 +34,16 @@ export type WorkerServiceOptions = {
   restartBackoffMs?: number;
   restartBackoffMaxMs?: number;
   healthPollMs?: number;
+  /**
+   * How long an engine adopted from a previous agent may take to answer as itself before it
+   * is stopped (default 60 s; one that was still loading gets the rest of its startup timeout).
+   */
+  adoptGraceMs?: number;
+  /**
+   * `AGENT_KEEP_ENGINES`: `stop()` leaves the engines running for the next agent to adopt
+   * (an agent upgrade) instead of stopping them (default false).
+   */
+  keepEngines?: boolean;
   registerRetryMaxMs?: number;
   /** The environment engines and nvidia-smi inherit (default: this process's). */
   engineEnv?: Record<string, string | undefined>;

@@ -1,4 +1,6 @@
+import { createHash } from "node:crypto";
 import { hostname } from "node:os";
+import { resolve } from "node:path";
 import type { Server } from "bun";
 import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
@@ -13,6 +15,7 @@ import {
 } from "../protocol/index.ts";
 import { createApp } from "./app.ts";
 import { inheritedEnv } from "./env.ts";
+import { EngineRecords } from "./lib/engine-records.ts";
 import { discoverGpus } from "./lib/gpus.ts";
 import { AgentIdentity } from "./lib/identity.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
@@ -25,8 +28,18 @@ export type { WorkerServiceOptions } from "./options.ts";
 
 export const agentVersion = packageJson.version;
 
-/** Variables of the agent's own that an engine must never see. */
-const privateVariables = ["FLEET_TOKEN", "VLLM_BIN", "NVIDIA_SMI_BIN"];
+/**
+ * Variables of the agent's own that an engine must never see; the engine markers are set
+ * afresh for each engine (never inherited from whatever started the agent).
+ */
+const privateVariables = [
+  "FLEET_TOKEN",
+  "VLLM_BIN",
+  "NVIDIA_SMI_BIN",
+  "AGENT_KEEP_ENGINES",
+  "FLEET_ENGINE_OWNER",
+  "FLEET_ENGINE_ALIAS",
+];
 
 /**
  * The agent: serves the instance API and the `/proxy` path, supervises engines, and keeps
@@ -80,6 +93,7 @@ export class WorkerService {
       if (value !== undefined && !privateVariables.includes(key)) env[key] = value;
     }
     this.#env = env;
+    const dataDir = options.dataDir ?? ".fleet/agent";
     this.supervisor = new Supervisor({
       vllmBin: options.vllmBin ?? "vllm",
       baseEnv: env,
@@ -90,7 +104,9 @@ export class WorkerService {
       restartBackoffMs: options.restartBackoffMs ?? 1000,
       restartBackoffMaxMs: options.restartBackoffMaxMs ?? 60_000,
       healthPollMs: options.healthPollMs ?? 500,
+      adoptGraceMs: options.adoptGraceMs ?? 60_000,
       onChange: () => this.#manager?.nudge(),
+      records: { store: new EngineRecords(dataDir), owner: engineOwner(dataDir) },
     });
   }
 
@@ -128,8 +144,19 @@ export class WorkerService {
     return this.#gpuInfo;
   }
 
-  /** Reads the GPUs, starts listening and starts registering; resolves once listening. */
+  /**
+   * Adopts the engines a previous agent left running (agent/lib/adoption.ts), reads the GPUs,
+   * starts listening and starts registering; resolves once listening.
+   */
   async run(): Promise<void> {
+    const adoption = await this.supervisor.adopt();
+    if (adoption.adopted.length > 0 || adoption.dropped.length > 0 || adoption.stopping > 0) {
+      this.log.info("engines of the previous agent", {
+        adopted: adoption.adopted,
+        dropped_records: adoption.dropped,
+        stopping_unrecorded: adoption.stopping,
+      });
+    }
     await this.refreshGpus();
     if (this.#gpuInfo.warning) this.log.warn("GPU discovery", { warning: this.#gpuInfo.warning });
     this.log.info("GPUs found", { count: this.#gpuInfo.gpus.length });
@@ -175,16 +202,31 @@ export class WorkerService {
     this.#manager.start();
   }
 
-  /** Stops engines (SIGTERM, then SIGKILL after the grace), registration and the server. */
-  stop(): Promise<void> {
-    this.#stopping ??= this.#stop();
+  /**
+   * Stops engines (SIGTERM, then SIGKILL after the grace), registration and the server. With
+   * `keepEngines` (default: the `keepEngines` option, `AGENT_KEEP_ENGINES=1`) the engines
+   * keep running and their records stay, for the next agent to adopt (an agent upgrade).
+   */
+  stop(options: { keepEngines?: boolean } = {}): Promise<void> {
+    this.#stopping ??= this.#stop(options.keepEngines ?? this.keepsEngines);
     return this.#stopping;
   }
 
-  async #stop(): Promise<void> {
-    this.log.info("agent stopping", { engines: this.supervisor.reports().length });
+  /** Whether a plain `stop()` leaves the engines running (`AGENT_KEEP_ENGINES=1`). */
+  get keepsEngines(): boolean {
+    return this.#options.keepEngines ?? false;
+  }
+
+  async #stop(keepEngines: boolean): Promise<void> {
+    const engines = this.supervisor.reports().length;
+    this.log.info("agent stopping", { engines, keep_engines: keepEngines });
     const manager = this.#manager?.stop();
-    await this.supervisor.stopAll();
+    if (keepEngines) {
+      this.supervisor.detachAll();
+      this.log.info("engines left running for the next agent to adopt", { engines });
+    } else {
+      await this.supervisor.stopAll();
+    }
     await manager;
     await this.#server?.stop(true);
     this.log.info("agent stopped");
@@ -212,4 +254,12 @@ export class WorkerService {
     const gpuInfo = await this.refreshGpus();
     return { gpu_info: gpuInfo, instances: this.supervisor.reports() };
   }
+}
+
+/**
+ * The marker of this agent's engines: a hash of its data directory's absolute path, so that
+ * two agents on one host (two data directories) never take each other's engines for their own.
+ */
+export function engineOwner(dataDir: string): string {
+  return createHash("sha256").update(resolve(dataDir)).digest("hex").slice(0, 16);
 }

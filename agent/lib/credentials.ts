@@ -3,19 +3,11 @@
  * user alone (0600), replaced atomically (a temporary file, fsync, rename, fsync of the
  * directory), so a crash leaves either the old pair or the new one, never half of either.
  */
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { isoTimeSchema, workerIdSchema } from "../../protocol/index.ts";
+import { writeFileAtomic } from "./atomic-file.ts";
 
 export const credentialsFileSchema = z.object({
   worker_id: workerIdSchema,
@@ -70,36 +62,11 @@ export class CredentialStore {
 
   /** Replaces the file atomically, mode 0600 (throws when the disk refuses). */
   save(credentials: CredentialsFile): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp`;
-    rmSync(tmp, { force: true });
-    // `wx`: a fresh file created with mode 0600, never an existing one with looser bits.
-    const fd = openSync(tmp, "wx", 0o600);
-    try {
-      writeSync(fd, `${JSON.stringify(credentials, null, 2)}\n`);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    syncDir(this.dir);
+    writeFileAtomic(this.path, `${JSON.stringify(credentials, null, 2)}\n`);
   }
 
   /** Forgets the credentials (the manager refused them). */
   clear(): void {
     rmSync(this.path, { force: true });
-  }
-}
-
-/** Makes the rename durable; some filesystems refuse to fsync a directory, which is fine. */
-function syncDir(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = openSync(dir, "r");
-    fsyncSync(fd);
-  } catch {
-    // Best effort.
-  } finally {
-    if (fd !== undefined) closeSync(fd);
   }
 }

@@ -1,7 +1,10 @@
 import type { Subprocess } from "bun";
 import type { Logger } from "../../kit/log.ts";
 import type { InstanceReport, InstanceSpec, InstanceStatus } from "../../protocol/index.ts";
+import { aliasVariable, type EngineRecord } from "./engine-records.ts";
 import { LineBuffer } from "./log-buffer.ts";
+import type { PortLeaser } from "./ports.ts";
+import { bootId, groupHoldsSocket, listeningInodes, readStat } from "./procfs.ts";
 
 /** How an engine is supervised; every duration in milliseconds. */
 export type EngineTimings = {
@@ -15,6 +18,11 @@ export type EngineTimings = {
   restartBackoffMaxMs: number;
   /** Readiness polling interval while starting. */
   healthPollMs: number;
+  /**
+   * How long an adopted engine that had been ready may take to answer again before it is
+   * stopped (one still loading gets the rest of its startup timeout, at least this).
+   */
+  adoptGraceMs: number;
 };
 
 export type EngineOptions = EngineTimings & {
@@ -22,6 +30,8 @@ export type EngineOptions = EngineTimings & {
   vllmBin: string;
   /** The environment the engine inherits, before CUDA_* are set. */
   baseEnv: Record<string, string>;
+  /** Where a launch whose port answers as another process gets its next port. */
+  ports: Pick<PortLeaser, "lease" | "release">;
   log: Logger;
   /** Called on every status change (the agent sends an early heartbeat). */
   onChange: () => void;
@@ -33,6 +43,65 @@ export type EngineOptions = EngineTimings & {
 const errorTailLines = 20;
 /** A crash this long after the engine became ready starts the backoff from scratch. */
 const backoffResetMs = 10 * 60_000;
+/** Ports tried in one launch whose port turned out to answer as another process. */
+const maxPortMoves = 3;
+
+/**
+ * The process behind an engine: a child this agent spawned, or one a previous agent spawned
+ * and this one adopted (not its child: it learns of the exit by watching /proc).
+ */
+type EngineProcess = {
+  readonly pid: number;
+  /** Launched by a previous agent. */
+  readonly adopted: boolean;
+  /** Resolves with how it ended ("exited with code 1") once the process is gone. */
+  readonly exited: Promise<string>;
+  running(): boolean;
+  /** Stops watching an adopted process (the agent is leaving it running). */
+  release(): void;
+};
+
+function childProcess(proc: Subprocess, drained: Promise<unknown>): EngineProcess {
+  return {
+    pid: proc.pid,
+    adopted: false,
+    exited: proc.exited.then(async (code) => {
+      // Let the pipes drain so that the log tail includes the engine's last words.
+      await Promise.race([drained, Bun.sleep(500)]);
+      return proc.signalCode ? `was killed by ${proc.signalCode}` : `exited with code ${code}`;
+    }),
+    running: () => proc.exitCode === null && proc.signalCode === null,
+    release: () => {},
+  };
+}
+
+function adoptedProcess(pid: number, startTime: string, pollMs: number): EngineProcess {
+  let running = true;
+  let resolve: (how: string) => void = () => {};
+  const exited = new Promise<string>((done) => {
+    resolve = done;
+  });
+  const timer = setInterval(() => {
+    const stat = readStat(pid);
+    if (stat && stat.startTime === startTime && stat.state !== "Z") return;
+    running = false;
+    clearInterval(timer);
+    resolve("exited (adopted: its exit status went to the agent that launched it)");
+  }, pollMs);
+  return {
+    pid,
+    adopted: true,
+    exited,
+    running: () => running,
+    release: () => clearInterval(timer),
+  };
+}
+
+let cachedBootId: string | null | undefined;
+function currentBootId(): string | null {
+  cachedBootId ??= bootId() ?? null;
+  return cachedBootId;
+}
 
 /** `VLLM_BIN serve MODEL --host 127.0.0.1 --port P --served-model-name ALIAS [options] [extra]`. */
 export function engineArgv(vllmBin: string, spec: InstanceSpec, port: number): string[] {
@@ -82,7 +151,12 @@ export class Engine {
   firstFailure: { atLine: number; text: string } | null = null;
 
   readonly #options: EngineOptions;
-  #proc: Subprocess<"ignore", "pipe", "pipe"> | null = null;
+  #proc: EngineProcess | null = null;
+  /** The running process's argv and start time (/proc), for the engine records. */
+  #argv: string[] | null = null;
+  #startTime: string | null = null;
+  #portMoves = 0;
+  #adoptedAt: number | null = null;
   #everReady = false;
   #retiring = false;
   #consecutiveCrashes = 0;
@@ -106,6 +180,75 @@ export class Engine {
     this.port = port;
     this.#launch();
     return true;
+  }
+
+  /**
+   * Takes over an engine a previous agent launched, whose record matched the live process
+   * (agent/lib/adoption.ts). Resolves after the first check of its port: ready when it
+   * answers as itself, else `starting` until it does; one that does not answer within the
+   * grace (or, still loading, its startup timeout) is stopped, its whole group.
+   */
+  async adopt(record: EngineRecord): Promise<void> {
+    const { adoptGraceMs, startupTimeoutMs, healthPollMs, log } = this.#options;
+    this.port = record.port;
+    this.#argv = record.argv;
+    this.#startTime = record.start_time;
+    this.startedAt = new Date(record.started_at);
+    this.readyAt = record.ready_at ? new Date(record.ready_at) : null;
+    this.restarts = record.restarts;
+    this.#everReady = record.ready_at !== null;
+    const proc = adoptedProcess(record.pid, record.start_time, Math.max(50, healthPollMs));
+    this.#adoptedAt = Date.now();
+    this.#proc = proc;
+    const generation = ++this.#generation;
+    this.logs.push(
+      `[agent] adopted pid ${record.pid} on port ${record.port} after an agent restart; what it printed before and prints from now on went to the previous agent and is not shown here`,
+    );
+    log.info("engine adopted", { alias: this.spec.alias, pid: record.pid, port: record.port });
+    void proc.exited.then((how) => this.#onExit(proc, generation, how));
+    const loadingUntil = this.startedAt.getTime() + startupTimeoutMs;
+    const deadline = this.#everReady
+      ? Date.now() + adoptGraceMs
+      : Math.max(Date.now() + adoptGraceMs, loadingUntil);
+    this.#setStatus("starting");
+    const first = await this.#probe(proc.pid);
+    if (!this.#isCurrent(proc, generation)) return;
+    if (first === "ready") {
+      this.#onReady();
+      return;
+    }
+    void this.#awaitReady(proc, generation, deadline);
+  }
+
+  /**
+   * Leaves the engine running and stops watching it (an agent stopping for an upgrade: the
+   * next agent adopts it from the records, which are left as they are).
+   */
+  detach(): void {
+    this.#retiring = true;
+    this.#generation++;
+    if (this.#restartTimer) clearTimeout(this.#restartTimer);
+    this.#restartTimer = null;
+    this.#proc?.release();
+  }
+
+  /** What a restarted agent needs to adopt this engine, or null when no process runs. */
+  record(): EngineRecord | null {
+    const proc = this.#proc;
+    if (!proc?.running() || this.port === null || !this.#startTime || !this.#argv) return null;
+    return {
+      alias: this.spec.alias,
+      pid: proc.pid,
+      pgid: proc.pid,
+      start_time: this.#startTime,
+      boot_id: currentBootId(),
+      port: this.port,
+      argv: this.#argv,
+      spec: this.spec,
+      started_at: (this.startedAt ?? new Date()).toISOString(),
+      ready_at: this.#everReady && this.readyAt ? this.readyAt.toISOString() : null,
+      restarts: this.restarts,
+    };
   }
 
   /** Fails the instance before any process ran (no port, bad executable). */
@@ -143,7 +286,7 @@ export class Engine {
     if (this.#restartTimer) clearTimeout(this.#restartTimer);
     this.#restartTimer = null;
     const proc = this.#proc;
-    if (proc && proc.exitCode === null && proc.signalCode === null) {
+    if (proc?.running()) {
       this.#setStatus("stopping");
       await terminateGroup(proc, this.#options.stopGraceMs);
     } else if (proc) {
@@ -161,10 +304,10 @@ export class Engine {
     const { spec, vllmBin, baseEnv, log } = this.#options;
     const argv = engineArgv(vllmBin, spec, port);
     const generation = ++this.#generation;
-    let proc: Subprocess<"ignore", "pipe", "pipe">;
+    let child: Subprocess<"ignore", "pipe", "pipe">;
     try {
-      proc = Bun.spawn(argv, {
-        env: engineEnv(baseEnv, spec.gpu_ids),
+      child = Bun.spawn(argv, {
+        env: { ...engineEnv(baseEnv, spec.gpu_ids), [aliasVariable]: spec.alias },
         stdin: "ignore",
         stdout: "pipe",
         stderr: "pipe",
@@ -183,61 +326,161 @@ export class Engine {
       }
       return;
     }
+    const echo = (line: string) => log.debug(line, { engine: spec.alias });
+    const pumped = Promise.all([
+      this.logs.pump(child.stdout, echo),
+      this.logs.pump(child.stderr, echo),
+    ]);
+    const proc = childProcess(child, pumped);
     this.#proc = proc;
+    this.#argv = argv;
+    // Set at fork, unchanged by exec: with the pid it names this process for as long as it lives.
+    this.#startTime = readStat(proc.pid)?.startTime ?? null;
     this.startedAt = new Date();
     this.#setStatus("starting");
     log.info("engine started", { alias: spec.alias, pid: proc.pid, port, model: spec.model_name });
-    const echo = (line: string) => log.debug(line, { engine: spec.alias });
-    const pumped = Promise.all([
-      this.logs.pump(proc.stdout, echo),
-      this.logs.pump(proc.stderr, echo),
-    ]);
-    void this.#awaitReady(proc, generation);
-    void proc.exited.then(async (code) => {
-      // Let the pipes drain so that the log tail includes the engine's last words.
-      await Promise.race([pumped, Bun.sleep(500)]);
-      this.#onExit(proc, generation, code);
-    });
+    void this.#awaitReady(proc, generation, Date.now() + this.#options.startupTimeoutMs);
+    void proc.exited.then((how) => this.#onExit(proc, generation, how));
   }
 
-  async #awaitReady(proc: Subprocess, generation: number): Promise<void> {
-    const { startupTimeoutMs, healthPollMs } = this.#options;
-    const deadline = Date.now() + startupTimeoutMs;
-    const url = `http://127.0.0.1:${this.port}/health`;
+  async #awaitReady(proc: EngineProcess, generation: number, deadline: number): Promise<void> {
+    const { healthPollMs } = this.#options;
+    const adopted = proc.adopted;
     while (this.#isCurrent(proc, generation) && this.status === "starting") {
       if (Date.now() > deadline) {
-        this.#onStartupTimeout(proc);
+        if (adopted) this.#onAdoptTimeout(proc);
+        else this.#onStartupTimeout(proc);
         return;
       }
-      try {
-        const response = await fetch(url, {
-          signal: AbortSignal.timeout(Math.max(1000, healthPollMs)),
-          proxy: false,
-        } as RequestInit);
-        await response.body?.cancel();
-        if (response.status === 200 && this.#isCurrent(proc, generation)) {
-          this.#onReady();
-          return;
-        }
-      } catch {
-        // Connection refused until the model is loaded: vLLM listens only when ready.
+      const result = await this.#probe(proc.pid);
+      if (!this.#isCurrent(proc, generation)) return;
+      if (result === "ready") {
+        this.#onReady();
+        return;
+      }
+      if (typeof result === "object" && !adopted && this.spec.port === undefined) {
+        await this.#movePort(proc, result.foreign);
+        return;
       }
       await Bun.sleep(healthPollMs);
     }
   }
 
-  #isCurrent(proc: Subprocess, generation: number): boolean {
-    return this.#proc === proc && this.#generation === generation && proc.exitCode === null;
+  /**
+   * Whether the engine answers on its port as itself: `/health` is 200, the listening socket
+   * belongs to a process of the engine's group (read from /proc where there is one), and it
+   * serves the alias as its model name. "down" while nothing answers (vLLM listens only once
+   * loaded); `foreign` when something else answers there.
+   */
+  async #probe(pgid: number): Promise<"ready" | "down" | { foreign: string }> {
+    const port = this.port;
+    if (port === null) return "down";
+    const base = `http://127.0.0.1:${port}`;
+    const timeout = Math.max(1000, this.#options.healthPollMs);
+    const get = async (path: string) =>
+      fetch(`${base}${path}`, {
+        signal: AbortSignal.timeout(timeout),
+        proxy: false,
+      } as RequestInit);
+    try {
+      const health = await get("/health");
+      await health.body?.cancel();
+      if (health.status !== 200) return "down";
+    } catch {
+      // Connection refused until the model is loaded: vLLM listens only when ready.
+      return "down";
+    }
+    const inodes = listeningInodes(port);
+    const ownSocket = inodes === undefined ? undefined : groupHoldsSocket(pgid, inodes);
+    if (ownSocket === false) {
+      return {
+        foreign: `port ${port} answers, but no process of the engine (pid ${pgid}) listens on it`,
+      };
+    }
+    let served: string[];
+    try {
+      const models = await get("/v1/models");
+      // An engine started with --api-key closes /v1: the socket check above has to do.
+      if (models.status === 401 || models.status === 403) {
+        await models.body?.cancel();
+        return ownSocket ? "ready" : "down";
+      }
+      const body = (await models.json()) as { data?: { id?: unknown }[] };
+      served = (body.data ?? []).map((model) => String(model.id));
+    } catch {
+      return "down";
+    }
+    if (served.includes(this.spec.alias)) return "ready";
+    if (ownSocket) return "down";
+    return {
+      foreign: `port ${port} serves ${served.length > 0 ? served.join(", ") : "no model"}, not ${this.spec.alias}`,
+    };
+  }
+
+  /**
+   * Something other than the engine answers on its port (an orphan, another agent's engine,
+   * any process that took the port after the bind test): the engine would never get it, and
+   * the port must not look ready. Stop this launch and start it again on another port.
+   */
+  async #movePort(proc: EngineProcess, why: string): Promise<void> {
+    const { ports, log } = this.#options;
+    const old = this.port;
+    this.#generation++;
+    this.#proc = null;
+    killGroup(proc.pid, "SIGKILL");
+    this.#portMoves++;
+    log.warn("engine port taken by another process; launching on another port", {
+      alias: this.spec.alias,
+      port: old,
+      why,
+    });
+    this.logs.push(`[agent] ${why}; launching on another port`);
+    const next = this.#portMoves <= maxPortMoves ? await ports.lease() : null;
+    if (old !== null) ports.release(old);
+    this.port = null;
+    if (this.#retiring) {
+      if (next !== null) ports.release(next);
+      return;
+    }
+    if (next === null) {
+      this.lastError = `${why}; ${this.#portMoves > maxPortMoves ? `gave up after ${maxPortMoves} other ports` : "no other free port in the range"}`;
+      this.#setStatus("failed");
+      this.#retire();
+      return;
+    }
+    this.port = next;
+    this.#launch();
+  }
+
+  #isCurrent(proc: EngineProcess, generation: number): boolean {
+    return this.#proc === proc && this.#generation === generation && proc.running();
   }
 
   #onReady(): void {
+    // An adopted engine that had been ready keeps its time: the crash backoff counts from it.
+    if (!(this.#proc?.adopted && this.#everReady && this.readyAt)) this.readyAt = new Date();
     this.#everReady = true;
-    this.readyAt = new Date();
+    this.#portMoves = 0;
     this.#setStatus("ready");
     this.#options.log.info("engine ready", { alias: this.spec.alias, port: this.port });
   }
 
-  #onStartupTimeout(proc: Subprocess): void {
+  #onAdoptTimeout(proc: EngineProcess): void {
+    const seconds = Math.round((Date.now() - (this.#adoptedAt ?? Date.now())) / 1000);
+    const message = `adopted engine (pid ${proc.pid}) did not answer as itself on port ${this.port} within ${seconds}s; its process group was stopped`;
+    this.#options.log.warn("adopted engine did not answer; stopping it", {
+      alias: this.spec.alias,
+      pid: proc.pid,
+      port: this.port,
+    });
+    this.lastError = message;
+    this.logs.push(`[agent] ${message}`);
+    this.#retiring = true;
+    this.#setStatus("failed");
+    void terminateGroup(proc, this.#options.stopGraceMs).then(() => this.#retire());
+  }
+
+  #onStartupTimeout(proc: EngineProcess): void {
     const seconds = Math.round(this.#options.startupTimeoutMs / 1000);
     const message = `engine not ready after ${seconds}s (startup timeout)${this.#tailText()}`;
     this.#options.log.warn("engine startup timed out", { alias: this.spec.alias, seconds });
@@ -253,15 +496,20 @@ export class Engine {
     void terminateGroup(proc, this.#options.stopGraceMs).then(() => this.#retire());
   }
 
-  #onExit(proc: Subprocess, generation: number, code: number | null): void {
+  #onExit(proc: EngineProcess, generation: number, how: string): void {
     if (this.#generation !== generation) return;
     // vLLM's children may outlive the API process: never leave them holding GPU memory.
     killGroup(proc.pid, "SIGKILL");
     if (this.#retiring) return;
-    const how = proc.signalCode ? `was killed by ${proc.signalCode}` : `exited with code ${code}`;
     if (!this.#everReady) {
+      // Another process took the port between the bind test and the engine's bind.
+      const taken = this.#portTakenByAnother(proc.pid);
+      if (taken && !proc.adopted && this.spec.port === undefined) {
+        void this.#movePort(proc, taken);
+        return;
+      }
       this.lastError = `engine ${how} during startup${this.#tailText()}`;
-      this.#options.log.warn("engine failed during startup", { alias: this.spec.alias, code });
+      this.#options.log.warn("engine failed during startup", { alias: this.spec.alias, how });
       this.#proc = null;
       this.#setStatus("failed");
       this.#retire();
@@ -294,6 +542,14 @@ export class Engine {
     }, delay);
   }
 
+  /** Why the engine's port is another process's now, or undefined. */
+  #portTakenByAnother(pgid: number): string | undefined {
+    if (this.port === null) return undefined;
+    const inodes = listeningInodes(this.port);
+    if (!inodes || inodes.size === 0 || groupHoldsSocket(pgid, inodes)) return undefined;
+    return `port ${this.port} is held by another process`;
+  }
+
   #tailText(): string {
     const tail = this.logs.tail(errorTailLines);
     return tail.length > 0 ? `; last log lines:\n${tail.join("\n")}` : "";
@@ -324,7 +580,7 @@ export function killGroup(pid: number, signal: NodeJS.Signals | 0): boolean {
 }
 
 /** SIGTERM to the group, SIGKILL after `graceMs`, then waits until the group is gone. */
-async function terminateGroup(proc: Subprocess, graceMs: number): Promise<void> {
+async function terminateGroup(proc: EngineProcess, graceMs: number): Promise<void> {
   killGroup(proc.pid, "SIGTERM");
   const exitedInTime = await Promise.race([
     proc.exited.then(() => true),

@@ -41,6 +41,16 @@ export class PortLeaser {
     return false;
   }
 
+  /**
+   * Marks a port as leased without a bind test: an adopted engine already listens on it.
+   * False when this agent has it leased already.
+   */
+  reserve(port: number): boolean {
+    if (this.#leased.has(port)) return false;
+    this.#leased.add(port);
+    return true;
+  }
+
   release(port: number): void {
     this.#leased.delete(port);
   }

@@ -1,7 +1,10 @@
 import type { Logger } from "../../kit/log.ts";
 import type { InstanceReport, InstanceSpec } from "../../protocol/index.ts";
+import { checkRecord, findMarkedGroups, stopGroup } from "./adoption.ts";
 import { Engine, type EngineTimings } from "./engine.ts";
+import { type EngineRecord, type EngineRecords, ownerVariable } from "./engine-records.ts";
 import type { PortLeaser } from "./ports.ts";
+import { procAvailable } from "./procfs.ts";
 
 export type SupervisorOptions = EngineTimings & {
   vllmBin: string;
@@ -9,6 +12,11 @@ export type SupervisorOptions = EngineTimings & {
   ports: PortLeaser;
   log: Logger;
   onChange?: () => void;
+  /**
+   * The engine records (AGENT_DATA_DIR/engines.json) and the marker every engine carries in
+   * its environment; without them nothing is recorded or adopted.
+   */
+  records?: { store: EngineRecords; owner: string };
 };
 
 export type LaunchResult =
@@ -21,9 +29,131 @@ export type LaunchResult =
 export class Supervisor {
   readonly #engines = new Map<string, Engine>();
   readonly #options: SupervisorOptions;
+  /** Engines found running without a record being stopped: launches wait for their GPUs. */
+  #sweeping: Promise<void> = Promise.resolve();
+  /**
+   * Set while adopting (the file is rewritten once all records are checked, so a crash
+   * meanwhile loses none) and once the agent leaves its engines running (they stay as they are).
+   */
+  #frozen = false;
+  #saveFailed = false;
 
   constructor(options: SupervisorOptions) {
     this.#options = options;
+  }
+
+  /**
+   * At startup: adopts every recorded engine that is still the process it was (same pid,
+   * start time, process group and arguments) and answers on its port as itself; drops the
+   * records that no longer match; and stops every process group carrying this agent's marker
+   * that no record adopted (in the background; launches wait for it). Resolves once each
+   * adopted engine has been checked once, so the first registration reports them.
+   */
+  async adopt(): Promise<{ adopted: string[]; dropped: string[]; stopping: number }> {
+    const records = this.#options.records;
+    const result = { adopted: [] as string[], dropped: [] as string[], stopping: 0 };
+    if (!records) return result;
+    const { log, ports } = this.#options;
+    if (!procAvailable()) {
+      log.warn("no /proc on this system: engines of a previous agent cannot be adopted");
+      return result;
+    }
+    const loaded = records.store.load();
+    for (const problem of loaded.problems) log.warn("engine records", { problem });
+    const keep = new Set<number>();
+    this.#frozen = true;
+    try {
+      const adopting: Promise<void>[] = [];
+      for (const record of loaded.records) {
+        const check = checkRecord(record);
+        if (!check.ok || this.#engines.has(record.alias) || !ports.reserve(record.port)) {
+          const why = check.ok ? `alias or port ${record.port} already in use` : check.why;
+          log.info("engine record no longer matches; dropped", { alias: record.alias, why });
+          result.dropped.push(record.alias);
+          continue;
+        }
+        const engine = this.#newEngine(record.spec);
+        this.#engines.set(record.alias, engine);
+        keep.add(record.pgid);
+        result.adopted.push(record.alias);
+        adopting.push(engine.adopt(record));
+      }
+      await Promise.all(adopting);
+    } finally {
+      this.#frozen = false;
+    }
+    this.#save();
+    const orphans = findMarkedGroups(records.owner, keep);
+    result.stopping = orphans.length;
+    this.#sweeping = Promise.all(
+      orphans.map(async (group) => {
+        log.warn("stopping an engine this agent launched but has no record of", {
+          alias: group.alias,
+          pgid: group.pgid,
+          pids: group.pids,
+        });
+        await stopGroup(group.pgid, this.#options.stopGraceMs);
+      }),
+    ).then(() => {});
+    return result;
+  }
+
+  /** Resolves once the engines found without a record at startup are gone. */
+  swept(): Promise<void> {
+    return this.#sweeping;
+  }
+
+  /**
+   * Leaves every engine running and stops supervising them (an agent stopping for an
+   * upgrade): the records stay for the next agent, which adopts them.
+   */
+  detachAll(): void {
+    this.#save();
+    this.#frozen = true;
+    for (const engine of this.#engines.values()) engine.detach();
+  }
+
+  /** Rewrites the engine records from the engines that have a running process. */
+  #save(): void {
+    const records = this.#options.records;
+    if (!records || this.#frozen) return;
+    const live: EngineRecord[] = [];
+    for (const engine of this.#engines.values()) {
+      const record = engine.record();
+      if (record) live.push(record);
+    }
+    try {
+      records.store.save(live);
+      this.#saveFailed = false;
+    } catch (error) {
+      // Engines keep running; only adoption after a restart depends on the file.
+      if (!this.#saveFailed) {
+        this.#options.log.warn("cannot write the engine records", {
+          path: records.store.path,
+          error: String(error),
+        });
+      }
+      this.#saveFailed = true;
+    }
+  }
+
+  #newEngine(spec: InstanceSpec): Engine {
+    const { ports, onChange, records } = this.#options;
+    return new Engine({
+      ...this.#options,
+      baseEnv: records
+        ? { ...this.#options.baseEnv, [ownerVariable]: records.owner }
+        : this.#options.baseEnv,
+      spec,
+      onChange: () => {
+        this.#save();
+        onChange?.();
+      },
+      // Each engine holds its own lease and gives it back exactly once, when it retires.
+      onRetired: (retired) => {
+        if (retired.port !== null) ports.release(retired.port);
+      },
+    });
   }
 
   get(alias: string): Engine | undefined {
@@ -53,18 +183,12 @@ export class Supervisor {
       return { kind: "conflict", engine: current, reason: `instance ${spec.alias} is stopping` };
     }
 
-    const { ports, log, onChange } = this.#options;
-    const engine = new Engine({
-      ...this.#options,
-      spec,
-      onChange: () => onChange?.(),
-      // Each engine holds its own lease and gives it back exactly once, when it retires.
-      onRetired: (retired) => {
-        if (retired.port !== null) ports.release(retired.port);
-      },
-    });
+    const { ports, log } = this.#options;
+    const engine = this.#newEngine(spec);
     // Claim the alias before the first await so that a concurrent launch sees it.
     this.#engines.set(spec.alias, engine);
+    // An engine found running without a record still holds its GPU memory and port.
+    await this.#sweeping;
     const port = spec.port ?? null;
     const leased =
       port === null ? await ports.lease() : (await ports.leaseExact(port)) ? port : null;
@@ -85,6 +209,7 @@ export class Supervisor {
     if (!engine) return null;
     await engine.stop();
     if (this.#engines.get(alias) === engine) this.#engines.delete(alias);
+    this.#save();
     this.#options.onChange?.();
     return engine.report();
   }

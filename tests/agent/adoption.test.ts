@@ -301,6 +301,38 @@ describe("agent restart", () => {
     await eventually(() => !groupAlive(pid), { what: "the engine stopped with the agent" });
   });
 
+  test("an engine still loading when its agent died is adopted and becomes ready, not launched again", async () => {
+    const dataDir = agentDataDir();
+    const launchLog = join(mkdtempSync(join(tmpdir(), "launches-")), "vllm.log");
+    const env = { SIM_LAUNCH_LOG: launchLog, ENGINE_ADOPT_GRACE_S: "1" };
+    const first = await bareAgent({ manager: stub, dataDir, env });
+    const res = await call(`${first.url}/v1/instances`, {
+      body: { alias: "loading", model_name: "m/loading", extra_args: ["--startup-delay", "6000"] },
+    });
+    expect(res.status).toBe(202);
+    const pid = res.json.pid as number;
+    engineGroups.add(pid);
+    await eventually(() => readRecords(dataDir).engines.some((r) => r.pid === pid));
+    first.proc.kill("SIGKILL");
+    await first.exited();
+
+    // Still loading after the 1 s grace: it has the rest of its startup timeout.
+    const second = await bareAgent({ manager: stub, dataDir, env });
+    expect((await call(`${second.url}/v1/instances/loading`)).json.status).toBe("starting");
+    const ready = await eventually(
+      async () => {
+        const { json } = await call(`${second.url}/v1/instances/loading`);
+        return json.status === "ready" ? json : null;
+      },
+      { what: "the adopted engine ready" },
+    );
+    expect(ready.pid).toBe(pid);
+    expect(ready.port).toBe(res.json.port);
+    expect(launches(launchLog)).toHaveLength(1);
+    expect(await chatThrough(second.url, "loading")).toBe("still here");
+    await second.stop();
+  });
+
   test("an adopted engine that no longer answers is stopped after the grace, its whole group", async () => {
     const dataDir = agentDataDir();
     const first = await bareAgent({

@@ -1,6 +1,20 @@
+import { infoFlags } from "../kit/cli-info.ts";
 import { EnvError } from "../kit/env.ts";
-import { inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
+import { agentEnvSchema, inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
 import { WorkerService } from "./service.ts";
+
+const info = infoFlags(process.argv.slice(2), {
+  name: "fleet-agent",
+  summary:
+    "The vllm-fleet agent of a GPU host: registers with the manager (MANAGER_URL), launches vLLM\n(VLLM_BIN) on the host's GPUs and serves their OpenAI API to the fleet's routers.",
+  schema: agentEnvSchema,
+  docs: "docs/agent.md",
+  runtime: `bun ${Bun.version}, ${process.platform}-${process.arch}`,
+});
+if (info) {
+  console.log(info.text);
+  process.exit(info.exitCode);
+}
 
 let agent: WorkerService;
 let fetchCap: number | undefined;

@@ -4,7 +4,7 @@ import { resolve } from "node:path";
 import type { Server } from "bun";
 import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
-import packageJson from "../package.json" with { type: "json" };
+import { fleetVersion } from "../kit/version.ts";
 import {
   baseUrlSchema,
   type GpuInfo,
@@ -26,7 +26,7 @@ import type { WorkerServiceOptions } from "./options.ts";
 
 export type { WorkerServiceOptions } from "./options.ts";
 
-export const agentVersion = packageJson.version;
+export const agentVersion = fleetVersion;
 
 /**
  * Variables of the agent's own that an engine must never see; the engine markers are set

@@ -1,6 +1,14 @@
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
-import { PGlite } from "@electric-sql/pglite";
+import { PGlite, type PGliteOptions } from "@electric-sql/pglite";
 import type { SQL } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
@@ -40,8 +48,15 @@ export type CreateDbOptions = {
   maxConnections?: number;
   /** Seconds to wait for Postgres before failing (default 10). */
   connectTimeoutS?: number;
+  /**
+   * PGlite's own files, handed over by a single executable that embeds them
+   * (runtime/pglite-files.ts); PGlite otherwise reads them beside its module.
+   */
+  pgliteFiles?: Pick<PGliteOptions, "pgliteWasmModule" | "initdbWasmModule" | "fsBundle">;
 };
 
+// In a single executable this module's directory is the bundle's root, where
+// `npm run build:manager` embeds db/migrations as `migrations` (bin/build.ts).
 const migrationsFolder = resolve(import.meta.dirname, "migrations");
 /** Advisory lock key for migrations (a fixed 64-bit number unique to vllm-fleet). */
 const MIGRATION_LOCK = 0x766c6c6d_6d696772n; // "vllmmigr"
@@ -52,7 +67,9 @@ export class DatabaseError extends Error {
 
 /** Opens Postgres at `url`, or the embedded PGlite database under `dataDir`. */
 export async function createDb(options: CreateDbOptions = {}): Promise<FleetDb> {
-  return options.url ? openPostgres(options.url, options) : openPglite(options.dataDir ?? ".fleet");
+  return options.url
+    ? openPostgres(options.url, options)
+    : openPglite(options.dataDir ?? ".fleet", options.pgliteFiles ?? {});
 }
 
 async function openPostgres(url: string, options: CreateDbOptions): Promise<FleetDb> {
@@ -120,13 +137,16 @@ async function openPostgres(url: string, options: CreateDbOptions): Promise<Flee
   };
 }
 
-async function openPglite(dataDir: string): Promise<FleetDb> {
+async function openPglite(
+  dataDir: string,
+  files: NonNullable<CreateDbOptions["pgliteFiles"]>,
+): Promise<FleetDb> {
   const inMemory = dataDir.startsWith("memory://");
   let release = () => {};
   let location = dataDir;
   let client: PGlite;
   if (inMemory) {
-    client = await PGlite.create();
+    client = await PGlite.create(files);
   } else {
     const dir = resolve(dataDir);
     location = dir;
@@ -140,7 +160,7 @@ async function openPglite(dataDir: string): Promise<FleetDb> {
     }
     release = lockDataDir(dir);
     try {
-      client = await PGlite.create(join(dir, "pg"));
+      client = await PGlite.create(join(dir, "pg"), files);
     } catch (error) {
       release();
       throw new DatabaseError(
@@ -178,6 +198,14 @@ async function openPglite(dataDir: string): Promise<FleetDb> {
       release();
     },
   };
+}
+
+/**
+ * Whether the embedded database under `dataDir` has been created already: the first start
+ * creates it (initdb), which takes from seconds to a minute, and the manager says so.
+ */
+export function pgliteExists(dataDir: string): boolean {
+  return existsSync(join(resolve(dataDir), "pg", "PG_VERSION"));
 }
 
 /**

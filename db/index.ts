@@ -8,6 +8,7 @@ export {
   DatabaseError,
   type Db,
   type FleetDb,
+  pgliteExists,
   type Schema,
 } from "./client.ts";
 export { dbEnvShape } from "./env.ts";

@@ -1,10 +1,32 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
+import { infoFlags } from "../kit/cli-info.ts";
 import { parseEnv } from "../kit/env.ts";
 import { createLogger } from "../kit/log.ts";
 import { routerEnvSchema } from "../router/env.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
+import { loadPgliteFiles } from "../runtime/pglite-files.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
+import { managerEnvSchema } from "./env.ts";
 import { runManager } from "./server.ts";
+
+const info = infoFlags(process.argv.slice(2), {
+  name: "fleet-manager",
+  summary:
+    "The vllm-fleet manager with the router mounted (HOST:PORT): workers, models, routes, API keys and\nthe OpenAI API, on the embedded database under FLEET_DATA_DIR unless DATABASE_URL is set.\nIt also hands GPU hosts their agent: curl -fsSL http://HOST:PORT/install.sh | sh",
+  schema: managerEnvSchema.extend(
+    routerEnvSchema.pick({
+      UPSTREAM_CLIENT: true,
+      CONNECT_TIMEOUT_MS: true,
+      BUN_CONFIG_MAX_HTTP_REQUESTS: true,
+    }).shape,
+  ),
+  docs: "docs/manager.md and docs/operations.md",
+  runtime: `bun ${Bun.version}, ${process.platform}-${process.arch}`,
+});
+if (info) {
+  console.log(info.text);
+  process.exit(info.exitCode);
+}
 
 // The mounted router reaches agents over the same client as a standalone Bun router, chosen
 // by the same variables; the manager's own few calls to agents (launch, stop) use Bun's fetch.
@@ -26,6 +48,7 @@ await runManager({
     log: createLogger({ service: "manager" }),
   }),
   startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
+  pgliteFiles: loadPgliteFiles,
   serve: async ({ fetch, hostname, port }) => {
     const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });
     return { port: server.port ?? port, stop: () => server.stop() };

@@ -1,5 +1,5 @@
 import { hostname, networkInterfaces } from "node:os";
-import { createDb } from "../db/index.ts";
+import { type CreateDbOptions, createDb, pgliteExists } from "../db/index.ts";
 import { parseEnv } from "../kit/env.ts";
 import { describeError } from "../kit/errors.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
@@ -32,6 +32,8 @@ export async function runManager(options: {
   upstream?: { fetch: FetchLike; streamFetch: FetchLike };
   /** Bun: keeps relayed garbage from piling up (runtime/gc-pacer.ts); GC_GROWTH_MB sets it. */
   startGcPacer?: (growthBytes: number) => { stop(): void };
+  /** Bun: PGlite's files from the executable or node_modules (runtime/pglite-files.ts). */
+  pgliteFiles?: () => Promise<CreateDbOptions["pgliteFiles"]>;
 }): Promise<void> {
   let env: ManagerEnv;
   try {
@@ -48,8 +50,19 @@ export async function runManager(options: {
     process.exit(1);
   }
   let db: Awaited<ReturnType<typeof createDb>>;
+  const embedded = !env.DATABASE_URL && !env.FLEET_DATA_DIR.startsWith("memory://");
+  if (embedded && !pgliteExists(env.FLEET_DATA_DIR)) {
+    // initdb in WebAssembly: tens of seconds on a small machine, with nothing else to show.
+    console.log(
+      `manager: creating the embedded database in ${env.FLEET_DATA_DIR} (first start only; this takes up to a minute)...`,
+    );
+  }
   try {
-    db = await createDb({ url: env.DATABASE_URL, dataDir: env.FLEET_DATA_DIR });
+    db = await createDb({
+      url: env.DATABASE_URL,
+      dataDir: env.FLEET_DATA_DIR,
+      pgliteFiles: env.DATABASE_URL ? undefined : await options.pgliteFiles?.(),
+    });
     await db.migrate();
   } catch (error) {
     console.error(`manager: ${describeError(error)}`);

@@ -8,6 +8,7 @@ import { schema } from "../../db/index.ts";
 import type { WorkerRow } from "../../db/schema/index.ts";
 import { sameSecret } from "../../kit/crypto.ts";
 import { AppError, describeError } from "../../kit/errors.ts";
+import { fleetVersion } from "../../kit/version.ts";
 import {
   claimingInstanceStatuses,
   type GpuInfo,
@@ -155,6 +156,13 @@ export async function registerWorker(
     ctx.credentials.remember(id, caller.credentialHash);
   }
   if (promoted) ctx.log.info("worker credentials rotated", { worker_id: id });
+  if (registration.agent_version !== fleetVersion) {
+    // Wire changes between releases are not promised to be compatible in both directions.
+    ctx.log.warn(
+      "worker runs another release than the manager: upgrade its agent (run its install line again)",
+      { worker_id: id, agent_version: registration.agent_version, manager_version: fleetVersion },
+    );
+  }
   await applyReports(ctx, id, registration.instances, now);
   ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
   return {

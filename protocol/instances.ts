@@ -42,6 +42,58 @@ export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
 export const instanceStatusSchema = z.enum(["starting", "ready", "failed", "stopping", "stopped"]);
 export type InstanceStatus = z.infer<typeof instanceStatusSchema>;
 
+/**
+ * The phases of an engine's launch, in the order vLLM goes through them (agent/lib/progress.ts
+ * reads them from its log): `starting` until vLLM says anything we recognise, `downloading`
+ * weights from the hub, `loading_weights` (shard percentage), `compiling` (torch.compile),
+ * `profiling` (memory profile and KV cache, whose size in tokens is reported), `capturing_graphs`
+ * (CUDA graphs, percentage), `api_server` (the HTTP server starting) and `ready`.
+ */
+export const launchPhases = [
+  "starting",
+  "downloading",
+  "loading_weights",
+  "compiling",
+  "profiling",
+  "capturing_graphs",
+  "api_server",
+  "ready",
+] as const;
+export const launchPhaseSchema = z.enum(launchPhases);
+export type LaunchPhase = z.infer<typeof launchPhaseSchema>;
+
+/**
+ * How far an engine's launch has come, read from its own log. `eta_s` is the time to ready:
+ * on the agent from the current phase's percentage only (`eta_basis: "phase"`, null when the
+ * phase shows none); the manager replaces it with one from this model's earlier launches
+ * when it has any (`eta_basis: "history"`).
+ */
+export const instanceProgressSchema = z.object({
+  phase: launchPhaseSchema,
+  /** The current phase's percentage (shards loaded, graphs captured); null when it has none. */
+  percent: z.number().min(0).max(100).nullable(),
+  /** Seconds since the engine process started. */
+  elapsed_s: z.number().nonnegative(),
+  eta_s: z.number().nonnegative().nullable(),
+  /** The engine's last log line, without vLLM's process/level/time prefix. */
+  last_line: z.string().max(512).nullable(),
+  eta_basis: z.enum(["phase", "history"]).nullable().optional(),
+  /** Seconds since the current phase began. */
+  phase_elapsed_s: z.number().nonnegative().optional(),
+  /** What the phase is at, e.g. `3/5 shards` or `decode, FULL 7/11`. */
+  detail: z.string().max(200).nullable().optional(),
+  /** `GPU KV cache size: N tokens`, once vLLM has said it. */
+  kv_cache_tokens: z.number().int().nonnegative().nullable().optional(),
+  /** When this launch's process started (a restart begins a new launch). */
+  started_at: isoTimeSchema.optional(),
+  /** The phases this launch has finished, in order, with how long each took. */
+  phases: z
+    .array(z.object({ phase: launchPhaseSchema, duration_s: z.number().nonnegative() }))
+    .max(16)
+    .optional(),
+});
+export type InstanceProgress = z.infer<typeof instanceProgressSchema>;
+
 /** Agent → manager (and `GET /v1/instances`): one engine as the agent sees it. */
 export const instanceReportSchema = z.object({
   alias: aliasSchema,
@@ -57,6 +109,11 @@ export const instanceReportSchema = z.object({
   updated_at: isoTimeSchema,
   /** The spec it was launched with, so a restarted manager can adopt it without relaunching. */
   spec: instanceSpecSchema.optional(),
+  /**
+   * Launch progress (absent from agents before it existed). A progress this manager cannot
+   * read (a newer agent's phase) is dropped rather than failing the whole heartbeat.
+   */
+  progress: instanceProgressSchema.optional().catch(undefined),
 });
 export type InstanceReport = z.infer<typeof instanceReportSchema>;
 

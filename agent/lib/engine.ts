@@ -5,6 +5,7 @@ import { aliasVariable, type EngineRecord } from "./engine-records.ts";
 import { LineBuffer } from "./log-buffer.ts";
 import type { PortLeaser } from "./ports.ts";
 import { bootId, groupHoldsSocket, listeningInodes, readStat } from "./procfs.ts";
+import { LaunchProgress } from "./progress.ts";
 
 /** How an engine is supervised; every duration in milliseconds. */
 export type EngineTimings = {
@@ -140,6 +141,10 @@ export function engineEnv(base: Record<string, string>, gpuIds: number[]): Recor
 export class Engine {
   readonly spec: InstanceSpec;
   readonly logs = new LineBuffer();
+  /** The current launch's phase, read from the engine's log (agent/lib/progress.ts). */
+  readonly progress: LaunchProgress;
+  /** Whether this agent read the current launch's log (not so for an adopted engine). */
+  #progressKnown = false;
   status: InstanceStatus = "starting";
   port: number | null = null;
   restarts = 0;
@@ -168,6 +173,8 @@ export class Engine {
   constructor(options: EngineOptions) {
     this.#options = options;
     this.spec = options.spec;
+    // A phase change is worth an early heartbeat, as a status change is.
+    this.progress = new LaunchProgress({ onPhase: () => options.onChange() });
   }
 
   get pid(): number | null {
@@ -194,6 +201,8 @@ export class Engine {
     this.#argv = record.argv;
     this.#startTime = record.start_time;
     this.startedAt = new Date(record.started_at);
+    // Its log went to the previous agent: this one cannot tell how far its launch came.
+    this.#progressKnown = false;
     this.readyAt = record.ready_at ? new Date(record.ready_at) : null;
     this.restarts = record.restarts;
     this.#everReady = record.ready_at !== null;
@@ -272,6 +281,7 @@ export class Engine {
       ready_at: this.readyAt?.toISOString() ?? null,
       updated_at: this.updatedAt.toISOString(),
       spec: this.spec,
+      ...(this.#progressKnown ? { progress: this.progress.snapshot() } : {}),
     };
   }
 
@@ -326,7 +336,10 @@ export class Engine {
       }
       return;
     }
-    const echo = (line: string) => log.debug(line, { engine: spec.alias });
+    const echo = (line: string) => {
+      if (this.#generation === generation) this.progress.line(line);
+      log.debug(line, { engine: spec.alias });
+    };
     const pumped = Promise.all([
       this.logs.pump(child.stdout, echo),
       this.logs.pump(child.stderr, echo),
@@ -337,6 +350,8 @@ export class Engine {
     // Set at fork, unchanged by exec: with the pid it names this process for as long as it lives.
     this.#startTime = readStat(proc.pid)?.startTime ?? null;
     this.startedAt = new Date();
+    this.progress.begin(this.startedAt);
+    this.#progressKnown = true;
     this.#setStatus("starting");
     log.info("engine started", { alias: spec.alias, pid: proc.pid, port, model: spec.model_name });
     void this.#awaitReady(proc, generation, Date.now() + this.#options.startupTimeoutMs);
@@ -461,6 +476,7 @@ export class Engine {
     if (!(this.#proc?.adopted && this.#everReady && this.readyAt)) this.readyAt = new Date();
     this.#everReady = true;
     this.#portMoves = 0;
+    this.progress.ready();
     this.#setStatus("ready");
     this.#options.log.info("engine ready", { alias: this.spec.alias, port: this.port });
   }

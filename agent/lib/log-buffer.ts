@@ -27,27 +27,28 @@ export class LineBuffer {
     return count <= 0 ? [] : this.#lines.slice(-count);
   }
 
-  /** Pipes a byte stream into the buffer line by line; resolves when the stream ends. */
+  /**
+   * Pipes a byte stream into the buffer line by line; resolves when the stream ends. A lone
+   * `\r` ends a line too: tqdm redraws its bars with `\r` (vLLM's shard and CUDA-graph
+   * progress), and each redraw is worth seeing while the bar runs, not only when it closes.
+   */
   async pump(stream: ReadableStream<Uint8Array>, onLine?: (line: string) => void): Promise<void> {
     const decoder = new TextDecoder();
     let pending = "";
+    const emit = (line: string) => {
+      this.push(line);
+      onLine?.(line);
+    };
     const reader = stream.getReader();
     try {
       for (;;) {
         const { done, value: chunk } = await reader.read();
         if (done) break;
         pending += decoder.decode(chunk, { stream: true });
-        let newline = pending.indexOf("\n");
-        while (newline !== -1) {
-          const line = pending.slice(0, newline).replace(/\r$/, "");
-          pending = pending.slice(newline + 1);
-          this.push(line);
-          onLine?.(line);
-          newline = pending.indexOf("\n");
-        }
+        pending = this.#split(pending, emit);
         // A process that prints megabytes without a newline must not grow memory unbounded.
         if (pending.length > this.#maxLineLength * 4) {
-          this.push(pending);
+          emit(pending);
           pending = "";
         }
       }
@@ -55,9 +56,31 @@ export class LineBuffer {
       // The pipe broke because the process died; whatever was read is kept.
     }
     pending += decoder.decode();
-    if (pending !== "") {
-      this.push(pending);
-      onLine?.(pending);
+    pending = this.#split(pending.endsWith("\r") ? pending.slice(0, -1) : pending, emit);
+    if (pending !== "") emit(pending);
+  }
+
+  /** Emits each complete line of `text`; returns the unfinished rest. */
+  #split(text: string, emit: (line: string) => void): string {
+    let start = 0;
+    for (let i = 0; i < text.length; i++) {
+      const c = text[i];
+      if (c === "\n") {
+        emit(text.slice(start, i));
+        start = i + 1;
+      } else if (c === "\r") {
+        // `\r\n` is one line end; a `\r` last in the chunk may be the first half of one.
+        if (i + 1 === text.length) break;
+        const line = text.slice(start, i);
+        if (text[i + 1] === "\n") {
+          emit(line);
+          i++;
+        } else if (line !== "") {
+          emit(line);
+        }
+        start = i + 1;
+      }
     }
+    return text.slice(start);
   }
 }

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import type { SimEnv } from "./env.ts";
+import { parseStartupShares, type StartupShares } from "./startup.ts";
 
 export type SimMode = "echo" | "random";
 
@@ -16,7 +17,13 @@ export type SimConfig = {
   gpuMemoryUtilization: number;
   tensorParallelSize: number;
   dtype: string;
+  /** The whole simulated load, split between the phases by `startupShares`. */
   startupDelayMs: number;
+  startupShares: StartupShares;
+  /** How many checkpoint shards the load bar counts. */
+  startupShards: number;
+  /** `--enforce-eager`: vLLM skips torch.compile and CUDA graphs, and so does the log. */
+  enforceEager: boolean;
   ttftMs: number;
   itlMs: number;
   failureRate: number;
@@ -40,6 +47,7 @@ export const defaults = {
   ttftMs: 20,
   itlMs: 10,
   startupDelayMs: 0,
+  startupShards: 4,
   embeddingDim: 32,
   kvCacheTokens: 65_536,
   version: "0.11.0",
@@ -80,6 +88,8 @@ const valueFlags = new Set([
   "--dtype",
   "--api-key",
   "--startup-delay",
+  "--startup-phases",
+  "--startup-shards",
   "--time-to-first-token",
   "--inter-token-latency",
   "--failure-rate",
@@ -103,6 +113,14 @@ function parseValue<T>(schema: z.ZodType<T>, raw: string): T {
   const result = schema.safeParse(raw);
   if (result.success) return result.data;
   throw new UsageError(result.error.issues[0]?.message ?? `bad value ${raw}`);
+}
+
+function startupShares(text: string): StartupShares {
+  try {
+    return parseStartupShares(text);
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error));
+  }
 }
 
 /** `1.5k`-free plain parsing of `--max-model-len`, which vLLM also accepts as e.g. `8k`. */
@@ -194,6 +212,12 @@ export function parseServeArgs(argv: string[], env: SimEnv): SimConfig {
       pick("--startup-delay", int("--startup-delay", 0)) ??
       env.SIM_STARTUP_DELAY_MS ??
       defaults.startupDelayMs,
+    startupShares: startupShares(one("--startup-phases") ?? env.SIM_STARTUP_PHASES ?? ""),
+    startupShards:
+      pick("--startup-shards", int("--startup-shards", 1).max(1000)) ??
+      env.SIM_STARTUP_SHARDS ??
+      defaults.startupShards,
+    enforceEager: bools.has("--enforce-eager"),
     ttftMs:
       pick("--time-to-first-token", int("--time-to-first-token", 0)) ??
       env.SIM_TTFT_MS ??

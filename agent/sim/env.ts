@@ -14,6 +14,9 @@ const flag = z
  */
 export const simEnvSchema = z.object({
   SIM_STARTUP_DELAY_MS: ms.optional(),
+  /** `--startup-phases`: each phase's share of the startup delay, e.g. `compiling=0,capturing_graphs=50`. */
+  SIM_STARTUP_PHASES: z.string().optional(),
+  SIM_STARTUP_SHARDS: z.coerce.number().int().min(1).max(1000).optional(),
   SIM_TTFT_MS: ms.optional(),
   SIM_ITL_MS: ms.optional(),
   SIM_FAILURE_RATE: z.coerce.number().min(0).max(100).optional(),

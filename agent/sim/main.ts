@@ -6,13 +6,17 @@
 import { createSimApp } from "./app.ts";
 import { parseServeArgs, type SimConfig, UsageError } from "./config.ts";
 import { readSimEnv } from "./env.ts";
+import { simulateStartup } from "./startup.ts";
 
 function stamp(): string {
   const d = new Date();
   const p = (n: number) => String(n).padStart(2, "0");
   return `${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
-const info = (where: string, text: string) => console.log(`INFO ${stamp()} [${where}] ${text}`);
+const info = (where: string, text: string) =>
+  console.log(`(APIServer pid=${process.pid}) INFO ${stamp()} [${where}] ${text}`);
+/** uvicorn logs to stderr (its default logging config), without vLLM's prefix. */
+const uvicorn = (text: string) => console.error(`INFO:     ${text}`);
 const warn = (where: string, text: string) => console.log(`WARNING ${stamp()} [${where}] ${text}`);
 
 function failStartup(config: SimConfig): never {
@@ -20,7 +24,7 @@ function failStartup(config: SimConfig): never {
   const wantGiB = (totalGiB * config.gpuMemoryUtilization).toFixed(2);
   console.error(
     [
-      `ERROR ${stamp()} [core.py:708] EngineCore failed to start.`,
+      `(EngineCore_DP0 pid=${process.pid}) ERROR ${stamp()} [core.py:708] EngineCore failed to start.`,
       "Traceback (most recent call last):",
       '  File "/usr/local/lib/python3.12/site-packages/vllm/v1/worker/gpu_worker.py", line 237, in determine_available_memory',
       "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.57 GiB of which 1.02 GiB is free. Including non-PyTorch memory, this process has 22.54 GiB memory in use.",
@@ -52,7 +56,11 @@ function main(): void {
   }
   info(
     "sim",
-    `latency: ttft=${config.ttftMs}ms itl=${config.itlMs}ms, mode=${config.mode}, startup delay ${config.startupDelayMs}ms, failure rate ${config.failureRate}%`,
+    `latency: ttft=${config.ttftMs}ms itl=${config.itlMs}ms, mode=${config.mode}, startup delay ${config.startupDelayMs}ms (${Object.entries(
+      config.startupShares,
+    )
+      .map(([phase, share]) => `${phase}=${share}`)
+      .join(",")}), failure rate ${config.failureRate}%`,
   );
 
   if (config.exitAfterMs !== null) {
@@ -66,14 +74,20 @@ function main(): void {
 
   let stop: () => void = () => process.exit(0);
   const onSignal = () => {
-    console.log("INFO:     Shutting down");
+    uvicorn("Shutting down");
     stop();
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
 
-  setTimeout(() => {
-    if (config.failStartup) failStartup(config);
+  const sleep = (ms: number) => (ms > 0 ? Bun.sleep(ms) : Promise.resolve());
+  const out = {
+    stdout: (text: string) => process.stdout.write(text),
+    stderr: (text: string) => process.stderr.write(text),
+    sleep,
+  };
+  void simulateStartup(config, out).then((loaded) => {
+    if (!loaded) failStartup(config);
     const app = createSimApp(config, { log: (line) => console.log(line) });
     const server = Bun.serve({
       hostname: config.host,
@@ -84,13 +98,14 @@ function main(): void {
     });
     stop = () => {
       void server.stop(true);
-      console.log(`INFO:     Finished server process [${process.pid}]`);
+      uvicorn(`Finished server process [${process.pid}]`);
       process.exit(0);
     };
     info("api_server.py:1912", `Starting vLLM server on http://${config.host}:${server.port}`);
-    console.log(`INFO:     Started server process [${process.pid}]`);
-    console.log("INFO:     Waiting for application startup.");
-    console.log("INFO:     Application startup complete.");
+    info("launcher.py:37", "Available routes are:");
+    uvicorn(`Started server process [${process.pid}]`);
+    uvicorn("Waiting for application startup.");
+    uvicorn("Application startup complete.");
 
     // vLLM's periodic throughput line, printed while there is activity.
     let last = performance.now();
@@ -108,7 +123,7 @@ function main(): void {
         `Engine 000: Avg prompt throughput: ${(prompt / seconds).toFixed(1)} tokens/s, Avg generation throughput: ${(generation / seconds).toFixed(1)} tokens/s, Running: ${engine.running.size} reqs, Waiting: ${engine.waiting} reqs, GPU KV cache usage: ${(engine.kvCacheUsage() * 100).toFixed(1)}%, Prefix cache hit rate: 0.0%`,
       );
     }, 10_000).unref();
-  }, config.startupDelayMs);
+  });
 }
 
 if (import.meta.main) {

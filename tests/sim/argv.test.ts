@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { parseServeArgs, UsageError } from "../../agent/sim/config.ts";
 import { readSimEnv } from "../../agent/sim/env.ts";
+import { defaultStartupShares, phaseDurations } from "../../agent/sim/startup.ts";
 
 const noEnv = readSimEnv({});
 
@@ -72,5 +73,35 @@ describe("engine simulator argv", () => {
     expect(() => parseServeArgs(["serve", "m", "--port", "http"], noEnv)).toThrow(/--port/);
     expect(() => parseServeArgs(["serve", "m", "--mode", "loud"], noEnv)).toThrow(/--mode/);
     expect(() => readSimEnv({ SIM_TTFT_MS: "-1" })).toThrow(/SIM_TTFT_MS/);
+  });
+
+  test("a startup profile: the delay is the total, the phases share it, eager skips two", () => {
+    const config = parseServeArgs(
+      ["serve", "m", "--startup-delay", "10000", "--startup-phases", "downloading=25,compiling=0"],
+      readSimEnv({ SIM_STARTUP_SHARDS: "7" }),
+    );
+    expect(config.startupShares).toEqual({
+      ...defaultStartupShares,
+      downloading: 25,
+      compiling: 0,
+    });
+    expect(config.startupShards).toBe(7);
+    const ms = phaseDurations(config.startupDelayMs, config.startupShares);
+    expect(Object.values(ms).reduce((a, b) => a + b, 0)).toBeCloseTo(10_000);
+    expect(ms.downloading).toBeCloseTo(2500);
+    expect(ms.compiling).toBe(0);
+    const eager = phaseDurations(
+      10_000,
+      defaultStartupShares,
+      new Set(["compiling", "capturing_graphs"]),
+    );
+    expect(eager.capturing_graphs).toBe(0);
+    expect(Object.values(eager).reduce((a, b) => a + b, 0)).toBeCloseTo(10_000);
+    expect(() => parseServeArgs(["serve", "m", "--startup-phases", "warmup=3"], noEnv)).toThrow(
+      /unknown phase warmup/,
+    );
+    expect(() => parseServeArgs(["serve", "m", "--startup-phases", "compiling=-1"], noEnv)).toThrow(
+      UsageError,
+    );
   });
 });

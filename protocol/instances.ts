@@ -110,10 +110,11 @@ export const instanceReportSchema = z.object({
   /** The spec it was launched with, so a restarted manager can adopt it without relaunching. */
   spec: instanceSpecSchema.optional(),
   /**
-   * Launch progress (absent from agents before it existed). A progress this manager cannot
-   * read (a newer agent's phase) is dropped rather than failing the whole heartbeat.
+   * Launch progress, read from the engine's log (absent from agents before it existed; a
+   * manager before it ignores it). Upgrade the manager before the agents when a release adds
+   * a phase.
    */
-  progress: instanceProgressSchema.optional().catch(undefined),
+  progress: instanceProgressSchema.optional(),
 });
 export type InstanceReport = z.infer<typeof instanceReportSchema>;
 

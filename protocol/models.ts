@@ -8,7 +8,7 @@ import {
   portSchema,
   workerIdSchema,
 } from "./common.ts";
-import { extraArgSchema } from "./instances.ts";
+import { extraArgSchema, instanceProgressSchema } from "./instances.ts";
 import { routingRecordSchema } from "./routes.ts";
 
 export const placementStrategySchema = z.enum(["binpack", "spread"]);
@@ -76,6 +76,14 @@ export const instanceRecordSchema = z.object({
   created_at: isoTimeSchema,
   updated_at: isoTimeSchema,
   ready_at: isoTimeSchema.nullable(),
+  /**
+   * The launch's progress as the agent last reported it (clocks moved on to now), with an
+   * ETA from this model's earlier launches when there are any; null before the agent's first
+   * report of this launch (and from agents that do not report it).
+   */
+  progress: instanceProgressSchema.nullable().optional(),
+  /** A failed instance: when the manager retries it at the earliest (it always does). */
+  next_retry_at: isoTimeSchema.nullable().optional(),
 });
 export type InstanceRecord = z.infer<typeof instanceRecordSchema>;
 

@@ -17,6 +17,8 @@ export type LineSignal = {
   percent?: number;
   /** What the bar counts, e.g. `3/5 shards`. */
   detail?: string;
+  /** Which bar: a phase may draw several one after the other (CUDA graphs: two modes). */
+  bar?: string;
   kvCacheTokens?: number;
   /**
    * The line reports how long the phase took, so it began that long ago (`Loading weights
@@ -35,7 +37,12 @@ function barSignal(phase: LaunchPhase, line: string, unit: string, label?: strin
   if (!m) return { phase };
   const percent = Math.min(100, Number(m[1]));
   const counted = `${m[2]}/${m[3]}${unit}`;
-  return { phase, percent, detail: label ? `${label} ${counted}` : counted };
+  return {
+    phase,
+    percent,
+    detail: label ? `${label} ${counted}` : counted,
+    bar: `${label ?? ""}/${m[3]}`,
+  };
 }
 
 /** `… took 2.15 seconds`, `… and 20.3s`, `… in 12 secs`, `…: 61.2 s`. */
@@ -161,6 +168,9 @@ export class LaunchProgress {
   #phase: LaunchPhase = "starting";
   #phaseAt = 0;
   #percent: number | null = null;
+  /** The bar the percentage is of, and when it began. */
+  #bar: string | null = null;
+  #barAt = 0;
   #detail: string | null = null;
   #kvCacheTokens: number | null = null;
   #lastLine: string | null = null;
@@ -184,6 +194,7 @@ export class LaunchProgress {
     this.#phase = "starting";
     this.#phaseAt = this.#startedAt;
     this.#percent = null;
+    this.#bar = null;
     this.#detail = null;
     this.#kvCacheTokens = null;
     this.#lastLine = null;
@@ -206,6 +217,10 @@ export class LaunchProgress {
       const began = signal.tookS === undefined ? now : now - signal.tookS * 1000;
       this.#enter(signal.phase, Math.min(now, Math.max(this.#phaseAt, began)));
     }
+    if (signal.bar !== undefined && signal.bar !== this.#bar) {
+      this.#bar = signal.bar;
+      this.#barAt = this.#now();
+    }
     if (signal.percent !== undefined) this.#percent = signal.percent;
     if (signal.detail !== undefined) this.#detail = signal.detail;
   }
@@ -223,9 +238,9 @@ export class LaunchProgress {
       phase: this.#phase,
       percent: this.#phase === "ready" ? 100 : this.#percent,
       elapsed_s: round(elapsed),
-      eta_s: this.#eta(inPhase),
+      eta_s: this.#eta(now),
       last_line: this.#lastLine,
-      eta_basis: this.#phase === "ready" || this.#eta(inPhase) !== null ? "phase" : null,
+      eta_basis: this.#phase === "ready" || this.#eta(now) !== null ? "phase" : null,
       phase_elapsed_s: round(inPhase),
       detail: this.#detail,
       kv_cache_tokens: this.#kvCacheTokens,
@@ -234,12 +249,15 @@ export class LaunchProgress {
     };
   }
 
-  /** From the phase's own percentage: the rest of this phase, at the pace it has gone so far. */
-  #eta(inPhase: number): number | null {
+  /**
+   * From the phase's own percentage: the rest of its bar, at the pace the bar has gone so far
+   * (a second bar in the phase starts its own count).
+   */
+  #eta(now: number): number | null {
     if (this.#phase === "ready") return 0;
     const p = this.#percent;
     if (p === null || p <= 0) return null;
-    return round((inPhase * (100 - p)) / p);
+    return round((((now - this.#barAt) / 1000) * (100 - p)) / p);
   }
 
   /** Moves to `phase`, which began at `at` (now, or earlier for a phase reported when done). */
@@ -249,6 +267,7 @@ export class LaunchProgress {
     this.#phase = phase;
     this.#phaseAt = at;
     this.#percent = null;
+    this.#bar = null;
     this.#detail = null;
     if (phase === "ready") this.#readyElapsed = (at - this.#startedAt) / 1000;
     this.#onPhase?.(phase);

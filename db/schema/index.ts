@@ -1,7 +1,7 @@
 export { apiKeys } from "./api-keys.ts";
 export { events } from "./events.ts";
 export { fleetState } from "./fleet-state.ts";
-export { type InstanceRow, instanceStatuses, instances } from "./instances.ts";
+export { type InstanceRow, instanceStatuses, instances, type StoredProgress } from "./instances.ts";
 export { type ModelRow, models } from "./models.ts";
 export { requestLogs } from "./request-logs.ts";
 export { routeTable } from "./route-table.ts";

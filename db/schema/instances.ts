@@ -4,12 +4,14 @@ import {
   doublePrecision,
   index,
   integer,
+  jsonb,
   pgTable,
   text,
   timestamp,
   unique,
   uuid,
 } from "drizzle-orm/pg-core";
+import type { InstanceProgress } from "../../protocol/instances.ts";
 import { instanceRecordStatuses } from "../../protocol/models.ts";
 import { timestamps } from "./columns.ts";
 import { models } from "./models.ts";
@@ -43,6 +45,11 @@ export const instances = pgTable(
     failures: integer().notNull().default(0),
     lastError: text(),
     readyAt: timestamp({ withTimezone: true }),
+    /**
+     * The launch progress the agent last reported (manager/services/progress.ts), with the
+     * time the manager received it (`reported_at`), so a reader can tell how old it is.
+     */
+    progress: jsonb().$type<StoredProgress>(),
     ...timestamps,
   },
   (t) => [
@@ -61,5 +68,8 @@ export const instances = pgTable(
     index("instances_worker_id_idx").on(t.workerId),
   ],
 );
+
+/** What the `progress` column holds: the agent's report and when the manager received it. */
+export type StoredProgress = InstanceProgress & { reported_at: string };
 
 export type InstanceRow = typeof instances.$inferSelect;

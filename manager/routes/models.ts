@@ -70,7 +70,7 @@ export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
     }),
     async (c) => {
       const { alias } = c.req.valid("param");
-      const info = await loadModelInfo(ctx.db, alias);
+      const info = await loadModelInfo(ctx, alias);
       if (!info) {
         throw new AppError("model_not_found", `no model with alias ${alias}`, { param: "alias" });
       }

@@ -16,6 +16,7 @@ import {
   workerRotationReplySchema,
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
+import { progressReader } from "../services/progress.ts";
 import { workerInfo } from "../services/wire.ts";
 import { removeWorker, requestRotation } from "../services/worker-admin.ts";
 import { heartbeat, registerWorker } from "../services/worker-reports.ts";
@@ -199,11 +200,13 @@ async function listWorkers(ctx: ManagerContext, only?: string): Promise<WorkerIn
       .where(only ? eq(schema.instances.workerId, only) : undefined)
       .orderBy(asc(schema.instances.alias)),
   ]);
+  const progress = await progressReader(db, instances, ctx.clock.now());
   return workers.map((w) =>
     workerInfo(
       w,
       gpus.filter((g) => g.workerId === w.workerId),
       instances.filter((i) => i.row.workerId === w.workerId),
+      progress,
     ),
   );
 }

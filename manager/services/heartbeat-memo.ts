@@ -5,11 +5,12 @@
  * whose rows something else changed.
  */
 import type { GpuInfo, InstanceReport } from "../../protocol/index.ts";
+import { progressFingerprint } from "./progress.ts";
 
 /** A full comparison of reports with the database at least this often, even if unchanged. */
 const FULL_CHECK_MS = 30_000;
 
-type Entry = { reports: string; gpus: string; checkedAt: number };
+type Entry = { reports: string; gpus: string; progress: string; checkedAt: number };
 
 export class HeartbeatMemo {
   private readonly entries = new Map<string, Entry>();
@@ -38,8 +39,24 @@ export class HeartbeatMemo {
     this.entries.set(workerId, {
       reports: reportsFingerprint(reports),
       gpus: gpusFingerprint(gpus),
+      progress: allProgress(reports),
       checkedAt: now.getTime(),
     });
+  }
+
+  /**
+   * Whether a launch's progress moved (a percentage, the last log line) since it was last
+   * written; a new phase is a report change instead (`reportsDue`), which records its event.
+   */
+  progressDue(workerId: string, reports: InstanceReport[]): boolean {
+    const entry = this.entries.get(workerId);
+    return entry !== undefined && entry.progress !== allProgress(reports);
+  }
+
+  /** The progress of the reports was written. */
+  progressWritten(workerId: string, reports: InstanceReport[]): void {
+    const entry = this.entries.get(workerId);
+    if (entry) entry.progress = allProgress(reports);
   }
 
   /** Only the GPUs were written; the reports stand as last applied. */
@@ -87,6 +104,14 @@ function reportsFingerprint(reports: InstanceReport[]): string {
       r.gpu_ids,
       // The spec too: an engine relaunched with other arguments must be compared at once.
       r.spec,
+      // A new phase (or launch) is recorded as an event at once; a percentage is not.
+      r.progress?.started_at,
+      r.progress?.phase,
+      r.progress?.phases?.length,
     ]),
   );
+}
+
+function allProgress(reports: InstanceReport[]): string {
+  return JSON.stringify(reports.map((r) => [r.alias, progressFingerprint(r.progress)]));
 }

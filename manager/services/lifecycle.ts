@@ -11,6 +11,7 @@ import { and, asc, eq, inArray, lte, ne, or, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
 import type { InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
 import {
+  type InstanceProgress,
   type InstanceRecordStatus,
   type InstanceReport,
   instanceRecordStatuses,
@@ -18,6 +19,7 @@ import {
 import type { AgentAddress } from "./agent-client.ts";
 import { type EventInput, recordEvents } from "./events.ts";
 import type { Placement } from "./placement.ts";
+import { phaseEvents, progressFingerprint, storedProgress } from "./progress.ts";
 
 /** What causes a transition. */
 export type Trigger =
@@ -334,6 +336,26 @@ export class LifecycleTx {
     change: InstanceChange & { status: (typeof REPORTED)[number] },
   ): Promise<boolean> {
     return this.transition(instance, "reported", change);
+  }
+
+  /**
+   * The launch progress the agent reports (not a status: no transition, no route change):
+   * written when it differs from the row's, with one `instance.phase` event per phase it
+   * shows finished (manager/services/progress.ts).
+   */
+  async progressed(
+    instance: InstanceRow,
+    modelName: string,
+    progress: InstanceProgress | undefined,
+  ): Promise<void> {
+    if (!progress || progressFingerprint(progress) === progressFingerprint(instance.progress)) {
+      return;
+    }
+    for (const event of phaseEvents(instance, modelName, progress)) this.event(event);
+    await this.tx
+      .update(schema.instances)
+      .set({ progress: storedProgress(progress, this.now) })
+      .where(eq(schema.instances.id, instance.id));
   }
 
   /**

@@ -3,12 +3,14 @@
  * are written through the lifecycle; engines are launched and stopped by the launcher.
  */
 import { asc, eq } from "drizzle-orm";
-import { type Db, schema } from "../../db/index.ts";
+import { schema } from "../../db/index.ts";
 import { AppError } from "../../kit/errors.ts";
 import type { ModelInfo, ModelRegistration } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import { place } from "./placement.ts";
 import { loadPlacementState, lockPlacement, placementRequest } from "./placement-store.ts";
+import { progressReader } from "./progress.ts";
+import { retryDelayMs } from "./reconciler.ts";
 import { modelInfo } from "./wire.ts";
 
 /**
@@ -81,7 +83,7 @@ export async function registerModel(
     throw error;
   }
   await Promise.all(ids.map((id) => ctx.launcher.launch(id)));
-  const info = await loadModelInfo(ctx.db, input.alias);
+  const info = await loadModelInfo(ctx, input.alias);
   if (!info)
     throw new AppError(
       "model_not_found",
@@ -100,7 +102,11 @@ function aliasTaken(alias: string): AppError {
   );
 }
 
-export async function loadModelInfo(db: Db, alias: string): Promise<ModelInfo | undefined> {
+export async function loadModelInfo(
+  ctx: ManagerContext,
+  alias: string,
+): Promise<ModelInfo | undefined> {
+  const { db } = ctx;
   const [model] = await db.select().from(schema.models).where(eq(schema.models.alias, alias));
   if (!model) return undefined;
   const [instances, routes] = await Promise.all([
@@ -115,7 +121,15 @@ export async function loadModelInfo(db: Db, alias: string): Promise<ModelInfo | 
       .where(eq(schema.routes.alias, alias))
       .orderBy(asc(schema.routes.workerId)),
   ]);
-  return modelInfo(model, instances, routes);
+  const progress = await progressReader(
+    db,
+    instances.map((row) => ({ row, modelName: model.modelName })),
+    ctx.clock.now(),
+  );
+  return modelInfo(model, instances, routes, {
+    progress,
+    retryDelayMs: (failures) => retryDelayMs(ctx, failures),
+  });
 }
 
 /**

@@ -1,6 +1,7 @@
 /** Database rows → the wire shapes of `protocol/` (what the manager's API answers). */
 import type { GpuRow, InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
 import type {
+  InstanceProgress,
   InstanceRecord,
   ModelInfo,
   ModelStatus,
@@ -22,7 +23,14 @@ export function routingRecord(route: RouteRow): RoutingRecord {
   };
 }
 
-export function instanceRecord(row: InstanceRow): InstanceRecord {
+/** What a view adds to the rows: progress with its ETA, and when a failed instance is retried. */
+export type InstanceExtras = {
+  progress?: (row: InstanceRow) => InstanceProgress | null;
+  retryDelayMs?: (failures: number) => number;
+};
+
+export function instanceRecord(row: InstanceRow, extras: InstanceExtras = {}): InstanceRecord {
+  const retryMs = row.status === "failed" ? extras.retryDelayMs?.(row.failures) : undefined;
   return {
     id: row.id,
     alias: row.alias,
@@ -37,6 +45,10 @@ export function instanceRecord(row: InstanceRow): InstanceRecord {
     created_at: row.createdAt.toISOString(),
     updated_at: row.updatedAt.toISOString(),
     ready_at: row.readyAt?.toISOString() ?? null,
+    progress: extras.progress?.(row) ?? null,
+    ...(retryMs === undefined
+      ? {}
+      : { next_retry_at: new Date(row.updatedAt.getTime() + retryMs).toISOString() }),
   };
 }
 
@@ -59,6 +71,7 @@ export function modelInfo(
   model: ModelRow,
   instances: InstanceRow[],
   routes: RouteRow[],
+  extras: InstanceExtras = {},
 ): ModelInfo {
   return {
     alias: model.alias,
@@ -74,7 +87,7 @@ export function modelInfo(
     extra_args: model.extraArgs,
     placement: model.placement,
     created_at: model.createdAt.toISOString(),
-    instances: instances.map(instanceRecord),
+    instances: instances.map((row) => instanceRecord(row, extras)),
     routes: routes.map(routingRecord),
   };
 }
@@ -83,6 +96,7 @@ export function workerInfo(
   worker: WorkerRow,
   gpus: GpuRow[],
   instances: { row: InstanceRow; modelName: string }[],
+  progress?: (row: InstanceRow) => InstanceProgress | null,
 ): WorkerInfo {
   return {
     worker_id: worker.workerId,
@@ -117,6 +131,7 @@ export function workerInfo(
       started_at: row.createdAt.toISOString(),
       ready_at: row.readyAt?.toISOString() ?? null,
       updated_at: row.updatedAt.toISOString(),
+      progress: progress?.(row) ?? undefined,
     })),
     agent_version: worker.agentVersion,
     registered_at: worker.registeredAt.toISOString(),

@@ -32,6 +32,7 @@ import { recordEvents } from "./events.ts";
 import { instanceSpec, specMismatch } from "./launcher.ts";
 import { routeUrl } from "./lifecycle.ts";
 import { staleProbeResults } from "./probes.ts";
+import { storedProgress } from "./progress.ts";
 import { plainHttpProblem } from "./worker-problems.ts";
 import { checkAdvertisedUrls } from "./worker-urls.ts";
 
@@ -274,11 +275,38 @@ export async function heartbeat(
     ctx.heartbeats.applied(workerId, beat.gpu_info, beat.instances, now);
   } else {
     ctx.heartbeats.gpusWritten(workerId, beat.gpu_info);
+    if (ctx.heartbeats.progressDue(workerId, beat.instances)) {
+      await writeProgress(ctx, workerId, beat.instances, now);
+      ctx.heartbeats.progressWritten(workerId, beat.instances);
+    }
   }
   return {
     heartbeat_interval_s: ctx.config.heartbeatIntervalS,
     ...(credentials ? { credentials } : {}),
   };
+}
+
+/**
+ * A starting engine's progress moved within its phase (a percentage, a log line): one
+ * statement for all of this worker's starting engines, no event, no transaction. Only while
+ * engines start; the phase changes themselves take the full path and record their events.
+ */
+async function writeProgress(
+  ctx: ManagerContext,
+  workerId: string,
+  reports: InstanceReport[],
+  now: Date,
+): Promise<void> {
+  const values = reports.flatMap((r) =>
+    r.progress && r.status === "starting"
+      ? [sql`(${r.alias}, ${JSON.stringify(storedProgress(r.progress, now))}::jsonb)`]
+      : [],
+  );
+  if (values.length === 0) return;
+  await ctx.fleetDb.query(sql`
+    update instances i set progress = v.progress
+    from (values ${sql.join(values, sql`, `)}) as v(alias, progress)
+    where i.worker_id = ${workerId} and i.alias = v.alias and i.status = 'starting'`);
 }
 
 /**
@@ -434,6 +462,7 @@ export async function applyReports(
         restarts: report.restarts,
         lastError: error ?? (status === "ready" ? null : row.instance.lastError),
       });
+      await w.progressed(row.instance, row.model.modelName, report.progress);
     }
 
     for (const { instance } of rows) {

@@ -59,7 +59,8 @@ describe("agent: launch progress", () => {
       const { json } = await call(`${agent.url}/v1/instances/paced`, { token });
       last = json;
       if (json.progress) samples.push(json.progress);
-      expect(json.status).not.toBe("failed");
+      expect(json.status === "failed" ? json.last_error : json.status).not.toBe("failed");
+      if (json.status === "failed") throw new Error(json.last_error ?? "failed");
       await Bun.sleep(25);
     }
     const seen = [...new Set(samples.map((s) => s.phase))];

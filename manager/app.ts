@@ -3,9 +3,10 @@ import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import { AppError, quote, renderError } from "../kit/errors.ts";
-import { openAiModelListSchema, type RouteSnapshot } from "../protocol/index.ts";
+import { openAiModelListSchema } from "../protocol/index.ts";
 import { Metrics } from "../router/metrics.ts";
 import { routerRoutes } from "../router/routes.ts";
+import type { RouteSource } from "../router/types.ts";
 import { isAuthorized } from "./auth.ts";
 import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
@@ -17,18 +18,23 @@ import { routersRoutes } from "./routes/routers.ts";
 import { routesRoutes } from "./routes/routes.ts";
 import { usageRoutes } from "./routes/usage.ts";
 import { workersRoutes } from "./routes/workers.ts";
+import { DatabaseHealth } from "./services/database-health.ts";
 import { type TickResult, tick } from "./services/reconciler.ts";
 import { UsageBuffer } from "./services/usage.ts";
 
-/** What answers the OpenAI surface on the manager's port: the router app (router/app.ts). */
-export type FetchHandler = { fetch(request: Request): Response | Promise<Response> };
+/**
+ * What answers the OpenAI surface on the manager's port: the router app (router/app.ts).
+ * `env` is what the server handed the manager's own app (Bun's server, Node's incoming
+ * request), passed on so the router can read the client's address for X-Forwarded-For.
+ */
+export type FetchHandler = { fetch(request: Request, env?: unknown): Response | Promise<Response> };
 
 /** What `createApp` hands back: the Hono app plus the pieces the entries drive. */
 export type Manager = {
   app: OpenAPIHono;
   context: ManagerContext;
   /** The in-process route snapshot: what a mounted router reads (`RouteSource`). */
-  routes: { current(): RouteSnapshot | undefined };
+  routes: RouteSource;
   /** Batches usage into `request_logs` (`UsageSink`); never blocks the caller. */
   usage: UsageBuffer;
   /**
@@ -121,7 +127,7 @@ export function createApp(deps: ManagerDeps): Manager {
   // The OpenAI surface and the router's own endpoints, answered by the mounted router.
   const toRouter = (c: Context) => {
     if (!router) throw new AppError("not_found", `no router is mounted for ${quote(c.req.path)}`);
-    return router.fetch(c.req.raw);
+    return router.fetch(c.req.raw, c.env);
   };
   const { models: _servedModels, ...forwarded } = routerRoutes;
   for (const route of Object.values(forwarded) as RouteConfig[]) {
@@ -153,25 +159,52 @@ export function createApp(deps: ManagerDeps): Manager {
       if (!router) {
         throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");
       }
-      return router.fetch(c.req.raw);
+      return router.fetch(c.req.raw, c.env);
     },
   );
 
+  // 200 whenever the process answers, the database down or not: the manager still serves
+  // the OpenAI surface from its cached route snapshot (and standalone routers from theirs),
+  // so an orchestrator's liveness check must not restart it over a database outage, which a
+  // restart would not fix anyway. `status: "degraded"` is for people and alerts.
+  const databaseHealth = new DatabaseHealth({ fleetDb: ctx.fleetDb, log: ctx.log });
   app.openapi(
     createRoute({
       method: "get",
       path: "/health",
       tags: ["Operations"],
-      summary: "Manager liveness and which database it runs on",
+      summary: "Manager liveness, and whether its database answers",
+      description:
+        "Always 200 while the process answers (a liveness check must not restart a manager over a database outage: inference keeps being served from the cached route snapshot). `status` is `degraded` while the database does not answer `select 1` within 2 s, with the reason; the answer is cached for 5 s.",
       security: [],
       responses: {
         200: json(
-          z.object({ status: z.literal("ok"), database: z.enum(["postgres", "pglite"]) }),
-          "alive",
+          z.object({
+            status: z.enum(["ok", "degraded"]),
+            database: z.enum(["postgres", "pglite"]),
+            database_status: z.enum(["ok", "unreachable"]),
+            reason: z.string().optional(),
+            checked_at: z.string(),
+            routes_version: z.string().nullable(),
+          }),
+          "alive; `degraded` when the database does not answer",
         ),
       },
     }),
-    (c) => c.json({ status: "ok" as const, database: ctx.fleetDb.kind }, 200),
+    async (c) => {
+      const check = await databaseHealth.check();
+      return c.json(
+        {
+          status: check.status === "ok" ? ("ok" as const) : ("degraded" as const),
+          database: ctx.fleetDb.kind,
+          database_status: check.status,
+          ...(check.reason ? { reason: `database: ${check.reason}` } : {}),
+          checked_at: check.checked_at,
+          routes_version: ctx.routes.current()?.version ?? null,
+        },
+        200,
+      );
+    },
   );
 
   for (const [name, scheme] of Object.entries(securitySchemes)) {

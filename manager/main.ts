@@ -1,4 +1,6 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
+
+import { getConnInfo } from "hono/bun";
 import { infoFlags } from "../kit/cli-info.ts";
 import { parseEnv } from "../kit/env.ts";
 import { createLogger } from "../kit/log.ts";
@@ -49,6 +51,7 @@ await runManager({
   }),
   startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
   pgliteFiles: loadPgliteFiles,
+  clientAddress: (c) => getConnInfo(c).remote.address,
   serve: async ({ fetch, hostname, port }) => {
     const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });
     return { port: server.port ?? port, stop: () => server.stop() };

@@ -1,10 +1,12 @@
 /** `npm run manager:node` (tsx manager/node.ts): the same manager app on Node. */
 import { serve } from "@hono/node-server";
+import { getConnInfo } from "@hono/node-server/conninfo";
 import { runManager } from "./server.ts";
 
 await runManager({
   env: process.env,
   runtime: `node ${process.version}`,
+  clientAddress: (c) => getConnInfo(c).remote.address,
   serve: ({ fetch, hostname, port }) =>
     new Promise((resolve) => {
       const server = serve({ fetch, hostname, port }, (info) => {

@@ -1,4 +1,5 @@
 import { hostname, networkInterfaces } from "node:os";
+import type { Context } from "hono";
 import { type CreateDbOptions, createDb, pgliteExists } from "../db/index.ts";
 import { parseEnv } from "../kit/env.ts";
 import { describeError } from "../kit/errors.ts";
@@ -15,7 +16,8 @@ import {
 } from "./env.ts";
 
 export type Serve = (options: {
-  fetch: (request: Request) => Response | Promise<Response>;
+  /** Called with the runtime's second argument too (Bun's server, Node's bindings). */
+  fetch: (request: Request, env?: object) => Response | Promise<Response>;
   hostname: string;
   port: number;
 }) => Promise<{ port: number; stop(): Promise<void> }>;
@@ -34,6 +36,8 @@ export async function runManager(options: {
   startGcPacer?: (growthBytes: number) => { stop(): void };
   /** Bun: PGlite's files from the executable or node_modules (runtime/pglite-files.ts). */
   pgliteFiles?: () => Promise<CreateDbOptions["pgliteFiles"]>;
+  /** The client's address, for the mounted router's X-Forwarded-For (runtime-specific). */
+  clientAddress?: (c: Context) => string | undefined;
 }): Promise<void> {
   let env: ManagerEnv;
   try {
@@ -69,7 +73,14 @@ export async function runManager(options: {
     process.exit(1);
   }
   const manager = createApp({ db, config, log });
-  manager.mount(mountRouter(manager, config, options.upstream, log));
+  manager.mount(
+    mountRouter(
+      manager,
+      config,
+      { upstream: options.upstream, clientAddress: options.clientAddress },
+      log,
+    ),
+  );
   await manager.start();
   const server = await options.serve({
     fetch: manager.app.fetch,
@@ -132,12 +143,27 @@ export async function runManager(options: {
 function mountRouter(
   manager: Manager,
   config: ManagerConfig,
-  upstream: { fetch: FetchLike; streamFetch: FetchLike } | undefined,
+  runtime: {
+    upstream: { fetch: FetchLike; streamFetch: FetchLike } | undefined;
+    clientAddress: ((c: Context) => string | undefined) | undefined;
+  },
   log: Logger,
 ): FetchHandler {
+  const { clientAddress } = runtime;
   return createRouterApp({
-    fetch: upstream?.fetch,
-    streamFetch: upstream?.streamFetch,
+    fetch: runtime.upstream?.fetch,
+    streamFetch: runtime.upstream?.streamFetch,
+    // X-Forwarded-For from the connection's peer, as a standalone router sends it; a request
+    // that came without the server's bindings (an in-process call) sends none.
+    clientAddress: clientAddress
+      ? (c) => {
+          try {
+            return clientAddress(c);
+          } catch {
+            return undefined;
+          }
+        }
+      : undefined,
     routes: manager.routes,
     usage: manager.usage,
     metrics: manager.metrics,

@@ -108,8 +108,20 @@ export function createApp(deps: AppDeps): Hono {
   );
   app.get(routerRoutes.healthz.path, () => {
     const snapshot = deps.routes.current();
+    const source = deps.routes.health?.();
+    // 200 while a table is loaded, however old: the router serves from it, so neither a
+    // liveness nor a readiness check should take it away over its manager's outage.
+    // `degraded` (with the reason and the table's age) is for people and alerts.
+    const status = !snapshot ? "no_routes" : source?.problem ? "degraded" : "ok";
     return Response.json(
-      { status: snapshot ? "ok" : "no_routes", routes_version: snapshot?.version ?? null },
+      {
+        status,
+        routes_version: snapshot?.version ?? null,
+        ...(source
+          ? { routes_age_s: source.ageS === null ? null : Math.round(source.ageS * 10) / 10 }
+          : {}),
+        ...(source?.problem ? { reason: source.problem } : {}),
+      },
       { status: snapshot ? 200 : 503 },
     );
   });

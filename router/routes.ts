@@ -276,14 +276,22 @@ const healthz = {
   method: "get",
   path: "/healthz",
   tags: ["Operations"],
-  summary: "Router health: 200 once a route table is loaded, 503 before",
+  summary:
+    "Router health: 200 once a route table is loaded (degraded while its source is down), 503 before",
+  description:
+    "`degraded` while the table's source does not answer (a standalone router's manager; the mounted router's database): the router keeps serving the table it has, so the status stays 200 and an orchestrator keeps it. `routes_age_s` is the time since the source last confirmed the table.",
   security: [],
   responses: {
     200: {
       description: "a route table is loaded",
       content: {
         "application/json": {
-          schema: z.object({ status: z.literal("ok"), routes_version: z.string() }),
+          schema: z.object({
+            status: z.enum(["ok", "degraded"]),
+            routes_version: z.string(),
+            routes_age_s: z.number().nullable().optional(),
+            reason: z.string().optional(),
+          }),
         },
       },
     },
@@ -291,7 +299,12 @@ const healthz = {
       description: "no route table yet",
       content: {
         "application/json": {
-          schema: z.object({ status: z.literal("no_routes"), routes_version: z.null() }),
+          schema: z.object({
+            status: z.literal("no_routes"),
+            routes_version: z.null(),
+            routes_age_s: z.number().nullable().optional(),
+            reason: z.string().optional(),
+          }),
         },
       },
     },

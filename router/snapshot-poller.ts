@@ -2,6 +2,7 @@ import { type Logger, silentLogger } from "../kit/log.ts";
 import { type RouteSnapshot, routeSnapshotSchema } from "../protocol/index.ts";
 import type { FetchLike, RouteSource } from "./app.ts";
 import type { Metrics } from "./metrics.ts";
+import type { RouteSourceHealth } from "./types.ts";
 
 export type SnapshotPollerOptions = {
   managerUrl: string;
@@ -32,6 +33,7 @@ export class SnapshotPoller implements RouteSource {
   private lastSuccessAt: number | undefined;
   /** What the last attempt found, so that each change is logged once, not every second. */
   private state: "ok" | "unreachable" | "refused" = "ok";
+  private lastReason = "";
   private readonly url: string;
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
@@ -70,6 +72,19 @@ export class SnapshotPoller implements RouteSource {
 
   current(): RouteSnapshot | undefined {
     return this.snapshot;
+  }
+
+  health(): RouteSourceHealth {
+    const ageS = this.lastSuccessAt === undefined ? null : (Date.now() - this.lastSuccessAt) / 1000;
+    if (this.state === "refused") {
+      return {
+        ageS,
+        problem: `the manager refused this router's credential (ROUTER_TOKEN): ${this.lastReason}`,
+      };
+    }
+    if (this.state === "unreachable")
+      return { ageS, problem: `manager unreachable: ${this.lastReason}` };
+    return { ageS };
   }
 
   /** True when the last refresh attempt is older than the interval. */
@@ -163,5 +178,6 @@ export class SnapshotPoller implements RouteSource {
       }
     }
     this.state = state;
+    this.lastReason = reason.slice(0, 200);
   }
 }

@@ -1,7 +1,16 @@
 import type { RouteSnapshot, UsageRecord } from "../protocol/index.ts";
 
 /** Where the router reads routes: synchronous and cached (an in-process table or a poller). */
-export type RouteSource = { current(): RouteSnapshot | undefined };
+export type RouteSource = {
+  current(): RouteSnapshot | undefined;
+  /**
+   * How fresh the table is, for /healthz: seconds since its source (the manager, or the
+   * manager's database) last confirmed it, and what is wrong with that source now, if
+   * anything. Sources that cannot tell leave it out.
+   */
+  health?(): RouteSourceHealth;
+};
+export type RouteSourceHealth = { ageS: number | null; problem?: string };
 /** Where finished requests go; `record` must never block the request. */
 export type UsageSink = { record(record: UsageRecord): void };
 export type { FetchLike } from "../kit/fetch.ts";

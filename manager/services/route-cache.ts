@@ -21,6 +21,9 @@ export class RouteCache {
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** When the database last answered the version check, and why the last check failed. */
+  private confirmedAt: number | undefined;
+  private failure: string | undefined;
 
   constructor(private readonly options: { fleetDb: FleetDb; log: Logger; pollMs: number }) {}
 
@@ -30,6 +33,12 @@ export class RouteCache {
 
   entry(): CachedSnapshot | undefined {
     return this.cached;
+  }
+
+  /** For the mounted router's /healthz: the snapshot's age, and the database's failure. */
+  health(): { ageS: number | null; problem?: string } {
+    const ageS = this.confirmedAt === undefined ? null : (Date.now() - this.confirmedAt) / 1000;
+    return this.failure ? { ageS, problem: `database unreachable: ${this.failure}` } : { ageS };
   }
 
   /**
@@ -62,6 +71,11 @@ export class RouteCache {
     this.timer = undefined;
   }
 
+  private confirmed(): void {
+    this.confirmedAt = Date.now();
+    this.failure = undefined;
+  }
+
   private async load(): Promise<void> {
     const { db } = this.options.fleetDb;
     try {
@@ -71,7 +85,7 @@ export class RouteCache {
         .where(eq(schema.fleetState.id, 1));
       if (!state) return;
       const key = `${state.epoch.slice(0, 8)}-${state.version}`;
-      if (key === this.versionKey) return;
+      if (key === this.versionKey) return this.confirmed();
       // Read after the version: the rows are at least as new as the version they carry.
       const [rows, keys] = await Promise.all([
         db
@@ -107,7 +121,9 @@ export class RouteCache {
       };
       this.cached = { snapshot, etag: `"${key}"`, body: JSON.stringify(snapshot) };
       this.versionKey = key;
+      this.confirmed();
     } catch (error) {
+      this.failure = describeError(error).slice(0, 200);
       // Keep serving the last snapshot; the next poll tries again.
       this.options.log.warn("route snapshot refresh failed", { error: describeError(error) });
     }

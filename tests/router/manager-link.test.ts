@@ -4,6 +4,7 @@ import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import type { RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
+import { createApp } from "../../router/app.ts";
 import { Metrics } from "../../router/metrics.ts";
 import { SnapshotPoller } from "../../router/snapshot-poller.ts";
 import type { FetchLike } from "../../router/types.ts";
@@ -136,16 +137,36 @@ describe("SnapshotPoller against the manager", () => {
       fetch: link.fetch,
       metrics,
     });
+    // The router's /healthz over this poller: what an orchestrator and a person see.
+    const app = createApp({ routes: poller, usage: { record() {} } });
+    const healthz = async () => {
+      const response = await app.request("/healthz");
+      const body = (await response.json()) as {
+        status: string;
+        reason?: string;
+        routes_age_s?: number;
+      };
+      return { code: response.status, ...body };
+    };
     await poller.refresh();
+    const fresh = await healthz();
+    expect(fresh).toMatchObject({ code: 200, status: "ok" });
+    expect(fresh.routes_age_s).toBeLessThan(5);
     const before = poller.current();
     link.state.down = true;
     await poller.refresh();
     await poller.refresh();
     expect(poller.current()).toBe(before);
     expect(metric(metrics.render(), "fleet_router_routes_refresh_failures_total")).toBe(2);
+    // Still 200: it serves the table it has; degraded, with the reason and the table's age.
+    const degraded = await healthz();
+    expect(degraded).toMatchObject({ code: 200, status: "degraded" });
+    expect(String(degraded.reason)).toStartWith("manager unreachable: ");
+    expect(typeof degraded.routes_age_s).toBe("number");
     link.state.down = false;
     await placeModel("llama");
     await poller.refresh();
+    expect(await healthz()).toMatchObject({ code: 200, status: "ok" });
     expect(
       poller
         .current()

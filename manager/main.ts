@@ -1,5 +1,4 @@
 /** `bun manager/main.ts` (`npm start`): the manager with the router mounted, on Bun. */
-
 import { getConnInfo } from "hono/bun";
 import { infoFlags } from "../kit/cli-info.ts";
 import { parseEnv } from "../kit/env.ts";

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { type Subprocess, spawn } from "bun";
 
 export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -121,3 +122,10 @@ export async function stopAll(): Promise<void> {
 process.on("exit", () => {
   for (const service of running) service.proc.kill("SIGKILL");
 });
+
+/** Resident memory of a process, in MiB (Linux /proc). */
+export function rssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kib = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+  return kib / 1024;
+}

@@ -1,5 +1,10 @@
 import { z } from "zod";
 import { dbEnvShape } from "../db/env.ts";
+import {
+  type ClientLimits,
+  clientLimitsEnvShape,
+  clientLimitsFromEnv,
+} from "../kit/client-limits.ts";
 import { logLevelSchema } from "../kit/env.ts";
 import { type HostAllowlist, parseHostAllowlist } from "../kit/host-allowlist.ts";
 import { isLoopbackHost } from "../kit/net.ts";
@@ -66,6 +71,8 @@ export const managerEnvSchema = z.object({
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
   GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
+  /** Slow clients, for the whole port and the mounted router's bodies (docs/operations.md). */
+  ...clientLimitsEnvShape,
   /**
    * Hosts a worker may advertise in `worker_url` and `public_worker_url`: host names,
    * `.suffix` domains, IP addresses or CIDR ranges, comma-separated. Unset: every host.
@@ -104,6 +111,8 @@ export type ManagerConfig = {
   routesPollMs: number;
   /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: every host. */
   workerUrlAllow: HostAllowlist | undefined;
+  /** Header, body and keep-alive timeouts and body sizes (kit/client-limits.ts). */
+  clientLimits: ClientLimits;
 };
 
 export function configFromEnv(env: ManagerEnv): ManagerConfig {
@@ -124,6 +133,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     probeTimeoutMs: env.PROBE_TIMEOUT_MS,
     routesPollMs: env.ROUTES_POLL_MS,
     workerUrlAllow: env.WORKER_URL_ALLOW,
+    clientLimits: clientLimitsFromEnv(env),
   };
 }
 

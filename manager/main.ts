@@ -4,6 +4,7 @@ import { infoFlags } from "../kit/cli-info.ts";
 import { parseEnv } from "../kit/env.ts";
 import { createLogger } from "../kit/log.ts";
 import { routerEnvSchema } from "../router/env.ts";
+import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { loadPgliteFiles } from "../runtime/pglite-files.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
@@ -51,8 +52,19 @@ await runManager({
   startGcPacer: (growthBytes) => startGcPacer({ growthBytes }),
   pgliteFiles: loadPgliteFiles,
   clientAddress: (c) => getConnInfo(c).remote.address,
-  serve: async ({ fetch, hostname, port }) => {
-    const server = Bun.serve({ fetch, hostname, port, idleTimeout: 0 });
-    return { port: server.port ?? port, stop: () => server.stop() };
+  server: (limits, config) => {
+    // The manager's own handlers may wait on an agent (AGENT_TIMEOUT_S) before they write a
+    // byte; the mounted router holds its requests' timer itself (runtime/bun-serve.ts).
+    const serving = serveBun({
+      limits,
+      busyS: Math.min(255, Math.max(limits.keepAliveS, Math.ceil(config.agentTimeoutS) + 5)),
+    });
+    return {
+      idleTimer: serving.idleTimer,
+      serve: async ({ fetch, hostname, port }) => {
+        const server = serving.listen({ fetch, hostname, port });
+        return { port: server.port ?? port, stop: () => server.stop() };
+      },
+    };
   },
 });

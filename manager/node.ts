@@ -1,19 +1,26 @@
 /** `npm run manager:node` (tsx manager/node.ts): the same manager app on Node. */
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
+import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import { runManager } from "./server.ts";
 
 await runManager({
   env: process.env,
   runtime: `node ${process.version}`,
   clientAddress: (c) => getConnInfo(c).remote.address,
-  serve: ({ fetch, hostname, port }) =>
-    new Promise((resolve) => {
-      const server = serve({ fetch, hostname, port }, (info) => {
-        resolve({
-          port: info.port,
-          stop: () => new Promise<void>((done) => server.close(() => done())),
-        });
-      });
-    }),
+  server: (limits) => ({
+    serve: ({ fetch, hostname, port }) =>
+      new Promise((resolve) => {
+        const server = serve(
+          { fetch, hostname, port, serverOptions: nodeServerOptions(limits) },
+          (info) => {
+            resolve({
+              port: info.port,
+              stop: () => new Promise<void>((done) => server.close(() => done())),
+            });
+          },
+        );
+        server.on("clientError", answerClientError);
+      }),
+  }),
 });

@@ -1,6 +1,11 @@
 import { hostname, networkInterfaces } from "node:os";
 import type { Context } from "hono";
 import { type CreateDbOptions, createDb, pgliteExists } from "../db/index.ts";
+import {
+  type ClientIdleTimer,
+  type ClientLimits,
+  clientLimitsProblem,
+} from "../kit/client-limits.ts";
 import { parseEnv } from "../kit/env.ts";
 import { describeError } from "../kit/errors.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
@@ -23,12 +28,21 @@ export type Serve = (options: {
 }) => Promise<{ port: number; stop(): Promise<void> }>;
 
 /**
+ * The runtime's server for the client limits the env sets: how it listens, and (Bun) the
+ * connection idle timer the mounted router holds while it serves a request.
+ */
+export type ServerFor = (
+  limits: ClientLimits,
+  config: ManagerConfig,
+) => { serve: Serve; idleTimer?: ClientIdleTimer };
+
+/**
  * Everything `main.ts` (Bun) and `node.ts` (Node) share: env, database, migrations, the app
- * with the router mounted, the tick timer, and a clean shutdown. Only `serve` differs.
+ * with the router mounted, the tick timer, and a clean shutdown. Only the server differs.
  */
 export async function runManager(options: {
   env: Record<string, string | undefined>;
-  serve: Serve;
+  server: ServerFor;
   runtime: string;
   /** How the mounted router reaches agents (default: the runtime's `fetch` for both). */
   upstream?: { fetch: FetchLike; streamFetch: FetchLike };
@@ -48,7 +62,7 @@ export async function runManager(options: {
   }
   const log = createLogger({ service: "manager", level: env.LOG_LEVEL });
   const config = configFromEnv(env);
-  const problem = exposureProblem(config);
+  const problem = exposureProblem(config) ?? clientLimitsProblem(env);
   if (problem) {
     console.error(`manager: refusing to start: ${problem}`);
     process.exit(1);
@@ -73,16 +87,17 @@ export async function runManager(options: {
     process.exit(1);
   }
   const manager = createApp({ db, config, log });
+  const { serve, idleTimer } = options.server(config.clientLimits, config);
   manager.mount(
     mountRouter(
       manager,
       config,
-      { upstream: options.upstream, clientAddress: options.clientAddress },
+      { upstream: options.upstream, clientAddress: options.clientAddress, idleTimer },
       log,
     ),
   );
   await manager.start();
-  const server = await options.serve({
+  const server = await serve({
     fetch: manager.app.fetch,
     hostname: config.host,
     port: config.port,
@@ -146,6 +161,7 @@ function mountRouter(
   runtime: {
     upstream: { fetch: FetchLike; streamFetch: FetchLike } | undefined;
     clientAddress: ((c: Context) => string | undefined) | undefined;
+    idleTimer: ClientIdleTimer | undefined;
   },
   log: Logger,
 ): FetchHandler {
@@ -170,6 +186,10 @@ function mountRouter(
     // Beyond loopback the OpenAI surface needs an API key even before the first key exists.
     requireApiKey: !isLoopbackHost(config.host),
     log: log.child("router"),
+    maxBodyBytes: config.clientLimits.maxBodyBytes,
+    bodyTimeoutMs: config.clientLimits.bodyTimeoutMs,
+    maxBodyMemoryBytes: config.clientLimits.maxBodyMemoryBytes,
+    idleTimer: runtime.idleTimer,
   });
 }
 

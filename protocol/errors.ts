@@ -27,16 +27,20 @@ export const errorStatus = {
   worker_not_found: 404,
   instance_not_found: 404,
   method_not_allowed: 405,
+  request_timeout: 408,
   conflict: 409,
   alias_taken: 409,
   no_capacity: 409,
   payload_too_large: 413,
+  headers_too_large: 431,
   internal_error: 500,
   bad_environment: 500,
   upstream_error: 502,
   no_ready_replica: 503,
   not_ready: 503,
   unavailable: 503,
+  /** Too many request bodies in flight (the router's MAX_BODY_MEMORY_BYTES). */
+  overloaded: 503,
   upstream_timeout: 504,
 } as const;
 export type ErrorCode = keyof typeof errorStatus;

@@ -7,6 +7,9 @@ import { maxLatencyMs } from "../protocol/index.ts";
 import { authenticate } from "./auth.ts";
 import { Balancer } from "./balancer.ts";
 import {
+  BodyBudget,
+  type BodyLimits,
+  BodyRefused,
   clientAskedForUsage,
   parseInferenceBody,
   readBody,
@@ -18,11 +21,11 @@ import { Metrics } from "./metrics.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
-import type { FetchLike, RouteSource, UsageSink } from "./types.ts";
+import type { ClientIdleTimer, FetchLike, RouteSource, UsageSink } from "./types.ts";
 import type { CheckedField, Rejection } from "./usage-scan.ts";
 import { type RouteView, viewSource } from "./view.ts";
 
-export type { FetchLike, RouteSource, UsageSink };
+export type { ClientIdleTimer, FetchLike, RouteSource, UsageSink };
 
 export type AppDeps = {
   routes: RouteSource;
@@ -39,6 +42,16 @@ export type AppDeps = {
   metrics?: Metrics;
   /** Default 32 MiB; larger bodies get 413. */
   maxBodyBytes?: number;
+  /** An inference body must arrive within this once its handler runs, else 408 (default 60 s). */
+  bodyTimeoutMs?: number;
+  /** Bodies being received, all requests together; past it 503 + Retry-After (default 128 MiB). */
+  maxBodyMemoryBytes?: number;
+  /**
+   * The client connection's idle timer, where the runtime's server has one that would cut a
+   * quiet response (Bun.serve): held while an inference request is served, released when
+   * its response has ended. Node and workerd pass none.
+   */
+  idleTimer?: ClientIdleTimer;
   timeouts?: {
     /** Until the first body byte of the agent's response (vLLM queues; default 10 min). */
     firstByteMs?: number;
@@ -150,8 +163,24 @@ function inferenceHandler(parts: {
   requireApiKey: boolean;
 }): (c: Context, path: InferencePath) => Promise<Response> {
   const { deps, proxy, instruments, currentView, requireApiKey } = parts;
-  const { clock, log } = proxy;
-  const maxBodyBytes = deps.maxBodyBytes ?? 32 * MiB;
+  const { clock, log, metrics } = proxy;
+  const bodyLimits: BodyLimits = {
+    maxBytes: deps.maxBodyBytes ?? 32 * MiB,
+    timeoutMs: deps.bodyTimeoutMs ?? 60_000,
+    budget: new BodyBudget(deps.maxBodyMemoryBytes ?? 128 * MiB),
+  };
+  metrics.declare(
+    "fleet_router_body_bytes",
+    "gauge",
+    "Bytes of request bodies being received (MAX_BODY_MEMORY_BYTES caps it)",
+  );
+  metrics.collect(() => metrics.set("fleet_router_body_bytes", undefined, bodyLimits.budget.held));
+  metrics.declare(
+    "fleet_router_body_refusals_total",
+    "counter",
+    "Request bodies refused: too large (size), too slow (timeout), no memory left (memory)",
+  );
+  const idleTimer = deps.idleTimer;
   const rejectValues = usageRejections(proxy.metrics, log);
 
   const handle = async (
@@ -162,7 +191,7 @@ function inferenceHandler(parts: {
     const view = currentView();
     if (!view) throw notLoaded();
     const apiKeyId = await authenticate(view.keys, requireApiKey, c.req.raw.headers);
-    const raw = await readBody(c.req.raw, maxBodyBytes);
+    const raw = await readBody(c.req.raw, bodyLimits);
     const { json, body } = parseInferenceBody(raw);
     const alias = body.model;
     const group = view.aliases.get(alias);
@@ -213,6 +242,7 @@ function inferenceHandler(parts: {
         } catch (error) {
           log.error("usage sink failed", { error: String(error) });
         }
+        idleTimer?.release(c.req.raw);
         settle?.();
       },
     });
@@ -220,9 +250,25 @@ function inferenceHandler(parts: {
 
   return async (c, path) => {
     const request = { startedAt: clock.now(), startedWall: Date.now(), id: requestId(c) };
+    // The body is read under its own deadline and the response under the upstream timeouts:
+    // the runtime's idle timer must not cut a completion that queues or pauses between tokens.
+    idleTimer?.hold(c.req.raw);
     try {
       return await handle(c, path, request);
     } catch (error) {
+      idleTimer?.release(c.req.raw);
+      if (error instanceof BodyRefused) {
+        metrics.inc("fleet_router_body_refusals_total", { reason: error.reason });
+        // Debug only: a client that trips these can do so once per request, and the counter
+        // already tells operators it happens.
+        if (error.reason !== "size") {
+          log.debug("request body refused", {
+            request_id: request.id,
+            reason: error.reason,
+            body_bytes_held: bodyLimits.budget.held,
+          });
+        }
+      }
       return renderError(error, { log, requestId: request.id, path });
     }
   };

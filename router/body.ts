@@ -20,42 +20,151 @@ const encoder = new TextEncoder();
 // One per module: every inference request decodes its body once on the hot path.
 const decoder = new TextDecoder();
 
-/** Reads the whole body, refusing (413) past `limit` bytes without buffering the excess. */
-export async function readBody(request: Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
-  const tooLarge = () =>
-    new AppError("payload_too_large", `request body exceeds the limit of ${limit} bytes`);
+/**
+ * Bytes of request bodies being received, across every connection of this process, under
+ * one cap: a client that sends its body slowly (or not at all) holds memory until its body
+ * deadline, and this bounds how much all of them together can hold. A body declared with
+ * `Content-Length` takes its whole length up front (the runtime buffers it on its own); a
+ * chunked one takes each chunk as it arrives. Bytes are given back once the body has been
+ * read (or refused): after that, the request is the upstream's to serve.
+ */
+export class BodyBudget {
+  #held = 0;
+
+  constructor(readonly capacity: number) {}
+
+  /** Bytes taken by bodies being received now. */
+  get held(): number {
+    return this.#held;
+  }
+
+  /** Takes `bytes` when they fit under the cap; false (and nothing taken) otherwise. */
+  take(bytes: number): boolean {
+    if (this.#held + bytes > this.capacity) return false;
+    this.#held += bytes;
+    return true;
+  }
+
+  give(bytes: number): void {
+    this.#held = Math.max(0, this.#held - bytes);
+  }
+}
+
+export type BodyLimits = {
+  /** Largest body; larger ones get 413. */
+  maxBytes: number;
+  /** The whole body must arrive within this after the handler started reading; else 408. */
+  timeoutMs: number;
+  /** Shared by every request of the process; a body that does not fit gets 503. */
+  budget: BodyBudget;
+};
+
+/** Why a body was refused, for the router's `fleet_router_body_refusals_total`. */
+export type BodyRefusal = "size" | "timeout" | "memory";
+
+/** A body refused by `readBody`: the error to answer with, and which limit it hit. */
+export class BodyRefused extends AppError {
+  readonly reason: BodyRefusal;
+
+  constructor(reason: BodyRefusal, limits: BodyLimits) {
+    // The rest of the body is never read: the connection closes after the answer, so the
+    // runtime neither drains a slow body nor parses its bytes as the next request.
+    const close = { connection: "close" };
+    if (reason === "size") {
+      super("payload_too_large", `request body exceeds the limit of ${limits.maxBytes} bytes`);
+    } else if (reason === "timeout") {
+      super(
+        "request_timeout",
+        `the request body did not arrive within ${limits.timeoutMs / 1000} s`,
+        { headers: close },
+      );
+    } else {
+      super("overloaded", "the router is receiving too many request bodies; retry shortly", {
+        headers: { ...close, "retry-after": "1" },
+      });
+    }
+    this.reason = reason;
+  }
+}
+
+/**
+ * Reads the whole body within `limits`: 413 past `maxBytes` (without buffering the excess),
+ * 408 when it has not all arrived within `timeoutMs`, 503 when it does not fit in what the
+ * `budget` has left. Throws `BodyRefused` for each.
+ */
+export async function readBody(
+  request: Request,
+  limits: BodyLimits,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const { budget } = limits;
   const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > limit) {
+  const declaredBytes = declared === null ? undefined : Number(declared);
+  if (declaredBytes !== undefined && !(declaredBytes <= limits.maxBytes)) {
     // Tell the runtime the body will not be read, so it can close the connection cleanly
     // (workerd otherwise resets it under the client's next request on the same socket).
     await request.body?.cancel().catch(() => {});
-    throw tooLarge();
+    throw new BodyRefused("size", limits);
   }
-  // With a declared length, read it whole without touching `request.body`: on Bun, making
-  // the body a stream first sends arrayBuffer() through the stream machinery.
-  if (declared !== null) return new Uint8Array(await request.arrayBuffer());
-  if (!request.body) return new Uint8Array(0);
-  const reader = request.body.getReader();
-  const chunks: Uint8Array<ArrayBuffer>[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge();
+  if (declaredBytes === 0 || (declaredBytes === undefined && !request.body)) {
+    return new Uint8Array(0);
+  }
+  let taken = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new BodyRefused("timeout", limits)), limits.timeoutMs);
+  });
+  expired.catch(() => {});
+  try {
+    if (declaredBytes !== undefined) {
+      if (!budget.take(declaredBytes)) {
+        await request.body?.cancel().catch(() => {});
+        throw new BodyRefused("memory", limits);
+      }
+      taken = declaredBytes;
+      // With a declared length, read it whole without touching `request.body`: on Bun,
+      // making the body a stream first sends arrayBuffer() through the stream machinery.
+      const whole = request.arrayBuffer();
+      // A body that times out is rejected when its connection closes; nobody awaits it.
+      whole.catch(() => {});
+      return new Uint8Array(await Promise.race([whole, expired]));
     }
-    chunks.push(value);
+    const reader = (request.body as ReadableStream<Uint8Array<ArrayBuffer>>).getReader();
+    const chunks: Uint8Array<ArrayBuffer>[] = [];
+    for (;;) {
+      let result: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        result = await Promise.race([reader.read(), expired]);
+      } catch (error) {
+        await reader.cancel().catch(() => {});
+        throw error;
+      }
+      if (result.done) break;
+      const chunk = result.value;
+      const refusal: BodyRefusal | undefined =
+        taken + chunk.byteLength > limits.maxBytes
+          ? "size"
+          : budget.take(chunk.byteLength)
+            ? undefined
+            : "memory";
+      if (refusal) {
+        await reader.cancel().catch(() => {});
+        throw new BodyRefused(refusal, limits);
+      }
+      taken += chunk.byteLength;
+      chunks.push(chunk);
+    }
+    if (chunks.length === 1 && chunks[0]) return chunks[0];
+    const body = new Uint8Array(taken);
+    let offset = 0;
+    for (const chunk of chunks) {
+      body.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
+    return body;
+  } finally {
+    clearTimeout(timer);
+    budget.give(taken);
   }
-  if (chunks.length === 1 && chunks[0]) return chunks[0];
-  const body = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    body.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return body;
 }
 
 /**

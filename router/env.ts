@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { clientLimitsEnvShape, clientLimitsProblem } from "../kit/client-limits.ts";
 import { EnvError, logLevelSchema, parseEnv } from "../kit/env.ts";
 import { baseUrlSchema } from "../protocol/index.ts";
 
@@ -28,12 +29,8 @@ export const routerEnvSchema = z.object({
   HOST: z.string().trim().min(1).default("127.0.0.1"),
   LOG_LEVEL: logLevelSchema,
   PORT: z.coerce.number().int().min(0).max(65535).default(18080),
-  /** Largest accepted request body; larger ones get 413. */
-  MAX_BODY_BYTES: z.coerce
-    .number()
-    .int()
-    .min(1024)
-    .default(32 * 1024 * 1024),
+  /** Header, body and keep-alive timeouts; body size and the memory all bodies may hold. */
+  ...clientLimitsEnvShape,
   /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
   REQUIRE_API_KEY: flag,
   CONNECT_TIMEOUT_MS: ms(5000),
@@ -80,6 +77,8 @@ export function loadRouterEnv(source: Record<string, string | undefined>): Route
   if (env.FLEET_TOKEN && !env.ROUTER_TOKEN) {
     throw new EnvError(`invalid environment: ${routerTokenMissing}`);
   }
+  const limitsProblem = clientLimitsProblem(env);
+  if (limitsProblem) throw new EnvError(`invalid environment: ${limitsProblem}`);
   return env;
 }
 

@@ -3,7 +3,9 @@
  * manager (MANAGER_URL, ROUTER_TOKEN) and sends usage back in batches.
  */
 import { getConnInfo } from "hono/bun";
+import { clientLimitsFromEnv } from "../kit/client-limits.ts";
 import { createLogger } from "../kit/log.ts";
+import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
@@ -19,12 +21,15 @@ const upstream = createUpstreamFetch({
   fetchCap: env.BUN_CONFIG_MAX_HTTP_REQUESTS,
   log,
 });
+const limits = clientLimitsFromEnv(env);
+const serving = serveBun({ limits });
 const router = createStandaloneRouter({
   env,
   log,
   fetch: upstream.fetch,
   streamFetch: upstream.streamFetch,
   clientAddress: (c) => getConnInfo(c).remote.address,
+  idleTimer: serving.idleTimer,
 });
 await router.start();
 
@@ -43,19 +48,25 @@ const pacer =
       })
     : undefined;
 
-const server = Bun.serve({
+// Inference requests hold the connection's idle timer while they are served (a completion
+// can queue for minutes); everything else runs under KEEPALIVE_TIMEOUT_S (runtime/bun-serve.ts).
+const server = serving.listen({
   hostname: env.HOST,
   port: env.PORT,
-  fetch(request, bunServer) {
-    // Bun closes connections idle for 10 s; a non-streamed completion can queue for minutes.
-    if (request.method === "POST") bunServer.timeout(request, 0);
-    return router.app.fetch(request, bunServer);
-  },
+  fetch: (request, bunServer) => router.app.fetch(request, bunServer),
 });
 log.info(`router listening on http://${server.hostname}:${server.port}`, {
   manager_url: env.MANAGER_URL,
   routes_version: router.routes.current()?.version ?? null,
 });
+if (env.HEADER_TIMEOUT_S !== 10) {
+  log.warn(
+    "HEADER_TIMEOUT_S is not used on Bun: Bun closes a connection whose headers take about 10 s",
+    {
+      header_timeout_s: env.HEADER_TIMEOUT_S,
+    },
+  );
+}
 
 let stopping = false;
 const shutdown = async (signal: string) => {

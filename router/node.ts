@@ -6,7 +6,9 @@
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { Agent, fetch as undiciFetch } from "undici";
+import { clientLimitsFromEnv } from "../kit/client-limits.ts";
 import { createLogger } from "../kit/log.ts";
+import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import type { FetchLike } from "./app.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
 import { createStandaloneRouter } from "./standalone.ts";
@@ -35,13 +37,22 @@ const router = createStandaloneRouter({
 });
 await router.start();
 
-const server = serve({ fetch: router.app.fetch, hostname: env.HOST, port: env.PORT }, (info) => {
-  log.info(`router listening on http://${info.address}:${info.port}`, {
-    manager_url: env.MANAGER_URL,
-    routes_version: router.routes.current()?.version ?? null,
-    runtime: `node ${process.version}`,
-  });
-});
+const server = serve(
+  {
+    fetch: router.app.fetch,
+    hostname: env.HOST,
+    port: env.PORT,
+    serverOptions: nodeServerOptions(clientLimitsFromEnv(env)),
+  },
+  (info) => {
+    log.info(`router listening on http://${info.address}:${info.port}`, {
+      manager_url: env.MANAGER_URL,
+      routes_version: router.routes.current()?.version ?? null,
+      runtime: `node ${process.version}`,
+    });
+  },
+);
+server.on("clientError", answerClientError);
 
 let stopping = false;
 const shutdown = async (signal: string) => {

@@ -17,6 +17,8 @@ export function createStandaloneRouter(options: {
   /** The client for streamed requests to agents (default: `fetch`). */
   streamFetch?: FetchLike;
   clientAddress?: AppDeps["clientAddress"];
+  /** Bun: the server's per-connection idle timer (runtime/bun-serve.ts). */
+  idleTimer?: AppDeps["idleTimer"];
   requireApiKey?: boolean;
   /**
    * workerd: timers do not outlive a request, so each response's usage is flushed under
@@ -58,6 +60,9 @@ export function createStandaloneRouter(options: {
     log,
     metrics,
     maxBodyBytes: env.MAX_BODY_BYTES,
+    bodyTimeoutMs: env.BODY_TIMEOUT_S * 1000,
+    maxBodyMemoryBytes: env.MAX_BODY_MEMORY_BYTES,
+    idleTimer: options.idleTimer,
     timeouts: {
       firstByteMs: env.FIRST_BYTE_TIMEOUT_MS,
       idleMs: env.IDLE_TIMEOUT_MS,

@@ -13,4 +13,5 @@ export type RouteSource = {
 export type RouteSourceHealth = { ageS: number | null; problem?: string };
 /** Where finished requests go; `record` must never block the request. */
 export type UsageSink = { record(record: UsageRecord): void };
+export type { ClientIdleTimer } from "../kit/client-limits.ts";
 export type { FetchLike } from "../kit/fetch.ts";

@@ -29,12 +29,13 @@ const errorDescriptions: Record<number, string> = {
   400: "`invalid_json`, or `invalid_request` with `param` (e.g. `model`)",
   401: "`invalid_api_key`",
   404: "`model_not_found`: the alias is not in the route table",
+  408: "`request_timeout`: the body did not arrive within BODY_TIMEOUT_S",
   413: "`payload_too_large` (MAX_BODY_BYTES)",
   502: "`upstream_error`: no replica reachable, or the engine's own 502 passed through",
-  503: "`no_ready_replica` or `unavailable` (route table not loaded), with Retry-After",
+  503: "`no_ready_replica`, `unavailable` (route table not loaded) or `overloaded` (bodies in flight fill MAX_BODY_MEMORY_BYTES), with Retry-After",
   504: "`upstream_timeout`: no first byte within FIRST_BYTE_TIMEOUT_MS",
 };
-const inferenceErrors = errors([400, 401, 404, 413, 502, 503, 504]);
+const inferenceErrors = errors([400, 401, 404, 408, 413, 502, 503, 504]);
 
 const passthrough =
   "Other fields are passed to vLLM unchanged (sampling parameters, guided decoding, …).";

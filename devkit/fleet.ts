@@ -153,8 +153,16 @@ export type TcpForwarder = {
   url: string;
   /** Connections accepted so far. */
   connections(): number;
-  /** Bytes carried client → target so far. */
+  /** Bytes carried client → target so far (not those a black hole swallowed). */
   bytesIn(): number;
+  /**
+   * Black-holes the mapping: connections are still accepted (new and open ones alike), and
+   * nothing they carry reaches either side; no reset, no answer, as a port mapping whose far
+   * end is gone.
+   */
+  blackHole(): void;
+  /** Forwards again; connections that lost bytes to the black hole are reset. */
+  restore(): void;
   close(): Promise<void>;
 };
 
@@ -167,24 +175,38 @@ export async function startTcpForwarder(
   listenHost = "127.0.0.1",
 ): Promise<TcpForwarder> {
   const { connect } = await import("node:net");
+  const { Transform } = await import("node:stream");
   let connections = 0;
   let bytesIn = 0;
+  let blackHoled = false;
   const sockets = new Set<Socket>();
+  /** Client sockets that lost bytes to the black hole: their streams are broken. */
+  const swallowed = new Set<Socket>();
   const server: Server = createServer((client) => {
     connections++;
     const upstream = connect(targetPort, "127.0.0.1");
     sockets.add(client);
     sockets.add(upstream);
-    client.on("data", (chunk) => {
-      bytesIn += chunk.length;
-    });
-    client.pipe(upstream);
-    upstream.pipe(client);
+    // Each direction passes through a gate that drops what it carries while black-holed.
+    const gate = (counted: boolean) =>
+      new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          if (blackHoled) {
+            swallowed.add(client);
+            return callback();
+          }
+          if (counted) bytesIn += chunk.length;
+          callback(null, chunk);
+        },
+      });
+    client.pipe(gate(true)).pipe(upstream);
+    upstream.pipe(gate(false)).pipe(client);
     const close = () => {
       client.destroy();
       upstream.destroy();
       sockets.delete(client);
       sockets.delete(upstream);
+      swallowed.delete(client);
     };
     client.on("error", close);
     upstream.on("error", close);
@@ -202,6 +224,14 @@ export async function startTcpForwarder(
     url: `http://${listenHost}:${port}`,
     connections: () => connections,
     bytesIn: () => bytesIn,
+    blackHole() {
+      blackHoled = true;
+    },
+    restore() {
+      blackHoled = false;
+      for (const client of swallowed) client.destroy();
+      swallowed.clear();
+    },
     close: () =>
       new Promise((resolve) => {
         for (const socket of sockets) socket.destroy();

@@ -84,7 +84,7 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     }),
     lifecycle,
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
-    prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config }),
+    prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config, lifecycle }),
     heartbeats,
     credentials: new CredentialMemo(),
     startedAt: clock.now().getTime(),

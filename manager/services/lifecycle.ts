@@ -1,7 +1,7 @@
 /**
  * The instance lifecycle: the one module that writes instance state. Each transition
  * updates the instance row, the `routes` row that mirrors it (served only when the instance
- * is ready and its worker online), records its event, and notes the cache changes (the
+ * is ready, its worker online and its routed path not known unreachable), records its event, and notes the cache changes (the
  * heartbeat memo of the workers whose rows moved, the route snapshot) that `Lifecycle.write`
  * applies once its transaction has committed. The allowed transitions are the table below;
  * a transition the table does not allow, or one whose row moved meanwhile, is ignored
@@ -142,12 +142,30 @@ export function routeUrl(worker: Pick<WorkerRow, "workerUrl" | "publicWorkerUrl"
   return worker.publicWorkerUrl ?? worker.workerUrl;
 }
 
-/** What "ready" means for a route: its instance is ready and its worker online. */
+/**
+ * What "ready" means for a route: its instance is ready, its worker online, and the path
+ * routers take to it (its route URL) not known to be unreachable.
+ */
 export function routeReady(
   instance: Pick<InstanceRow, "status">,
-  worker: Pick<WorkerRow, "status">,
+  worker: RoutedPathFields & Pick<WorkerRow, "status">,
 ): boolean {
-  return instance.status === "ready" && worker.status === "online";
+  return instance.status === "ready" && worker.status === "online" && !routedPathDown(worker);
+}
+
+type RoutedPathFields = Pick<
+  WorkerRow,
+  "publicWorkerUrl" | "internalReachable" | "publicReachable"
+>;
+
+/**
+ * The manager's probes found the URL in the worker's routes (the public one when it has
+ * one, as `routeUrl`) not answering. Unknown (never probed, probing off) is not down.
+ */
+export function routedPathDown(worker: RoutedPathFields): boolean {
+  const reachable =
+    worker.publicWorkerUrl === null ? worker.internalReachable : worker.publicReachable;
+  return reachable === false;
 }
 
 /** The fields a transition may change; the others stay. */
@@ -602,6 +620,31 @@ export class LifecycleTx {
       .where(and(eq(schema.routes.workerId, workerId), ne(schema.routes.workerUrl, after)));
     this.event({ kind: "worker.url_changed", workerId, message: `${before} -> ${after}` });
     this.effects.routes = true;
+    // A new URL has no probe result yet: routes withdrawn for the old one may be served again.
+    await this.syncWorkerRoutes(workerId);
+  }
+
+  /**
+   * The probes found the worker's routed path (its route URL) stopped answering, or
+   * answering again: its routes leave the snapshot, or come back where their instances are
+   * ready (`routeReady` reads the path). `worker` is the row as the probe wrote it.
+   */
+  async routedPathChanged(worker: WorkerRow, error: string | null): Promise<void> {
+    this.knowWorker(worker);
+    const down = routedPathDown(worker);
+    const url = routeUrl(worker);
+    const routes = await this.syncWorkerRoutes(worker.workerId);
+    this.event({
+      kind: down ? "worker.routes_withdrawn" : "worker.routes_restored",
+      workerId: worker.workerId,
+      fromStatus: down ? "reachable" : "unreachable",
+      toStatus: down ? "unreachable" : "reachable",
+      message: down
+        ? `routed path ${url} does not answer the manager's probes (${error}): its routes leave the snapshot`
+        : `routed path ${url} answers again: its routes are served again where their instances are ready`,
+      detail: { url, routes, error },
+    });
+    this.effects.routes = true;
   }
 
   /** A heartbeat from a worker marked offline: the caller then applies its report. */
@@ -648,6 +691,17 @@ export class LifecycleTx {
   }
 
   // ---- helpers ----
+
+  /** Brings every route of the worker in step with its instance and worker; how many it has. */
+  private async syncWorkerRoutes(workerId: string): Promise<number> {
+    const instances = await this.tx
+      .select()
+      .from(schema.instances)
+      .where(eq(schema.instances.workerId, workerId))
+      .orderBy(asc(schema.instances.id));
+    for (const instance of instances) await this.syncRoute(instance);
+    return instances.length;
+  }
 
   private async insertPending(model: ModelRow, placements: Placement[]): Promise<InstanceRow[]> {
     if (placements.length === 0) return [];

@@ -5,7 +5,10 @@
  * an agent credential, confirms it). Results land on the worker row (`*_reachable`,
  * `*_rtt_ms`, `*_probe_error`, `probed_at`), which `AgentClient.target()` reads to choose
  * the management path, and a change of a path's reachability is a `worker.path_changed`
- * event.
+ * event. A path is recorded unreachable only after two failed probes in a row, a second
+ * apart (one blip does not move anything). When the path routers take (the route URL: public
+ * when the worker has one) becomes unreachable, its routes leave the snapshot for every
+ * router, and come back once it answers again (`Lifecycle`, `routeReady`).
  *
  * Several managers share the work without a lock: a probe first claims its worker by
  * moving `probed_at` forward (an UPDATE whose WHERE the other managers' UPDATEs re-check),
@@ -21,15 +24,18 @@ import type { FetchLike } from "../../kit/fetch.ts";
 import type { Logger } from "../../kit/log.ts";
 import type { ManagementPath } from "../../protocol/index.ts";
 import { type AgentAddress, agentAddressColumns } from "./agent-client.ts";
-import { type EventInput, recordEvents } from "./events.ts";
+import type { EventInput } from "./events.ts";
+import { type Lifecycle, routedPathDown } from "./lifecycle.ts";
 
 /** Workers probed at once in one round. */
 const ROUND_CONCURRENCY = 32;
 /**
- * At registration a failed path is probed once more this much later before it is recorded:
- * an agent that has just joined may still be storing the credential the reply gave it.
+ * A failed path is probed once more this much later before it is recorded: a path that was
+ * answering is marked unreachable (and, as the routed path, withdrawn from routers) only
+ * after two failures in a row, and an agent that has just joined may still be storing the
+ * credential the registration reply gave it.
  */
-const REGISTRATION_RETRY_MS = 1000;
+const CONFIRM_RETRY_MS = 1000;
 /** `/health` is a few dozen bytes; anything much larger is not the agent. */
 const MAX_ANSWER_BYTES = 64 * 1024;
 
@@ -160,11 +166,22 @@ export type ProberDeps = {
   fetch: FetchLike;
   log: Logger;
   config: { probeIntervalS: number; probeTimeoutMs: number };
+  /** Writes the routes that follow a change of the routed path (the one writer of routes). */
+  lifecycle: Lifecycle;
 };
 
-type Claimed = AgentAddress & { probedAt: Date | null };
+type Claimed = AgentAddress & {
+  probedAt: Date | null;
+  internalReachable: boolean | null;
+  publicReachable: boolean | null;
+};
 
-const claimColumns = { ...agentAddressColumns, probedAt: schema.workers.probedAt };
+const claimColumns = {
+  ...agentAddressColumns,
+  probedAt: schema.workers.probedAt,
+  internalReachable: schema.workers.internalReachable,
+  publicReachable: schema.workers.publicReachable,
+};
 
 /**
  * Runs the probes of this manager process: a round over the workers that are due (started
@@ -199,14 +216,14 @@ export class Prober {
   /** Probes a worker that has just registered, without holding up the registration's reply. */
   afterRegistration(workerId: string): void {
     if (this.#abort.signal.aborted || this.#off) return;
-    void this.#track(this.probe(workerId, { retryMs: REGISTRATION_RETRY_MS }), false);
+    void this.#track(this.probe(workerId, { atRegistration: true }), false);
   }
 
   /**
    * Probes one worker now, whatever its last probe. Resolves true once the result is
    * recorded; false when the worker is unknown, or a newer probe or new URLs superseded it.
    */
-  async probe(workerId: string, options: { retryMs?: number } = {}): Promise<boolean> {
+  async probe(workerId: string, options: { atRegistration?: boolean } = {}): Promise<boolean> {
     const claimedAt = this.deps.clock.now();
     const [worker] = await this.deps.db
       .update(schema.workers)
@@ -214,7 +231,7 @@ export class Prober {
       .where(eq(schema.workers.workerId, workerId))
       .returning(claimColumns);
     if (!worker) return false;
-    return this.#probeClaimed(worker, claimedAt, options.retryMs);
+    return this.#probeClaimed(worker, claimedAt, options.atRegistration ?? false);
   }
 
   /** Resolves once the probes in flight now have settled (their results recorded or dropped). */
@@ -252,7 +269,7 @@ export class Prober {
     return claimed.length;
   }
 
-  async #probeClaimed(worker: Claimed, claimedAt: Date, retryMs?: number): Promise<boolean> {
+  async #probeClaimed(worker: Claimed, claimedAt: Date, atRegistration = false): Promise<boolean> {
     const probe = (url: string) =>
       probeUrl({
         fetch: this.deps.fetch,
@@ -267,11 +284,19 @@ export class Prober {
       probe(worker.workerUrl),
       publicUrl === null ? undefined : probe(publicUrl),
     ]);
-    if (retryMs !== undefined && (!internal.reachable || external?.reachable === false)) {
-      await abortableSleep(retryMs, this.#abort.signal);
+    // A failure that would change what is recorded is confirmed by a second probe (a path
+    // already recorded unreachable is not probed twice); at registration, every failure is.
+    const confirm = (result: ProbeResult | undefined, was: boolean | null) =>
+      result !== undefined && !result.reachable && (atRegistration || was !== false);
+    const again = {
+      internal: confirm(internal, worker.internalReachable),
+      external: publicUrl !== null && confirm(external, worker.publicReachable),
+    };
+    if (again.internal || again.external) {
+      await abortableSleep(CONFIRM_RETRY_MS, this.#abort.signal);
       [internal, external] = await Promise.all([
-        internal.reachable ? internal : probe(worker.workerUrl),
-        publicUrl === null || external?.reachable ? external : probe(publicUrl),
+        again.internal ? probe(worker.workerUrl) : internal,
+        again.external && publicUrl !== null ? probe(publicUrl) : external,
       ]);
     }
     if (this.#abort.signal.aborted) return false;
@@ -284,11 +309,12 @@ export class Prober {
     internal: ProbeResult,
     external: ProbeResult | undefined,
   ): Promise<boolean> {
-    const { db, clock, log } = this.deps;
+    const { clock, log, lifecycle } = this.deps;
     const w = schema.workers;
     const now = clock.now();
     const changes: { path: ManagementPath; url: string; result: ProbeResult }[] = [];
-    const recorded = await db.transaction(async (tx) => {
+    const recorded = await lifecycle.write(now, async (writer) => {
+      const { tx } = writer;
       const [before] = await tx
         .select({ internal: w.internalReachable, public: w.publicReachable })
         .from(w)
@@ -304,7 +330,7 @@ export class Prober {
         )
         .for("update");
       if (!before) return false;
-      await tx
+      const [row] = await tx
         .update(w)
         .set({
           internalReachable: internal.reachable,
@@ -314,7 +340,9 @@ export class Prober {
           publicRttMs: external?.rttMs ?? null,
           publicProbeError: external?.error ?? null,
         })
-        .where(eq(w.workerId, worker.workerId));
+        .where(eq(w.workerId, worker.workerId))
+        .returning();
+      if (!row) return false;
       const events: EventInput[] = [];
       const paths = [
         {
@@ -346,7 +374,16 @@ export class Prober {
           detail: { path, url, reachable: result.reachable, error: result.error },
         });
       }
-      await recordEvents(tx, now, events);
+      for (const event of events) writer.event(event);
+      const wasDown = routedPathDown({
+        publicWorkerUrl: worker.publicWorkerUrl,
+        internalReachable: before.internal,
+        publicReachable: before.public,
+      });
+      if (routedPathDown(row) !== wasDown) {
+        const routed = worker.publicWorkerUrl === null ? internal : external;
+        await writer.routedPathChanged(row, routed?.error ?? null);
+      }
       return true;
     });
     for (const { path, url, result } of changes) {

@@ -89,8 +89,18 @@ describe(`a malicious worker (${serviceDbTarget})`, () => {
           path: url.pathname,
           authorization: request.headers.get("authorization"),
         });
-        if (url.pathname === "/health")
-          return Response.json({ status: "ok", worker_id: "attacker" });
+        if (url.pathname === "/health") {
+          // As an agent: it confirms its own credential (the manager's probes ask for it,
+          // and a path that does not answer so has its routes withdrawn).
+          const own =
+            credentials &&
+            request.headers.get("authorization") === `Bearer ${credentials.agent_token}`;
+          return Response.json({
+            status: "ok",
+            worker_id: "attacker",
+            ...(own ? { authenticated: true } : {}),
+          });
+        }
         if (url.pathname === "/v1/instances" && request.method === "POST") {
           const spec = (await request.json()) as InstanceSpec;
           const now = new Date().toISOString();

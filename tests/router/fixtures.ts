@@ -51,7 +51,14 @@ export async function serveManager(
   db: OpenTestDb,
   config: Parameters<typeof testManager>[0] = {},
 ): Promise<ServedManager> {
-  const t = await testManager({ ...config, db });
+  // Its workers' public URLs are simulators standing in for whole workers: their /health is
+  // vLLM's, not an agent's, so probes would find every routed path unreachable and take the
+  // routes out. Probes stay off unless a test turns them on.
+  const t = await testManager({
+    ...config,
+    config: { probeIntervalS: 0, ...config.config },
+    db,
+  });
   const listen = (port: number): Server<undefined> =>
     Bun.serve({ hostname: "127.0.0.1", port, fetch: (request) => t.manager.app.fetch(request) });
   let server: Server<undefined> | undefined = listen(0);

@@ -9,7 +9,7 @@ import { configFromEnv, defaultConfig, managerEnvSchema } from "../../../manager
 import { startupHelp } from "../../../manager/server.ts";
 import { type AgentAddress, AgentClient } from "../../../manager/services/agent-client.ts";
 import { type ProblemInput, workerProblems } from "../../../manager/services/worker-problems.ts";
-import type { WorkerInfo, WorkerList } from "../../../protocol/index.ts";
+import type { RouteSnapshot, WorkerInfo, WorkerList } from "../../../protocol/index.ts";
 import { ADMIN, FLEET, gpu, manualClock, stubAgent, type TestManager } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
@@ -326,6 +326,104 @@ describeApi("manager API: reaching workers", (api) => {
     expect(info.management_path).toBeNull();
     await t.manager.context.prober.idle();
     expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(true);
+  });
+
+  test("a worker whose routed path stops answering leaves the route snapshot (after two failed probes), and comes back when it answers", async () => {
+    const t = await api.manager({ config: { probeTimeoutMs: 300 } });
+    const agent = api.agent();
+    agent.answersAs = "w1";
+    // The port mapping in front of the same agent (the URL in its routes).
+    const asAgent: Answer = (request) => agentAnswer("w1")(request, agent);
+    const mapped = healthServer(asAgent);
+    await api.register(agent, "w1", [gpu(0)], { public_worker_url: mapped.url });
+    await t.manager.context.prober.idle();
+    expect((await api.model({ alias: "one", gpu_memory_utilization: 0.4 })).status).toBe(201);
+    agent.markReady("one");
+    const beat = () =>
+      t.heartbeat("w1", {
+        gpu_info: { gpus: [gpu(0)], warning: null },
+        instances: agent.reports(),
+      });
+    await beat();
+    const served = async () =>
+      (await t.json<RouteSnapshot>("GET", "/v1/routes")).body.routes.map((r) => [
+        r.worker_url,
+        r.ready,
+      ]);
+    expect(await served()).toEqual([[mapped.url, true]]);
+    const routeEvents = async () =>
+      (
+        await t.db.query<{
+          kind: string;
+          message: string;
+          detail: { url: string; routes: number };
+        }>(
+          sql`select kind, message, detail from events
+              where kind in ('worker.routes_withdrawn', 'worker.routes_restored') order by id`,
+        )
+      ).map((e) => [e.kind, e.detail.url, e.detail.routes]);
+
+    // One failed probe is not enough: the second, a second later, answers.
+    let fails = 1;
+    mapped.answer((request, self) => {
+      if (fails-- > 0) return new Response("bad gateway", { status: 502 });
+      return asAgent(request, self);
+    });
+    await t.manager.context.prober.probe("w1");
+    expect((await workerInfo(t, "w1")).paths.public?.reachable).toBe(true);
+    expect(await served()).toEqual([[mapped.url, true]]);
+    expect(await routeEvents()).toEqual([]);
+
+    // Silent twice in a row: unreachable, and its routes leave the snapshot for every router.
+    mapped.answer(async (request, self) => {
+      await Bun.sleep(1000);
+      return asAgent(request, self);
+    });
+    await t.manager.context.prober.probe("w1");
+    const down = await workerInfo(t, "w1");
+    expect(down.paths.public).toMatchObject({
+      reachable: false,
+      error: "no answer within 300 ms (PROBE_TIMEOUT_MS)",
+    });
+    // Managed over its internal URL all along.
+    expect(down.management_path).toBe("internal");
+    expect(await served()).toEqual([[mapped.url, false]]);
+    expect(await routeEvents()).toEqual([["worker.routes_withdrawn", mapped.url, 1]]);
+    // Its agent still reports the engine ready: the route stays out while the path is down.
+    await beat();
+    expect(await served()).toEqual([[mapped.url, false]]);
+
+    mapped.answer(asAgent);
+    await t.manager.context.prober.probe("w1");
+    expect(await served()).toEqual([[mapped.url, true]]);
+    expect(await routeEvents()).toEqual([
+      ["worker.routes_withdrawn", mapped.url, 1],
+      ["worker.routes_restored", mapped.url, 1],
+    ]);
+  });
+
+  test("without a public URL, the internal one is the routed path", async () => {
+    const t = await api.manager({ config: { probeTimeoutMs: 300 } });
+    const port = await freePort();
+    const agent = api.agent();
+    agent.answersAs = "w1";
+    await api.register(agent, "w1");
+    await t.manager.context.prober.idle();
+    expect((await api.model({ alias: "one", gpu_memory_utilization: 0.4 })).status).toBe(201);
+    agent.markReady("one");
+    await t.heartbeat("w1", {
+      gpu_info: { gpus: [gpu(0)], warning: null },
+      instances: agent.reports(),
+    });
+    const ready = async () =>
+      (await t.json<RouteSnapshot>("GET", "/v1/routes")).body.routes.map((r) => r.ready);
+    expect(await ready()).toEqual([true]);
+    // Another URL that nothing answers: the next probe finds the internal path down.
+    await t.db.query(
+      sql`update workers set worker_url = ${`http://127.0.0.1:${port}`} where worker_id = 'w1'`,
+    );
+    await t.manager.context.prober.probe("w1");
+    expect(await ready()).toEqual([false]);
   });
 });
 

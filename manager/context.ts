@@ -66,6 +66,7 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     db,
     routes,
     onWorkerChanged: (workerId) => heartbeats.forget(workerId),
+    log,
   });
   return {
     fleetDb: deps.db,

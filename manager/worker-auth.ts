@@ -129,7 +129,7 @@ async function heartbeatCaller(
   if (presented === "") {
     throw new AppError(
       "unauthorized",
-      "heartbeats need Authorization: Bearer with the worker's own credential",
+      "heartbeats and drains need Authorization: Bearer with the worker's own credential",
     );
   }
   const credentialHash = await ctx.credentials.hashOf(presented);
@@ -161,7 +161,7 @@ export function workerNotFound(workerId: string): AppError {
 export function notThisWorker(workerId: string): AppError {
   return new AppError(
     "unauthorized",
-    `heartbeats for worker ${workerId} need that worker's own credential (the join token only joins new workers)`,
+    `heartbeats and drains for worker ${workerId} need that worker's own credential (the join token only joins new workers)`,
   );
 }
 

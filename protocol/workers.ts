@@ -4,7 +4,13 @@ import { gpuInfoSchema } from "./gpus.ts";
 import { instanceReportSchema } from "./instances.ts";
 import { instanceRecordStatusSchema } from "./models.ts";
 
-export const workerStatusSchema = z.enum(["online", "offline"]);
+/**
+ * `online`: heartbeating, placements and routes; `draining`: its agent is stopping (it said so
+ * at `POST /v1/workers/{id}/drain`): no new placements and its routes are not served, while
+ * it finishes what is in flight; `offline`: silent for WORKER_TIMEOUT_S.
+ */
+export const workerStatuses = ["online", "draining", "offline"] as const;
+export const workerStatusSchema = z.enum(workerStatuses);
 export type WorkerStatus = z.infer<typeof workerStatusSchema>;
 
 /** Agent → manager: `POST /v1/workers/register`. Idempotent per `worker_id`. */
@@ -60,6 +66,30 @@ export const heartbeatReplySchema = z.object({
   credentials: workerCredentialsSchema.optional(),
 });
 export type HeartbeatReply = z.infer<typeof heartbeatReplySchema>;
+
+/**
+ * Agent → manager: `POST /v1/workers/{worker_id}/drain` when the agent is stopping (SIGTERM,
+ * Ctrl-C). Its routes stop being served at once; it finishes what is in flight for up to
+ * `timeout_s`, then stops its engines and exits.
+ */
+export const workerDrainSchema = z.object({
+  /** Why it stops, for the events and the log (`SIGTERM`, `SIGINT`). */
+  reason: z.string().trim().min(1).max(200).default("agent stopping"),
+  /** How long the agent waits for in-flight requests (its DRAIN_TIMEOUT_S). */
+  timeout_s: z.number().nonnegative().max(86_400).optional(),
+});
+export type WorkerDrain = z.infer<typeof workerDrainSchema>;
+export type WorkerDrainInput = z.input<typeof workerDrainSchema>;
+
+export const workerDrainReplySchema = z.object({
+  worker_id: workerIdSchema,
+  status: z.literal("draining"),
+  /** Routes of this worker that were served and no longer are (0 when it was draining already). */
+  routes_unserved: z.number().int().nonnegative(),
+  /** The route snapshot's version after the change: routers that hold it no longer route here. */
+  routes_version: z.string().nullable(),
+});
+export type WorkerDrainReply = z.infer<typeof workerDrainReplySchema>;
 
 /**
  * One instance in `WorkerInfo`: the agent's report fields as the manager last recorded them,

@@ -11,6 +11,7 @@ import {
   timestamp,
   unique,
 } from "drizzle-orm/pg-core";
+import { workerStatuses } from "../../protocol/workers.ts";
 import { timestamps } from "./columns.ts";
 
 export const workers = pgTable(
@@ -21,9 +22,8 @@ export const workers = pgTable(
     workerUrl: text().notNull(),
     /** PUBLIC_URL: the port-forwarding URL routers use when set. */
     publicWorkerUrl: text(),
-    status: text({ enum: ["online", "offline"] })
-      .notNull()
-      .default("online"),
+    /** `draining`: its agent is stopping; no new placements and no routes (docs/agent.md "Drain"). */
+    status: text({ enum: workerStatuses }).notNull().default("online"),
     lastHeartbeat: timestamp({ withTimezone: true }).notNull().defaultNow(),
     registeredAt: timestamp({ withTimezone: true }).notNull().defaultNow(),
     agentVersion: text(),
@@ -57,7 +57,10 @@ export const workers = pgTable(
     ...timestamps,
   },
   (t) => [
-    check("workers_status_check", sql`${t.status} in ('online', 'offline')`),
+    check(
+      "workers_status_check",
+      sql`${t.status} in (${sql.raw(workerStatuses.map((s) => `'${s}'`).join(", "))})`,
+    ),
     // The liveness sweep looks for online workers whose heartbeat is too old.
     index("workers_status_last_heartbeat_idx").on(t.status, t.lastHeartbeat),
     unique("workers_credential_hash_unique").on(t.credentialHash),

@@ -7,6 +7,8 @@ import {
   heartbeatReplySchema,
   heartbeatSchema,
   type WorkerInfo,
+  workerDrainReplySchema,
+  workerDrainSchema,
   workerIdSchema,
   workerInfoSchema,
   workerListSchema,
@@ -19,7 +21,7 @@ import type { ManagerContext } from "../context.ts";
 import { progressReader } from "../services/progress.ts";
 import { workerInfo } from "../services/wire.ts";
 import { removeWorker, requestRotation } from "../services/worker-admin.ts";
-import { heartbeat, registerWorker } from "../services/worker-reports.ts";
+import { drainWorker, heartbeat, registerWorker } from "../services/worker-reports.ts";
 import {
   heartbeatCallerOf,
   registrationCallerOf,
@@ -98,6 +100,36 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       const { worker_id } = c.req.valid("param");
       return c.json(
         await heartbeat(ctx, worker_id, c.req.valid("json"), heartbeatCallerOf(c)),
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/{worker_id}/drain",
+      tags,
+      summary:
+        "Drain: the agent is stopping (the worker's own credential). Its routes stop being served at once and it gets no new placements; its instances are replaced once it has gone silent",
+      ...checkedBy([{ workerCredential: [] }], requireHeartbeatCaller(ctx)),
+      request: { params: workerParams, body: jsonBody(workerDrainSchema) },
+      responses: {
+        200: json(
+          workerDrainReplySchema,
+          "draining; routers holding `routes_version` no longer route here",
+        ),
+        ...errors(
+          400,
+          [401, "`unauthorized`: not this worker's credential"],
+          [404, "`worker_not_found`"],
+        ),
+      },
+    }),
+    async (c) => {
+      const { worker_id } = c.req.valid("param");
+      return c.json(
+        await drainWorker(ctx, worker_id, c.req.valid("json"), heartbeatCallerOf(c)),
         200,
       );
     },

@@ -10,6 +10,7 @@
 import { and, asc, eq, inArray, lte, ne, or, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
 import type { InstanceRow, ModelRow, RouteRow, WorkerRow } from "../../db/schema/index.ts";
+import type { Logger } from "../../kit/log.ts";
 import {
   type InstanceProgress,
   type InstanceRecordStatus,
@@ -195,6 +196,12 @@ export type LifecycleDeps = {
    * report (the heartbeat memo forgets it, so the next heartbeat compares again).
    */
   onWorkerChanged?: (workerId: string) => void;
+  /**
+   * Each committed event is logged here (model and worker changes, instance transitions):
+   * the log and the `events` table tell the same story. Failures and losses at warn, the
+   * rest at info.
+   */
+  log?: Logger;
 };
 
 /** Runs lifecycle transitions in one transaction and applies their cache changes after it. */
@@ -209,13 +216,15 @@ export class Lifecycle {
    */
   async write<T>(now: Date, fn: (w: LifecycleTx) => Promise<T>): Promise<T> {
     let effects: Effects | undefined;
+    let events: EventInput[] = [];
     const result = await this.deps.db.transaction(async (tx) => {
       const w = new LifecycleTx(tx, now);
       const value = await fn(w);
-      await w.flush();
+      events = await w.flush();
       effects = w.effects;
       return value;
     });
+    if (this.deps.log) for (const event of events) logEvent(this.deps.log, event);
     if (effects) {
       for (const workerId of effects.workers) this.deps.onWorkerChanged?.(workerId);
       if (effects.routes) await this.deps.routes.refresh();
@@ -257,8 +266,11 @@ export class LifecycleTx {
     for (const route of routes) if (route) this.routeRows.set(route.instanceId, route);
   }
 
-  async flush(): Promise<void> {
-    await recordEvents(this.tx, this.now, this.events.splice(0));
+  /** Writes the events recorded so far; returns them. */
+  async flush(): Promise<EventInput[]> {
+    const events = this.events.splice(0);
+    await recordEvents(this.tx, this.now, events);
+    return events;
   }
 
   // ---- creations ----
@@ -661,15 +673,47 @@ export class LifecycleTx {
   }
 
   /**
+   * The caller marked the worker draining (its agent is stopping): its routes stop being
+   * served at once, while its instances keep their status; they are lost, and replaced
+   * elsewhere, when the worker then goes silent, as for any silent worker. Returns how many
+   * routes stopped being served.
+   */
+  async workerDraining(workerId: string, previous: string, message: string): Promise<number> {
+    this.workerRows.delete(workerId);
+    for (const [id, route] of this.routeRows)
+      if (route.workerId === workerId) this.routeRows.delete(id);
+    const unserved = await this.tx
+      .update(schema.routes)
+      .set({ ready: false, updatedAt: this.now })
+      .where(and(eq(schema.routes.workerId, workerId), eq(schema.routes.ready, true)))
+      .returning({ id: schema.routes.instanceId });
+    this.event({
+      kind: "worker.draining",
+      workerId,
+      fromStatus: previous,
+      toStatus: "draining",
+      message,
+      detail: { routes_unserved: unserved.length },
+    });
+    this.effects.routes = true;
+    this.effects.workers.add(workerId);
+    return unserved.length;
+  }
+
+  /**
    * The caller marked the worker offline (no heartbeat for WORKER_TIMEOUT_S): its engines
    * are lost and their routes unserved. Returns the instances lost.
    */
-  async workerOffline(workerId: string, message: string): Promise<InstanceRow[]> {
+  async workerOffline(
+    workerId: string,
+    message: string,
+    previous: string = "online",
+  ): Promise<InstanceRow[]> {
     this.workerRows.delete(workerId);
     this.event({
       kind: "worker.offline",
       workerId,
-      fromStatus: "online",
+      fromStatus: previous,
       toStatus: "offline",
       message,
     });
@@ -821,6 +865,31 @@ export class LifecycleTx {
       detail: options.detail ?? null,
     });
   }
+}
+
+/** Events whose news is bad: a failure, a loss, something that could not be done. */
+const badNews = /failed|lost|offline|blocked|mismatch|dropped|evicted/;
+
+/** One log line per committed event. */
+function logEvent(log: Logger, event: EventInput): void {
+  const fields: Record<string, unknown> = {
+    event: event.kind,
+    ...(event.workerId ? { worker_id: event.workerId } : {}),
+    ...(event.alias ? { alias: event.alias } : {}),
+    ...(event.instanceId ? { instance_id: event.instanceId } : {}),
+    ...(event.fromStatus !== undefined || event.toStatus !== undefined
+      ? { from: event.fromStatus ?? null, to: event.toStatus ?? null }
+      : {}),
+    ...(event.message ? { message: event.message } : {}),
+    ...(event.detail ? { detail: event.detail } : {}),
+  };
+  const bad = badNews.test(event.kind) || event.toStatus === "failed";
+  log[bad ? "warn" : "info"](eventTitle(event), fields);
+}
+
+function eventTitle(event: EventInput): string {
+  const [subject, verb] = event.kind.split(".");
+  return `${subject} ${(verb ?? "").replaceAll("_", " ")}`.trim();
 }
 
 function sameNumbers(a: readonly number[], b: readonly number[]): boolean {

@@ -45,6 +45,7 @@ export async function loadPlacementState(
     byId.set(w.workerId, {
       workerId: w.workerId,
       online: w.status === "online",
+      draining: w.status === "draining",
       gpus: [],
       instances: [],
       aliases: new Set(),

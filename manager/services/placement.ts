@@ -18,6 +18,8 @@ export type PlacementInstance = { alias: string; gpuIds: number[]; claim: number
 export type PlacementWorker = {
   workerId: string;
   online: boolean;
+  /** Its agent is stopping: not online, and said so in placement refusals. */
+  draining?: boolean;
   gpus: PlacementGpu[];
   /** Instances that hold claims (not stopped or failed). */
   instances: PlacementInstance[];
@@ -92,7 +94,8 @@ function fitWorker(
   worker: PlacementWorker,
   request: PlacementRequest,
 ): Candidate | { reason: string } {
-  if (!worker.online) return { reason: "offline" };
+  if (!worker.online)
+    return { reason: worker.draining ? "draining (its agent is stopping)" : "offline" };
   if (request.exclude?.has(worker.workerId))
     return { reason: `already ran ${request.alias} (excluded)` };
   if (worker.aliases.has(request.alias)) return { reason: `already runs ${request.alias}` };

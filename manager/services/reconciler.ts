@@ -1,4 +1,4 @@
-import { and, count, eq, lt, sql } from "drizzle-orm";
+import { and, asc, count, eq, inArray, lt, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
 import type { InstanceRow } from "../../db/schema/index.ts";
 import { describeError } from "../../kit/errors.ts";
@@ -55,26 +55,49 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
   const timeoutMs = ctx.config.workerTimeoutS * 1000;
   if (now.getTime() - ctx.startedAt < timeoutMs) return [];
   const cutoff = new Date(now.getTime() - timeoutMs);
-  const gone = await ctx.lifecycle.write(now, async (w) => {
-    const workers = await w.tx
-      .update(schema.workers)
-      .set({ status: "offline" })
-      .where(and(eq(schema.workers.status, "online"), lt(schema.workers.lastHeartbeat, cutoff)))
-      .returning({
+  // A draining worker whose agent has exited goes the same way: silent, then offline, its
+  // instances lost and replaced (docs/agent.md "Drain").
+  return ctx.lifecycle.write(now, async (w) => {
+    const silent = await w.tx
+      .select({
         workerId: schema.workers.workerId,
+        status: schema.workers.status,
         lastHeartbeat: schema.workers.lastHeartbeat,
-      });
-    for (const worker of workers) {
+      })
+      .from(schema.workers)
+      .where(
+        and(
+          inArray(schema.workers.status, ["online", "draining"]),
+          lt(schema.workers.lastHeartbeat, cutoff),
+        ),
+      )
+      .orderBy(asc(schema.workers.workerId))
+      .for("update");
+    const gone: string[] = [];
+    for (const worker of silent) {
+      const [marked] = await w.tx
+        .update(schema.workers)
+        .set({ status: "offline" })
+        .where(
+          and(
+            eq(schema.workers.workerId, worker.workerId),
+            eq(schema.workers.status, worker.status),
+            lt(schema.workers.lastHeartbeat, cutoff),
+          ),
+        )
+        .returning({ workerId: schema.workers.workerId });
+      if (!marked) continue;
       const silentS = Math.round((now.getTime() - worker.lastHeartbeat.getTime()) / 1000);
+      const drained = worker.status === "draining" ? "drained and " : "";
       await w.workerOffline(
         worker.workerId,
-        `no heartbeat for ${silentS} s (WORKER_TIMEOUT_S ${ctx.config.workerTimeoutS})`,
+        `${drained}no heartbeat for ${silentS} s (WORKER_TIMEOUT_S ${ctx.config.workerTimeoutS})`,
+        worker.status,
       );
+      gone.push(worker.workerId);
     }
-    return workers.map((worker) => worker.workerId);
+    return gone;
   });
-  for (const id of gone) ctx.log.warn("worker offline", { worker_id: id });
-  return gone;
 }
 
 /**
@@ -228,13 +251,8 @@ async function replaceLost(
     if (!created) return undefined;
     return { id: created.id, from: instance.workerId, to: target.workerId };
   });
-  if (!outcome) return undefined;
-  ctx.log.info("instance rescheduled", {
-    instance_id: outcome.id,
-    from: outcome.from,
-    to: outcome.to,
-  });
-  return outcome.id;
+  // The lifecycle logs the move (its `instance.rescheduled` event).
+  return outcome?.id;
 }
 
 /**

@@ -88,11 +88,6 @@ export async function removeWorker(
   });
   ctx.heartbeats.forget(workerId);
   ctx.credentials.forget(workerId);
-  ctx.log.info("worker removed", {
-    worker_id: workerId,
-    rescheduled: outcome.rescheduled.length,
-    dropped: outcome.dropped.length,
-  });
   stopLeftovers(ctx, outcome.address, outcome.aliases);
   await Promise.all(outcome.rescheduled.map((r) => ctx.launcher.launch(r.instance_id)));
   return {

@@ -16,6 +16,8 @@ import {
   type HeartbeatReply,
   type InstanceReport,
   type WorkerCredentials,
+  type WorkerDrain,
+  type WorkerDrainReply,
   type WorkerRegistration,
   type WorkerRegistrationReply,
 } from "../../protocol/index.ts";
@@ -231,7 +233,10 @@ export async function heartbeat(
       where worker_id = ${workerId}
         and (${hash}::text is null or credential_hash = ${hash} or pending_credential_hash = ${hash})
       for update)
-    update workers w set last_heartbeat = ${now.toISOString()}::timestamptz, status = 'online'
+    update workers w set last_heartbeat = ${now.toISOString()}::timestamptz,
+      -- A draining worker stays draining until its agent registers again: a heartbeat sent
+      -- just before the drain must not bring its routes back.
+      status = case when old.status = 'draining' then 'draining' else 'online' end
     from old where w.worker_id = ${workerId}
     returning old.status as previous, old.rotate as rotate, old.pending as pending`);
   const row = rows[0];
@@ -248,8 +253,8 @@ export async function heartbeat(
   const previous = row.previous;
   const credentials =
     hash === null ? undefined : await rotation(ctx, workerId, { hash, ...row }, now);
-  const cameBack = previous !== "online";
-  if (cameBack) ctx.log.info("worker back online", { worker_id: workerId });
+  // Logged by the lifecycle, with its `worker.online` event.
+  const cameBack = previous === "offline";
   if (ctx.heartbeats.gpusChanged(workerId, beat.gpu_info)) {
     await ctx.db.transaction(async (tx) => {
       await replaceGpus(tx, workerId, beat.gpu_info, now);
@@ -307,6 +312,55 @@ async function writeProgress(
     update instances i set progress = v.progress
     from (values ${sql.join(values, sql`, `)}) as v(alias, progress)
     where i.worker_id = ${workerId} and i.alias = v.alias and i.status = 'starting'`);
+}
+
+/**
+ * `POST /v1/workers/{id}/drain`: the agent is stopping. The worker becomes `draining`: its
+ * routes stop being served in this transaction (the route version moves, and the mounted
+ * router sees it before the reply), placement passes it by, and its heartbeats keep it
+ * draining. Its instances stay as they are; when the agent has exited and the worker goes
+ * silent, the sweep marks it offline and its instances are lost and replaced, as for any
+ * silent worker. A registration (the agent started again) makes it online. Draining twice
+ * changes nothing.
+ */
+export async function drainWorker(
+  ctx: ManagerContext,
+  workerId: string,
+  drain: WorkerDrain,
+  caller: HeartbeatCaller = { kind: "open" },
+): Promise<WorkerDrainReply> {
+  const now = ctx.clock.now();
+  const hash = caller.kind === "worker" ? caller.credentialHash : null;
+  const unserved = await ctx.lifecycle.write(now, async (w) => {
+    const [before] = await w.tx
+      .select()
+      .from(schema.workers)
+      .where(eq(schema.workers.workerId, workerId))
+      .for("update");
+    if (!before) throw workerNotFound(workerId);
+    // Removed or rotated since the middleware looked: the credential no longer opens it.
+    if (
+      hash !== null &&
+      !sameSecret(before.credentialHash, hash) &&
+      !sameSecret(before.pendingCredentialHash, hash)
+    ) {
+      throw notThisWorker(workerId);
+    }
+    if (before.status === "draining") return 0;
+    // The drain counts as a sign of life: the sweep's timeout runs from here.
+    await w.tx
+      .update(schema.workers)
+      .set({ status: "draining", lastHeartbeat: now, updatedAt: now })
+      .where(eq(schema.workers.workerId, workerId));
+    const timeout = drain.timeout_s === undefined ? "" : ` (waits up to ${drain.timeout_s} s)`;
+    return w.workerDraining(workerId, before.status, `${drain.reason}${timeout}`);
+  });
+  return {
+    worker_id: workerId,
+    status: "draining",
+    routes_unserved: unserved,
+    routes_version: ctx.routes.current()?.version ?? null,
+  };
 }
 
 /**

@@ -1,0 +1,2 @@
+ALTER TABLE "workers" DROP CONSTRAINT "workers_status_check";--> statement-breakpoint
+ALTER TABLE "workers" ADD CONSTRAINT "workers_status_check" CHECK ("workers"."status" in ('online', 'draining', 'offline'));

@@ -23,5 +23,15 @@ export function parseEnv<S extends z.ZodType>(
   throw new EnvError(`invalid environment: ${problems.join("; ")}`);
 }
 
+/**
+ * `SHUTDOWN_TIMEOUT_S` of every service: from SIGTERM to the exit (kit/shutdown.ts); for the
+ * agent, from the end of its drain.
+ */
+export const shutdownTimeoutSchema = z.coerce
+  .number({ error: "must be a number of seconds" })
+  .positive()
+  .max(3600)
+  .default(30);
+
 /** `LOG_LEVEL` of every service. */
 export const logLevelSchema = z.enum(logLevels).default("info");

@@ -5,7 +5,7 @@ import {
   clientLimitsEnvShape,
   clientLimitsFromEnv,
 } from "../kit/client-limits.ts";
-import { logLevelSchema } from "../kit/env.ts";
+import { logLevelSchema, shutdownTimeoutSchema } from "../kit/env.ts";
 import { type HostAllowlist, parseHostAllowlist } from "../kit/host-allowlist.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 
@@ -33,6 +33,8 @@ export const managerEnvSchema = z.object({
     .max(65535)
     .default(18000),
   LOG_LEVEL: logLevelSchema,
+  /** From SIGTERM to the exit: in-flight requests finish until then, the rest are closed. */
+  SHUTDOWN_TIMEOUT_S: shutdownTimeoutSchema,
   ...dbEnvShape,
   /** Cluster secret of agents (register, heartbeat); routers have their own credentials. */
   FLEET_TOKEN: optionalToken,

@@ -3,6 +3,7 @@ import { getConnInfo } from "hono/bun";
 import { infoFlags } from "../kit/cli-info.ts";
 import { parseEnv } from "../kit/env.ts";
 import { createLogger } from "../kit/log.ts";
+import { bunServer } from "../kit/shutdown.ts";
 import { routerEnvSchema } from "../router/env.ts";
 import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
@@ -63,7 +64,7 @@ await runManager({
       idleTimer: serving.idleTimer,
       serve: async ({ fetch, hostname, port }) => {
         const server = serving.listen({ fetch, hostname, port });
-        return { port: server.port ?? port, stop: () => server.stop() };
+        return { port: server.port ?? port, server: bunServer(server) };
       },
     };
   },

@@ -1,6 +1,8 @@
 /** `npm run manager:node` (tsx manager/node.ts): the same manager app on Node. */
+import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
+import { nodeServer } from "../kit/shutdown.ts";
 import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import { runManager } from "./server.ts";
 
@@ -14,10 +16,7 @@ await runManager({
         const server = serve(
           { fetch, hostname, port, serverOptions: nodeServerOptions(limits) },
           (info) => {
-            resolve({
-              port: info.port,
-              stop: () => new Promise<void>((done) => server.close(() => done())),
-            });
+            resolve({ port: info.port, server: nodeServer(server as Server) });
           },
         );
         server.on("clientError", answerClientError);

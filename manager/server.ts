@@ -10,6 +10,7 @@ import { parseEnv } from "../kit/env.ts";
 import { describeError } from "../kit/errors.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
+import { type ClosingServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
 import {
@@ -25,7 +26,7 @@ export type Serve = (options: {
   fetch: (request: Request, env?: object) => Response | Promise<Response>;
   hostname: string;
   port: number;
-}) => Promise<{ port: number; stop(): Promise<void> }>;
+}) => Promise<{ port: number; server: ClosingServer }>;
 
 /**
  * The runtime's server for the client limits the env sets: how it listens, and (Bun) the
@@ -135,20 +136,31 @@ export async function runManager(options: {
     }
   }, config.reconcileIntervalS * 1000);
 
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    console.log(`manager stopping (${signal})`);
-    clearInterval(timer);
-    pacer?.stop();
-    await server.stop().catch(() => {});
-    await manager.close().catch(() => {});
-    await db.close().catch(() => {});
-    process.exit(0);
-  };
-  process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  // Within SHUTDOWN_TIMEOUT_S whatever is open: idle keep-alive clients and streams that
+  // never end are closed at the deadline, and a step that hangs cannot outlive it.
+  const exit = (code: number) => process.exit(code);
+  onShutdownSignals(
+    (signal) => {
+      log.info("manager stopping", { signal, shutdown_timeout_s: env.SHUTDOWN_TIMEOUT_S });
+      clearInterval(timer);
+      pacer?.stop();
+      void shutDown({
+        log,
+        timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
+        server: server.server,
+        after: [
+          // The usage the mounted router recorded until the end, then the database.
+          { name: "manager loops and usage", run: () => manager.close() },
+          { name: "database", run: () => db.close() },
+        ],
+        exit: (code) => {
+          log.info("manager stopped", { code });
+          exit(code);
+        },
+      });
+    },
+    { log, exit },
+  );
 }
 
 /**

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { clientLimitsEnvShape, clientLimitsProblem } from "../kit/client-limits.ts";
-import { EnvError, logLevelSchema, parseEnv } from "../kit/env.ts";
+import { EnvError, logLevelSchema, parseEnv, shutdownTimeoutSchema } from "../kit/env.ts";
 import { baseUrlSchema } from "../protocol/index.ts";
 
 const optionalString = z
@@ -28,6 +28,8 @@ export const routerEnvSchema = z.object({
   FLEET_TOKEN: optionalString,
   HOST: z.string().trim().min(1).default("127.0.0.1"),
   LOG_LEVEL: logLevelSchema,
+  /** Bun and Node: from SIGTERM to the exit; in-flight requests finish until then. */
+  SHUTDOWN_TIMEOUT_S: shutdownTimeoutSchema,
   PORT: z.coerce.number().int().min(0).max(65535).default(18080),
   /** Header, body and keep-alive timeouts; body size and the memory all bodies may hold. */
   ...clientLimitsEnvShape,

@@ -5,6 +5,7 @@
 import { getConnInfo } from "hono/bun";
 import { clientLimitsFromEnv } from "../kit/client-limits.ts";
 import { createLogger } from "../kit/log.ts";
+import { bunServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
@@ -68,17 +69,28 @@ if (env.HEADER_TIMEOUT_S !== 10) {
   );
 }
 
-let stopping = false;
-const shutdown = async (signal: string) => {
-  if (stopping) return;
-  stopping = true;
-  log.info("router stopping", { signal });
-  // In-flight streams get a short grace, then usage still buffered goes to the manager.
-  await Promise.race([server.stop(false), Bun.sleep(10_000)]);
-  await Promise.race([router.stop(), Bun.sleep(5000)]);
-  upstream.close();
-  pacer?.stop();
-  process.exit(0);
-};
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));
+// In-flight requests and streams finish until SHUTDOWN_TIMEOUT_S (less a reserve for the
+// usage flush), then whatever is still open is closed and the usage buffered goes out.
+const exit = (code: number) => process.exit(code);
+onShutdownSignals(
+  (signal) => {
+    log.info("router stopping", { signal, shutdown_timeout_s: env.SHUTDOWN_TIMEOUT_S });
+    void shutDown({
+      log,
+      timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
+      server: bunServer(server),
+      after: [
+        { name: "usage flush", run: () => router.stop() },
+        {
+          name: "upstream client",
+          run: () => {
+            upstream.close();
+            pacer?.stop();
+          },
+        },
+      ],
+      exit,
+    });
+  },
+  { log, exit },
+);

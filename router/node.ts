@@ -3,11 +3,13 @@
  * Bun entry; outbound HTTP goes through an undici Agent so the connect timeout is real and
  * Node's default 5-minute headers/body timeouts do not cut off queued vLLM requests.
  */
+import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { Agent, fetch as undiciFetch } from "undici";
 import { clientLimitsFromEnv } from "../kit/client-limits.ts";
 import { createLogger } from "../kit/log.ts";
+import { nodeServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import type { FetchLike } from "./app.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
@@ -54,15 +56,22 @@ const server = serve(
 );
 server.on("clientError", answerClientError);
 
-let stopping = false;
-const shutdown = async (signal: string) => {
-  if (stopping) return;
-  stopping = true;
-  log.info("router stopping", { signal });
-  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 10_000))]);
-  await Promise.race([router.stop(), new Promise((resolve) => setTimeout(resolve, 5000))]);
-  process.exit(0);
-};
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));
+// As on Bun (router/main.ts): in-flight requests finish until SHUTDOWN_TIMEOUT_S, less a
+// reserve for the usage flush; then idle keep-alives and open streams are closed.
+const exit = (code: number) => process.exit(code);
+onShutdownSignals(
+  (signal) => {
+    log.info("router stopping", { signal, shutdown_timeout_s: env.SHUTDOWN_TIMEOUT_S });
+    void shutDown({
+      log,
+      timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
+      server: nodeServer(server as Server),
+      after: [
+        { name: "usage flush", run: () => router.stop() },
+        { name: "upstream client", run: () => dispatcher.destroy() },
+      ],
+      exit,
+    });
+  },
+  { log, exit },
+);

@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { z } from "zod";
-import { logLevelSchema, parseEnv } from "../kit/env.ts";
+import { logLevelSchema, parseEnv, shutdownTimeoutSchema } from "../kit/env.ts";
 import { baseUrlSchema, workerIdSchema, workerUrlSchema } from "../protocol/index.ts";
 import type { WorkerServiceOptions } from "./options.ts";
 
@@ -65,6 +65,12 @@ export const agentEnvSchema = z
     /** `1`: stopping the agent leaves its engines running for the next agent to adopt. */
     AGENT_KEEP_ENGINES: flag,
     MANAGER_RETRY_MAX_S: seconds(30),
+    /** SIGTERM: how long the agent waits for in-flight proxied requests (docs/agent.md "Drain"). */
+    DRAIN_TIMEOUT_S: z.coerce.number().min(0).max(86_400).default(30),
+    /** The drain ends early once nothing has been in flight for this long (stale routers). */
+    DRAIN_QUIET_MS: z.coerce.number().int().min(0).max(600_000).default(2000),
+    /** After the drain: stop accepting, close what is open, stop the engines, exit. */
+    SHUTDOWN_TIMEOUT_S: shutdownTimeoutSchema,
     LOG_LEVEL: logLevelSchema,
     /** Bun's cap on in-flight fetches (default 256); the entry raises it unless set. */
     BUN_CONFIG_MAX_HTTP_REQUESTS: z.coerce.number().int().min(1).max(65535).optional(),
@@ -113,6 +119,9 @@ export function serviceOptionsFromEnv(
     adoptGraceMs: env.ENGINE_ADOPT_GRACE_S * 1000,
     keepEngines: env.AGENT_KEEP_ENGINES,
     registerRetryMaxMs: env.MANAGER_RETRY_MAX_S * 1000,
+    drainTimeoutMs: env.DRAIN_TIMEOUT_S * 1000,
+    drainQuietMs: env.DRAIN_QUIET_MS,
+    shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
     logLevel: env.LOG_LEVEL,
     engineEnv,
   };

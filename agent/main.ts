@@ -1,5 +1,6 @@
 import { infoFlags } from "../kit/cli-info.ts";
 import { EnvError } from "../kit/env.ts";
+import { onShutdownSignals } from "../kit/shutdown.ts";
 import { agentEnvSchema, inheritedEnv, loadAgentEnv, serviceOptionsFromEnv } from "./env.ts";
 import { WorkerService } from "./service.ts";
 
@@ -45,21 +46,15 @@ try {
   process.exit(1);
 }
 
-let signals = 0;
-const shutdown = (signal: string) => {
-  // A second signal means the operator does not want to wait for the grace period.
-  if (++signals > 1) process.exit(130);
-  // SIGUSR2 (or AGENT_KEEP_ENGINES=1): an upgrade. The engines keep running and the next
-  // agent adopts them (docs/operations.md, "Upgrading an agent").
-  const keepEngines = signal === "SIGUSR2" || agent.keepsEngines;
-  agent.log.info(
-    `signal received: ${keepEngines ? "leaving engines running" : "stopping engines"}`,
-    {
-      signal,
-    },
-  );
-  void agent.stop({ keepEngines }).then(() => process.exit(0));
-};
-process.on("SIGTERM", () => shutdown("SIGTERM"));
-process.on("SIGINT", () => shutdown("SIGINT"));
-process.on("SIGUSR2", () => shutdown("SIGUSR2"));
+// Drain (the manager withdraws this worker's routes, in-flight requests finish), then stop
+// within SHUTDOWN_TIMEOUT_S. SIGUSR2 (or AGENT_KEEP_ENGINES=1) is an upgrade: the same drain,
+// but the engines keep running and the next agent adopts them (docs/operations.md,
+// "Upgrading an agent"). A second signal means the operator does not want to wait.
+const exit = (code: number) => process.exit(code);
+onShutdownSignals(
+  (signal) => {
+    const keepEngines = signal === "SIGUSR2" || agent.keepsEngines;
+    void agent.shutdown(signal, { keepEngines }).then(exit);
+  },
+  { log: agent.log, exit, signals: ["SIGTERM", "SIGINT", "SIGUSR2"] },
+);

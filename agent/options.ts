@@ -45,6 +45,12 @@ export type WorkerServiceOptions = {
    */
   keepEngines?: boolean;
   registerRetryMaxMs?: number;
+  /** `shutdown()`: how long in-flight requests may take once draining (default 30 s). */
+  drainTimeoutMs?: number;
+  /** `shutdown()`: the drain ends once nothing has been in flight this long (default 2 s). */
+  drainQuietMs?: number;
+  /** `shutdown()`: after the drain, the bound on closing and stopping engines (default 30 s). */
+  shutdownTimeoutMs?: number;
   /** The environment engines and nvidia-smi inherit (default: this process's). */
   engineEnv?: Record<string, string | undefined>;
   logLevel?: LogLevel;

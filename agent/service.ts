@@ -4,6 +4,7 @@ import { resolve } from "node:path";
 import type { Server } from "bun";
 import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
+import { bunServer, shutDown, within } from "../kit/shutdown.ts";
 import { fleetVersion } from "../kit/version.ts";
 import {
   baseUrlSchema,
@@ -66,6 +67,7 @@ export class WorkerService {
   #server: Server<undefined> | null = null;
   #manager: ManagerClient | null = null;
   #stopping: Promise<void> | null = null;
+  #shuttingDown: Promise<number> | null = null;
 
   constructor(options: WorkerServiceOptions = {}) {
     this.#options = options;
@@ -203,9 +205,10 @@ export class WorkerService {
   }
 
   /**
-   * Stops engines (SIGTERM, then SIGKILL after the grace), registration and the server. With
-   * `keepEngines` (default: the `keepEngines` option, `AGENT_KEEP_ENGINES=1`) the engines
-   * keep running and their records stay, for the next agent to adopt (an agent upgrade).
+   * Stops at once, without a drain: engines (SIGTERM, then SIGKILL after the grace),
+   * registration and the server. With `keepEngines` (default: the `keepEngines` option,
+   * `AGENT_KEEP_ENGINES=1`) the engines keep running and their records stay, for the next
+   * agent to adopt (an agent upgrade). SIGTERM takes `shutdown()` instead.
    */
   stop(options: { keepEngines?: boolean } = {}): Promise<void> {
     this.#stopping ??= this.#stop(options.keepEngines ?? this.keepsEngines);
@@ -221,15 +224,131 @@ export class WorkerService {
     const engines = this.supervisor.reports().length;
     this.log.info("agent stopping", { engines, keep_engines: keepEngines });
     const manager = this.#manager?.stop();
-    if (keepEngines) {
-      this.supervisor.detachAll();
-      this.log.info("engines left running for the next agent to adopt", { engines });
-    } else {
-      await this.supervisor.stopAll();
-    }
+    await this.stopEngines({ keepEngines });
     await manager;
     await this.#server?.stop(true);
     this.log.info("agent stopped");
+  }
+
+  /**
+   * The one place a stopping agent stops its engines (SIGTERM, then SIGKILL after the grace,
+   * or after `graceMs` when a shutdown deadline leaves less), or, with `keepEngines`, leaves
+   * them running for the next agent to adopt.
+   */
+  async stopEngines(options: { keepEngines: boolean; graceMs?: number }): Promise<void> {
+    if (options.keepEngines) {
+      const engines = this.supervisor.reports().length;
+      this.supervisor.detachAll();
+      this.log.info("engines left running for the next agent to adopt", { engines });
+      return;
+    }
+    await this.supervisor.stopAll(options.graceMs);
+  }
+
+  /** Requests in flight on the agent's server, streams included (0 before `run()`). */
+  get inFlight(): number {
+    return this.#server?.pendingRequests ?? 0;
+  }
+
+  /**
+   * SIGTERM and Ctrl-C (agent/main.ts): drain, then stop within SHUTDOWN_TIMEOUT_S.
+   * 1. Registration stops and the manager is told (`POST /v1/workers/{id}/drain`): the
+   *    worker's routes leave the snapshot at once and it gets no new placements.
+   * 2. The agent keeps serving while requests are in flight (streams included), and while
+   *    routers that have not yet seen the new snapshot may still send some: the drain ends
+   *    once nothing has been in flight for DRAIN_QUIET_MS, or at DRAIN_TIMEOUT_S.
+   * 3. Within SHUTDOWN_TIMEOUT_S: the server stops accepting and closes what is still open,
+   *    the engines stop, and it resolves with the exit code.
+   */
+  shutdown(reason: string, options: { keepEngines?: boolean } = {}): Promise<number> {
+    this.#shuttingDown ??= this.#shutdown(reason, options.keepEngines ?? this.keepsEngines);
+    return this.#shuttingDown;
+  }
+
+  async #shutdown(reason: string, keepEngines: boolean): Promise<number> {
+    const drainMs = this.#options.drainTimeoutMs ?? 30_000;
+    const quietMs = this.#options.drainQuietMs ?? 2000;
+    const started = Date.now();
+    this.log.info("agent draining", {
+      reason,
+      keep_engines: keepEngines,
+      in_flight: this.inFlight,
+      drain_timeout_s: drainMs / 1000,
+    });
+    // Registration first: a heartbeat or registration racing the drain call must not be the
+    // last word (the manager keeps a draining worker draining on heartbeats anyway).
+    const registration = this.#manager?.stop() ?? Promise.resolve();
+    await within(registration, Math.min(2000, drainMs));
+    if (this.#manager) {
+      const told = await this.#manager.drain(
+        { reason, timeout_s: drainMs / 1000 },
+        Math.max(1000, Math.min(5000, drainMs)),
+      );
+      if (told.ok) {
+        this.log.info("manager told: routes to this worker withdrawn", {
+          routes_unserved: told.reply.routes_unserved,
+          routes_version: told.reply.routes_version,
+        });
+      } else {
+        this.log.warn(
+          "could not tell the manager this agent is draining; its routes go when it stops heartbeating",
+          { why: told.why },
+        );
+      }
+    }
+    const drained = await this.#quiet({ deadline: started + drainMs, quietMs });
+    const left = this.inFlight;
+    if (drained) this.log.info("drained", { waited_ms: Date.now() - started });
+    else {
+      this.log.warn("drain timeout: closing the requests still in flight", {
+        in_flight: left,
+        drain_timeout_s: drainMs / 1000,
+      });
+    }
+    const timeoutMs = this.#options.shutdownTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    const server = this.#server;
+    return new Promise<number>((resolve) => {
+      void shutDown({
+        log: this.log,
+        timeoutMs,
+        // The drain was the in-flight requests' time: what is left now is cut at once.
+        server: server
+          ? { close: () => bunServer(server).closeAll(), closeAll: () => {} }
+          : { close: async () => {}, closeAll: () => {} },
+        after: [
+          {
+            name: "engines",
+            // SIGKILL in time for the group to be reaped before the deadline.
+            run: () => {
+              const remaining = deadline - Date.now();
+              const grace = Math.max(remaining / 2, remaining - 2500);
+              return this.stopEngines({
+                keepEngines,
+                graceMs: Math.min(this.#options.stopGraceMs ?? 30_000, Math.max(0, grace)),
+              });
+            },
+          },
+          { name: "registration", run: () => registration },
+        ],
+        exit: (code) => {
+          this.log.info("agent stopped", { code, took_ms: Date.now() - started });
+          resolve(code);
+        },
+      });
+    });
+  }
+
+  /** Resolves true once nothing has been in flight for `quietMs`, false at the deadline. */
+  async #quiet(options: { deadline: number; quietMs: number }): Promise<boolean> {
+    let quietSince = Date.now();
+    for (;;) {
+      const now = Date.now();
+      if (this.inFlight > 0) quietSince = now;
+      else if (now - quietSince >= options.quietMs) return true;
+      if (now >= options.deadline) return false;
+      await Bun.sleep(Math.min(50, Math.max(1, options.deadline - now)));
+    }
   }
 
   async refreshGpus(): Promise<GpuInfo> {

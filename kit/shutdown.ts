@@ -104,12 +104,12 @@ export function within(promise: Promise<unknown>, ms: number): Promise<boolean> 
 }
 
 /**
- * Calls `begin` on the first SIGTERM or SIGINT; a second one exits at once (130), for an
- * operator who does not want to wait.
+ * Calls `begin` on the first SIGTERM or SIGINT (or one of `signals`); a second one exits at
+ * once (130), for an operator who does not want to wait.
  */
 export function onShutdownSignals(
   begin: (signal: string) => void,
-  options: { log: Logger; exit: (code: number) => void },
+  options: { log: Logger; exit: (code: number) => void; signals?: NodeJS.Signals[] },
 ): void {
   let signals = 0;
   const handle = (signal: string) => {
@@ -120,8 +120,9 @@ export function onShutdownSignals(
     }
     begin(signal);
   };
-  process.on("SIGTERM", () => handle("SIGTERM"));
-  process.on("SIGINT", () => handle("SIGINT"));
+  for (const signal of options.signals ?? ["SIGTERM", "SIGINT"]) {
+    process.on(signal, () => handle(signal));
+  }
 }
 
 /** Bun's `Server`: `stop(false)` stops accepting and waits for requests; `stop(true)` cuts. */

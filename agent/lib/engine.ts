@@ -285,20 +285,23 @@ export class Engine {
     };
   }
 
-  /** Stops the engine: SIGTERM to its process group, SIGKILL after the grace period. */
-  stop(): Promise<void> {
-    this.#stopping ??= this.#stop();
+  /**
+   * Stops the engine: SIGTERM to its process group, SIGKILL after the grace period
+   * (ENGINE_STOP_GRACE_S, or `graceMs` when a shutdown deadline leaves less).
+   */
+  stop(graceMs = this.#options.stopGraceMs): Promise<void> {
+    this.#stopping ??= this.#stop(graceMs);
     return this.#stopping;
   }
 
-  async #stop(): Promise<void> {
+  async #stop(graceMs: number): Promise<void> {
     this.#retiring = true;
     if (this.#restartTimer) clearTimeout(this.#restartTimer);
     this.#restartTimer = null;
     const proc = this.#proc;
     if (proc?.running()) {
       this.#setStatus("stopping");
-      await terminateGroup(proc, this.#options.stopGraceMs);
+      await terminateGroup(proc, graceMs);
     } else if (proc) {
       killGroup(proc.pid, "SIGKILL");
     }

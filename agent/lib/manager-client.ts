@@ -3,7 +3,10 @@ import {
   type Heartbeat,
   heartbeatReplySchema,
   type WorkerCredentials,
+  type WorkerDrainInput,
+  type WorkerDrainReply,
   type WorkerRegistrationInput,
+  workerDrainReplySchema,
   workerRegistrationReplySchema,
 } from "../../protocol/index.ts";
 import type { AgentIdentity } from "./identity.ts";
@@ -69,6 +72,32 @@ export class ManagerClient {
     this.#running = false;
     this.#wake?.();
     await this.#loop;
+  }
+
+  /**
+   * Tells the manager this agent is stopping (`POST /v1/workers/{id}/drain`): its routes
+   * leave the snapshot at once. Resolves with the reply, or with why it failed; never throws.
+   */
+  async drain(
+    body: WorkerDrainInput,
+    timeoutMs: number,
+  ): Promise<{ ok: true; reply: WorkerDrainReply } | { ok: false; why: string }> {
+    let reply: WorkerDrainReply | undefined;
+    const path = `/v1/workers/${encodeURIComponent(this.#options.workerId)}/drain`;
+    const outcome = await this.#post(
+      path,
+      body,
+      this.#options.identity.managerToken(),
+      (json) => {
+        const parsed = workerDrainReplySchema.safeParse(json);
+        if (!parsed.success) return null;
+        reply = parsed.data;
+        return { intervalS: this.#intervalMs / 1000 };
+      },
+      timeoutMs,
+    );
+    if (outcome.ok && reply) return { ok: true, reply };
+    return { ok: false, why: outcome.ok ? "unexpected reply from manager" : outcome.why };
   }
 
   /** Sends a heartbeat now instead of at the next tick (an instance changed state). */
@@ -199,6 +228,7 @@ export class ManagerClient {
     body: unknown,
     token: string | undefined,
     read: (json: unknown) => { intervalS: number; credentials?: WorkerCredentials } | null,
+    timeoutMs = this.#options.requestTimeoutMs,
   ): Promise<Outcome> {
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (token) headers.authorization = `Bearer ${token}`;
@@ -207,7 +237,7 @@ export class ManagerClient {
         method: "POST",
         headers,
         body: JSON.stringify(body),
-        signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
+        signal: AbortSignal.timeout(timeoutMs),
         // The credential goes to the manager's URL and nowhere else.
         redirect: "manual",
       });

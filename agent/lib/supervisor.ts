@@ -204,19 +204,19 @@ export class Supervisor {
   }
 
   /** Stops and forgets an instance; resolves with its final report. */
-  async stop(alias: string): Promise<InstanceReport | null> {
+  async stop(alias: string, graceMs?: number): Promise<InstanceReport | null> {
     const engine = this.#engines.get(alias);
     if (!engine) return null;
-    await engine.stop();
+    await engine.stop(graceMs);
     if (this.#engines.get(alias) === engine) this.#engines.delete(alias);
     this.#save();
     this.#options.onChange?.();
     return engine.report();
   }
 
-  /** Stops every engine in parallel (agent shutdown). */
-  async stopAll(): Promise<void> {
-    await Promise.all([...this.#engines.keys()].map((alias) => this.stop(alias)));
+  /** Stops every engine in parallel (agent shutdown), SIGKILL after `graceMs` if given. */
+  async stopAll(graceMs?: number): Promise<void> {
+    await Promise.all([...this.#engines.keys()].map((alias) => this.stop(alias, graceMs)));
   }
 }
 

@@ -47,6 +47,8 @@ describe(`agent drain on SIGTERM (${serviceDbTarget})`, () => {
           env: {
             FLEET_TOKEN,
             SIM_ITL_MS: "20",
+            // The default: twice the standalone router's default refresh.
+            DRAIN_QUIET_MS: "2000",
             DRAIN_TIMEOUT_S: String(DRAIN_TIMEOUT_S),
             SHUTDOWN_TIMEOUT_S: String(SHUTDOWN_TIMEOUT_S),
           },

@@ -1,5 +1,6 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { createLogger } from "../../../kit/log.ts";
 import type {
   OpenAiError,
   RouteSnapshot,
@@ -15,8 +16,10 @@ import { describeApi } from "./harness.ts";
  */
 describeApi("manager API: drain", (api) => {
   /** Two workers, each serving one ready replica of `m`. */
-  async function twoReplicas(): Promise<{ t: TestManager; a: StubAgent; b: StubAgent }> {
-    const t = await api.manager();
+  async function twoReplicas(
+    log?: ReturnType<typeof createLogger>,
+  ): Promise<{ t: TestManager; a: StubAgent; b: StubAgent }> {
+    const t = await api.manager(log ? { log } : {});
     const a = api.agent();
     const b = api.agent();
     await api.register(a, "w1", [gpu(0)]);
@@ -123,5 +126,29 @@ describeApi("manager API: drain", (api) => {
     expect(bad.status).toBe(400);
     expect(bad.body.error.param).toBe("timeout_s");
     expect((await served(t)).workers.sort()).toEqual(["w1", "w2"]);
+  });
+
+  test("the manager logs model and worker changes at info, one line per event", async () => {
+    const lines: { level: string; msg: string; worker_id?: string; alias?: string }[] = [];
+    const log = createLogger({
+      service: "manager",
+      write: (line) => lines.push(JSON.parse(line)),
+    });
+    const { t } = await twoReplicas(log);
+    await drain(t, "w1");
+    expect((await t.json("DELETE", "/v1/models/m")).status).toBe(200);
+    const seen = lines.map((l) => `${l.level} ${l.msg} ${l.worker_id ?? l.alias ?? ""}`.trim());
+    for (const expected of [
+      "info worker registered w1",
+      "info worker registered w2",
+      "info model registered m",
+      "info instance placed w1",
+      "info instance ready w1",
+      "info instance ready w2",
+      "info worker draining w1",
+      "info model deleted m",
+    ]) {
+      expect(seen).toContain(expected);
+    }
   });
 });

@@ -30,6 +30,9 @@ export async function startManager(options: {
       ROUTES_POLL_MS: "100",
       // What `npm start` sets (the mounted router's UPSTREAM_CLIENT=auto needs it).
       BUN_CONFIG_MAX_HTTP_REQUESTS: "65000",
+      // Its own usage spool (with Postgres there is no FLEET_DATA_DIR to hold it); a restart
+      // that must find the spool again passes the same USAGE_SPOOL_DIR.
+      USAGE_SPOOL_DIR: mkdtempSync(join(tmpdir(), "fleet-manager-spool-")),
       ...options.env,
     },
   });

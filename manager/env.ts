@@ -76,6 +76,17 @@ export const managerEnvSchema = z.object({
   /** Slow clients, for the whole port and the mounted router's bodies (docs/operations.md). */
   ...clientLimitsEnvShape,
   /**
+   * Where usage waits on disk while the database does not take it, so that a restart of the
+   * manager loses none (default: `usage-spool` in FLEET_DATA_DIR).
+   */
+  USAGE_SPOOL_DIR: z
+    .string()
+    .trim()
+    .optional()
+    .transform((value) => (value ? value : undefined)),
+  /** Cap of that spool in MiB; past it the oldest records go (counted). 0: no spool. */
+  USAGE_SPOOL_MAX_MB: z.coerce.number().int().min(0).max(1_048_576).default(256),
+  /**
    * Hosts a worker may advertise in `worker_url` and `public_worker_url`: host names,
    * `.suffix` domains, IP addresses or CIDR ranges, comma-separated. Unset: every host.
    */

@@ -1,4 +1,5 @@
 import { hostname, networkInterfaces } from "node:os";
+import { join } from "node:path";
 import type { Context } from "hono";
 import { type CreateDbOptions, createDb, pgliteExists } from "../db/index.ts";
 import {
@@ -12,6 +13,7 @@ import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import { type ClosingServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
+import { openFileSpool } from "../runtime/file-spool.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
 import {
   configFromEnv,
@@ -20,6 +22,8 @@ import {
   type ManagerEnv,
   managerEnvSchema,
 } from "./env.ts";
+
+const MiB = 1024 * 1024;
 
 export type Serve = (options: {
   /** Called with the runtime's second argument too (Bun's server, Node's bindings). */
@@ -87,7 +91,23 @@ export async function runManager(options: {
     console.error(`manager: ${describeError(error)}`);
     process.exit(1);
   }
-  const manager = createApp({ db, config, log });
+  // An in-memory database keeps nothing across a restart, so neither does its default spool.
+  const spoolDir =
+    env.USAGE_SPOOL_DIR ??
+    (env.FLEET_DATA_DIR.startsWith("memory://")
+      ? undefined
+      : join(env.FLEET_DATA_DIR, "usage-spool"));
+  let usageSpool: ReturnType<typeof openFileSpool> | undefined;
+  try {
+    usageSpool =
+      spoolDir && env.USAGE_SPOOL_MAX_MB > 0
+        ? openFileSpool({ dir: spoolDir, maxBytes: env.USAGE_SPOOL_MAX_MB * MiB, log })
+        : undefined;
+  } catch (error) {
+    console.error(`manager: USAGE_SPOOL_DIR ${spoolDir} cannot be used: ${describeError(error)}`);
+    process.exit(1);
+  }
+  const manager = createApp({ db, config, log, usageSpool });
   const { serve, idleTimer } = options.server(config.clientLimits, config);
   manager.mount(
     mountRouter(

@@ -61,6 +61,13 @@ export const routerEnvSchema = z.object({
   ROUTES_REFRESH_MS: ms(1000),
   USAGE_FLUSH_MS: ms(1000),
   USAGE_BUFFER_MAX: z.coerce.number().int().min(100).default(50_000),
+  /**
+   * Bun and Node: where usage waits on disk while the manager does not take it, so that a
+   * restart of the router loses none (relative paths from the working directory).
+   */
+  USAGE_SPOOL_DIR: z.string().trim().min(1).default(".fleet/router-usage"),
+  /** Cap of that spool in MiB; past it the oldest records go (counted). 0: no spool. */
+  USAGE_SPOOL_MAX_MB: z.coerce.number().int().min(0).max(1_048_576).default(256),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
   GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
 });

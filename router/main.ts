@@ -10,6 +10,7 @@ import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
+import { openUsageSpool } from "./spool.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
@@ -31,6 +32,7 @@ const router = createStandaloneRouter({
   streamFetch: upstream.streamFetch,
   clientAddress: (c) => getConnInfo(c).remote.address,
   idleTimer: serving.idleTimer,
+  usageSpool: openUsageSpool(env, log),
 });
 await router.start();
 

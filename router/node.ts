@@ -13,6 +13,7 @@ import { nodeServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import type { FetchLike } from "./app.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
+import { openUsageSpool } from "./spool.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
 const env = loadRouterEnvOrExit(process.env);
@@ -36,6 +37,7 @@ const router = createStandaloneRouter({
   log,
   fetch: nodeFetch,
   clientAddress: (c) => getConnInfo(c).remote.address,
+  usageSpool: openUsageSpool(env, log),
 });
 await router.start();
 

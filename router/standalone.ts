@@ -1,5 +1,6 @@
 import type { Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
+import type { Spool } from "../kit/spool.ts";
 import { type AppDeps, createApp, type FetchLike } from "./app.ts";
 import type { RouterEnv } from "./env.ts";
 import { Metrics } from "./metrics.ts";
@@ -25,6 +26,8 @@ export function createStandaloneRouter(options: {
    * the request's `executionCtx.waitUntil` instead of on the batcher's interval.
    */
   flushUnderWaitUntil?: boolean;
+  /** Bun and Node: where usage waits on disk while the manager is down (USAGE_SPOOL_DIR). */
+  usageSpool?: Spool;
 }) {
   const { env, log } = options;
   if (env.FLEET_TOKEN) {
@@ -47,6 +50,7 @@ export function createStandaloneRouter(options: {
     routerToken: env.ROUTER_TOKEN,
     flushIntervalMs: env.USAGE_FLUSH_MS,
     maxBuffer: env.USAGE_BUFFER_MAX,
+    spool: options.usageSpool,
     fetch: options.fetch,
     log,
     metrics,

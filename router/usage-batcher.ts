@@ -1,4 +1,5 @@
 import { type Logger, silentLogger } from "../kit/log.ts";
+import type { Spool } from "../kit/spool.ts";
 import type { UsageRecord } from "../protocol/index.ts";
 import type { FetchLike, UsageSink } from "./app.ts";
 import type { Metrics } from "./metrics.ts";
@@ -15,6 +16,13 @@ export type UsageBatcherOptions = {
   maxBuffer?: number;
   /** Longest wait between retries while the manager is down (default 30 s). */
   maxBackoffMs?: number;
+  /**
+   * Where records wait while the manager is down (Bun and Node: on disk, runtime/file-spool.ts),
+   * so that a restart of the router does not lose them. Without one they wait in memory.
+   */
+  spool?: Spool;
+  /** workerd: attempts of one `flushSoon` while the manager does not answer (default 4). */
+  flushAttempts?: number;
   timeoutMs?: number;
   fetch?: FetchLike;
   log?: Logger;
@@ -24,9 +32,11 @@ export type UsageBatcherOptions = {
 /**
  * Sends usage records to the manager in batches (`POST {MANAGER_URL}/v1/usage`): one POST
  * per second or per `maxBatch` records, never one per request. `record` only appends to an
- * array. While the manager is down the buffer is bounded (oldest dropped, counted in
- * `fleet_router_usage_dropped_total`) and retries back off, so an outage can neither block
- * requests nor grow memory without limit.
+ * array. While the manager is down retries back off, and records go to the spool (on disk,
+ * bounded; sent from there, oldest first, once the manager answers, after a restart too) or,
+ * without one, wait in a bounded buffer (oldest dropped, counted in
+ * `fleet_router_usage_dropped_total`), so an outage can neither block requests nor grow
+ * memory without limit.
  */
 export class UsageBatcher implements UsageSink {
   private buffer: UsageRecord[] = [];
@@ -36,6 +46,7 @@ export class UsageBatcher implements UsageSink {
   private nextAttemptAt = 0;
   private running = false;
   private healthy = true;
+  private retrying: Promise<void> | undefined;
   private readonly url: string;
   private readonly maxBatch: number;
   private readonly flushIntervalMs: number;
@@ -62,7 +73,16 @@ export class UsageBatcher implements UsageSink {
         "counter",
         "Usage records dropped while the manager was unreachable",
       );
-      metrics.declare("fleet_router_usage_buffered", "gauge", "Usage records waiting to be sent");
+      metrics.declare(
+        "fleet_router_usage_buffered",
+        "gauge",
+        "Usage records waiting to be sent, in memory",
+      );
+      metrics.declare(
+        "fleet_router_usage_spooled",
+        "gauge",
+        "Usage records waiting to be sent, in the spool on disk",
+      );
       metrics.declare(
         "fleet_router_usage_batches_total",
         "counter",
@@ -73,28 +93,32 @@ export class UsageBatcher implements UsageSink {
         "counter",
         "Usage records the manager set aside as invalid (kept in its usage_dead_letters)",
       );
-      metrics.collect(() =>
-        metrics.set("fleet_router_usage_buffered", undefined, this.buffer.length),
-      );
+      let spoolDropped = 0;
+      metrics.collect(() => {
+        metrics.set("fleet_router_usage_buffered", undefined, this.buffer.length);
+        metrics.set("fleet_router_usage_spooled", undefined, options.spool?.size().records ?? 0);
+        // The spool counts what it dropped itself (full); carried over into the counter.
+        const now = options.spool?.dropped() ?? 0;
+        if (now > spoolDropped) {
+          metrics.inc("fleet_router_usage_dropped_total", undefined, now - spoolDropped);
+          spoolDropped = now;
+        }
+      });
     }
   }
 
   record(record: UsageRecord): void {
     this.buffer.push(record);
-    if (this.buffer.length > this.maxBuffer) {
-      const excess = this.buffer.length - this.maxBuffer;
-      this.buffer.splice(0, excess);
-      this.dropped += excess;
-      this.options.metrics?.inc("fleet_router_usage_dropped_total", undefined, excess);
-    }
-    if (this.running && this.buffer.length >= this.maxBatch && Date.now() >= this.nextAttemptAt) {
-      void this.flush();
+    this.bound();
+    if (this.running && this.buffer.length >= this.maxBatch && !this.flushing) {
+      // Backing off, this only moves the records to the spool (no POST).
+      void this.run(false);
     }
   }
 
-  /** Records waiting to be sent. */
+  /** Records waiting to be sent, in memory and in the spool. */
   pending(): number {
-    return this.buffer.length;
+    return this.buffer.length + (this.options.spool?.size().records ?? 0);
   }
 
   /** Flushes on a timer until `close()` (Bun and Node). */
@@ -102,54 +126,126 @@ export class UsageBatcher implements UsageSink {
     if (this.running) return;
     this.running = true;
     const tick = async () => {
-      if (Date.now() >= this.nextAttemptAt) await this.flush();
+      await this.run(false);
       if (this.running) this.timer = setTimeout(tick, this.flushIntervalMs);
     };
     this.timer = setTimeout(tick, this.flushIntervalMs);
   }
 
-  /** Sends everything buffered (in batches); one flush at a time. Never rejects. */
+  /** Sends everything waiting (in batches) now, backoff or not; one at a time. Never rejects. */
   flush(): Promise<void> {
-    this.flushing ??= this.drain().finally(() => {
+    return this.run(true);
+  }
+
+  /** `force`: try the manager even while backing off (a flush asked for, not the timer's). */
+  private run(force: boolean): Promise<void> {
+    this.flushing ??= this.drain(force).finally(() => {
       this.flushing = undefined;
     });
     return this.flushing;
   }
 
-  /** Waits `lingerMs` for more records to join, then flushes (workerd, under waitUntil). */
-  async flushSoon(lingerMs = 200): Promise<void> {
-    await new Promise((resolve) => setTimeout(resolve, lingerMs));
-    await this.flush();
+  /**
+   * workerd, under `waitUntil`: waits `lingerMs` for more records to join, then flushes; while
+   * the manager does not answer it tries again, `flushAttempts` times in all with backoff
+   * (0.5, 1, 2 s: under workerd's 30 s limit after the response). What is still unsent waits
+   * in the isolate for the next request's flush. One such loop at a time per isolate.
+   */
+  flushSoon(lingerMs = 200): Promise<void> {
+    this.retrying ??= this.flushWithRetries(lingerMs).finally(() => {
+      this.retrying = undefined;
+    });
+    return this.retrying;
   }
 
-  /** Stops the timer and makes a last attempt to send what is buffered. */
+  private async flushWithRetries(lingerMs: number): Promise<void> {
+    await sleep(lingerMs);
+    const attempts = this.options.flushAttempts ?? 4;
+    for (let attempt = 1; ; attempt++) {
+      await this.flush();
+      if (this.healthy || this.buffer.length === 0 || attempt >= attempts) return;
+      await sleep(500 * 2 ** (attempt - 1));
+    }
+  }
+
+  /**
+   * Stops the timer and makes a last attempt to send what waits; what the manager did not
+   * take goes to the spool, for the next start.
+   */
   async close(): Promise<void> {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
     this.nextAttemptAt = 0;
     await this.flush();
+    await this.spoolBuffer();
   }
 
-  private async drain(): Promise<void> {
+  private async drain(force: boolean): Promise<void> {
+    const { spool } = this.options;
+    if (!force && Date.now() < this.nextAttemptAt) {
+      // Backing off: records still leave memory for the disk, where a restart cannot take them.
+      await this.spoolBuffer();
+      return;
+    }
+    if (spool) {
+      for (let segment = await spool.oldest(); segment; segment = await spool.oldest()) {
+        if (!(await this.sendAll(segment.records))) return this.backOff();
+        await spool.remove(segment.id);
+      }
+    }
     while (this.buffer.length > 0) {
       const batch = this.buffer.splice(0, this.maxBatch);
       const ok = await this.send(batch);
       if (ok) continue;
-      // Put it back in front (the oldest still drop first) and wait before retrying.
       this.buffer.unshift(...batch);
-      if (this.buffer.length > this.maxBuffer) {
-        const excess = this.buffer.length - this.maxBuffer;
-        this.buffer.splice(0, excess);
-        this.dropped += excess;
-        this.options.metrics?.inc("fleet_router_usage_dropped_total", undefined, excess);
-      }
-      this.backoffMs = Math.min(Math.max(this.backoffMs * 2, 500), this.maxBackoffMs);
-      this.nextAttemptAt = Date.now() + this.backoffMs * (0.5 + Math.random() / 2);
-      return;
+      return this.backOff();
     }
   }
 
-  private async send(records: UsageRecord[]): Promise<boolean> {
+  /** A spooled segment, in POSTs of at most `maxBatch` (segments are written that size). */
+  private async sendAll(records: unknown[]): Promise<boolean> {
+    for (let start = 0; start < records.length; start += this.maxBatch) {
+      if (!(await this.send(records.slice(start, start + this.maxBatch)))) return false;
+    }
+    return true;
+  }
+
+  /** The manager did not take a batch: wait before retrying; the waiting records go to disk. */
+  private async backOff(): Promise<void> {
+    this.backoffMs = Math.min(Math.max(this.backoffMs * 2, 500), this.maxBackoffMs);
+    this.nextAttemptAt = Date.now() + this.backoffMs * (0.5 + Math.random() / 2);
+    await this.spoolBuffer();
+    this.bound();
+  }
+
+  /** Moves the buffer to the spool in segments of `maxBatch` (the spool keeps it bounded). */
+  private async spoolBuffer(): Promise<void> {
+    const { spool } = this.options;
+    if (!spool) return;
+    while (this.buffer.length > 0) {
+      const batch = this.buffer.slice(0, this.maxBatch);
+      try {
+        await spool.append(batch);
+      } catch (error) {
+        this.log.error("usage spool write failed; records kept in memory", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+        return;
+      }
+      this.buffer.splice(0, batch.length);
+    }
+  }
+
+  /** Without a spool (or when it fails), memory holds at most `maxBuffer`, oldest dropped. */
+  private bound(): void {
+    if (this.buffer.length <= this.maxBuffer) return;
+    const excess = this.buffer.length - this.maxBuffer;
+    this.buffer.splice(0, excess);
+    this.dropped += excess;
+    this.options.metrics?.inc("fleet_router_usage_dropped_total", undefined, excess);
+  }
+
+  private async send(records: readonly unknown[]): Promise<boolean> {
     const headers = new Headers({ "content-type": "application/json" });
     if (this.options.routerToken) {
       headers.set("authorization", `Bearer ${this.options.routerToken}`);
@@ -224,3 +320,5 @@ function rejectedIn(text: string): number {
     return 0;
   }
 }
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -100,10 +100,10 @@ function contentText(content: ChatRequest["messages"][number]["content"]): strin
   return text;
 }
 
-function usage(prompt: number, completion: number) {
+function usage(prompt: unknown, completion: number) {
   return {
     prompt_tokens: prompt,
-    total_tokens: prompt + completion,
+    total_tokens: typeof prompt === "number" ? prompt + completion : completion,
     completion_tokens: completion,
     prompt_tokens_details: null,
   };
@@ -119,6 +119,13 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
   const names = new Set(config.servedModelNames);
   const bearer = new Set(config.apiKeys.map((key) => `Bearer ${key}`));
   const random = deps.random ?? Math.random;
+  let answered = 0;
+  /** What an answer reports as `prompt_tokens` (SIM_USAGE_PROMPT_TOKENS, else the count). */
+  const reported = (promptTokens: number): unknown => {
+    const cycle = config.reportedPromptTokens;
+    if (cycle.length === 0) return promptTokens;
+    return cycle[answered++ % cycle.length] ?? promptTokens;
+  };
   const engine = new Engine({
     modelName,
     maxNumSeqs: config.maxNumSeqs,
@@ -333,6 +340,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     const id = `chatcmpl-${randomId()}`;
     const created = Math.floor(Date.now() / 1000);
     const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
+    const reportedTokens = reported(promptTokens);
     if (body.stream !== true) {
       return runToEnd(request, seq, () =>
         json({
@@ -360,7 +368,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
           ],
           service_tier: null,
           system_fingerprint: null,
-          usage: usage(promptTokens, output.length),
+          usage: usage(reportedTokens, output.length),
           prompt_logprobs: null,
           kv_transfer_params: null,
         }),
@@ -369,7 +377,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     const includeUsage = body.stream_options ? body.stream_options.include_usage !== false : false;
     const continuous = includeUsage && body.stream_options?.continuous_usage_stats === true;
     const head = `data: {"id":"${id}","object":"chat.completion.chunk","created":${created},"model":${modelJson},"choices":[`;
-    const usageJson = (completion: number) => JSON.stringify(usage(promptTokens, completion));
+    const usageJson = (completion: number) => JSON.stringify(usage(reportedTokens, completion));
     const withUsage = (completion: number) =>
       continuous ? `,"usage":${usageJson(completion)}` : "";
     return streamSeq({
@@ -417,6 +425,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     const id = `cmpl-${randomId()}`;
     const created = Math.floor(Date.now() / 1000);
     const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
+    const reportedTokens = reported(promptTokens);
     if (body.stream !== true) {
       return runToEnd(request, seq, () =>
         json({
@@ -436,7 +445,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
           ],
           service_tier: null,
           system_fingerprint: null,
-          usage: usage(promptTokens, output.length),
+          usage: usage(reportedTokens, output.length),
           kv_transfer_params: null,
         }),
       );
@@ -452,7 +461,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       chunk: (index, reason) => textChunk(output[index] as string, reason),
       tail: () =>
         includeUsage
-          ? `${head}],"usage":${JSON.stringify(usage(promptTokens, output.length))}}\n\n`
+          ? `${head}],"usage":${JSON.stringify(usage(reportedTokens, output.length))}}\n\n`
           : "",
     });
   };

@@ -35,6 +35,8 @@ export type SimConfig = {
   kvCacheTokens: number;
   accessLog: boolean;
   version: string;
+  /** `prompt_tokens` to report in turn instead of the real count (null: the real one). */
+  reportedPromptTokens: unknown[];
   /** Flags vLLM has that the simulator accepts and ignores (warned about at startup). */
   ignored: string[];
 };
@@ -243,6 +245,7 @@ export function parseServeArgs(argv: string[], env: SimEnv): SimConfig {
     kvCacheTokens: env.SIM_KV_CACHE_TOKENS ?? defaults.kvCacheTokens,
     accessLog: env.SIM_ACCESS_LOG,
     version: env.SIM_VLLM_VERSION ?? defaults.version,
+    reportedPromptTokens: env.SIM_USAGE_PROMPT_TOKENS ?? [],
     ignored,
   };
 }

@@ -29,6 +29,23 @@ export const simEnvSchema = z.object({
   SIM_KV_CACHE_TOKENS: z.coerce.number().int().min(1).optional(),
   SIM_ACCESS_LOG: flag,
   SIM_VLLM_VERSION: z.string().min(1).optional(),
+  /**
+   * Failure injection for usage accounting: a JSON array of `prompt_tokens` values reported
+   * in turn, one per chat or completions answer (`null`: the real count), e.g.
+   * `[null, 3000000000, null, -5, null, 1.5, null, "12"]`: a hostile or buggy engine.
+   */
+  SIM_USAGE_PROMPT_TOKENS: z
+    .string()
+    .transform((value, ctx): unknown[] | undefined => {
+      if (value.trim() === "") return undefined;
+      try {
+        const parsed: unknown = JSON.parse(value);
+        if (Array.isArray(parsed) && parsed.length > 0) return parsed;
+      } catch {}
+      ctx.addIssue({ code: "custom", message: "must be a non-empty JSON array" });
+      return z.NEVER;
+    })
+    .optional(),
   /** vLLM reads its API key from here when `--api-key` is absent. */
   VLLM_API_KEY: z.string().min(1).optional(),
 });

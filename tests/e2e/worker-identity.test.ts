@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { statSync } from "node:fs";
+import { mkdtempSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Server } from "bun";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
@@ -125,6 +126,7 @@ describe(`worker identity across processes (${serviceDbTarget})`, () => {
         PORT: String(routerPort),
         ROUTES_REFRESH_MS: "200",
         USAGE_FLUSH_MS: "200",
+        USAGE_SPOOL_DIR: mkdtempSync(join(tmpdir(), "fleet-router-spool-")),
       },
     });
     await service.waitFor("router listening", 30_000);

@@ -1,3 +1,6 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Server } from "bun";
 import { sql } from "drizzle-orm";
 import type { OpenTestDb } from "../../devkit/db.ts";
@@ -219,7 +222,8 @@ export async function revokeRouterCredential(managerUrl: string, id: string): Pr
 
 /**
  * A standalone router's environment: no FLEET_TOKEN (agents get each route's own credential;
- * the manager takes only ROUTER_TOKEN, which `startRouter` adds).
+ * the manager takes only ROUTER_TOKEN, which `startRouter` adds), and a usage spool of its
+ * own (`extra.USAGE_SPOOL_DIR` for one that outlives the process across a restart).
  */
 export function routerEnv(managerUrl: string, extra: Record<string, string> = {}) {
   return {
@@ -230,6 +234,7 @@ export function routerEnv(managerUrl: string, extra: Record<string, string> = {}
     // What `npm run router` sets: Bun reads its in-flight fetch cap only at startup, and
     // UPSTREAM_CLIENT=auto uses Bun's fetch only when it is set.
     BUN_CONFIG_MAX_HTTP_REQUESTS: "65000",
+    USAGE_SPOOL_DIR: mkdtempSync(join(tmpdir(), "fleet-router-spool-")),
     ...extra,
   };
 }

@@ -1,9 +1,15 @@
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { sql } from "drizzle-orm";
-import { openFreshDb } from "../../../devkit/db.ts";
+import { type OpenTestDb, openFreshDb } from "../../../devkit/db.ts";
 import { metric } from "../../../devkit/metrics.ts";
-import { checkRecords, writeUsage } from "../../../manager/services/usage.ts";
+import { silentLogger } from "../../../kit/log.ts";
+import { checkRecords, UsageBuffer, writeUsage } from "../../../manager/services/usage.ts";
 import type { ApiKeyCreated, UsageRecord } from "../../../protocol/index.ts";
+import { Metrics } from "../../../router/metrics.ts";
+import { openFileSpool } from "../../../runtime/file-spool.ts";
 import { createRouterToken } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
@@ -206,6 +212,48 @@ describe("writeUsage", () => {
         refused: 0,
       });
       expect(await count()).toBe(4500);
+    } finally {
+      await db.destroy();
+    }
+  });
+});
+
+describe("UsageBuffer with a spool", () => {
+  const count = async (db: OpenTestDb) =>
+    (await db.query<{ n: number }>(sql`select count(*)::int as n from request_logs`))[0]?.n;
+
+  test("while the database is down records go to disk; a manager restarted over the same spool writes every one", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "fleet-usage-spool-"));
+    const down = await openFreshDb("pglite");
+    await down.close(); // a database that no longer answers
+    const metrics = new Metrics();
+    const before = new UsageBuffer({
+      db: down.db,
+      log: silentLogger,
+      metrics,
+      spool: openFileSpool({ dir, maxBytes: 1024 * 1024, log: silentLogger }),
+    });
+    for (let i = 1; i <= 30; i++) before.record(usageRecord({ latency_ms: i }) as UsageRecord);
+    await before.flush();
+    expect(before.waiting()).toBe(30);
+    // What waits is on disk, not in memory: a crash now would lose nothing.
+    expect(metric(metrics.render(), "fleet_manager_usage_pending", { where: "spool" })).toBe(30);
+    expect(metric(metrics.render(), "fleet_manager_usage_pending", { where: "memory" })).toBe(0);
+    for (let i = 31; i <= 35; i++) before.record(usageRecord({ latency_ms: i }) as UsageRecord);
+    await before.close(); // the last five go to the spool too
+
+    const db = await openFreshDb("pglite");
+    try {
+      const after = new UsageBuffer({
+        db: db.db,
+        log: silentLogger,
+        spool: openFileSpool({ dir, maxBytes: 1024 * 1024, log: silentLogger }),
+      });
+      expect(after.waiting()).toBe(35);
+      await after.flush();
+      expect(await count(db)).toBe(35);
+      expect(after.waiting()).toBe(0);
+      expect(readdirSync(dir)).toEqual([]);
     } finally {
       await db.destroy();
     }

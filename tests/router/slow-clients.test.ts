@@ -26,7 +26,7 @@ import {
 const MiB = 1024 * 1024;
 const limits = {
   HEADER_TIMEOUT_S: 2,
-  BODY_TIMEOUT_S: 5,
+  BODY_TIMEOUT_S: 8,
   KEEPALIVE_TIMEOUT_S: 1,
   MAX_BODY_BYTES: 32 * MiB,
   MAX_BODY_MEMORY_BYTES: 64 * MiB,

@@ -7,6 +7,8 @@ import {
   type GpuInfo,
   type InstanceSpec,
   instanceSpecSchema,
+  type LogLines,
+  logLinesQuerySchema,
   reservedEngineFlags,
 } from "../protocol/index.ts";
 import type { AgentIdentity } from "./lib/identity.ts";
@@ -117,6 +119,14 @@ export function createApp(deps: AppDeps): Hono {
     const report = await supervisor.stop(alias);
     if (!report) throw new AppError("instance_not_found", `no instance ${alias} on this worker`);
     return c.json(report);
+  });
+
+  app.get("/v1/instances/:alias/logs/lines", (c) => {
+    const engine = engineOf(supervisor, c.req.param("alias"));
+    const query = parseWith(logLinesQuerySchema, c.req.query());
+    const { lines, next, skipped } = engine.logs.since(query.after, query.limit);
+    const reply: LogLines = { stream: engine.logs.id, next, skipped, lines };
+    return c.json(reply);
   });
 
   app.get("/v1/instances/:alias/logs", (c) => {

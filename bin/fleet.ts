@@ -5,12 +5,12 @@
  *   fleet models register ALIAS MODEL [--max-model-len N] [--gpu-memory-utilization F]
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
- *   fleet models ls | fleet models rm ALIAS
+ *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
  *   fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
  *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
- *   fleet logs ALIAS [--tail N] [--worker ID]
+ *   fleet logs ALIAS [--tail N] [--worker ID] [--follow]
  *
  * Global: --url (FLEET_URL, default http://127.0.0.1:18000), --token (ADMIN_TOKEN), --json.
  */
@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
+import type { LogLines } from "../protocol/instances.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
 import type { RouterCreated, RouterInfo, RouterList } from "../protocol/routers.ts";
 import {
@@ -27,12 +28,14 @@ import {
   type WorkerPath,
   type WorkerRemovalReply,
 } from "../protocol/workers.ts";
+import { duration, LaunchView } from "./launch-view.ts";
 import { printTable } from "./table.ts";
 
 const usage = `usage: fleet <command> [options]
 
 commands:
   models register ALIAS MODEL   place a model and launch it (--wait follows it to ready)
+  models wait ALIAS             follow a model's launch until ready (phase, percent, ETA)
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
   workers ls                    workers: the path the manager reaches each by, GPUs, flags
@@ -46,7 +49,7 @@ commands:
   routers create NAME           create a router credential (shown once) for ROUTER_TOKEN
   routers ls                    router credentials and when each was last used
   routers revoke ID             revoke a router credential (refused from the next request)
-  logs ALIAS [--tail N]         the engine's last log lines
+  logs ALIAS [--tail N]         the engine's last log lines (--follow: and new ones as they come)
 
 options:
   --url URL      manager URL (FLEET_URL; default http://127.0.0.1:18000)
@@ -55,7 +58,9 @@ options:
 register options:
   --max-model-len N  --gpu-memory-utilization F  --tensor-parallel-size N  --replicas N
   --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
-  --timeout SECONDS (for --wait; default 1800)`;
+  --timeout SECONDS (for --wait and models wait; default 1800)
+logs options:
+  --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away)`;
 
 const env = parseEnv(
   z.object({
@@ -70,6 +75,8 @@ class CliError extends Error {
   constructor(
     message: string,
     readonly code = 2,
+    /** The manager's HTTP status, when it answered one. */
+    readonly status?: number,
   ) {
     super(message);
   }
@@ -103,6 +110,7 @@ const flagsSchema = z.object({
   "extra-arg": z.array(z.string()).default([]),
   spread: z.boolean().default(false),
   wait: z.boolean().default(false),
+  follow: z.boolean().default(false),
   timeout: int("timeout").default(1800),
   tail: int("tail").default(100),
   name: z.string().optional(),
@@ -127,6 +135,7 @@ async function main(argv: string[]): Promise<number> {
       "extra-arg": { type: "string", multiple: true },
       spread: { type: "boolean" },
       wait: { type: "boolean" },
+      follow: { type: "boolean", short: "f" },
       timeout: { type: "string" },
       tail: { type: "string" },
       name: { type: "string" },
@@ -151,6 +160,8 @@ async function main(argv: string[]): Promise<number> {
       return listModels(api, flags);
     case "models rm":
       return removeModel(api, flags, need(rest[0], "ALIAS"));
+    case "models wait":
+      return waitForModel(api, flags, need(rest[0], "ALIAS"));
     case "workers ls":
       return listWorkers(api, flags);
     case "workers show":
@@ -219,7 +230,11 @@ class ManagerApi {
         message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? text;
       } catch {}
       const hint = response.status === 401 ? " (set ADMIN_TOKEN or pass --token)" : "";
-      throw new CliError(`${method} ${path}: HTTP ${response.status}: ${message}${hint}`, 1);
+      throw new CliError(
+        `${method} ${path}: HTTP ${response.status}: ${message}${hint}`,
+        1,
+        response.status,
+      );
     }
     return text;
   }
@@ -258,55 +273,68 @@ async function registerModel(api: ManagerApi, flags: Flags, args: string[]): Pro
   return waitForModel(api, flags, alias);
 }
 
-/** Human names for instance states, in the order a launch goes through them. */
-const progress: Record<InstanceRecord["status"], string> = {
-  pending: "launching",
-  starting: "loading",
-  ready: "ready",
-  failed: "failed",
-  stopping: "stopping",
-  stopped: "stopped",
-  lost: "lost (worker offline)",
-};
-
+/**
+ * Follows a model until it is ready (exit 0), failed (exit 1: each failed engine's error and
+ * last log lines, once, and when the manager retries it) or the timeout passes (exit 1).
+ */
 async function waitForModel(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
   const deadline = Date.now() + flags.timeout * 1000;
-  const seen = new Map<string, string>();
+  const view = new LaunchView({
+    write: (text) => process.stdout.write(text),
+    columns: () => process.stdout.columns,
+    isTTY: !flags.json && Boolean(process.stdout.isTTY),
+  });
+  const path = `/v1/models/${encodeURIComponent(alias)}`;
   for (;;) {
-    const model = await api.request<ModelInfo>("GET", `/v1/models/${encodeURIComponent(alias)}`);
-    for (const instance of model.instances) {
-      const state = progress[instance.status];
-      if (!flags.json && seen.get(instance.worker_id) !== state) {
-        seen.set(instance.worker_id, state);
-        const port = instance.port ? ` (port ${instance.port})` : "";
-        console.log(`${instance.worker_id}: ${state}${port}`);
-      }
-    }
+    const model = await api.request<ModelInfo>("GET", path);
+    if (!flags.json) view.update(model);
     if (model.status === "ready") {
+      view.finish();
       if (flags.json) printJson(model);
       else printRoutes(model.routes);
       return 0;
     }
     if (model.status === "failed") {
+      view.finish();
       if (flags.json) printJson(model);
       for (const instance of model.instances.filter((i) => i.status === "failed")) {
-        console.error(`${instance.worker_id}: ${instance.last_error ?? "failed"}`);
-        const logs = await api
-          .raw(
-            "GET",
-            `/v1/models/${encodeURIComponent(alias)}/logs?tail=20&worker_id=${encodeURIComponent(instance.worker_id)}`,
-          )
-          .catch(() => "");
-        if (logs)
-          console.error(`--- last log lines on ${instance.worker_id} ---\n${logs.trimEnd()}`);
+        await explainFailure(api, alias, instance);
       }
       return 1;
     }
     if (Date.now() > deadline) {
+      view.finish();
       console.error(`${alias} is still ${model.status} after ${flags.timeout} s`);
       return 1;
     }
-    await Bun.sleep(1000);
+    await Bun.sleep(500);
+  }
+}
+
+/** A failed engine: the error's first line, the engine's last log lines, and what comes next. */
+async function explainFailure(
+  api: ManagerApi,
+  alias: string,
+  instance: InstanceRecord,
+): Promise<void> {
+  const error = (instance.last_error ?? "failed").split("; last log lines:")[0];
+  const phase = instance.progress ? ` while ${instance.progress.phase.replaceAll("_", " ")}` : "";
+  console.error(`${instance.worker_id}: failed${phase}: ${error}`);
+  const logs = await api
+    .raw(
+      "GET",
+      `/v1/models/${encodeURIComponent(alias)}/logs?tail=20&worker_id=${encodeURIComponent(instance.worker_id)}`,
+    )
+    .catch(() => "");
+  if (logs) console.error(`--- last log lines on ${instance.worker_id} ---\n${logs.trimEnd()}`);
+  const retry = instance.next_retry_at ? Date.parse(instance.next_retry_at) : Number.NaN;
+  if (Number.isFinite(retry)) {
+    const inS = Math.max(0, Math.round((retry - Date.now()) / 1000));
+    console.error(
+      `the manager will retry it ${inS > 0 ? `in about ${duration(inS)}` : "now"} (it keeps retrying, backing off, while ${alias} is registered): fleet models wait ${alias} to follow it, fleet models rm ${alias} to give up`,
+    );
+  } else {
+    console.error(`the manager does not say when it retries; fleet models rm ${alias} to give up`);
   }
 }
 
@@ -580,11 +608,87 @@ async function revokeRouter(api: ManagerApi, flags: Flags, id: string): Promise<
 }
 
 async function showLogs(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
+  if (flags.follow) return followLogs(api, flags, alias);
   const query = new URLSearchParams({ tail: String(flags.tail) });
   if (flags.worker) query.set("worker_id", flags.worker);
   const text = await api.raw("GET", `/v1/models/${encodeURIComponent(alias)}/logs?${query}`);
   if (flags.json) return printJson({ alias, logs: text });
   process.stdout.write(text.endsWith("\n") || text === "" ? text : `${text}\n`);
+  return 0;
+}
+
+/** Where `logs --follow` is in one worker's engine log. */
+type LogCursor = { worker: string; stream: string | null; next: number; gone: boolean };
+
+/**
+ * `fleet logs ALIAS --follow`: the last `--tail` lines, then new ones each second, from every
+ * worker the alias runs on (prefixed `[worker]` when there are several). Polls the manager
+ * (at most 1,000 lines a call; more are reported as skipped); ends on Ctrl-C, or when no
+ * instance is left. A new engine process (a restart) starts its log over.
+ */
+async function followLogs(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
+  const base = `/v1/models/${encodeURIComponent(alias)}`;
+  const workers = flags.worker
+    ? [flags.worker]
+    : (await api.request<ModelInfo>("GET", base)).instances.map((i) => i.worker_id);
+  if (workers.length === 0) throw new CliError(`${alias} has no instance to follow`, 1);
+  const cursors: LogCursor[] = workers.map((worker) => ({
+    worker,
+    stream: null,
+    next: 0,
+    gone: false,
+  }));
+  const say = (worker: string, line: string) =>
+    process.stdout.write(workers.length > 1 ? `[${worker}] ${line}\n` : `${line}\n`);
+  let interrupted = false;
+  let wake: () => void = () => {};
+  process.once("SIGINT", () => {
+    interrupted = true;
+    wake();
+  });
+  let unreachable = false;
+  while (!interrupted && cursors.some((c) => !c.gone)) {
+    for (const cursor of cursors.filter((c) => !c.gone)) {
+      const starting = cursor.stream === null;
+      const query = new URLSearchParams({
+        worker_id: cursor.worker,
+        after: String(starting ? 0 : cursor.next),
+        limit: String(starting ? flags.tail : 1000),
+      });
+      let chunk: LogLines;
+      try {
+        chunk = await api.request<LogLines>("GET", `${base}/logs/lines?${query}`);
+        unreachable = false;
+      } catch (error) {
+        if (!(error instanceof CliError) || error.code !== 1) throw error;
+        if (error.status === 404) {
+          say(cursor.worker, `[fleet] ${alias} is gone from ${cursor.worker}`);
+          cursor.gone = true;
+        } else if (!unreachable) {
+          // The manager or the agent is away for a moment: say so once and keep polling.
+          unreachable = true;
+          console.error(`fleet: ${error.message} (retrying)`);
+        }
+        continue;
+      }
+      if (!starting && chunk.stream !== cursor.stream) {
+        say(cursor.worker, "[fleet] a new engine process; its log from the start:");
+        cursor.stream = null;
+        continue;
+      }
+      if (!starting && chunk.skipped > 0) {
+        say(cursor.worker, `[fleet] … ${chunk.skipped} lines skipped`);
+      }
+      for (const line of chunk.lines) say(cursor.worker, line);
+      cursor.stream = chunk.stream;
+      cursor.next = chunk.next;
+    }
+    if (interrupted) break;
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+      setTimeout(resolve, 1000);
+    });
+  }
   return 0;
 }
 

@@ -120,3 +120,25 @@ export type InstanceReport = z.infer<typeof instanceReportSchema>;
 
 export const instanceListSchema = z.object({ instances: z.array(instanceReportSchema) });
 export type InstanceList = z.infer<typeof instanceListSchema>;
+
+/**
+ * `GET /v1/instances/{alias}/logs/lines?after=N&limit=M` (agent) and
+ * `GET /v1/models/{alias}/logs/lines?worker_id=W&after=N&limit=M` (manager, with `worker_id`):
+ * the engine's log lines from line `after` on (counted from the engine's first line), at most
+ * `limit` of them, the latest when there are more. What `fleet logs --follow` polls.
+ */
+export const logLinesSchema = z.object({
+  /** Names this engine's log: another value means a new engine replaced it (start over at 0). */
+  stream: z.string(),
+  /** Where the next call starts (`after`). */
+  next: z.number().int().nonnegative(),
+  /** Lines after `after` that are not in `lines` (rotated out, or beyond `limit`). */
+  skipped: z.number().int().nonnegative(),
+  lines: z.array(z.string()),
+});
+export type LogLines = z.infer<typeof logLinesSchema>;
+
+export const logLinesQuerySchema = z.object({
+  after: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+});

@@ -8,6 +8,8 @@ export class LineBuffer {
   readonly #maxLineLength: number;
   /** How many lines were ever pushed; lets callers tell whether a line has rotated out. */
   total = 0;
+  /** Names this buffer, so that a reader following it by line number sees a new one. */
+  readonly id = crypto.randomUUID();
 
   constructor(options: { maxLines?: number; maxLineLength?: number } = {}) {
     this.#maxLines = options.maxLines ?? 2000;
@@ -25,6 +27,21 @@ export class LineBuffer {
 
   tail(count: number): string[] {
     return count <= 0 ? [] : this.#lines.slice(-count);
+  }
+
+  /**
+   * The lines from number `after` on (0 is the first line ever pushed), at most `limit`, the
+   * latest when there are more; `skipped` counts those after `after` left out.
+   */
+  since(after: number, limit: number): { lines: string[]; next: number; skipped: number } {
+    const oldest = this.total - this.#lines.length;
+    const from = Math.min(after, this.total);
+    const start = Math.max(from, oldest, this.total - limit);
+    return {
+      lines: this.#lines.slice(start - oldest),
+      next: this.total,
+      skipped: start - from,
+    };
   }
 
   /**

@@ -5,6 +5,8 @@ import { schema } from "../../db/index.ts";
 import { AppError } from "../../kit/errors.ts";
 import {
   aliasSchema,
+  logLinesQuerySchema,
+  logLinesSchema,
   modelInfoSchema,
   modelRegistrationSchema,
   type OpenAiModelList,
@@ -17,6 +19,7 @@ import { modelStatus } from "../services/wire.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 const aliasParams = z.object({ alias: aliasSchema });
+const modelLogLinesSchema = logLinesSchema.extend({ worker_id: workerIdSchema });
 const tags = ["Models"];
 
 const modelDeletedSchema = z.object({
@@ -131,6 +134,75 @@ export function modelsRoutes(ctx: ManagerContext): OpenAPIHono {
         }),
       );
       return c.text(sections.join(""), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/{alias}/logs/lines",
+      tags,
+      summary: "One engine's log from a line number on (what `fleet logs --follow` polls)",
+      description:
+        "Lines from `after` on (the engine's first line is 0), at most `limit`, the latest when there are more (`skipped` counts the rest). Call again with `after` = `next`; a new `stream` means a new engine replaced the old one (start over at 0). `worker_id` is needed when the alias runs on several workers.",
+      ...access.admin,
+      request: {
+        params: aliasParams,
+        query: logLinesQuerySchema.extend({ worker_id: workerIdSchema.optional() }),
+      },
+      responses: {
+        200: json(modelLogLinesSchema, "the lines"),
+        ...errors(
+          [400, "`invalid_request`: several workers and no `worker_id`"],
+          401,
+          [404, "`model_not_found`: no such instance, or its engine is gone from the worker"],
+          [502, "`upstream_error`: the agent could not be reached"],
+        ),
+      },
+    }),
+    async (c) => {
+      const { alias } = c.req.valid("param");
+      const { worker_id: workerId, after, limit } = c.req.valid("query");
+      const placed = await ctx.db
+        .select(agentAddressColumns)
+        .from(schema.instances)
+        .innerJoin(schema.workers, eq(schema.workers.workerId, schema.instances.workerId))
+        .where(
+          and(
+            eq(schema.instances.alias, alias),
+            workerId ? eq(schema.instances.workerId, workerId) : undefined,
+          ),
+        );
+      const worker = placed[0];
+      if (!worker) {
+        throw new AppError(
+          "model_not_found",
+          `no instance of ${alias}${workerId ? ` on ${workerId}` : ""}`,
+          { param: "alias" },
+        );
+      }
+      if (placed.length > 1) {
+        throw new AppError(
+          "invalid_request",
+          `${alias} runs on ${placed.length} workers (${placed.map((p) => p.workerId).join(", ")}): name one with worker_id`,
+          { param: "worker_id" },
+        );
+      }
+      const result = await ctx.agents.logLines(worker, alias, { after, limit });
+      if (!result.ok) {
+        if (result.status === 404) {
+          throw new AppError(
+            "model_not_found",
+            `the engine of ${alias} is gone from ${worker.workerId}`,
+            { param: "alias" },
+          );
+        }
+        throw new AppError("upstream_error", result.error);
+      }
+      if (!result.value) {
+        throw new AppError("upstream_error", `${worker.workerId} answered logs in another shape`);
+      }
+      return c.json({ worker_id: worker.workerId, ...result.value }, 200);
     },
   );
 

@@ -7,6 +7,8 @@ import {
   type InstanceSpecInput,
   instanceListSchema,
   instanceReportSchema,
+  type LogLines,
+  logLinesSchema,
   type ManagementPath,
 } from "../../protocol/index.ts";
 
@@ -123,6 +125,23 @@ export class AgentClient {
       `/v1/instances/${encodeURIComponent(alias)}/logs?tail=${tail}`,
       { method: "GET" },
       (_body, text) => text,
+    );
+  }
+
+  /** `GET /v1/instances/{alias}/logs/lines`: the engine's log from a line number on. */
+  logLines(
+    worker: AgentAddress,
+    alias: string,
+    query: { after: number; limit: number },
+  ): Promise<AgentCallResult<LogLines | null>> {
+    return this.call(
+      worker,
+      `/v1/instances/${encodeURIComponent(alias)}/logs/lines?after=${query.after}&limit=${query.limit}`,
+      { method: "GET" },
+      (body) => {
+        const parsed = logLinesSchema.safeParse(body);
+        return parsed.success ? parsed.data : null;
+      },
     );
   }
 

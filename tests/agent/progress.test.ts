@@ -243,4 +243,20 @@ describe("engine log buffer", () => {
       "INFO done",
     ]);
   });
+
+  test("since(after, limit) reads on from a line number, says what it skipped", () => {
+    const buffer = new LineBuffer({ maxLines: 5 });
+    for (let i = 0; i < 8; i++) buffer.push(`line ${i}`);
+    // Lines 0-2 rotated out; 3-7 are held.
+    expect(buffer.since(6, 100)).toEqual({ lines: ["line 6", "line 7"], next: 8, skipped: 0 });
+    expect(buffer.since(1, 100)).toEqual({
+      lines: ["line 3", "line 4", "line 5", "line 6", "line 7"],
+      next: 8,
+      skipped: 2,
+    });
+    expect(buffer.since(0, 2)).toEqual({ lines: ["line 6", "line 7"], next: 8, skipped: 6 });
+    expect(buffer.since(8, 100)).toEqual({ lines: [], next: 8, skipped: 0 });
+    // A number past the end (another engine's log) reads nothing and says where to go on.
+    expect(buffer.since(50, 100)).toEqual({ lines: [], next: 8, skipped: 0 });
+  });
 });

@@ -69,6 +69,21 @@ export const managerEnvSchema = z.object({
     .min(50)
     .max(120_000)
     .default(3000),
+  /**
+   * The mounted router: a request waiting this long for its first byte has its replica
+   * health-checked (docs/router.md "Dead replicas"); 0 = off.
+   */
+  FIRST_BYTE_PROBE_MS: z.coerce
+    .number({ error: "must be a number of milliseconds" })
+    .int()
+    .min(0)
+    .default(3000),
+  /** The mounted router's health check timeout: no answer in time ejects the replica. */
+  FIRST_BYTE_PROBE_TIMEOUT_MS: z.coerce
+    .number({ error: "must be a number of milliseconds" })
+    .int()
+    .min(1)
+    .default(2000),
   /** How often the route snapshot checks `fleet_state.routes_version`. */
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
@@ -122,6 +137,8 @@ export type ManagerConfig = {
   probeIntervalS: number;
   probeTimeoutMs: number;
   routesPollMs: number;
+  /** The mounted router's first-byte check (FIRST_BYTE_PROBE_MS, FIRST_BYTE_PROBE_TIMEOUT_MS). */
+  firstByteProbe: { afterMs: number; timeoutMs: number };
   /** `WORKER_URL_ALLOW`: the hosts workers may advertise; undefined: every host. */
   workerUrlAllow: HostAllowlist | undefined;
   /** Header, body and keep-alive timeouts and body sizes (kit/client-limits.ts). */
@@ -145,6 +162,10 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     probeIntervalS: env.PROBE_INTERVAL_S,
     probeTimeoutMs: env.PROBE_TIMEOUT_MS,
     routesPollMs: env.ROUTES_POLL_MS,
+    firstByteProbe: {
+      afterMs: env.FIRST_BYTE_PROBE_MS,
+      timeoutMs: env.FIRST_BYTE_PROBE_TIMEOUT_MS,
+    },
     workerUrlAllow: env.WORKER_URL_ALLOW,
     clientLimits: clientLimitsFromEnv(env),
   };

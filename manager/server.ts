@@ -222,6 +222,10 @@ function mountRouter(
     bodyTimeoutMs: config.clientLimits.bodyTimeoutMs,
     maxBodyMemoryBytes: config.clientLimits.maxBodyMemoryBytes,
     idleTimer: runtime.idleTimer,
+    timeouts: {
+      firstByteProbeMs: config.firstByteProbe.afterMs,
+      probeTimeoutMs: config.firstByteProbe.timeoutMs,
+    },
   });
 }
 

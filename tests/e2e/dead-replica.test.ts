@@ -23,8 +23,8 @@ import { createRouterCredential, startRouter } from "../router/fixtures.ts";
  * to a healthy one, both reached through their public URLs as on a rental host: routers
  * check the replica that keeps requests waiting and fail over within the check threshold,
  * and the manager's probes take the worker's routes out of the snapshot, then back in when
- * the mapping answers again. Routers: Bun with its HTTP/1.1 client, Bun with `fetch`, Node,
- * and workerd (Miniflare).
+ * the mapping answers again. Routers: the manager's mounted one, Bun with each upstream
+ * client setting, Node, and workerd (Miniflare).
  */
 
 type Router = { url: string };
@@ -32,6 +32,8 @@ type Router = { url: string };
 /** FIRST_BYTE_PROBE_MS and FIRST_BYTE_PROBE_TIMEOUT_MS of the standalone routers. */
 const probeMs = 1000;
 const probeTimeoutMs = 1000;
+/** The slow replica's time to first token. */
+const slowTtftMs = 2500;
 
 async function call<T>(
   manager: Running,
@@ -50,12 +52,17 @@ async function call<T>(
 
 type Timed = { status: number; ms: number; text: string };
 
-async function chat(router: Router, content: string, stream: boolean): Promise<Timed> {
+async function chat(
+  router: Router,
+  content: string,
+  stream: boolean,
+  model = "qwen",
+): Promise<Timed> {
   const started = performance.now();
   const response = await fetch(`${router.url}/v1/chat/completions`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ model: "qwen", messages: [{ role: "user", content }], stream }),
+    body: JSON.stringify({ model, messages: [{ role: "user", content }], stream }),
   });
   const text = await response.text();
   return { status: response.status, ms: Math.round(performance.now() - started), text };
@@ -84,6 +91,9 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
         ADMIN_TOKEN: ADMIN,
         PROBE_INTERVAL_S: "4",
         PROBE_TIMEOUT_MS: "500",
+        // Its mounted router checks as the standalone ones do.
+        FIRST_BYTE_PROBE_MS: String(probeMs),
+        FIRST_BYTE_PROBE_TIMEOUT_MS: String(probeTimeoutMs),
       },
     });
     for (const workerId of ["dark", "lit"]) {
@@ -112,18 +122,37 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
       gpu_memory_utilization: 0.8,
     });
     expect({ status: registered.status, body: registered.body }).toMatchObject({ status: 201 });
+    // A slow but live replica on the healthy host: 2.5 s before its first token, well past
+    // the routers' check threshold.
+    const slow = await call<ModelInfo>(manager, "POST", "/v1/models/register", {
+      alias: "slow",
+      model_name: "Qwen/Qwen2.5-0.5B",
+      worker_id: "lit",
+      gpu_memory_utilization: 0.1,
+      extra_args: ["--time-to-first-token", String(slowTtftMs)],
+    });
+    expect({ status: slow.status, body: slow.body }).toMatchObject({ status: 201 });
     await eventually(
       async () => {
         const { body } = await call<RouteSnapshot>(manager, "GET", "/v1/routes");
-        return body.routes.filter((route) => route.ready).length === 2;
+        return body.routes.filter((route) => route.ready).length === 3;
       },
-      { timeoutMs: 30_000, what: "both replicas served" },
+      { timeoutMs: 30_000, what: "every replica served" },
     );
     const env = {
       FIRST_BYTE_PROBE_MS: String(probeMs),
       FIRST_BYTE_PROBE_TIMEOUT_MS: String(probeTimeoutMs),
     };
-    routers.set("bun-http1", await startRouter("bun", manager.url, env));
+    routers.set("mounted", { url: manager.url });
+    routers.set(
+      "bun-http1",
+      await startRouter("bun", manager.url, { ...env, UPSTREAM_CLIENT: "http1" }),
+    );
+    // Bun's fetch for plain requests, the HTTP/1.1 client for streams (the default).
+    routers.set(
+      "bun-auto",
+      await startRouter("bun", manager.url, { ...env, BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" }),
+    );
     routers.set(
       "bun-fetch",
       await startRouter("bun", manager.url, {
@@ -180,6 +209,38 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
     for (const forwarder of forwarders.values()) await forwarder.close();
     await database?.destroy();
   });
+
+  test("a replica slow to its first token but answering its checks keeps its requests", async () => {
+    await Promise.all(
+      [...routers].map(async ([name, router]) => {
+        const metrics = `${router.url}/metrics`;
+        const movedBefore = await metricAt(metrics, "fleet_router_retries_total");
+        const results = await Promise.all([
+          chat(router, `slow plain via ${name}`, false, "slow"),
+          chat(router, `slow stream via ${name}`, true, "slow"),
+        ]);
+        expect({ name, statuses: results.map((r) => r.status) }).toEqual({
+          name,
+          statuses: [200, 200],
+        });
+        expect(results[0]?.text).toContain(`slow plain via ${name}`);
+        expect(results[1]?.text).toContain("data: [DONE]");
+        for (const result of results) expect(result.ms).toBeGreaterThanOrEqual(slowTtftMs);
+        // Checked while it waited, found alive, never ejected, nothing moved on.
+        expect(
+          await metricAt(metrics, "fleet_router_replica_checks_total", {
+            worker_id: "lit",
+            result: "alive",
+          }),
+        ).toBeGreaterThanOrEqual(1);
+        expect(
+          await metricAt(metrics, "fleet_router_ejections_total", { alias: "slow" }),
+        ).toBeNaN();
+        const movedAfter = await metricAt(metrics, "fleet_router_retries_total");
+        expect({ name, moved: movedAfter }).toEqual({ name, moved: movedBefore });
+      }),
+    );
+  }, 60_000);
 
   test("requests fail over within the check threshold, and the worker's routes leave the snapshot", async () => {
     const dark = forwarders.get("dark");

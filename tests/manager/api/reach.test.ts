@@ -550,6 +550,20 @@ describe("probe settings", () => {
       /PROBE_INTERVAL_S/,
     );
   });
+
+  test("the mounted router's first-byte check: 3000 ms, then 2000 ms to answer; 0 turns it off", () => {
+    expect(configFromEnv(parseEnv(managerEnvSchema, {})).firstByteProbe).toEqual({
+      afterMs: 3000,
+      timeoutMs: 2000,
+    });
+    expect(
+      configFromEnv(parseEnv(managerEnvSchema, { FIRST_BYTE_PROBE_MS: "0" })).firstByteProbe
+        .afterMs,
+    ).toBe(0);
+    expect(() => parseEnv(managerEnvSchema, { FIRST_BYTE_PROBE_TIMEOUT_MS: "0" })).toThrow(
+      /FIRST_BYTE_PROBE_TIMEOUT_MS/,
+    );
+  });
 });
 
 describe("the hint npm start prints", () => {

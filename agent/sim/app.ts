@@ -1,6 +1,7 @@
 import type { z } from "zod";
 import type { SimConfig } from "./config.ts";
 import { Engine, type FinishReason, type Seq } from "./engine.ts";
+import { blockHashes, GENERATION_CUE, renderMessage } from "./kv-cache.ts";
 import {
   type ChatRequest,
   chatRequestSchema,
@@ -133,6 +134,8 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     ttftMs: config.ttftMs,
     itlMs: config.itlMs,
     kvCacheTokens: config.kvCacheTokens,
+    prefillTokensPerS: config.prefillTokensPerS,
+    prefixCaching: config.prefixCaching,
   });
   const started = Math.floor(Date.now() / 1000);
 
@@ -237,6 +240,10 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     emitted: 0,
     state: "waiting",
     timer: null,
+    prefixBlocks: [],
+    finalBlocks: null,
+    prefillMs: 0,
+    cachedTokens: 0,
   });
 
   /** SSE stream for a sequence; `chunk(i, last)` renders one token event. */
@@ -318,10 +325,13 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     let promptTokens = CHAT_TOKENS_PER_PROMPT;
     let promptText = "";
     let echoText = "";
+    // The template as text, for prefix-cache keys (kv-cache.ts renderMessage).
+    let rendered = "";
     for (const message of body.messages) {
       const text = contentText(message.content);
       promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
       promptText += text;
+      if (engine.cache) rendered += renderMessage(message.role, text);
       if (message.role === "user") echoText = text;
     }
     const requested = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -341,6 +351,11 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     const created = Math.floor(Date.now() / 1000);
     const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
     const reportedTokens = reported(promptTokens);
+    if (engine.cache) {
+      seq.prefixBlocks = blockHashes(rendered + GENERATION_CUE);
+      // The next turn's prompt starts with this one's messages and this answer.
+      seq.finalBlocks = () => blockHashes(rendered + renderMessage("assistant", output.join("")));
+    }
     if (body.stream !== true) {
       return runToEnd(request, seq, () =>
         json({
@@ -426,6 +441,10 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     const created = Math.floor(Date.now() / 1000);
     const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
     const reportedTokens = reported(promptTokens);
+    if (engine.cache && typeof prompt === "string") {
+      seq.prefixBlocks = blockHashes(prompt);
+      seq.finalBlocks = () => blockHashes(prompt + output.join(""));
+    }
     if (body.stream !== true) {
       return runToEnd(request, seq, () =>
         json({
@@ -582,7 +601,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
   const cacheConfig = {
     block_size: "16",
     cache_dtype: "auto",
-    enable_prefix_caching: "True",
+    enable_prefix_caching: config.prefixCaching ? "True" : "False",
     gpu_memory_utilization: String(config.gpuMemoryUtilization),
     num_gpu_blocks: String(Math.ceil(config.kvCacheTokens / 16)),
   };

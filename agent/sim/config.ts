@@ -33,6 +33,10 @@ export type SimConfig = {
   failStartup: boolean;
   embeddingDim: number;
   kvCacheTokens: number;
+  /** `--prefill-rate`: prompt tokens per second of prefill; 0 = TTFT is `ttftMs` alone. */
+  prefillTokensPerS: number;
+  /** vLLM's automatic prefix caching; `--no-enable-prefix-caching` turns it off. */
+  prefixCaching: boolean;
   accessLog: boolean;
   version: string;
   /** `prompt_tokens` to report in turn instead of the real count (null: the real one). */
@@ -97,9 +101,16 @@ const valueFlags = new Set([
   "--failure-rate",
   "--mode",
   "--crash-after",
+  "--prefill-rate",
 ]);
 const multiValueFlags = new Set(["--served-model-name", "--api-key"]);
-const understoodBooleans = new Set(["--trust-remote-code", "--enforce-eager", "--fail-startup"]);
+const understoodBooleans = new Set([
+  "--trust-remote-code",
+  "--enforce-eager",
+  "--fail-startup",
+  "--enable-prefix-caching",
+  "--no-enable-prefix-caching",
+]);
 
 export class UsageError extends Error {
   override name = "UsageError";
@@ -243,6 +254,11 @@ export function parseServeArgs(argv: string[], env: SimEnv): SimConfig {
     failStartup: bools.has("--fail-startup") || env.SIM_FAIL_STARTUP,
     embeddingDim: env.SIM_EMBEDDING_DIM ?? defaults.embeddingDim,
     kvCacheTokens: env.SIM_KV_CACHE_TOKENS ?? defaults.kvCacheTokens,
+    prefillTokensPerS:
+      pick("--prefill-rate", z.coerce.number().min(0, "--prefill-rate must be at least 0")) ??
+      env.SIM_PREFILL_TOKENS_PER_S ??
+      0,
+    prefixCaching: !bools.has("--no-enable-prefix-caching"),
     accessLog: env.SIM_ACCESS_LOG,
     version: env.SIM_VLLM_VERSION ?? defaults.version,
     reportedPromptTokens: env.SIM_USAGE_PROMPT_TOKENS ?? [],

@@ -1,3 +1,4 @@
+import { BLOCK_TOKENS, PrefixCache } from "./kv-cache.ts";
 import {
   gauge,
   Histogram,
@@ -29,6 +30,14 @@ export type Seq = {
   emitted: number;
   state: "waiting" | "running" | "finished" | "aborted";
   timer: ReturnType<typeof setTimeout> | null;
+  /** Chain hashes of the prompt's full KV blocks (kv-cache.ts blockHashes); empty: none. */
+  prefixBlocks: readonly number[];
+  /** The blocks of prompt + answer, cached when the sequence finishes (next turn's prefix). */
+  finalBlocks: (() => readonly number[]) | null;
+  /** Admission to first token: `ttftMs` plus the prefill of the uncached prompt tokens. */
+  prefillMs: number;
+  /** Prompt tokens found in the prefix cache at admission. */
+  cachedTokens: number;
 };
 
 export type EngineOptions = {
@@ -38,6 +47,14 @@ export type EngineOptions = {
   ttftMs: number;
   itlMs: number;
   kvCacheTokens: number;
+  /**
+   * Prefill throughput in prompt tokens per second; 0 = prefill costs only `ttftMs`.
+   * Prefills run one after another at this rate (a GPU is compute-bound in prefill), so a
+   * request's first token waits for the uncached tokens of the prefills admitted before it.
+   */
+  prefillTokensPerS?: number;
+  /** vLLM's automatic prefix caching (on by default since V1). */
+  prefixCaching?: boolean;
   now?: () => number;
 };
 
@@ -56,6 +73,12 @@ export class Engine {
   private readonly now: () => number;
 
   promptTokensTotal = 0;
+  /** vLLM's prefix-cache counters, in tokens. */
+  prefixQueries = 0;
+  prefixHits = 0;
+  readonly cache: PrefixCache | null;
+  /** When the prefill lane is free again (ms, `now()` clock). */
+  private prefillFreeAt = 0;
   generationTokensTotal = 0;
   readonly success = { stop: 0, length: 0, abort: 0 };
   readonly ttft = new Histogram(
@@ -85,6 +108,10 @@ export class Engine {
 
   constructor(readonly options: EngineOptions) {
     this.now = options.now ?? (() => performance.now());
+    this.cache =
+      options.prefixCaching === false
+        ? null
+        : new PrefixCache(Math.ceil(options.kvCacheTokens / BLOCK_TOKENS));
     const buckets = tokenBuckets(options.maxModelLen);
     this.promptHist = new Histogram(
       "vllm:request_prompt_tokens",
@@ -146,7 +173,9 @@ export class Engine {
     this.promptTokensTotal += seq.promptTokens;
     this.interval.prompt += seq.promptTokens;
     this.queueTime.observe((now - seq.arrivedAt) / 1000);
-    const { ttftMs, itlMs } = this.options;
+    seq.prefillMs = this.prefill(seq, now);
+    const ttftMs = seq.prefillMs;
+    const { itlMs } = this.options;
     if (ttftMs === 0 && itlMs === 0) {
       if (seq.stream) {
         this.ttft.observe((now - seq.arrivedAt) / 1000);
@@ -165,10 +194,32 @@ export class Engine {
     seq.timer = setTimeout(() => this.step(seq), ttftMs);
   }
 
+  /** Looks the prompt up in the prefix cache, caches it, and returns admission → first token. */
+  private prefill(seq: Seq, now: number): number {
+    let uncached = seq.promptTokens;
+    if (this.cache && seq.prefixBlocks.length > 0) {
+      const matched = this.cache.lookup(seq.prefixBlocks);
+      // As vLLM: a full hit still computes the last token (it needs its logits).
+      seq.cachedTokens = Math.max(0, Math.min(matched * BLOCK_TOKENS, seq.promptTokens - 1));
+      this.cache.insert(seq.prefixBlocks);
+      uncached -= seq.cachedTokens;
+    }
+    if (this.cache) {
+      this.prefixQueries += seq.promptTokens;
+      this.prefixHits += seq.cachedTokens;
+    }
+    const rate = this.options.prefillTokensPerS ?? 0;
+    if (rate <= 0) return this.options.ttftMs;
+    const end = Math.max(now, this.prefillFreeAt) + (uncached * 1000) / rate;
+    this.prefillFreeAt = end;
+    return this.options.ttftMs + (end - now);
+  }
+
   private step(seq: Seq): void {
     seq.timer = null;
     if (seq.state !== "running") return;
-    const { ttftMs, itlMs } = this.options;
+    const ttftMs = seq.prefillMs;
+    const { itlMs } = this.options;
     const elapsed = this.now() - seq.admittedAt;
     const total = seq.output.length;
     const due = itlMs === 0 ? total : Math.min(total, 1 + Math.floor((elapsed - ttftMs) / itlMs));
@@ -191,8 +242,8 @@ export class Engine {
     seq.timer = null;
     const now = this.now();
     const outputTokens = seq.output.length;
-    if (!seq.stream && (this.options.ttftMs > 0 || this.options.itlMs > 0)) {
-      this.ttft.observe((seq.admittedAt - seq.arrivedAt + this.options.ttftMs) / 1000);
+    if (!seq.stream && (seq.prefillMs > 0 || this.options.itlMs > 0)) {
+      this.ttft.observe((seq.admittedAt - seq.arrivedAt + seq.prefillMs) / 1000);
       this.itl.observe(this.options.itlMs / 1000, outputTokens - 1);
     } else if (!seq.stream) {
       this.ttft.observe((now - seq.arrivedAt) / 1000);
@@ -206,6 +257,7 @@ export class Engine {
     this.e2e.observe((now - seq.arrivedAt) / 1000);
     this.promptHist.observe(seq.promptTokens);
     this.generationHist.observe(outputTokens);
+    if (this.cache && seq.finalBlocks) this.cache.insert(seq.finalBlocks());
     seq.listener.done(seq.finishReason);
     this.admitNext();
   }
@@ -246,6 +298,18 @@ export class Engine {
       gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "gauge", [
         sample("vllm:kv_cache_usage_perc", this.kvCacheUsage()),
       ]),
+      gauge(
+        "vllm:prefix_cache_queries_total",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        "counter",
+        [sample("vllm:prefix_cache_queries_total", this.prefixQueries)],
+      ),
+      gauge(
+        "vllm:prefix_cache_hits_total",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        "counter",
+        [sample("vllm:prefix_cache_hits_total", this.prefixHits)],
+      ),
       gauge(
         "vllm:num_preemptions_total",
         "Cumulative number of preemption from the engine.",

@@ -27,6 +27,8 @@ export const simEnvSchema = z.object({
   SIM_FAIL_STARTUP: flag,
   SIM_EMBEDDING_DIM: z.coerce.number().int().min(1).max(8192).optional(),
   SIM_KV_CACHE_TOKENS: z.coerce.number().int().min(1).optional(),
+  /** `--prefill-rate`: prompt tokens per second of prefill (0: off). */
+  SIM_PREFILL_TOKENS_PER_S: z.coerce.number().min(0).optional(),
   SIM_ACCESS_LOG: flag,
   SIM_VLLM_VERSION: z.string().min(1).optional(),
   /**

@@ -34,7 +34,7 @@ describe("engine simulator argv", () => {
         "--port=9000",
         "--swap-space",
         "4",
-        "--no-enable-prefix-caching",
+        "--no-enable-chunked-prefill",
         "--enforce-eager",
       ],
       noEnv,
@@ -42,7 +42,7 @@ describe("engine simulator argv", () => {
     expect(config.model).toBe("/m");
     expect(config.port).toBe(9000);
     expect(config.servedModelNames).toEqual(["/m"]);
-    expect(config.ignored).toEqual(["--swap-space 4", "--no-enable-prefix-caching"]);
+    expect(config.ignored).toEqual(["--swap-space 4", "--no-enable-chunked-prefill"]);
   });
 
   test("simulator settings come from env when the flags are absent; flags win", () => {

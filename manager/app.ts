@@ -12,6 +12,7 @@ import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
 import { type ApiDocument, docsRoutes } from "./docs.ts";
 import { errors, json, routeGroup, securitySchemes } from "./routes/define.ts";
+import { installRoutes } from "./routes/install.ts";
 import { keysRoutes } from "./routes/keys.ts";
 import { listModels, modelsRoutes } from "./routes/models.ts";
 import { routersRoutes } from "./routes/routers.ts";
@@ -123,6 +124,9 @@ export function createApp(deps: ManagerDeps): Manager {
   mountAt("/v1/keys", keysRoutes(ctx));
   mountAt("/v1/routers", routersRoutes(ctx));
   mountAt("/v1/usage", usageRoutes(ctx, metrics));
+
+  // A GPU host's one line: the installer and the executable it downloads.
+  app.route("/", installRoutes(ctx, deps.agentDownload));
 
   // The OpenAI surface and the router's own endpoints, answered by the mounted router.
   const toRouter = (c: Context) => {

@@ -14,4 +14,21 @@ export type ManagerDeps = {
   log?: Logger;
   /** Where usage waits while the database is down (the Bun and Node entries: on disk). */
   usageSpool?: Spool;
+  /** The agent executable `/install.sh` installs (the entries: a file; absent: none to serve). */
+  agentDownload?: AgentDownload;
+};
+
+/** The agent executable the manager hands out at `/downloads/fleet-agent`. */
+export type AgentDownload = {
+  /** The gzipped executable and its SHA-256, or undefined when there is none to serve. */
+  current(): Promise<AgentArtifact | undefined>;
+  /** Where it is looked for, named in the answer when there is none. */
+  location: string;
+};
+
+export type AgentArtifact = {
+  /** The executable, gzipped: the bytes served and hashed. */
+  gzip: Uint8Array<ArrayBuffer>;
+  /** SHA-256 of `gzip`, lowercase hex, as `sha256sum` prints it. */
+  sha256: string;
 };

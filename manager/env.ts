@@ -8,6 +8,7 @@ import {
 import { logLevelSchema, shutdownTimeoutSchema } from "../kit/env.ts";
 import { type HostAllowlist, parseHostAllowlist } from "../kit/host-allowlist.ts";
 import { isLoopbackHost } from "../kit/net.ts";
+import { baseUrlSchema } from "../protocol/index.ts";
 
 const optionalToken = z
   .string()
@@ -84,6 +85,24 @@ export const managerEnvSchema = z.object({
     .int()
     .min(1)
     .default(2000),
+  /**
+   * The URL GPU hosts reach this manager at (`https://manager.example.com`), written into the
+   * install line and `/install.sh`; unset: the listen address in the printed line and the URL
+   * each `/install.sh` request came in on.
+   */
+  MANAGER_PUBLIC_URL: z.preprocess(
+    (value) => (value === "" ? undefined : value),
+    baseUrlSchema.optional(),
+  ),
+  /**
+   * The agent executable `/downloads/fleet-agent` serves (gzipped: `{path}.gz` when the build
+   * wrote one). Unset: `fleet-agent` beside this executable, else `dist/fleet-agent`.
+   */
+  AGENT_BINARY: z
+    .string()
+    .trim()
+    .optional()
+    .transform((value) => (value ? value : undefined)),
   /** How often the route snapshot checks `fleet_state.routes_version`. */
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
@@ -143,6 +162,8 @@ export type ManagerConfig = {
   workerUrlAllow: HostAllowlist | undefined;
   /** Header, body and keep-alive timeouts and body sizes (kit/client-limits.ts). */
   clientLimits: ClientLimits;
+  /** `MANAGER_PUBLIC_URL`: where GPU hosts reach this manager; undefined: as each request came. */
+  publicUrl: string | undefined;
 };
 
 export function configFromEnv(env: ManagerEnv): ManagerConfig {
@@ -168,6 +189,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     },
     workerUrlAllow: env.WORKER_URL_ALLOW,
     clientLimits: clientLimitsFromEnv(env),
+    publicUrl: env.MANAGER_PUBLIC_URL,
   };
 }
 

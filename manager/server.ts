@@ -14,6 +14,7 @@ import { isLoopbackHost } from "../kit/net.ts";
 import { type ClosingServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
 import { openFileSpool } from "../runtime/file-spool.ts";
+import { defaultAgentBinary, fileAgentDownload } from "./agent-download.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
 import {
   configFromEnv,
@@ -107,7 +108,14 @@ export async function runManager(options: {
     console.error(`manager: USAGE_SPOOL_DIR ${spoolDir} cannot be used: ${describeError(error)}`);
     process.exit(1);
   }
-  const manager = createApp({ db, config, log, usageSpool });
+  const agentBinary = env.AGENT_BINARY ?? defaultAgentBinary();
+  const manager = createApp({
+    db,
+    config,
+    log,
+    usageSpool,
+    agentDownload: fileAgentDownload(agentBinary, log),
+  });
   const { serve, idleTimer } = options.server(config.clientLimits, config);
   manager.mount(
     mountRouter(

@@ -145,7 +145,7 @@ describe("one line to add a GPU host (single executables, install.sh)", () => {
 
   test("the manager executable started in an empty folder, on its embedded database", async () => {
     const health = await (await fetch(`${manager.url}/health`)).json();
-    expect(health).toEqual({ status: "ok", database: "pglite" });
+    expect(health).toMatchObject({ status: "ok", database: "pglite", database_status: "ok" });
     expect(readdirSync(join(home, "manager"))).toEqual([".fleet"]);
     expect(manager.output()).toContain("creating the embedded database");
   });

@@ -23,7 +23,7 @@ const forwarded = [
   "MANAGER_RETRY_MAX_S",
   "NVIDIA_SMI_BIN",
   "LOG_LEVEL",
-  "DRAIN_TIMEOUT_S",
+  "DRAIN_*",
   "SHUTDOWN_TIMEOUT_S",
   "BUN_CONFIG_MAX_HTTP_REQUESTS",
   "VLLM_*",

@@ -58,6 +58,7 @@ await runManager({
     // byte; the mounted router holds its requests' timer itself (runtime/bun-serve.ts).
     const serving = serveBun({
       limits,
+      log: createLogger({ service: "manager" }),
       busyS: Math.min(255, Math.max(limits.keepAliveS, Math.ceil(config.agentTimeoutS) + 5)),
     });
     return {

@@ -24,7 +24,7 @@ const upstream = createUpstreamFetch({
   log,
 });
 const limits = clientLimitsFromEnv(env);
-const serving = serveBun({ limits });
+const serving = serveBun({ limits, log });
 const router = createStandaloneRouter({
   env,
   log,
@@ -62,15 +62,6 @@ log.info(`router listening on http://${server.hostname}:${server.port}`, {
   manager_url: env.MANAGER_URL,
   routes_version: router.routes.current()?.version ?? null,
 });
-if (env.HEADER_TIMEOUT_S !== 10) {
-  log.warn(
-    "HEADER_TIMEOUT_S is not used on Bun: Bun closes a connection whose headers take about 10 s",
-    {
-      header_timeout_s: env.HEADER_TIMEOUT_S,
-    },
-  );
-}
-
 // In-flight requests and streams finish until SHUTDOWN_TIMEOUT_S (less a reserve for the
 // usage flush), then whatever is still open is closed and the usage buffered goes out.
 const exit = (code: number) => process.exit(code);

@@ -1,5 +1,6 @@
 import type { Server } from "bun";
 import type { ClientIdleTimer, ClientLimits } from "../kit/client-limits.ts";
+import type { Logger } from "../kit/log.ts";
 
 type Handler = (request: Request, server: Server<undefined>) => Response | Promise<Response>;
 
@@ -22,11 +23,17 @@ type Handler = (request: Request, server: Server<undefined>) => Response | Promi
  * ends. Requests nobody holds run under `busyS` when given (the manager's API, whose
  * handlers may wait on an agent) and go back to the keep-alive timeout when they answer.
  */
-export function serveBun(options: { limits: ClientLimits; busyS?: number }): {
+export function serveBun(options: { limits: ClientLimits; busyS?: number; log?: Logger }): {
   idleTimer: ClientIdleTimer;
   listen(options: { hostname: string; port: number; fetch: Handler }): Server<undefined>;
 } {
-  const { keepAliveS } = options.limits;
+  const { keepAliveS, headerTimeoutMs } = options.limits;
+  if (headerTimeoutMs !== 10_000) {
+    options.log?.warn(
+      "HEADER_TIMEOUT_S is not used on Bun: Bun closes a connection whose headers take about 10 s",
+      { header_timeout_s: headerTimeoutMs / 1000 },
+    );
+  }
   const busyS = options.busyS;
   let server: Server<undefined> | undefined;
   const held = new WeakSet<Request>();

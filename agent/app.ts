@@ -12,6 +12,7 @@ import {
   reservedEngineFlags,
 } from "../protocol/index.ts";
 import type { AgentIdentity } from "./lib/identity.ts";
+import type { LoadMonitor } from "./lib/load-monitor.ts";
 import { createProxy } from "./lib/proxy.ts";
 import type { Supervisor } from "./lib/supervisor.ts";
 
@@ -22,6 +23,8 @@ export type AppDeps = {
    */
   workerId: string;
   supervisor: Supervisor;
+  /** Engine loads for the proxy's `x-fleet-load` header (absent: no header). */
+  loads?: Pick<LoadMonitor, "header">;
   /** Who may call: the agent credential (open without FLEET_TOKEN, on loopback only). */
   identity: Pick<AgentIdentity, "authorized" | "authenticated" | "open" | "workerCredential">;
   /** The host's GPUs, re-read when a launch names a GPU the last reading did not have. */
@@ -42,7 +45,7 @@ const logsQuerySchema = z.object({
 export function createApp(deps: AppDeps): Hono {
   const { supervisor, log } = deps;
   const app = new Hono();
-  const proxy = createProxy({ supervisor, log });
+  const proxy = createProxy({ supervisor, log, loads: deps.loads });
   const { identity } = deps;
   const unauthorized = () =>
     errorResponse("unauthorized", identity.workerCredential ? wrongToken : notJoined, {

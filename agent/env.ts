@@ -60,6 +60,8 @@ export const agentEnvSchema = z
     ENGINE_RESTART_BACKOFF_S: seconds(1),
     ENGINE_RESTART_BACKOFF_MAX_S: seconds(60),
     ENGINE_HEALTH_POLL_MS: z.coerce.number().int().min(10).default(500),
+    /** How often each ready engine's /metrics is read for its load; 0 = never. */
+    ENGINE_LOAD_POLL_MS: z.coerce.number().int().min(0).max(60_000).default(1000),
     /** How long an engine adopted from a previous agent may take to answer as itself. */
     ENGINE_ADOPT_GRACE_S: seconds(60),
     /** `1`: stopping the agent leaves its engines running for the next agent to adopt. */
@@ -116,6 +118,7 @@ export function serviceOptionsFromEnv(
     restartBackoffMs: env.ENGINE_RESTART_BACKOFF_S * 1000,
     restartBackoffMaxMs: env.ENGINE_RESTART_BACKOFF_MAX_S * 1000,
     healthPollMs: env.ENGINE_HEALTH_POLL_MS,
+    loadPollMs: env.ENGINE_LOAD_POLL_MS,
     adoptGraceMs: env.ENGINE_ADOPT_GRACE_S * 1000,
     keepEngines: env.AGENT_KEEP_ENGINES,
     registerRetryMaxMs: env.MANAGER_RETRY_MAX_S * 1000,

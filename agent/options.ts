@@ -35,6 +35,11 @@ export type WorkerServiceOptions = {
   restartBackoffMaxMs?: number;
   healthPollMs?: number;
   /**
+   * `ENGINE_LOAD_POLL_MS`: how often each ready engine's `/metrics` is read for its load
+   * (the `x-fleet-load` header and heartbeats); 0 = never (default 1000).
+   */
+  loadPollMs?: number;
+  /**
    * How long an engine adopted from a previous agent may take to answer as itself before it
    * is stopped (default 60 s; one that was still loading gets the rest of its startup timeout).
    */

@@ -10,6 +10,7 @@ import {
   baseUrlSchema,
   type GpuInfo,
   type Heartbeat,
+  type InstanceReport,
   type WorkerRegistrationInput,
   workerIdSchema,
   workerUrlSchema,
@@ -19,6 +20,7 @@ import { inheritedEnv } from "./env.ts";
 import { EngineRecords } from "./lib/engine-records.ts";
 import { discoverGpus } from "./lib/gpus.ts";
 import { AgentIdentity } from "./lib/identity.ts";
+import { LoadMonitor } from "./lib/load-monitor.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
 import { defaultWorkerUrl, localHosts, reachabilityWarning } from "./lib/net.ts";
 import { PortLeaser } from "./lib/ports.ts";
@@ -58,6 +60,8 @@ export class WorkerService {
   readonly publicUrl: string | null;
   readonly log: Logger;
   readonly supervisor: Supervisor;
+  /** Each ready engine's load, read from its /metrics (ENGINE_LOAD_POLL_MS). */
+  readonly loads: LoadMonitor;
   /** Its credentials and who may call it (agent/lib/identity.ts). */
   readonly identity: AgentIdentity;
   readonly #options: WorkerServiceOptions;
@@ -109,6 +113,18 @@ export class WorkerService {
       adoptGraceMs: options.adoptGraceMs ?? 60_000,
       onChange: () => this.#manager?.nudge(),
       records: { store: new EngineRecords(dataDir), owner: engineOwner(dataDir) },
+    });
+    this.loads = new LoadMonitor({
+      intervalMs: options.loadPollMs ?? 1000,
+      log: this.log,
+      targets: () =>
+        this.supervisor
+          .reports()
+          .flatMap((report) =>
+            report.status === "ready" && report.port !== null
+              ? [{ alias: report.alias, port: report.port }]
+              : [],
+          ),
     });
   }
 
@@ -165,6 +181,7 @@ export class WorkerService {
     const app = createApp({
       workerId: this.workerId,
       supervisor: this.supervisor,
+      loads: this.loads,
       identity: this.identity,
       gpus: { current: () => this.#gpuInfo, refresh: () => this.refreshGpus() },
       log: this.log,
@@ -202,6 +219,7 @@ export class WorkerService {
       heartbeat: () => this.#heartbeat(),
     });
     this.#manager.start();
+    this.loads.start();
   }
 
   /**
@@ -236,6 +254,7 @@ export class WorkerService {
    * them running for the next agent to adopt.
    */
   async stopEngines(options: { keepEngines: boolean; graceMs?: number }): Promise<void> {
+    this.loads.stop();
     if (options.keepEngines) {
       const engines = this.supervisor.reports().length;
       this.supervisor.detachAll();
@@ -371,7 +390,16 @@ export class WorkerService {
 
   async #heartbeat(): Promise<Heartbeat> {
     const gpuInfo = await this.refreshGpus();
-    return { gpu_info: gpuInfo, instances: this.supervisor.reports() };
+    return { gpu_info: gpuInfo, instances: this.#withLoad(this.supervisor.reports()) };
+  }
+
+  /** Reports with each ready engine's last load (the manager keeps it for the route snapshot). */
+  #withLoad(reports: InstanceReport[]): InstanceReport[] {
+    for (const report of reports) {
+      const load = this.loads.get(report.alias);
+      if (load) report.load = load;
+    }
+    return reports;
   }
 }
 

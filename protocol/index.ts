@@ -7,6 +7,7 @@ export * from "./errors.ts";
 export * from "./gpus.ts";
 export * from "./instances.ts";
 export * from "./keys.ts";
+export * from "./load.ts";
 export * from "./models.ts";
 export * from "./routers.ts";
 export * from "./routes.ts";

@@ -7,6 +7,7 @@ import {
   maxContextTokens,
   portSchema,
 } from "./common.ts";
+import { engineLoadSchema } from "./load.ts";
 
 /**
  * Flags the agent sets itself. `extra_args` may not carry them: the engine must stay on
@@ -115,6 +116,11 @@ export const instanceReportSchema = z.object({
    * a phase.
    */
   progress: instanceProgressSchema.optional(),
+  /**
+   * The engine's load as its agent last read it (protocol/load.ts); absent before the first
+   * read and from agents before it existed.
+   */
+  load: engineLoadSchema.optional(),
 });
 export type InstanceReport = z.infer<typeof instanceReportSchema>;
 

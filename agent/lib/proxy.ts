@@ -1,6 +1,8 @@
 import { errorResponse, quote } from "../../kit/errors.ts";
 import { connectionNamedHeaders, hopByHopHeaders } from "../../kit/http-headers.ts";
 import type { Logger } from "../../kit/log.ts";
+import { LOAD_HEADER } from "../../protocol/load.ts";
+import type { LoadMonitor } from "./load-monitor.ts";
 import type { Supervisor } from "./supervisor.ts";
 
 /** The engine paths reachable through `/proxy/{alias}/v1/...`, with the method each takes. */
@@ -23,8 +25,12 @@ const retryAfterStarting = "10";
  * vLLM stops generating. The client's Authorization (the fleet token) never reaches the
  * engine.
  */
-export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
-  const { supervisor, log } = deps;
+export function createProxy(deps: {
+  supervisor: Supervisor;
+  log: Logger;
+  loads?: Pick<LoadMonitor, "header"> | undefined;
+}) {
+  const { supervisor, log, loads } = deps;
   return async (req: Request, alias: string, path: string, search: string): Promise<Response> => {
     const method = allowed[path];
     if (method === undefined) {
@@ -82,9 +88,16 @@ export function createProxy(deps: { supervisor: Supervisor; log: Logger }) {
       } satisfies BunFetchRequestInit);
       // Bun pipes a fetch Response it is handed back natively; only rebuild one (a JS-level
       // stream copy) when the engine sent a header that must not cross the proxy.
-      if (!hasAny(upstream.headers, responseHopByHop)) return upstream;
+      // The engine's last load rides on every answer (protocol/load.ts), so routers learn
+      // it from the replies they already get. Bun's fetch headers are mutable.
+      const load = loads?.header(alias);
+      if (!hasAny(upstream.headers, responseHopByHop)) {
+        if (load) upstream.headers.set(LOAD_HEADER, load);
+        return upstream;
+      }
       const responseHeaders = new Headers(upstream.headers);
       stripHopByHop(responseHeaders);
+      if (load) responseHeaders.set(LOAD_HEADER, load);
       return new Response(upstream.body, {
         status: upstream.status,
         statusText: upstream.statusText,

@@ -5,7 +5,12 @@ import { dbTargets } from "../../devkit/db.ts";
 import { type RunningAgent, startAgent } from "../../devkit/fleet.ts";
 import { eventually } from "../../devkit/net.ts";
 import { stopAll } from "../../devkit/proc.ts";
-import { type InstanceProgress, launchPhases, type ModelInfo } from "../../protocol/index.ts";
+import {
+  type InstanceProgress,
+  launchPhases,
+  type ModelInfo,
+  type WorkerInfo,
+} from "../../protocol/index.ts";
 import { FLEET, type TestManager, testManager } from "./helpers.ts";
 
 setDefaultTimeout(90_000);
@@ -107,6 +112,14 @@ for (const target of dbTargets) {
       expect(events.find((e) => e.fromStatus === "profiling")?.detail?.kv_cache_tokens).toBe(
         65_536,
       );
+
+      // The worker views show the same progress on their instances.
+      const worker = await fleet.json<WorkerInfo>("GET", `/v1/workers/progress-${target}`);
+      expect(worker.body.instances[0]?.progress).toMatchObject({
+        phase: "ready",
+        percent: 100,
+        kv_cache_tokens: 65_536,
+      });
     });
 
     test("the second launch of the same model has an ETA from the first", async () => {

@@ -13,6 +13,7 @@ import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import { type ClosingServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { createApp as createRouterApp, type FetchLike } from "../router/app.ts";
+import { endingStreamsFirst, OpenStreams } from "../router/open-streams.ts";
 import { openFileSpool } from "../runtime/file-spool.ts";
 import { defaultAgentBinary, fileAgentDownload } from "./agent-download.ts";
 import { createApp, type FetchHandler, type Manager } from "./app.ts";
@@ -116,12 +117,13 @@ export async function runManager(options: {
     usageSpool,
     agentDownload: fileAgentDownload(agentBinary, log),
   });
+  const streams = new OpenStreams();
   const { serve, idleTimer } = options.server(config.clientLimits, config);
   manager.mount(
     mountRouter(
       manager,
       config,
-      { upstream: options.upstream, clientAddress: options.clientAddress, idleTimer },
+      { upstream: options.upstream, clientAddress: options.clientAddress, idleTimer, streams },
       log,
     ),
   );
@@ -175,7 +177,9 @@ export async function runManager(options: {
       void shutDown({
         log,
         timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
-        server: server.server,
+        // At the deadline, the mounted router's open streams end with an error event and
+        // [DONE] first.
+        server: endingStreamsFirst(server.server, { endStreams: () => streams.endAll(), log }),
         after: [
           // The usage the mounted router recorded until the end, then the database.
           { name: "manager loops and usage", run: () => manager.close() },
@@ -202,6 +206,8 @@ function mountRouter(
     upstream: { fetch: FetchLike; streamFetch: FetchLike } | undefined;
     clientAddress: ((c: Context) => string | undefined) | undefined;
     idleTimer: ClientIdleTimer | undefined;
+    /** What a shutdown ends cleanly (router/open-streams.ts). */
+    streams: OpenStreams;
   },
   log: Logger,
 ): FetchHandler {
@@ -234,6 +240,7 @@ function mountRouter(
       firstByteProbeMs: config.firstByteProbe.afterMs,
       probeTimeoutMs: config.firstByteProbe.timeoutMs,
     },
+    streams: runtime.streams,
   });
 }
 

@@ -18,6 +18,7 @@ import {
 } from "./body.ts";
 import { routerInstruments } from "./instruments.ts";
 import { Metrics } from "./metrics.ts";
+import { OpenStreams } from "./open-streams.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
@@ -85,6 +86,12 @@ export type AppDeps = {
    * usage recorded). workerd passes `ctx.waitUntil` so usage is flushed after the response.
    */
   waitUntil?: (c: Context, task: Promise<void>) => void;
+  /**
+   * The responses being relayed, for the entry to end cleanly when it shuts down
+   * (`streams.endAll()`: an error event and [DONE] on each event stream). Default: a registry
+   * of the app's own that nothing ends.
+   */
+  streams?: OpenStreams;
 };
 
 const MiB = 1024 * 1024;
@@ -373,6 +380,7 @@ function proxyConfig(
     maxAttempts: Math.max(1, deps.retry?.maxAttempts ?? 3),
     budgetMs: deps.retry?.budgetMs ?? 30_000,
     check: replicaCheck(deps, upstreamFetch, parts),
+    streams: deps.streams ?? new OpenStreams(),
     ...parts,
   };
 }

@@ -10,6 +10,7 @@ import { serveBun } from "../runtime/bun-serve.ts";
 import { startGcPacer } from "../runtime/gc-pacer.ts";
 import { createUpstreamFetch } from "../runtime/upstream-fetch.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
+import { endingStreamsFirst } from "./open-streams.ts";
 import { openUsageSpool } from "./spool.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
@@ -71,7 +72,8 @@ onShutdownSignals(
     void shutDown({
       log,
       timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
-      server: bunServer(server),
+      // At the deadline, streams still open end with an error event and [DONE] first.
+      server: endingStreamsFirst(bunServer(server), { endStreams: router.endStreams, log }),
       after: [
         { name: "usage flush", run: () => router.stop() },
         {

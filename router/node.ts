@@ -13,6 +13,7 @@ import { nodeServer, onShutdownSignals, shutDown } from "../kit/shutdown.ts";
 import { answerClientError, nodeServerOptions } from "../runtime/node-serve.ts";
 import type { FetchLike } from "./app.ts";
 import { loadRouterEnvOrExit } from "./env.ts";
+import { endingStreamsFirst } from "./open-streams.ts";
 import { openUsageSpool } from "./spool.ts";
 import { createStandaloneRouter } from "./standalone.ts";
 
@@ -67,7 +68,11 @@ onShutdownSignals(
     void shutDown({
       log,
       timeoutMs: env.SHUTDOWN_TIMEOUT_S * 1000,
-      server: nodeServer(server as Server),
+      // At the deadline, streams still open end with an error event and [DONE] first.
+      server: endingStreamsFirst(nodeServer(server as Server), {
+        endStreams: router.endStreams,
+        log,
+      }),
       after: [
         { name: "usage flush", run: () => router.stop() },
         { name: "upstream client", run: () => dispatcher.destroy() },

@@ -4,6 +4,7 @@ import type { Logger } from "../kit/log.ts";
 import type { RouteEntry } from "../protocol/index.ts";
 import type { Balancer } from "./balancer.ts";
 import type { BoundSeries, Metrics } from "./metrics.ts";
+import type { OpenStreams } from "./open-streams.ts";
 import type { ReplicaChecker } from "./replica-check.ts";
 import type { FetchLike } from "./types.ts";
 import type { Rejection, Usage } from "./usage-scan.ts";
@@ -23,6 +24,8 @@ export type ProxyConfig = {
    */
   check: { afterMs: number; checker: ReplicaChecker } | undefined;
   balancer: Balancer;
+  /** The responses being relayed, which a shutdown ends cleanly. */
+  streams: OpenStreams;
   metrics: Metrics;
   clock: MonotonicClock;
   log: Logger;

@@ -1,6 +1,7 @@
 import type { RouteEntry } from "../protocol/index.ts";
 import type { Committed, ReadResult } from "./attempt.ts";
 import { downstreamHeaders } from "./headers.ts";
+import type { OpenStream } from "./open-streams.ts";
 import {
   clientClosed,
   type ForwardRequest,
@@ -79,9 +80,12 @@ function relayStream(
   }
 
   let watchdog: ReturnType<typeof setInterval> | undefined;
+  /** This response in the router's open streams, which a shutdown ends (open-streams.ts). */
+  let open: OpenStream | undefined;
   /** The stream is over (ended, broke or abandoned): free its hold, then account for it. */
   const stop = (finalStatus: number): Outcome => {
     clearInterval(watchdog);
+    if (open) config.streams.delete(open);
     attempt.release();
     const usage = checked(filter ? filter.usage : tail?.usage(), route, request);
     return { status: finalStatus, ttftMs, ...usage, workerId: route.worker_id };
@@ -104,6 +108,8 @@ function relayStream(
   };
   let closed = false;
   let idleFired = false;
+  /** The last bytes handed to the client: an error event must not be glued to half an event. */
+  let lastOut: Uint8Array | undefined;
   // One watchdog per stream rather than a timer per chunk (chunks arrive every few ms and
   // 1,000 streams would churn 100k timers a second); it fires within idleMs × 1.1.
   let lastChunkAt = clock.now();
@@ -154,7 +160,7 @@ function relayStream(
       const message = idleFired
         ? "the model went idle mid-stream"
         : "the connection to the model was lost mid-stream";
-      controller.enqueue(streamErrorEvent(message, statusSeen));
+      controller.enqueue(streamErrorEvent(message, statusSeen, lastOut));
       controller.close();
     } else {
       controller.error(error);
@@ -162,10 +168,15 @@ function relayStream(
     done(stop(statusSeen));
   };
   const firstChunk = first.value;
+  let streamController: ReadableStreamDefaultController<Uint8Array> | undefined;
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
+      streamController = controller;
       const out = pass(firstChunk);
-      if (out) controller.enqueue(out);
+      if (out) {
+        controller.enqueue(out);
+        lastOut = out;
+      }
     },
     async pull(controller) {
       // Loop until something is enqueued: a pull that enqueues nothing is not called again.
@@ -205,6 +216,7 @@ function relayStream(
         const out = pass(result.value);
         if (out) {
           controller.enqueue(out);
+          lastOut = out;
           return;
         }
       }
@@ -218,6 +230,29 @@ function relayStream(
       done(stop(clientClosed));
     },
   });
+  open = {
+    // The router is shutting down: end this response the way a broken one ends, as 503, and
+    // stop the agent (and so vLLM) from generating for a response that will not go on.
+    end(message) {
+      const controller = streamController;
+      if (closed || !controller) return;
+      closed = true;
+      upstream.abort(new Error("the router is shutting down"));
+      reader.cancel().catch(() => {});
+      try {
+        if (isSse) {
+          controller.enqueue(streamErrorEvent(message, 503, lastOut));
+          controller.close();
+        } else {
+          controller.error(new Error(message));
+        }
+      } catch {
+        // the client's side of the stream is already gone
+      }
+      done(stop(503));
+    },
+  };
+  config.streams.add(open);
   return new Response(body, { status, headers });
 }
 
@@ -228,9 +263,21 @@ const encoder = new TextEncoder();
  * sends mid-stream (OpenAI's error object, the HTTP status as `code`), then `[DONE]`, so an
  * SDK raises the error instead of waiting or taking the text as complete.
  */
-export function streamErrorEvent(message: string, status: number): Uint8Array {
+export function streamErrorEvent(
+  message: string,
+  status: number,
+  /** What the client got last: when it ended mid-event, that event is closed first. */
+  lastOut?: Uint8Array,
+): Uint8Array {
   const event = JSON.stringify({
     error: { message, type: "server_error", param: null, code: status },
   });
-  return encoder.encode(`data: ${event}\n\ndata: [DONE]\n\n`);
+  const boundary = lastOut && !endsEvent(lastOut) ? "\n\n" : "";
+  return encoder.encode(`${boundary}data: ${event}\n\ndata: [DONE]\n\n`);
+}
+
+/** Whether `bytes` end with a blank line (`\n\n` or `\r\n\r\n`): an event is complete. */
+function endsEvent(bytes: Uint8Array): boolean {
+  const n = bytes.byteLength;
+  return n >= 2 && bytes[n - 1] === 10 && (bytes[n - 2] === 10 || bytes[n - 3] === 10);
 }

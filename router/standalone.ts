@@ -4,6 +4,7 @@ import type { Spool } from "../kit/spool.ts";
 import { type AppDeps, createApp, type FetchLike } from "./app.ts";
 import type { RouterEnv } from "./env.ts";
 import { Metrics } from "./metrics.ts";
+import { OpenStreams } from "./open-streams.ts";
 import { SnapshotPoller } from "./snapshot-poller.ts";
 import { UsageBatcher } from "./usage-batcher.ts";
 
@@ -37,6 +38,7 @@ export function createStandaloneRouter(options: {
     );
   }
   const metrics = new Metrics();
+  const streams = new OpenStreams();
   const routes = new SnapshotPoller({
     managerUrl: env.MANAGER_URL,
     routerToken: env.ROUTER_TOKEN,
@@ -80,6 +82,7 @@ export function createStandaloneRouter(options: {
       maxCooldownMs: Math.max(60_000, env.EJECT_COOLDOWN_MS),
     },
     clientAddress: options.clientAddress,
+    streams,
     waitUntil: options.flushUnderWaitUntil
       ? (c, task) => c.executionCtx.waitUntil(task.then(() => usage.flushSoon()))
       : undefined,
@@ -93,6 +96,15 @@ export function createStandaloneRouter(options: {
     async start() {
       usage.start();
       await routes.start();
+    },
+    /**
+     * Ends every response still being relayed: each event stream with an error event in
+     * OpenAI's shape and `data: [DONE]`, any other body as a failure; their agents are told to
+     * stop. The entries call it on SIGTERM/SIGINT at the shutdown deadline, before the
+     * connections still open are closed (`endingStreamsFirst`). Returns how many there were.
+     */
+    endStreams(): number {
+      return streams.endAll();
     },
     async stop() {
       routes.stop();

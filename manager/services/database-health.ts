@@ -86,9 +86,19 @@ export class DatabaseHealth {
       }
       return { status: "ok", checked_at: checkedAt() };
     } catch (error) {
+      // /health is open to anyone: it says what kind of failure (the driver's error code,
+      // such as ECONNREFUSED or 28P01) rather than the server's address or user; the log
+      // has the whole message.
+      const code = (error as { code?: unknown }).code;
+      if (this.cached?.check.status !== "unreachable") {
+        this.options.log.warn("database check failed", { error: describeError(error) });
+      }
       return {
         status: "unreachable",
-        reason: quote(describeError(error), 200),
+        reason:
+          typeof code === "string" && /^[\w.-]{1,40}$/.test(code)
+            ? `${code} (the manager's log has the details)`
+            : quote(describeError(error), 200),
         checked_at: checkedAt(),
       };
     } finally {

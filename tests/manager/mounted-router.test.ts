@@ -31,6 +31,8 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
     let url: string;
     let worker: Server<undefined>;
     const seen: Seen[] = [];
+    /** Streams of the worker whose reader (the router) went away. */
+    let streamsCancelled = 0;
     const reports = new Map<string, InstanceReport>();
 
     beforeAll(async () => {
@@ -64,6 +66,29 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
           if (path === "/v1/instances") return Response.json({ instances: [...reports.values()] });
           if (path.startsWith("/proxy/")) {
             seen.push({ path, headers: request.headers });
+            const asked = (await request.json()) as { stream?: boolean };
+            if (asked.stream) {
+              // A stream that never ends: one token every 100 ms until the reader goes away.
+              let timer: ReturnType<typeof setInterval> | undefined;
+              const chunk = 'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n';
+              const body = new ReadableStream<Uint8Array>({
+                start(controller) {
+                  controller.enqueue(new TextEncoder().encode(chunk));
+                  timer = setInterval(() => {
+                    try {
+                      controller.enqueue(new TextEncoder().encode(chunk));
+                    } catch {
+                      clearInterval(timer);
+                    }
+                  }, 100);
+                },
+                cancel() {
+                  clearInterval(timer);
+                  streamsCancelled++;
+                },
+              });
+              return new Response(body, { headers: { "content-type": "text/event-stream" } });
+            }
             return Response.json({
               id: "chatcmpl-rec",
               object: "chat.completion",
@@ -89,6 +114,7 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
           HOST: "127.0.0.1",
           PORT: String(port),
           PROBE_INTERVAL_S: "0",
+          SHUTDOWN_TIMEOUT_S: "8",
           RECONCILE_INTERVAL_S: "0.3",
           ROUTES_POLL_MS: "100",
         },
@@ -146,6 +172,43 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
       expect(last?.headers.get("x-forwarded-for")).toMatch(/^(127\.0\.0\.1|::ffff:127\.0\.0\.1)$/);
       expect(last?.headers.get("x-forwarded-proto")).toBe("http");
       expect(last?.headers.get("x-forwarded-host")).toBe(new URL(url).host);
+    });
+
+    test("on SIGTERM an open stream ends with an error event and [DONE], and the manager exits 0", async () => {
+      const response = await fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "rec",
+          stream: true,
+          messages: [{ role: "user", content: "hi" }],
+        }),
+      });
+      expect(response.status).toBe(200);
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      while (!text.includes('"content"')) {
+        const { done, value } = await reader.read();
+        if (done) throw new Error(`stream ended early: ${text}`);
+        text += decoder.decode(value, { stream: true });
+      }
+      const exited = manager.stop("SIGTERM", 60_000);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+      }
+      expect(await exited).toBe(0);
+      const events = text
+        .split("\n\n")
+        .filter((event) => event.startsWith("data: "))
+        .map((event) => event.slice(6));
+      expect(events.at(-1)).toBe("[DONE]");
+      const error = JSON.parse(events.at(-2) ?? "{}") as { error: Record<string, unknown> };
+      expect(error.error).toMatchObject({ type: "server_error", code: 503 });
+      // The worker was told to stop generating.
+      await eventually(() => streamsCancelled > 0, { what: "the worker's stream cancelled" });
     });
   });
 }

@@ -6,6 +6,7 @@ import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
 import { Metrics } from "../../router/metrics.ts";
+import { OpenStreams } from "../../router/open-streams.ts";
 import { route } from "./route-entry.ts";
 
 /**
@@ -73,6 +74,7 @@ function router(
       });
       if (host === "down.test") throw new TypeError("fetch failed: connection refused");
       if (host === "short.test") return shortAnswer(new URL(request.url).pathname);
+      if (host === "endless.test") return endlessAnswer(request.signal);
       if (host === "sick.test") {
         return Response.json(
           { error: { message: "engine not ready", type: "server_error", param: null, code: 503 } },
@@ -121,6 +123,21 @@ function shortAnswer(path: string): Response {
       "content-length": path.endsWith("/embeddings") ? "99999999999999" : "100000",
     },
   });
+}
+
+/** An event stream that sends one whole event and half of the next, then waits for ever. */
+function endlessAnswer(signal: AbortSignal): Response {
+  const encoder = new TextEncoder();
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(
+        encoder.encode('data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'),
+      );
+      controller.enqueue(encoder.encode('data: {"choices":[{"index":0,"delta":{"conte'));
+      signal.addEventListener("abort", () => controller.error(signal.reason));
+    },
+  });
+  return new Response(body, { headers: { "content-type": "text/event-stream" } });
 }
 
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string } };
@@ -315,6 +332,45 @@ describe("router app: proxying", () => {
     const metrics = await (await app.request("/metrics")).text();
     expect(metric(metrics, "fleet_router_ejections_total", { worker_id: "short" })).toBe(1);
     expect(metric(metrics, "fleet_router_malformed_answers_total", { worker_id: "short" })).toBe(3);
+  });
+
+  test("endAll() ends an open stream with an error event and [DONE], closing a half-sent event first", async () => {
+    const streams = new OpenStreams();
+    const { post, usage } = router({
+      routes: [route({ alias: "qwen", workerId: "endless", url: "http://endless.test" })],
+      deps: { streams },
+    });
+    // The client asked for usage, so every byte passes through as it comes.
+    const response = await post(
+      "/v1/chat/completions",
+      chat({ stream: true, stream_options: { include_usage: true } }),
+    );
+    expect(response.status).toBe(200);
+    const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while (!text.includes('"conte"') && !text.endsWith('"conte')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    expect(streams.size).toBe(1);
+    expect(streams.endAll()).toBe(1);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    expect(streams.size).toBe(0);
+    // The half event is closed by a blank line, so the error event stands on its own.
+    expect(text).toContain('"conte\n\ndata: {"error"');
+    const seen = events(text);
+    expect(seen.at(-1)).toBe("[DONE]");
+    const error = JSON.parse(seen.at(-2) ?? "{}") as ErrorBody;
+    expect(error.error).toMatchObject({ type: "server_error", code: 503 });
+    expect(error.error.message).toContain("shutting down");
+    await eventually(() => usage.length === 1);
+    expect(usage[0]?.status).toBe(503);
   });
 
   test("an engine's 400 reaches the client as is and is not retried", async () => {

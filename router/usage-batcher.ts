@@ -175,6 +175,10 @@ export class UsageBatcher implements UsageSink {
   async close(): Promise<void> {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
+    await this.flushing;
+    // While the manager is failing, straight to the spool: a manager that hangs must not
+    // spend the shutdown deadline with the records still in memory.
+    if (!this.healthy && this.options.spool) return this.spoolBuffer();
     this.nextAttemptAt = 0;
     await this.flush();
     await this.spoolBuffer();

@@ -278,11 +278,16 @@ export class UsageBuffer {
     return this.flushing;
   }
 
-  /** Stops the timer, makes a last attempt, and spools what the database did not take. */
+  /**
+   * Stops the timer, makes a last attempt, and spools what the database did not take. While
+   * the database is failing, straight to the spool: a database that hangs must not spend the
+   * shutdown deadline with the records still in memory.
+   */
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.flushing;
+    if (!this.healthy && this.options.spool) return this.spoolPending();
     this.nextAttemptAt = 0;
     await this.flush();
     if (this.pending.length > 0 && this.options.spool) await this.spoolPending();

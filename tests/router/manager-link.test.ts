@@ -329,6 +329,31 @@ describe("UsageBatcher against the manager", () => {
     expect(metric(metrics.render(), "fleet_router_usage_batches_total", { result: "ok" })).toBe(1);
   });
 
+  test("workerd's flushSoon tries again while the manager does not answer, a bounded number of times", async () => {
+    await startManager();
+    const link = managerFetch();
+    const batcher = new UsageBatcher({
+      managerUrl,
+      routerToken: token,
+      fetch: link.fetch,
+      flushAttempts: 3,
+    });
+    link.state.down = true;
+    batcher.record(record(1));
+    await batcher.flushSoon(0);
+    // Three attempts (0.5 s and 1 s apart), then it gives up until the next request.
+    expect(link.state.calls).toBe(3);
+    expect(batcher.pending()).toBe(1);
+    // The manager comes back during the retries: the record arrives within the same call.
+    link.state.calls = 0;
+    const flushing = batcher.flushSoon(0);
+    await eventually(() => link.state.calls >= 1, { what: "the first attempt" });
+    link.state.down = false;
+    await flushing;
+    expect(link.state.calls).toBe(2);
+    expect((await stored()).map((row) => row.latency_ms)).toEqual([1]);
+  });
+
   test("a manager that refuses the token gets the batch again later; nothing is dropped", async () => {
     await startManager();
     const link = managerFetch();

@@ -92,6 +92,16 @@ function usageRecord(fields: Record<string, unknown> = {}): Record<string, unkno
   };
 }
 
+/** The ```sql blocks of docs/operations.md's section on usage, in order. */
+const operations = await Bun.file(new URL("../../../docs/operations.md", import.meta.url)).text();
+const usageSection = operations.slice(
+  operations.indexOf("## Usage: bounds, dead letters and the spool"),
+  operations.indexOf("## Stopping"),
+);
+const operationsQueries = [...usageSection.matchAll(/```sql\n([\s\S]*?)```/g)].map(
+  (match) => match[1] ?? "",
+);
+
 type DeadLetterRow = { source: string; reason: string; record: Record<string, unknown> };
 
 describeApi("manager API: usage it cannot write", (api) => {
@@ -159,6 +169,48 @@ describeApi("manager API: usage it cannot write", (api) => {
         source: "router",
       }),
     ).toBe(1);
+  });
+
+  test("docs/operations.md's dead-letter queries run as written; the replay moves the records set aside only for their numbers", async () => {
+    const t = await api.manager();
+    const token = await createRouterToken(t);
+    const records = [
+      usageRecord({ latency_ms: 1, prompt_tokens: 3e9 }),
+      usageRecord({ latency_ms: 2, completion_tokens: -1 }),
+      usageRecord({ latency_ms: 3, prompt_tokens: 1.5, completion_tokens: "12" }),
+      usageRecord({ latency_ms: 4, alias: undefined, prompt_tokens: -1 }),
+      "not a record",
+      usageRecord({ latency_ms: 6, alias: "nul\u0000alias" }),
+    ];
+    const reply = await t.json("POST", "/v1/usage", { token, body: { records } });
+    expect(reply.body).toEqual({ accepted: 0, rejected: 6 });
+    const [list, byKind, replay] = operationsQueries;
+    if (!list || !byKind || !replay) throw new Error("docs/operations.md lost its queries");
+    expect(await t.db.query(sql.raw(list))).toHaveLength(6);
+    expect(await t.db.query(sql.raw(byKind))).toContainEqual({
+      kind: "invalid",
+      source: expect.stringMatching(/^router:/),
+      records: 5,
+    });
+    await t.db.query(sql.raw(replay));
+    const replayed = await t.db.query<{
+      latency_ms: number;
+      prompt_tokens: number | null;
+      completion_tokens: number | null;
+    }>(
+      sql`select latency_ms, prompt_tokens, completion_tokens from request_logs order by latency_ms`,
+    );
+    expect(replayed).toEqual([
+      { latency_ms: 1, prompt_tokens: null, completion_tokens: 3 },
+      { latency_ms: 2, prompt_tokens: 7, completion_tokens: null },
+      { latency_ms: 3, prompt_tokens: null, completion_tokens: null },
+    ]);
+    const left = await deadLetters(t);
+    expect(left.map((l) => l.reason.split(":")[0])).toEqual([
+      "invalid",
+      "invalid",
+      "refused by the database",
+    ]);
   });
 
   test("the in-process sink sets a record the database refuses aside and writes the rest", async () => {

@@ -7,6 +7,7 @@
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
  *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
+ *   fleet workers add ID [--public-url URL | --worker-url URL]
  *   fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
  *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
@@ -22,6 +23,7 @@ import type { LogLines } from "../protocol/instances.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
 import type { RouterCreated, RouterInfo, RouterList } from "../protocol/routers.ts";
 import {
+  type InstallCommandReply,
   plainHttpProblemText,
   type WorkerInfo,
   type WorkerList,
@@ -38,6 +40,8 @@ commands:
   models wait ALIAS             follow a model's launch until ready (phase, percent, ETA)
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
+  workers add ID                the line that installs the agent on a GPU host, join token included
+                                (--public-url its port mapping, or --worker-url on this network)
   workers ls                    workers: the path the manager reaches each by, GPUs, flags
   workers show ID               one worker: both paths as last probed, and what to fix
   workers rotate ID             new credentials for a worker (its agent picks them up)
@@ -114,6 +118,8 @@ const flagsSchema = z.object({
   timeout: int("timeout").default(1800),
   tail: int("tail").default(100),
   name: z.string().optional(),
+  "public-url": z.string().optional(),
+  "worker-url": z.string().optional(),
 });
 type Flags = z.infer<typeof flagsSchema>;
 
@@ -139,6 +145,8 @@ async function main(argv: string[]): Promise<number> {
       timeout: { type: "string" },
       tail: { type: "string" },
       name: { type: "string" },
+      "public-url": { type: "string" },
+      "worker-url": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -162,6 +170,8 @@ async function main(argv: string[]): Promise<number> {
       return removeModel(api, flags, need(rest[0], "ALIAS"));
     case "models wait":
       return waitForModel(api, flags, need(rest[0], "ALIAS"));
+    case "workers add":
+      return addWorker(api, flags, need(rest[0], "ID"));
     case "workers ls":
       return listWorkers(api, flags);
     case "workers show":
@@ -477,6 +487,23 @@ async function showWorker(api: ManagerApi, flags: Flags, id: string): Promise<nu
   }
   console.log("problems:");
   for (const problem of worker.problems) console.log(`  - ${problem}`);
+  return 0;
+}
+
+async function addWorker(api: ManagerApi, flags: Flags, id: string): Promise<number> {
+  const reply = await api.request<InstallCommandReply>("POST", "/v1/workers/install-command", {
+    worker_id: id,
+    ...(flags["public-url"] ? { public_url: flags["public-url"] } : {}),
+    ...(flags["worker-url"] ? { worker_url: flags["worker-url"] } : {}),
+  });
+  if (flags.json) return printJson(reply);
+  console.log(`on the GPU host ${id} (it holds the join token: paste it, do not keep it):\n`);
+  console.log(`  ${reply.command}\n`);
+  if (!reply.agent_available) {
+    console.log(
+      "the manager has no agent executable to hand out yet: run `npm run build:agent` where it runs",
+    );
+  }
   return 0;
 }
 

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { Context } from "hono";
@@ -24,6 +25,7 @@ import {
   type ManagerEnv,
   managerEnvSchema,
 } from "./env.ts";
+import { hiddenToken, installLine } from "./install-line.ts";
 
 const MiB = 1024 * 1024;
 
@@ -140,7 +142,13 @@ export async function runManager(options: {
   console.log(
     `manager listening on ${base} (${options.runtime}, ${db.kind} at ${db.location}, router mounted)`,
   );
-  console.log(startupHelp(base, config));
+  // stdout, not the log: the line carries the join token when stdout is a terminal.
+  console.log(
+    startupHelp(base, config, {
+      showToken: process.stdout.isTTY === true,
+      agentAvailable: existsSync(agentBinary) || existsSync(`${agentBinary}.gz`),
+    }),
+  );
   if (open && isLoopbackHost(config.host)) {
     const which = [!config.adminToken && "ADMIN_TOKEN", !config.fleetToken && "FLEET_TOKEN"]
       .filter(Boolean)
@@ -253,32 +261,63 @@ function localAddresses(): string[] {
 }
 
 /**
- * What a newcomer needs after `npm start`: where things are and how to add a GPU host. On
- * loopback only agents on this machine can reach the manager; beyond it, a host is reached
- * through its port mapping (PUBLIC_URL) or at an address the manager dials (WORKER_URL):
- * the agent's default worker URL is its own loopback, which no other host can dial.
+ * What a newcomer needs after `npm start`: where things are and how to add a GPU host, first
+ * as the one line that installs the agent executable, then from a checkout. On loopback only
+ * agents on this machine can reach the manager; beyond it, a host is reached through its port
+ * mapping (PUBLIC_URL) or at an address the manager dials (WORKER_URL): the agent's default
+ * worker URL is its own loopback, which no other host can dial. The join token is written out
+ * only when `showToken` (stdout is a terminal): this text goes to stdout, never the log, but
+ * stdout may be a file.
  */
 export function startupHelp(
   base: string,
-  config: Pick<ManagerConfig, "host" | "fleetToken">,
+  config: Pick<ManagerConfig, "host" | "fleetToken"> & { publicUrl?: string | undefined },
+  options: { showToken?: boolean; agentAvailable?: boolean } = {},
 ): string {
   const token = config.fleetToken ? " FLEET_TOKEN=<the same token>" : "";
   const sim = "VLLM_BIN=agent/sim/vllm PATH=agent/sim:$PATH";
-  if (isLoopbackHost(config.host)) {
+  const loopback = isLoopbackHost(config.host);
+  const reach = loopback ? base : base.replace(config.host, "<this-host>");
+  const line = installLine({
+    base: config.publicUrl ?? reach,
+    fleetToken:
+      config.fleetToken === undefined
+        ? undefined
+        : options.showToken
+          ? config.fleetToken
+          : hiddenToken,
+    loopback,
+  });
+  const notes = [
+    ...(options.agentAvailable === false
+      ? ["    (build the agent it installs first: npm run build:agent)"]
+      : []),
+    ...(config.fleetToken && !options.showToken
+      ? [
+          "    (the join token is written out only on a terminal; `fleet workers add NAME` prints the whole line)",
+        ]
+      : []),
+  ];
+  if (loopback) {
     return [
       `  OpenAI API   ${base}/v1  (chat/completions, completions, embeddings, models)`,
       `  API docs     ${base}/docs  (OpenAPI: ${base}/openapi.json)`,
       "  add a GPU host on this machine (for other hosts, start with HOST=0.0.0.0 and both tokens):",
+      `    ${line}`,
+      ...notes,
+      "  or from this checkout:",
       `    MANAGER_URL=${base}${token} WORKER_HOST=127.0.0.1 npm run agent`,
       "  no GPU? run the agent on the simulator kit:",
       `    MANAGER_URL=${base}${token} WORKER_HOST=127.0.0.1 ${sim} npm run agent`,
     ].join("\n");
   }
-  const reach = base.replace(config.host, "<this-host>");
   return [
     `  OpenAI API   ${reach}/v1  (chat/completions, completions, embeddings, models)`,
     `  API docs     ${reach}/docs  (OpenAPI: ${reach}/openapi.json)`,
-    "  add a GPU host (on that host, in a checkout of vllm-fleet), through its port mapping:",
+    "  add a GPU host: on that host, through its port mapping (WORKER_URL=http://<its address>:6006 instead on this network):",
+    `    ${line}`,
+    ...notes,
+    "  or, in a checkout of vllm-fleet on that host, through its port mapping:",
     `    MANAGER_URL=${reach}${token} PUBLIC_URL=<its port-forwarding URL> npm run agent`,
     "  or, with no port mapping, at an address this manager can dial:",
     `    MANAGER_URL=${reach}${token} WORKER_URL=http://<its address>:6006 npm run agent`,

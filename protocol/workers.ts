@@ -175,3 +175,25 @@ export const workerRemovalReplySchema = z.object({
   dropped: z.array(z.object({ alias: z.string(), reason: z.string() })),
 });
 export type WorkerRemovalReply = z.infer<typeof workerRemovalReplySchema>;
+
+/** `POST /v1/workers/install-command` (`fleet workers add`): the line that adds this host. */
+export const installCommandRequestSchema = z
+  .object({
+    worker_id: workerIdSchema,
+    /** Its port-forwarding URL, which routers use. */
+    public_url: workerUrlSchema.optional(),
+    /** An address on the manager's network, for a host without a port mapping. */
+    worker_url: workerUrlSchema.optional(),
+  })
+  .strict();
+export type InstallCommandRequest = z.infer<typeof installCommandRequestSchema>;
+
+export const installCommandReplySchema = z.object({
+  /** `curl -fsSL {manager}/install.sh | FLEET_TOKEN=… WORKER_ID=… PUBLIC_URL=… sh`. */
+  command: z.string(),
+  /** Where the line downloads from: MANAGER_PUBLIC_URL, else the URL this request came to. */
+  manager_url: z.string(),
+  /** Whether the manager has an agent executable to hand out (else: `npm run build:agent`). */
+  agent_available: z.boolean(),
+});
+export type InstallCommandReply = z.infer<typeof installCommandReplySchema>;

@@ -1,10 +1,13 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { AppError } from "../../kit/errors.ts";
+import { isLoopbackHost } from "../../kit/net.ts";
 import { fleetVersion } from "../../kit/version.ts";
+import { installCommandReplySchema, installCommandRequestSchema } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import type { AgentDownload } from "../deps.ts";
+import { installLine } from "../install-line.ts";
 import { installScript, missingAgentScript } from "../install-script.ts";
-import { errors, routeGroup } from "./define.ts";
+import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 const howToBuild =
   "this manager has no agent executable to hand out: build it with `npm run build:agent` (writes dist/fleet-agent and dist/fleet-agent.gz) in the manager's checkout, or put fleet-agent beside the fleet-manager executable, or point AGENT_BINARY at one";
@@ -79,6 +82,36 @@ export function installRoutes(ctx: ManagerContext, download: AgentDownload | und
         "x-checksum-sha256": artifact.sha256,
         "cache-control": "no-store",
       });
+    },
+  );
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/workers/install-command",
+      tags: ["Workers"],
+      summary: "The line that adds a GPU host, join token included (`fleet workers add`)",
+      description:
+        "`curl -fsSL {manager}/install.sh | FLEET_TOKEN=… WORKER_ID=… PUBLIC_URL=… sh` for this worker id, with the join token written out: what `npm start` prints only on a terminal. {manager} is MANAGER_PUBLIC_URL, else the URL this request came to.",
+      ...accessFor(ctx).admin,
+      request: { body: jsonBody(installCommandRequestSchema) },
+      responses: {
+        200: json(installCommandReplySchema, "the line"),
+        ...errors(400, 401),
+      },
+    }),
+    async (c) => {
+      const body = c.req.valid("json");
+      const base = ctx.config.publicUrl ?? new URL(c.req.url).origin;
+      const command = installLine({
+        base,
+        fleetToken: ctx.config.fleetToken,
+        workerId: body.worker_id,
+        publicUrl: body.public_url,
+        workerUrl: body.worker_url,
+        loopback: isLoopbackHost(ctx.config.host) && !body.public_url && !body.worker_url,
+      });
+      const agentAvailable = (await download?.current()) !== undefined;
+      return c.json({ command, manager_url: base, agent_available: agentAvailable }, 200);
     },
   );
   return app;

@@ -173,6 +173,20 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(output).toContain("CUDA out of memory");
   });
 
+  test("workers add prints the line that installs the agent on a host, join token included", async () => {
+    const { code, output } = await fleet([
+      "workers",
+      "add",
+      "gpu-box-9",
+      "--public-url",
+      "https://u557149-9507.bjb2.seetacloud.com:8443",
+    ]);
+    expect(code).toBe(0);
+    expect(output).toContain(
+      `curl -fsSL ${manager.url}/install.sh | FLEET_TOKEN=${FLEET_TOKEN} WORKER_ID=gpu-box-9 PUBLIC_URL=https://u557149-9507.bjb2.seetacloud.com:8443 sh`,
+    );
+  });
+
   test("bad flags and a missing token are explained", async () => {
     const bad = await fleet(["models", "register", "x", "org/x", "--gpu-memory-utilization", "2"]);
     expect(bad.code).toBe(2);

@@ -148,6 +148,10 @@ describe("one line to add a GPU host (single executables, install.sh)", () => {
     expect(health).toMatchObject({ status: "ok", database: "pglite", database_status: "ok" });
     expect(readdirSync(join(home, "manager"))).toEqual([".fleet"]);
     expect(manager.output()).toContain("creating the embedded database");
+    // What `npm start` prints to paste on a GPU host; not on a terminal, without the token.
+    expect(manager.output()).toContain(
+      `curl -fsSL ${manager.url}/install.sh | FLEET_TOKEN=<the same token> WORKER_ID=<name> WORKER_HOST=127.0.0.1 sh`,
+    );
   });
 
   test("curl …/install.sh | sh installs and starts the agent, which joins; a model becomes ready and chat works through the manager", async () => {
@@ -235,6 +239,11 @@ describe("one line to add a GPU host (single executables, install.sh)", () => {
     expect(readFileSync(join(installDir(), "bin", "fleet-agent")).equals(installed)).toBe(true);
     expect(readdirSync(join(installDir(), "bin"))).toEqual(["fleet-agent"]);
   }, 120_000);
+
+  test("the join token never reached the manager's output", () => {
+    expect(manager.output()).toContain("worker joined");
+    expect(manager.output()).not.toContain("join-token-install-test");
+  });
 });
 
 /** A folder of links to the system's tools except node, npm and bun; its path. */

@@ -8,6 +8,7 @@ import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { eventually } from "../../devkit/net.ts";
 import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
 import type { ApiKeyCreated, OpenAiError } from "../../protocol/index.ts";
+import wrangler from "../../router/wrangler.toml";
 import {
   addReplicas,
   createRouterCredential,
@@ -70,7 +71,8 @@ async function startWorkerd(bindings: Record<string, string>): Promise<string> {
         contents: readFileSync(join(buildDir, "worker.js"), "utf8"),
       },
     ],
-    compatibilityDate: "2025-01-01",
+    // The date the committed deployment uses (router/wrangler.toml).
+    compatibilityDate: wrangler.compatibility_date,
     bindings,
     host: "127.0.0.1",
     port: 0,
@@ -365,5 +367,21 @@ describe("router on workerd, misconfigured", () => {
     expect(body.error.message).toContain("ROUTER_TOKEN");
     expect(body.error.message).toContain("fleet routers create");
     expect(body.error.message).not.toContain(fleetToken);
+  });
+});
+
+describe("the committed edge deployment (router/wrangler.toml)", () => {
+  test("deploys what npm run build:worker writes, with a date whose fetch honours custom ports", () => {
+    const packageJson = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as {
+      scripts: Record<string, string>;
+    };
+    const outfile = packageJson.scripts["build:worker"]?.match(/--outfile (\S+)/)?.[1];
+    expect(outfile).toBeDefined();
+    expect(join("router", wrangler.main)).toBe(outfile ?? "");
+    expect(wrangler.build.command).toBe("npm run build:worker");
+    expect(wrangler.compatibility_date >= "2024-09-02").toBe(true);
+    expect(packageJson.scripts["deploy:edge"]).toBe(
+      "npx wrangler deploy --config router/wrangler.toml",
+    );
   });
 });

@@ -581,6 +581,25 @@ describe("the hint npm start prints", () => {
     expect(help).not.toContain("t0ken-fleet");
   });
 
+  test("it leads with the install line; the join token is written out only on a terminal", () => {
+    const config = { host: "0.0.0.0", fleetToken: "t0ken-fleet" };
+    const piped = startupHelp("http://0.0.0.0:18000", config, { showToken: false });
+    expect(piped).toContain(
+      "curl -fsSL http://<this-host>:18000/install.sh | FLEET_TOKEN=<the same token> WORKER_ID=<name> PUBLIC_URL=<its port-forwarding URL> sh",
+    );
+    expect(piped).toContain("fleet workers add NAME");
+    expect(piped).not.toContain("t0ken-fleet");
+    const terminal = startupHelp(
+      "http://0.0.0.0:18000",
+      { ...config, publicUrl: "https://fleet.example.com" },
+      { showToken: true, agentAvailable: false },
+    );
+    expect(terminal).toContain(
+      "curl -fsSL https://fleet.example.com/install.sh | FLEET_TOKEN=t0ken-fleet WORKER_ID=<name> PUBLIC_URL=<its port-forwarding URL> sh",
+    );
+    expect(terminal).toContain("npm run build:agent");
+  });
+
   test("on loopback, agents on this machine listen on loopback too (they need no token then)", () => {
     const help = startupHelp("http://127.0.0.1:18000", {
       host: "127.0.0.1",

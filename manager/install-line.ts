@@ -1,0 +1,45 @@
+import { shellQuote } from "./install-script.ts";
+
+/** The join token in the line when it is hidden (not on a terminal). */
+export const hiddenToken = "<the same token>";
+
+/**
+ * The one line that adds a GPU host: `curl -fsSL {base}/install.sh | FLEET_TOKEN=… WORKER_ID=…
+ * PUBLIC_URL=… sh`. On a loopback manager the agent listens on loopback too (only this
+ * machine can reach the manager anyway); beyond it the host needs a URL the fleet can dial:
+ * its port mapping (`PUBLIC_URL`) or an address on the manager's network (`WORKER_URL`).
+ */
+export function installLine(options: {
+  /** Where GPU hosts reach the manager (MANAGER_PUBLIC_URL, else the listen address). */
+  base: string;
+  /** The join token as it should appear: the token, `hiddenToken`, or undefined when unset. */
+  fleetToken: string | undefined;
+  workerId?: string | undefined;
+  publicUrl?: string | undefined;
+  workerUrl?: string | undefined;
+  loopback: boolean;
+}): string {
+  const words: string[] = [];
+  if (options.fleetToken !== undefined) {
+    words.push(
+      `FLEET_TOKEN=${options.fleetToken === hiddenToken ? hiddenToken : shellWord(options.fleetToken)}`,
+    );
+  }
+  words.push(`WORKER_ID=${options.workerId ? shellWord(options.workerId) : "<name>"}`);
+  if (options.loopback) {
+    words.push("WORKER_HOST=127.0.0.1");
+  } else if (options.workerUrl) {
+    words.push(`WORKER_URL=${shellWord(options.workerUrl)}`);
+  } else {
+    words.push(
+      `PUBLIC_URL=${options.publicUrl ? shellWord(options.publicUrl) : "<its port-forwarding URL>"}`,
+    );
+  }
+  // The base is a checked URL (or the `<this-host>` placeholder, to be replaced), never quoted.
+  return `curl -fsSL ${options.base}/install.sh | ${words.join(" ")} sh`;
+}
+
+/** A value as it can be pasted into a shell: bare when that is safe, else single-quoted. */
+function shellWord(value: string): string {
+  return /^[\w.~:/@%+=,-]+$/.test(value) ? value : shellQuote(value);
+}

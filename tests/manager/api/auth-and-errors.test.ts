@@ -81,7 +81,8 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
       ],
       ["POST", "/v1/workers/register", { worker_id: "w" }, "worker_url"],
       ["POST", "/v1/workers/register", { ...registration("w", "ftp://x", []) }, "worker_url"],
-      ["POST", "/v1/usage", { records: [{ ts: "yesterday" }] }, "records.0.ts"],
+      // A batch whose records are not a list (a bad record inside one is set aside: usage.test.ts).
+      ["POST", "/v1/usage", { records: "none" }, "records"],
       ["POST", "/v1/keys", { name: "" }, "name"],
     ];
     for (const [method, path, body, param] of cases) {

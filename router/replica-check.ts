@@ -43,13 +43,14 @@ export class ReplicaChecker {
       return known.promise;
     }
     if (this.checks.size >= sweepAbove) this.sweep(now);
-    const check: Check = {
-      promise: Promise.resolve({ alive: true, cause: "" }),
-      settledAt: undefined,
-    };
-    check.promise = this.run(route).then((verdict) => {
+    const check: Check = { promise: this.run(route), settledAt: undefined };
+    check.promise = check.promise.then((verdict) => {
       check.settledAt = this.options.now();
-      this.options.onVerdict?.(route, verdict);
+      try {
+        this.options.onVerdict?.(route, verdict);
+      } catch {
+        // Metrics and logs never change a verdict.
+      }
       return verdict;
     });
     this.checks.set(route.worker_url, check);

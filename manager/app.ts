@@ -8,6 +8,7 @@ import { Metrics } from "../router/metrics.ts";
 import { routerRoutes } from "../router/routes.ts";
 import type { RouteSource } from "../router/types.ts";
 import { isAuthorized } from "./auth.ts";
+import { consoleRoutes } from "./console/routes.tsx";
 import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
 import { type ApiDocument, docsRoutes } from "./docs.ts";
@@ -124,6 +125,24 @@ export function createApp(deps: ManagerDeps): Manager {
   mountAt("/v1/keys", keysRoutes(ctx));
   mountAt("/v1/routers", routersRoutes(ctx));
   mountAt("/v1/usage", usageRoutes(ctx, metrics));
+
+  // The fleet console (docs/console.md): HTML pages for people, over the API below, called
+  // in-process as the admin so its forms get the API's own validation and errors.
+  app.route(
+    "/",
+    consoleRoutes(ctx, (method, path, body) => {
+      const headers: Record<string, string> = {};
+      if (ctx.config.adminToken) headers.authorization = `Bearer ${ctx.config.adminToken}`;
+      if (body !== undefined) headers["content-type"] = "application/json";
+      return Promise.resolve(
+        app.request(path, {
+          method,
+          headers,
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        }),
+      );
+    }),
+  );
 
   // A GPU host's one line: the installer and the executable it downloads.
   app.route("/", installRoutes(ctx, deps.agentDownload));

@@ -60,7 +60,26 @@ export async function executables(): Promise<Executables> {
   } catch {
     rmSync(partial, { recursive: true, force: true }); // another run finished first
   }
+  prune(root, dir);
   return built;
+}
+
+/** Entries kept besides the newest: about 280 MB each. */
+const KEEP = 3;
+
+/** Removes all but the newest few builds (and builds left half-done an hour ago or more). */
+function prune(root: string, current: string): void {
+  const entries = readdirSync(root)
+    .map((name) => ({ path: join(root, name), mtimeMs: statSync(join(root, name)).mtimeMs }))
+    .filter((entry) => entry.path !== current)
+    .sort((a, b) => b.mtimeMs - a.mtimeMs);
+  const stale = Date.now() - 3_600_000;
+  for (const [index, entry] of entries.entries()) {
+    const partial = entry.path.includes(".partial-");
+    if (partial ? entry.mtimeMs < stale : index >= KEEP) {
+      rmSync(entry.path, { recursive: true, force: true });
+    }
+  }
 }
 
 function sourceHash(): string {

@@ -12,8 +12,10 @@ export const hiddenToken = "<the same token>";
 export function installLine(options: {
   /** Where GPU hosts reach the manager (MANAGER_PUBLIC_URL, else the listen address). */
   base: string;
-  /** The join token as it should appear: the token, `hiddenToken`, or undefined when unset. */
+  /** The join token; undefined when the manager has none (the line then carries none). */
   fleetToken: string | undefined;
+  /** Write `hiddenToken` in its place (stdout is not a terminal). */
+  hideToken?: boolean;
   workerId?: string | undefined;
   publicUrl?: string | undefined;
   workerUrl?: string | undefined;
@@ -21,9 +23,7 @@ export function installLine(options: {
 }): string {
   const words: string[] = [];
   if (options.fleetToken !== undefined) {
-    words.push(
-      `FLEET_TOKEN=${options.fleetToken === hiddenToken ? hiddenToken : shellWord(options.fleetToken)}`,
-    );
+    words.push(`FLEET_TOKEN=${options.hideToken ? hiddenToken : shellWord(options.fleetToken)}`);
   }
   words.push(`WORKER_ID=${options.workerId ? shellWord(options.workerId) : "<name>"}`);
   if (options.loopback) {

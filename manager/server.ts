@@ -25,7 +25,7 @@ import {
   type ManagerEnv,
   managerEnvSchema,
 } from "./env.ts";
-import { hiddenToken, installLine } from "./install-line.ts";
+import { installLine } from "./install-line.ts";
 
 const MiB = 1024 * 1024;
 
@@ -280,12 +280,8 @@ export function startupHelp(
   const reach = loopback ? base : base.replace(config.host, "<this-host>");
   const line = installLine({
     base: config.publicUrl ?? reach,
-    fleetToken:
-      config.fleetToken === undefined
-        ? undefined
-        : options.showToken
-          ? config.fleetToken
-          : hiddenToken,
+    fleetToken: config.fleetToken,
+    hideToken: !options.showToken,
     loopback,
   });
   const notes = [

@@ -5,6 +5,7 @@
  *   fleet models register ALIAS MODEL [--max-model-len N] [--gpu-memory-utilization F]
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
+ *                         [--routing least_loaded|prefix_affinity|session]
  *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
  *   fleet workers add ID [--public-url URL | --worker-url URL]
@@ -22,6 +23,7 @@ import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
 import type { LogLines } from "../protocol/instances.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
 import type { RouterCreated, RouterInfo, RouterList } from "../protocol/routers.ts";
+import { routingPolicySchema } from "../protocol/routes.ts";
 import {
   type InstallCommandReply,
   plainHttpProblemText,
@@ -62,6 +64,7 @@ options:
 register options:
   --max-model-len N  --gpu-memory-utilization F  --tensor-parallel-size N  --replicas N
   --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
+  --routing least_loaded|prefix_affinity|session (default prefix_affinity; docs/router.md)
   --timeout SECONDS (for --wait and models wait; default 1800)
 logs options:
   --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away)`;
@@ -113,6 +116,11 @@ const flagsSchema = z.object({
     .optional(),
   "extra-arg": z.array(z.string()).default([]),
   spread: z.boolean().default(false),
+  routing: z
+    .enum(routingPolicySchema.options, {
+      error: "--routing is least_loaded, prefix_affinity or session",
+    })
+    .optional(),
   wait: z.boolean().default(false),
   follow: z.boolean().default(false),
   timeout: int("timeout").default(1800),
@@ -140,6 +148,7 @@ async function main(argv: string[]): Promise<number> {
       gpus: { type: "string" },
       "extra-arg": { type: "string", multiple: true },
       spread: { type: "boolean" },
+      routing: { type: "string" },
       wait: { type: "boolean" },
       follow: { type: "boolean", short: "f" },
       timeout: { type: "string" },
@@ -265,13 +274,14 @@ async function registerModel(api: ManagerApi, flags: Flags, args: string[]): Pro
     gpu_ids: flags.gpus,
     extra_args: flags["extra-arg"].length ? flags["extra-arg"] : undefined,
     placement: flags.spread ? "spread" : undefined,
+    routing: flags.routing,
   };
   const model = await api.request<ModelInfo>("POST", "/v1/models/register", body);
   if (!flags.wait) {
     if (flags.json) printJson(model);
     else {
       console.log(`registered ${model.alias} (${model.model_name}): ${model.status}`);
-      printRoutes(model.routes);
+      printRoutes(model.routes.map((route) => ({ ...route, routing: model.routing })));
     }
     return 0;
   }
@@ -301,7 +311,7 @@ async function waitForModel(api: ManagerApi, flags: Flags, alias: string): Promi
     if (model.status === "ready") {
       view.finish();
       if (flags.json) printJson(model);
-      else printRoutes(model.routes);
+      else printRoutes(model.routes.map((route) => ({ ...route, routing: model.routing })));
       return 0;
     }
     if (model.status === "failed") {
@@ -540,7 +550,7 @@ async function removeWorker(api: ManagerApi, flags: Flags, id: string): Promise<
   return 0;
 }
 
-type SnapshotRoute = ModelInfo["routes"][number] & { ready?: boolean };
+type SnapshotRoute = ModelInfo["routes"][number] & { ready?: boolean; routing?: string };
 
 async function listRoutes(api: ManagerApi, flags: Flags): Promise<number> {
   const snapshot = await api.request<{ version: string; routes: SnapshotRoute[] }>(
@@ -553,7 +563,7 @@ async function listRoutes(api: ManagerApi, flags: Flags): Promise<number> {
 
 function printRoutes(routes: SnapshotRoute[]): number {
   return printTable({
-    columns: ["ALIAS", "MODEL", "WORKER", "WORKER URL", "VLLM PORT", "READY", "CREATED"],
+    columns: ["ALIAS", "MODEL", "WORKER", "WORKER URL", "VLLM PORT", "READY", "ROUTING", "CREATED"],
     rows: routes.map((route) => [
       route.alias,
       route.model_name,
@@ -561,6 +571,7 @@ function printRoutes(routes: SnapshotRoute[]): number {
       route.worker_url,
       String(route.vllm_port ?? "-"),
       route.ready === undefined ? "-" : route.ready ? "yes" : "no",
+      route.routing ?? "-",
       route.created_at,
     ]),
   });

@@ -9,7 +9,7 @@ import {
   workerIdSchema,
 } from "./common.ts";
 import { extraArgSchema, instanceProgressSchema } from "./instances.ts";
-import { routingRecordSchema } from "./routes.ts";
+import { routingPolicySchema, routingRecordSchema } from "./routes.ts";
 
 export const placementStrategySchema = z.enum(["binpack", "spread"]);
 export type PlacementStrategy = z.infer<typeof placementStrategySchema>;
@@ -28,6 +28,8 @@ export const modelRegistrationSchema = z.strictObject({
   gpu_ids: gpuIdsSchema.min(1).optional(),
   extra_args: z.array(extraArgSchema).max(128).default([]),
   placement: placementStrategySchema.default("binpack"),
+  /** How routers choose among its replicas (docs/router.md "Routing policies"). */
+  routing: routingPolicySchema.default("prefix_affinity"),
 });
 export type ModelRegistration = z.infer<typeof modelRegistrationSchema>;
 export type ModelRegistrationInput = z.input<typeof modelRegistrationSchema>;
@@ -104,6 +106,7 @@ export const modelInfoSchema = z.object({
   gpu_ids: z.array(z.number().int()).nullable(),
   extra_args: z.array(z.string()),
   placement: placementStrategySchema,
+  routing: routingPolicySchema,
   created_at: isoTimeSchema,
   instances: z.array(instanceRecordSchema),
   routes: z.array(routingRecordSchema),

@@ -16,6 +16,23 @@ export const routingRecordSchema = z.strictObject({
 export type RoutingRecord = z.infer<typeof routingRecordSchema>;
 
 /**
+ * How routers choose among a model's replicas (docs/router.md "Routing policies"):
+ * `least_loaded` (router in-flight + the engine's running and waiting, power of two
+ * choices), `prefix_affinity` (rendezvous hash of the conversation's stable prefix, walking
+ * on past loaded replicas), `session` (rendezvous hash of `x-session-id` or `user`, load
+ * bounded).
+ */
+export const routingPolicies = ["least_loaded", "prefix_affinity", "session"] as const;
+export const routingPolicySchema = z.enum(routingPolicies);
+export type RoutingPolicy = z.infer<typeof routingPolicySchema>;
+
+export function routingPolicyOf(value: string): RoutingPolicy {
+  return (routingPolicies as readonly string[]).includes(value)
+    ? (value as RoutingPolicy)
+    : "prefix_affinity";
+}
+
+/**
  * One route in the snapshot routers read: the routing record plus what routers need. Not
  * strict (unlike the record), so a router ignores fields a newer manager adds.
  */
@@ -34,6 +51,12 @@ export const routeEntrySchema = z.object({
    * bound of a request's token counts. Null: the engine's own default, not known here.
    */
   max_model_len: z.number().int().min(1).nullable().default(null),
+  /**
+   * The model's routing policy (`routingPolicies`). A plain string so that a router reading
+   * a newer manager's policy still loads the snapshot; it routes an unknown one (or none,
+   * from a manager before it) as `prefix_affinity` (`routingPolicyOf`).
+   */
+  routing: z.string().default("prefix_affinity"),
 });
 export type RouteEntry = z.infer<typeof routeEntrySchema>;
 

@@ -19,6 +19,7 @@ import {
 import { routerInstruments } from "./instruments.ts";
 import { Metrics } from "./metrics.ts";
 import { OpenStreams } from "./open-streams.ts";
+import { affinityKey } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
@@ -222,7 +223,12 @@ function inferenceHandler(parts: {
       stream,
       hideUsage,
       shape: requestShape(json, path),
-      sessionKey: c.req.header("x-session-id") || body.user || undefined,
+      affinityKey: affinityKey(
+        group.routing,
+        c.req.header("x-session-id") || body.user || undefined,
+        json,
+        path,
+      ),
       requestId: request.id,
       clientAddress: deps.clientAddress?.(c),
       startedAt: request.startedAt,

@@ -1,4 +1,4 @@
-import type { RouteEntry } from "../protocol/index.ts";
+import { LOAD_HEADER, type RouteEntry } from "../protocol/index.ts";
 import { headProblem, malformedAnswer } from "./answer-check.ts";
 import type { Pick as Choice, ReplicaState } from "./balancer.ts";
 import type { ForwardRequest, ProxyConfig } from "./proxy-types.ts";
@@ -22,6 +22,7 @@ export async function attempt(
   } catch (error) {
     return run.fail(malformedAnswer(error) ? "malformed" : "connect", error);
   }
+  config.balancer.observe(choice.state, response.headers.get(LOAD_HEADER));
   const problem = headProblem(response);
   if (problem) {
     await response.body?.cancel().catch(() => {});

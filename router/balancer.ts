@@ -1,12 +1,18 @@
-import type { RouteEntry } from "../protocol/index.ts";
+import { type EngineLoad, parseLoadHeader, type RouteEntry } from "../protocol/index.ts";
 
 /**
  * Replica selection and passive health.
  *
- * - Least in-flight by power-of-two choices: two random candidates, the less busy wins.
- * - Session affinity by rendezvous hashing over the alias's ready replicas: the same
- *   session lands on the same replica (warm prefix cache) and moves only when that
- *   replica is out, to the next replica in its own ranking (no global reshuffle).
+ * - Least loaded by power-of-two choices: two random candidates, the less loaded wins. A
+ *   replica's load is this router's requests in flight there, or the engine's own running
+ *   + waiting from the last `x-fleet-load` header its agent sent (protocol/load.ts) plus
+ *   what this router sent it since, whichever is more (`load()`).
+ * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
+ *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
+ *   unless that replica's load is at or over max(4, ceil(1.25 × (total + 1) / n)) —
+ *   consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
+ *   the next replica in the key's own ranking (no global reshuffle). Nothing random: every
+ *   router with the same loads makes the same choice.
  * - Passive ejection: after `ejectAfter` consecutive transport failures (connect errors,
  *   resets, timeouts, 502/503/504 from the agent) a replica is skipped for a cool-down
  *   that doubles on each failed probe; after it, exactly one request probes it (half-open)
@@ -24,7 +30,22 @@ export type ReplicaState = {
   /** Consecutive ejections, for the doubling cool-down. */
   ejections: number;
   probing: boolean;
+  /** The engine's load from the last `x-fleet-load` header, when it was read, and the
+   * in-flight count then (what this router sent since is added on top). */
+  engine: EngineLoad | null;
+  engineAt: number;
+  inflightAtEngine: number;
 };
+
+/** Engine load older than this is ignored (the agent reads it once a second). */
+export const ENGINE_LOAD_TTL_MS = 5000;
+/** Consistent hashing with bounded loads: no replica above this factor of the mean. */
+export const LOAD_BOUND = 1.25;
+/**
+ * Below this many requests a replica keeps its keys whatever the mean: at low load the
+ * bound alone would move a conversation off its warm replica for one request in flight.
+ */
+export const LOAD_FLOOR = 4;
 
 export type Pick = { route: RouteEntry; state: ReplicaState; probe: boolean };
 
@@ -42,7 +63,7 @@ export function replicaKey(route: RouteEntry): string {
 }
 
 /** 32-bit FNV-1a followed by a murmur3 finaliser: cheap, well mixed, same on every runtime. */
-function hash32(text: string): number {
+export function hash32(text: string): number {
   let hash = 0x811c9dc5;
   for (let index = 0; index < text.length; index++) {
     hash ^= text.charCodeAt(index);
@@ -75,6 +96,9 @@ export class Balancer {
         ejectedUntil: 0,
         ejections: 0,
         probing: false,
+        engine: null,
+        engineAt: 0,
+        inflightAtEngine: 0,
       };
       this.states.set(key, state);
     }
@@ -92,17 +116,44 @@ export class Balancer {
     return now >= state.ejectedUntil && !state.probing;
   }
 
+  /** A replica's load now: see the class comment. */
+  load(state: ReplicaState, now = this.options.now()): number {
+    const engine = state.engine;
+    if (!engine || now - state.engineAt > ENGINE_LOAD_TTL_MS) return state.inflight;
+    const sentSince = Math.max(0, state.inflight - state.inflightAtEngine);
+    return Math.max(state.inflight, engine.running + engine.waiting + sentSince);
+  }
+
+  /** Whether the replica's engine reported a waiting queue (fresh figures only). */
+  private queued(state: ReplicaState, now: number): boolean {
+    return (
+      state.engine !== null &&
+      now - state.engineAt <= ENGINE_LOAD_TTL_MS &&
+      state.engine.waiting > 0
+    );
+  }
+
+  /** An answer's `x-fleet-load` header: the engine's load as its agent last read it. */
+  observe(state: ReplicaState, header: string | null): void {
+    const load = parseLoadHeader(header);
+    if (!load) return;
+    state.engine = load;
+    state.engineAt = this.options.now();
+    state.inflightAtEngine = state.inflight;
+  }
+
   /**
    * Chooses a replica among `candidates` not in `exclude`; undefined when none is
-   * available (all tried, ejected, or being probed).
+   * available (all tried, ejected, or being probed). With `affinityKey` (policy.ts), by
+   * bounded-load rendezvous hashing; without, least loaded of two.
    */
   pick(
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
-    sessionKey?: string,
+    affinityKey?: string,
   ): Pick | undefined {
     const now = this.options.now();
-    if (sessionKey !== undefined) return this.pickAffine(candidates, exclude, sessionKey, now);
+    if (affinityKey !== undefined) return this.pickAffine(candidates, exclude, affinityKey, now);
     let first: Pick | undefined;
     let second: Pick | undefined;
     let seen = 0;
@@ -123,9 +174,10 @@ export class Balancer {
     if (!first) return undefined;
     let chosen = first;
     if (second) {
-      if (second.state.inflight < first.state.inflight) chosen = second;
-      else if (second.state.inflight === first.state.inflight && this.random() < 0.5)
-        chosen = second;
+      const a = this.load(first.state, now);
+      const b = this.load(second.state, now);
+      if (b < a) chosen = second;
+      else if (b === a && this.random() < 0.5) chosen = second;
     }
     return this.claim(chosen);
   }
@@ -133,21 +185,36 @@ export class Balancer {
   private pickAffine(
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
-    sessionKey: string,
+    key: string,
     now: number,
   ): Pick | undefined {
-    let best: Pick | undefined;
-    let bestScore = -1;
+    const ranked: { pick: Pick; score: number; load: number }[] = [];
+    let total = 0;
     for (const route of candidates) {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
-      const score = hash32(`${sessionKey}\u0000${state.key}`);
-      if (score > bestScore) {
-        bestScore = score;
-        best = { route, state, probe: state.ejectedUntil !== 0 };
-      }
+      const load = this.load(state, now);
+      total += load;
+      ranked.push({
+        pick: { route, state, probe: state.ejectedUntil !== 0 },
+        score: hash32(`${key}\u0000${state.key}`),
+        load,
+      });
     }
-    return best ? this.claim(best) : undefined;
+    if (ranked.length === 0) return undefined;
+    // Highest score first; equal scores (a 32-bit collision) by replica key, so the order
+    // is the same in every router.
+    ranked.sort((a, b) =>
+      b.score !== a.score ? b.score - a.score : a.pick.state.key < b.pick.state.key ? -1 : 1,
+    );
+    const bound = Math.max(LOAD_FLOOR, Math.ceil((LOAD_BOUND * (total + 1)) / ranked.length));
+    for (const entry of ranked) {
+      if (entry.load < bound && !this.queued(entry.pick.state, now)) return this.claim(entry.pick);
+    }
+    // Every replica is over the bound or queued: the least loaded, in ranking order on ties.
+    let least = ranked[0] as (typeof ranked)[number];
+    for (const entry of ranked) if (entry.load < least.load) least = entry;
+    return this.claim(least.pick);
   }
 
   private claim(pick: Pick): Pick {

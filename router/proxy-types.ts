@@ -54,7 +54,8 @@ export type ForwardRequest = {
   hideUsage: boolean;
   /** Prompts and choices the request asks for: with the route's context, its token bounds. */
   shape: { inputs: number; choices: number };
-  sessionKey: string | undefined;
+  /** The key of the model's routing policy (policy.ts); undefined: least loaded. */
+  affinityKey: string | undefined;
   requestId: string;
   clientAddress: string | undefined;
   startedAt: number;

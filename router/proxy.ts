@@ -46,7 +46,7 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
   const retries = new RetryState(config, request);
   while (retries.attempts < config.maxAttempts) {
     if (retries.attempts > 0 && clock.now() - request.startedAt > config.budgetMs) break;
-    const choice = balancer.pick(request.candidates, retries.tried, request.sessionKey);
+    const choice = balancer.pick(request.candidates, retries.tried, request.affinityKey);
     if (!choice) break;
     if (retries.last)
       metrics.inc("fleet_router_retries_total", { alias, reason: retries.last.reason });

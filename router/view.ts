@@ -1,8 +1,13 @@
-import type { RouteEntry, RouteSnapshot } from "../protocol/index.ts";
+import {
+  type RouteEntry,
+  type RouteSnapshot,
+  type RoutingPolicy,
+  routingPolicyOf,
+} from "../protocol/index.ts";
 import { type ApiKeys, apiKeysOf } from "./auth.ts";
 import type { RouteSource } from "./types.ts";
 
-export type AliasRoutes = { ready: RouteEntry[]; createdAt: number };
+export type AliasRoutes = { ready: RouteEntry[]; createdAt: number; routing: RoutingPolicy };
 
 /** What a request needs from one route snapshot, indexed once per snapshot. */
 export type RouteView = {
@@ -18,7 +23,12 @@ export function buildView(snapshot: RouteSnapshot): RouteView {
   for (const route of snapshot.routes) {
     let entry = aliases.get(route.alias);
     if (!entry) {
-      entry = { ready: [], createdAt: Number.POSITIVE_INFINITY };
+      // Every route of an alias carries its model's policy.
+      entry = {
+        ready: [],
+        createdAt: Number.POSITIVE_INFINITY,
+        routing: routingPolicyOf(route.routing),
+      };
       aliases.set(route.alias, entry);
     }
     if (route.ready) entry.ready.push(route);

@@ -1,6 +1,7 @@
 import { sql } from "drizzle-orm";
 import { check, doublePrecision, integer, jsonb, pgTable, text } from "drizzle-orm/pg-core";
 import { dtypes } from "../../protocol/common.ts";
+import { routingPolicies } from "../../protocol/routes.ts";
 import { timestamps } from "./columns.ts";
 
 /** Desired state: what operators asked to serve. */
@@ -24,6 +25,8 @@ export const models = pgTable(
     placement: text({ enum: ["binpack", "spread"] })
       .notNull()
       .default("binpack"),
+    /** How routers choose among its replicas (protocol/routes.ts routingPolicies). */
+    routing: text({ enum: routingPolicies }).notNull().default("prefix_affinity"),
     ...timestamps,
   },
   (t) => [
@@ -34,6 +37,10 @@ export const models = pgTable(
     check("models_tensor_parallel_size_check", sql`${t.tensorParallelSize} >= 1`),
     check("models_replicas_check", sql`${t.replicas} >= 1`),
     check("models_placement_check", sql`${t.placement} in ('binpack', 'spread')`),
+    check(
+      "models_routing_check",
+      sql`${t.routing} in ('least_loaded', 'prefix_affinity', 'session')`,
+    ),
   ],
 );
 

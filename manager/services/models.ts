@@ -61,6 +61,7 @@ export async function registerModel(
           gpuIds: input.gpu_ids ?? null,
           extraArgs: input.extra_args,
           placement: input.placement,
+          routing: input.routing,
           createdAt: now,
           updatedAt: now,
         })

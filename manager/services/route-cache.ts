@@ -94,10 +94,11 @@ export class RouteCache {
             workerStatus: schema.workers.status,
             agentToken: schema.workers.agentToken,
             maxModelLen: schema.models.maxModelLen,
+            routing: schema.models.routing,
           })
           .from(schema.routes)
           .innerJoin(schema.workers, eq(schema.workers.workerId, schema.routes.workerId))
-          // A model's context length never changes after it is registered (routes do).
+          // A model's context length and routing never change after it is registered (routes do).
           .innerJoin(schema.models, eq(schema.models.alias, schema.routes.alias))
           .orderBy(asc(schema.routes.alias), asc(schema.routes.workerId)),
         db
@@ -108,7 +109,7 @@ export class RouteCache {
       ]);
       const snapshot: RouteSnapshot = {
         version: key,
-        routes: rows.map(({ route, workerStatus, agentToken, maxModelLen }) => ({
+        routes: rows.map(({ route, workerStatus, agentToken, maxModelLen, routing }) => ({
           ...routingRecord(route),
           instance_id: route.instanceId,
           ready: route.ready && workerStatus === "online",
@@ -116,6 +117,7 @@ export class RouteCache {
           // worker a secret that works there alone (a rotation bumps the version).
           agent_token: agentToken,
           max_model_len: maxModelLen,
+          routing,
         })),
         api_keys: keys,
       };

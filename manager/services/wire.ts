@@ -86,6 +86,7 @@ export function modelInfo(
     gpu_ids: model.gpuIds,
     extra_args: model.extraArgs,
     placement: model.placement,
+    routing: model.routing,
     created_at: model.createdAt.toISOString(),
     instances: instances.map((row) => instanceRecord(row, extras)),
     routes: routes.map(routingRecord),

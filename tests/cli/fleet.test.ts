@@ -52,6 +52,8 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
       "0.5",
       "--max-model-len",
       "4096",
+      "--routing",
+      "session",
       "--wait",
     ]);
     expect(code).toBe(0);
@@ -87,7 +89,12 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     const snapshot = JSON.parse(routes.output) as {
       routes: Array<{ alias: string; ready: boolean }>;
     };
-    expect(snapshot.routes).toEqual([expect.objectContaining({ alias: "qwen", ready: true })]);
+    expect(snapshot.routes).toEqual([
+      expect.objectContaining({ alias: "qwen", ready: true, routing: "session" }),
+    ]);
+    const routeTable = await fleet(["routes", "ls"]);
+    expect(routeTable.output).toMatch(/READY\s+ROUTING/);
+    expect(routeTable.output).toMatch(/yes\s+session/);
   });
 
   test("logs shows the engine's last lines", async () => {
@@ -191,6 +198,9 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     const bad = await fleet(["models", "register", "x", "org/x", "--gpu-memory-utilization", "2"]);
     expect(bad.code).toBe(2);
     expect(bad.output).toContain("--gpu-memory-utilization must be in (0, 1]");
+    const badRouting = await fleet(["models", "register", "x", "org/x", "--routing", "random"]);
+    expect(badRouting.code).toBe(2);
+    expect(badRouting.output).toContain("--routing is least_loaded, prefix_affinity or session");
 
     const noToken = await fleet(["models", "ls"], { ADMIN_TOKEN: "" });
     expect(noToken.code).toBe(1);

@@ -195,6 +195,7 @@ describe("manager mounts the router by name", () => {
         ready: true,
         agent_token: "fa_agent-of-w1",
         max_model_len: null,
+        routing: "prefix_affinity",
       },
     ],
     api_keys: [],

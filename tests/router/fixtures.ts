@@ -6,7 +6,7 @@ import { sql } from "drizzle-orm";
 import type { OpenTestDb } from "../../devkit/db.ts";
 import { freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, type Service, startProcess } from "../../devkit/proc.ts";
-import type { ModelInfo } from "../../protocol/index.ts";
+import type { ModelInfo, RoutingPolicy } from "../../protocol/index.ts";
 import {
   ADMIN,
   FLEET,
@@ -106,7 +106,7 @@ export async function addReplicas(
   manager: ServedManager,
   alias: string,
   replicas: { workerId: string; url: string }[],
-  options: { ready?: boolean } = {},
+  options: { ready?: boolean; routing?: RoutingPolicy } = {},
 ): Promise<ModelInfo> {
   for (const replica of replicas) {
     const agent = stubAgent();
@@ -122,7 +122,13 @@ export async function addReplicas(
     }
   }
   const placed = await manager.json<ModelInfo>("POST", "/v1/models/register", {
-    body: { alias, model_name: `org/${alias}`, replicas: replicas.length, placement: "spread" },
+    body: {
+      alias,
+      model_name: `org/${alias}`,
+      replicas: replicas.length,
+      placement: "spread",
+      ...(options.routing ? { routing: options.routing } : {}),
+    },
   });
   const placedOn = placed.body.routes?.map((r) => r.worker_id).sort();
   const wanted = replicas.map((r) => r.workerId).sort();

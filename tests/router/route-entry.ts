@@ -10,6 +10,8 @@ export function route(options: {
   agentToken?: string | null;
   /** The model's context length, as registered (default: not known). */
   maxModelLen?: number | null;
+  /** The model's routing policy (default: least_loaded, what these tests were written for). */
+  routing?: RouteEntry["routing"];
 }): RouteEntry {
   return {
     alias: options.alias,
@@ -23,5 +25,6 @@ export function route(options: {
     agent_token:
       options.agentToken === undefined ? `fa_agent-of-${options.workerId}` : options.agentToken,
     max_model_len: options.maxModelLen ?? null,
+    routing: options.routing ?? "least_loaded",
   };
 }

@@ -1,0 +1,2 @@
+ALTER TABLE "models" ADD COLUMN "routing" text DEFAULT 'prefix_affinity' NOT NULL;--> statement-breakpoint
+ALTER TABLE "models" ADD CONSTRAINT "models_routing_check" CHECK ("models"."routing" in ('least_loaded', 'prefix_affinity', 'session'));

@@ -1,0 +1,67 @@
+import type { RoutingPolicy } from "../protocol/index.ts";
+
+/**
+ * The affinity key a request routes by under its model's policy (docs/router.md "Routing
+ * policies"); undefined: least loaded (balancer.ts).
+ *
+ * - `prefix_affinity`: the conversation's stable prefix — its leading system/developer
+ *   messages and first user message (the same in every turn of one conversation), or the
+ *   first `PREFIX_CHARS` characters of a completion prompt or embedding input. A request
+ *   with no such text (token ids only) falls back to its session, then to least loaded.
+ * - `session`: `x-session-id`, else the body's `user`; none: least loaded.
+ * - `least_loaded`: none.
+ *
+ * Only plain string operations on the parsed JSON: the same key in Bun, Node and workerd.
+ */
+export const PREFIX_CHARS = 256;
+/** Text beyond this is not read: a long system prompt is already distinctive by then. */
+const MAX_KEY_CHARS = 4096;
+
+export function affinityKey(
+  policy: RoutingPolicy,
+  session: string | undefined,
+  json: Record<string, unknown>,
+  path: string,
+): string | undefined {
+  if (policy === "least_loaded") return undefined;
+  if (policy === "session") return session ? `s:${session}` : undefined;
+  const prefix = prefixKey(json, path);
+  if (prefix !== undefined) return `p:${prefix}`;
+  return session ? `s:${session}` : undefined;
+}
+
+export function prefixKey(json: Record<string, unknown>, path: string): string | undefined {
+  if (path === "/v1/chat/completions") return chatPrefix(json.messages);
+  const input = path === "/v1/embeddings" ? json.input : json.prompt;
+  const first = Array.isArray(input) ? input[0] : input;
+  if (typeof first !== "string" || first.length === 0) return undefined;
+  return first.slice(0, PREFIX_CHARS);
+}
+
+function chatPrefix(messages: unknown): string | undefined {
+  if (!Array.isArray(messages)) return undefined;
+  let key = "";
+  for (const message of messages) {
+    if (typeof message !== "object" || message === null) return undefined;
+    const { role, content } = message as { role?: unknown; content?: unknown };
+    if (typeof role !== "string") return undefined;
+    key += `\u0000${role}\u0000${textOf(content)}`;
+    if (key.length >= MAX_KEY_CHARS) return key.slice(0, MAX_KEY_CHARS);
+    // Leading system/developer messages, then the first user (or other) message ends it.
+    if (role !== "system" && role !== "developer") return key;
+  }
+  return key.length > 0 ? key : undefined;
+}
+
+function textOf(content: unknown): string {
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return "";
+  let text = "";
+  for (const part of content) {
+    if (typeof part === "object" && part !== null) {
+      const value = (part as { text?: unknown }).text;
+      if (typeof value === "string") text += value;
+    }
+  }
+  return text;
+}

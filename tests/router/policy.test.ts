@@ -1,0 +1,134 @@
+import { describe, expect, test } from "bun:test";
+import type { RouteEntry } from "../../protocol/index.ts";
+import { Balancer, ENGINE_LOAD_TTL_MS } from "../../router/balancer.ts";
+import { affinityKey, PREFIX_CHARS, prefixKey } from "../../router/policy.ts";
+import { route } from "./route-entry.ts";
+
+const chat = "/v1/chat/completions";
+const system = { role: "system", content: "You are a terse assistant." };
+
+function balancer(seed: number) {
+  let now = 1_000_000;
+  let state = seed;
+  const random = () => {
+    state = (state * 1_103_515_245 + 12_345) % 2 ** 31;
+    return state / 2 ** 31;
+  };
+  const made = new Balancer({
+    ejectAfter: 3,
+    cooldownMs: 1000,
+    maxCooldownMs: 5000,
+    now: () => now,
+    random,
+  });
+  return { b: made, advance: (ms: number) => (now += ms) };
+}
+
+const replicas: RouteEntry[] = ["w1", "w2", "w3", "w4"].map((workerId) =>
+  route({ alias: "m", workerId, url: `http://${workerId}.test`, routing: "prefix_affinity" }),
+);
+const none = new Set<string>();
+const workerOf = (b: Balancer, key: string | undefined) =>
+  b.pick(replicas, none, key)?.route.worker_id;
+const stateOf = (b: Balancer, worker: string) =>
+  b.state(replicas.find((r) => r.worker_id === worker) as RouteEntry);
+
+describe("routing policy keys", () => {
+  test("every turn of a conversation has the key of its system prompt and first user message", () => {
+    const turn1 = { messages: [system, { role: "user", content: "hi" }] };
+    const turn3 = {
+      messages: [
+        system,
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "hello" },
+        { role: "user", content: "more" },
+      ],
+    };
+    const other = { messages: [system, { role: "user", content: "hello there" }] };
+    const parts = {
+      messages: [
+        { role: "system", content: [{ type: "text", text: "You are a terse assistant." }] },
+        { role: "user", content: [{ type: "text", text: "hi" }] },
+      ],
+    };
+    expect(prefixKey(turn1, chat)).toBe(prefixKey(turn3, chat) as string);
+    expect(prefixKey(turn1, chat)).not.toBe(prefixKey(other, chat) as string);
+    expect(prefixKey(parts, chat)).toBe(prefixKey(turn1, chat) as string);
+  });
+
+  test("completions: the first characters of the prompt; token ids have no prefix key", () => {
+    const long = "x".repeat(PREFIX_CHARS);
+    expect(prefixKey({ prompt: `${long}tail one` }, "/v1/completions")).toBe(
+      prefixKey({ prompt: [`${long}tail two`] }, "/v1/completions") as string,
+    );
+    expect(prefixKey({ prompt: [1, 2, 3] }, "/v1/completions")).toBeUndefined();
+  });
+
+  test("policies: least_loaded none, session its header or user, prefix falls back to session", () => {
+    const body = { messages: [system] };
+    expect(affinityKey("least_loaded", "s1", body, chat)).toBeUndefined();
+    expect(affinityKey("session", "s1", body, chat)).toBe("s:s1");
+    expect(affinityKey("session", undefined, body, chat)).toBeUndefined();
+    expect(affinityKey("prefix_affinity", "s1", body, chat)?.startsWith("p:")).toBe(true);
+    expect(affinityKey("prefix_affinity", "s1", { prompt: [1] }, "/v1/completions")).toBe("s:s1");
+  });
+});
+
+describe("bounded-load rendezvous hashing", () => {
+  test("two routers with other random sources pick the same replica for the same key", () => {
+    const a = balancer(1).b;
+    const b = balancer(999).b;
+    for (let i = 0; i < 200; i++) expect(workerOf(a, `p:key${i}`)).toBe(workerOf(b, `p:key${i}`));
+  });
+
+  test("keys spread over the replicas", () => {
+    const { b } = balancer(1);
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 2000; i++) {
+      const worker = workerOf(b, `p:conversation ${i}`) as string;
+      counts.set(worker, (counts.get(worker) ?? 0) + 1);
+    }
+    expect(counts.size).toBe(4);
+    for (const count of counts.values()) expect(count).toBeGreaterThan(350);
+  });
+
+  test("a replica at the load bound is passed over for the next in the key's ranking", () => {
+    const { b } = balancer(1);
+    const key = "p:busy conversation";
+    const home = workerOf(b, key) as string;
+    // Bound with 4 replicas and this load: max(4, ceil(1.25 × (8 + 1) / 4)) = 4; home holds 8.
+    stateOf(b, home).inflight = 8;
+    const next = workerOf(b, key) as string;
+    expect(next).not.toBe(home);
+    // Deterministic: another router seeing the same loads walks to the same replica.
+    const other = balancer(7).b;
+    stateOf(other, home).inflight = 8;
+    expect(workerOf(other, key)).toBe(next);
+    stateOf(b, home).inflight = 3; // within the bound again: back home
+    expect(workerOf(b, key)).toBe(home);
+  });
+
+  test("an engine with a queue (x-fleet-load w>0) is passed over until its figures go stale", () => {
+    const { b, advance } = balancer(1);
+    const key = "p:queued conversation";
+    const home = workerOf(b, key) as string;
+    b.observe(stateOf(b, home), "r=1;w=2;kv=0.9");
+    expect(workerOf(b, key)).not.toBe(home);
+    advance(ENGINE_LOAD_TTL_MS + 1);
+    expect(workerOf(b, key)).toBe(home);
+    b.observe(stateOf(b, home), "r=1;w=0;kv=0.2");
+    expect(workerOf(b, key)).toBe(home);
+  });
+
+  test("least loaded counts the engine's running and waiting, not only this router's", () => {
+    const { b } = balancer(3);
+    const two = replicas.slice(0, 2);
+    b.observe(b.state(two[0] as RouteEntry), "r=12;w=3");
+    for (let i = 0; i < 50; i++) expect(b.pick(two, none)?.route.worker_id).toBe("w2");
+    // What this router sent since the header counts on top.
+    b.observe(b.state(two[1] as RouteEntry), "r=14;w=0");
+    b.state(two[1] as RouteEntry).inflight = 2;
+    expect(b.load(b.state(two[1] as RouteEntry))).toBe(16);
+    for (let i = 0; i < 50; i++) expect(b.pick(two, none)?.route.worker_id).toBe("w1");
+  });
+});

@@ -80,6 +80,11 @@ function main(): void {
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
 
+  // When the agent that launched this engine dies, its end of our stdout and stderr goes
+  // with it. vLLM (Python ignores SIGPIPE; logging reports the failed write and goes on)
+  // keeps loading and serving for the next agent to adopt; so does the simulator.
+  process.stdout.on("error", () => {});
+  process.stderr.on("error", () => {});
   const sleep = (ms: number) => (ms > 0 ? Bun.sleep(ms) : Promise.resolve());
   const out = {
     stdout: (text: string) => process.stdout.write(text),

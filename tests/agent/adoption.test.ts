@@ -344,6 +344,19 @@ describe("agent restart", () => {
     const pid = engine.pid as number;
     first.proc.kill("SIGKILL");
     await first.exited();
+    // The engine stops listening 300 ms after its first /health and stays alive: wait for
+    // that, or a quick restart could still find it answering.
+    await eventually(
+      async () => {
+        try {
+          await fetch(`http://127.0.0.1:${engine.port}/health`);
+          return false;
+        } catch {
+          return true;
+        }
+      },
+      { what: "the engine no longer answering" },
+    );
     expect(processAlive(pid)).toBe(true);
 
     const second = await bareAgent({

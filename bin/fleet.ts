@@ -118,7 +118,7 @@ const flagsSchema = z.object({
   spread: z.boolean().default(false),
   routing: z
     .enum(routingPolicySchema.options, {
-      error: "--routing is least_loaded, prefix_affinity or session",
+      error: "--routing is least_loaded, prefix_affinity, session or round_robin",
     })
     .optional(),
   wait: z.boolean().default(false),

@@ -20,9 +20,14 @@ export type RoutingRecord = z.infer<typeof routingRecordSchema>;
  * `least_loaded` (router in-flight + the engine's running and waiting, power of two
  * choices), `prefix_affinity` (rendezvous hash of the conversation's stable prefix, walking
  * on past loaded replicas), `session` (rendezvous hash of `x-session-id` or `user`, load
- * bounded).
+ * bounded), `round_robin` (each router in turn over the replicas, load blind: a baseline).
  */
-export const routingPolicies = ["least_loaded", "prefix_affinity", "session"] as const;
+export const routingPolicies = [
+  "least_loaded",
+  "prefix_affinity",
+  "session",
+  "round_robin",
+] as const;
 export const routingPolicySchema = z.enum(routingPolicies);
 export type RoutingPolicy = z.infer<typeof routingPolicySchema>;
 

@@ -1,4 +1,5 @@
 import { type EngineLoad, parseLoadHeader, type RouteEntry } from "../protocol/index.ts";
+import { ROUND_ROBIN } from "./policy.ts";
 
 /**
  * Replica selection and passive health.
@@ -80,6 +81,7 @@ export function hash32(text: string): number {
 export class Balancer {
   private readonly states = new Map<string, ReplicaState>();
   private readonly random: () => number;
+  private turn = 0;
 
   constructor(private readonly options: BalancerOptions) {
     this.random = options.random ?? Math.random;
@@ -153,6 +155,7 @@ export class Balancer {
     affinityKey?: string,
   ): Pick | undefined {
     const now = this.options.now();
+    if (affinityKey === ROUND_ROBIN) return this.pickInTurn(candidates, exclude, now);
     if (affinityKey !== undefined) return this.pickAffine(candidates, exclude, affinityKey, now);
     let first: Pick | undefined;
     let second: Pick | undefined;
@@ -180,6 +183,23 @@ export class Balancer {
       else if (b === a && this.random() < 0.5) chosen = second;
     }
     return this.claim(chosen);
+  }
+
+  /** The next available replica after the last one this router chose in turn. */
+  private pickInTurn(
+    candidates: readonly RouteEntry[],
+    exclude: ReadonlySet<string>,
+    now: number,
+  ): Pick | undefined {
+    const count = candidates.length;
+    for (let step = 0; step < count; step++) {
+      const route = candidates[(this.turn + step) % count] as RouteEntry;
+      const state = this.state(route);
+      if (exclude.has(state.key) || !this.available(state, now)) continue;
+      this.turn = (this.turn + step + 1) % count;
+      return this.claim({ route, state, probe: state.ejectedUntil !== 0 });
+    }
+    return undefined;
   }
 
   private pickAffine(

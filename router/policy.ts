@@ -10,10 +10,13 @@ import type { RoutingPolicy } from "../protocol/index.ts";
  *   with no such text (token ids only) falls back to its session, then to least loaded.
  * - `session`: `x-session-id`, else the body's `user`; none: least loaded.
  * - `least_loaded`: none.
+ * - `round_robin`: `ROUND_ROBIN`, the balancer's turn-taking (a load-blind baseline).
  *
  * Only plain string operations on the parsed JSON: the same key in Bun, Node and workerd.
  */
 export const PREFIX_CHARS = 256;
+/** The key that asks the balancer for the next replica in turn (not a hash key). */
+export const ROUND_ROBIN = "\u0000round-robin";
 /** Text beyond this is not read: a long system prompt is already distinctive by then. */
 const MAX_KEY_CHARS = 4096;
 
@@ -24,6 +27,7 @@ export function affinityKey(
   path: string,
 ): string | undefined {
   if (policy === "least_loaded") return undefined;
+  if (policy === "round_robin") return ROUND_ROBIN;
   if (policy === "session") return session ? `s:${session}` : undefined;
   const prefix = prefixKey(json, path);
   if (prefix !== undefined) return `p:${prefix}`;

@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { formatLoadHeader, LOAD_HEADER } from "../../protocol/load.ts";
 import type { SimConfig } from "./config.ts";
 import { Engine, type FinishReason, type Seq } from "./engine.ts";
 import { blockHashes, GENERATION_CUE, renderMessage } from "./kv-cache.ts";
@@ -606,6 +607,20 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     num_gpu_blocks: String(Math.ceil(config.kvCacheTokens / 16)),
   };
 
+  /** What an agent adds to a proxied answer (SIM_LOAD_HEADER), from the engine's live state. */
+  const stampLoad = (response: Response): Response => {
+    response.headers.set(
+      LOAD_HEADER,
+      formatLoadHeader({
+        running: engine.running.size,
+        waiting: engine.waiting,
+        kv: engine.kvCacheUsage(),
+        hit: null,
+      }),
+    );
+    return response;
+  };
+
   /** `/v1/...` routes shared by the plain and the `/proxy/{name}` surface. */
   const v1 = (request: Request, path: string): Response | Promise<Response> => {
     if (bearer.size > 0 && !bearer.has(request.headers.get("authorization") ?? "")) {
@@ -652,7 +667,11 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       const name = decodeURIComponent(slash < 0 ? path.slice(7) : path.slice(7, slash));
       if (!names.has(name)) return vllmError(404, `The model \`${name}\` does not exist.`, "model");
       const rest = slash < 0 ? "/" : path.slice(slash);
-      if (rest.startsWith("/v1/")) return v1(request, rest);
+      if (rest.startsWith("/v1/")) {
+        const answer = v1(request, rest);
+        if (!config.loadHeader) return answer;
+        return answer instanceof Promise ? answer.then(stampLoad) : stampLoad(answer);
+      }
     }
     return notFound();
   };

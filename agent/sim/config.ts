@@ -37,6 +37,8 @@ export type SimConfig = {
   prefillTokensPerS: number;
   /** vLLM's automatic prefix caching; `--no-enable-prefix-caching` turns it off. */
   prefixCaching: boolean;
+  /** SIM_LOAD_HEADER: `/proxy` answers carry `x-fleet-load` as an agent's would. */
+  loadHeader: boolean;
   accessLog: boolean;
   version: string;
   /** `prompt_tokens` to report in turn instead of the real count (null: the real one). */
@@ -259,6 +261,7 @@ export function parseServeArgs(argv: string[], env: SimEnv): SimConfig {
       env.SIM_PREFILL_TOKENS_PER_S ??
       0,
     prefixCaching: !bools.has("--no-enable-prefix-caching"),
+    loadHeader: env.SIM_LOAD_HEADER === "1" || env.SIM_LOAD_HEADER === "true",
     accessLog: env.SIM_ACCESS_LOG,
     version: env.SIM_VLLM_VERSION ?? defaults.version,
     reportedPromptTokens: env.SIM_USAGE_PROMPT_TOKENS ?? [],

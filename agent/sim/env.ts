@@ -30,6 +30,8 @@ export const simEnvSchema = z.object({
   /** `--prefill-rate`: prompt tokens per second of prefill (0: off). */
   SIM_PREFILL_TOKENS_PER_S: z.coerce.number().min(0).optional(),
   SIM_ACCESS_LOG: flag,
+  /** `/proxy/{name}/v1/*` answers carry `x-fleet-load` (live running, waiting, KV usage). */
+  SIM_LOAD_HEADER: z.enum(["0", "1", "true", "false", ""]).optional(),
   SIM_VLLM_VERSION: z.string().min(1).optional(),
   /**
    * Failure injection for usage accounting: a JSON array of `prompt_tokens` values reported

@@ -39,7 +39,7 @@ export const models = pgTable(
     check("models_placement_check", sql`${t.placement} in ('binpack', 'spread')`),
     check(
       "models_routing_check",
-      sql`${t.routing} in ('least_loaded', 'prefix_affinity', 'session')`,
+      sql`${t.routing} in ('least_loaded', 'prefix_affinity', 'session', 'round_robin')`,
     ),
   ],
 );

@@ -200,7 +200,9 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(bad.output).toContain("--gpu-memory-utilization must be in (0, 1]");
     const badRouting = await fleet(["models", "register", "x", "org/x", "--routing", "random"]);
     expect(badRouting.code).toBe(2);
-    expect(badRouting.output).toContain("--routing is least_loaded, prefix_affinity or session");
+    expect(badRouting.output).toContain(
+      "--routing is least_loaded, prefix_affinity, session or round_robin",
+    );
 
     const noToken = await fleet(["models", "ls"], { ADMIN_TOKEN: "" });
     expect(noToken.code).toBe(1);

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { RouteEntry } from "../../protocol/index.ts";
 import { Balancer, ENGINE_LOAD_TTL_MS } from "../../router/balancer.ts";
-import { affinityKey, PREFIX_CHARS, prefixKey } from "../../router/policy.ts";
+import { affinityKey, PREFIX_CHARS, prefixKey, ROUND_ROBIN } from "../../router/policy.ts";
 import { route } from "./route-entry.ts";
 
 const chat = "/v1/chat/completions";
@@ -118,6 +118,16 @@ describe("bounded-load rendezvous hashing", () => {
     expect(workerOf(b, key)).toBe(home);
     b.observe(stateOf(b, home), "r=1;w=0;kv=0.2");
     expect(workerOf(b, key)).toBe(home);
+  });
+
+  test("round robin takes the replicas in turn, skipping the ones excluded, load blind", () => {
+    const { b } = balancer(1);
+    expect(affinityKey("round_robin", "s1", { messages: [system] }, chat)).toBe(ROUND_ROBIN);
+    stateOf(b, "w2").inflight = 50;
+    const order = Array.from({ length: 8 }, () => workerOf(b, ROUND_ROBIN));
+    expect(order).toEqual(["w1", "w2", "w3", "w4", "w1", "w2", "w3", "w4"]);
+    const tried = new Set([stateOf(b, "w1").key]);
+    expect(b.pick(replicas, tried, ROUND_ROBIN)?.route.worker_id).toBe("w2");
   });
 
   test("least loaded counts the engine's running and waiting, not only this router's", () => {

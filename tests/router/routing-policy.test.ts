@@ -71,7 +71,7 @@ describe("routing policy across routers", () => {
     const model = await manager.json<ModelInfo>("GET", "/v1/models/chat");
     expect(model.body.routing).toBe("prefix_affinity");
     const bad = await manager.call("POST", "/v1/models/register", {
-      body: { alias: "bad", model_name: "org/bad", routing: "round_robin" },
+      body: { alias: "bad", model_name: "org/bad", routing: "random" },
     });
     expect(bad.status).toBe(400);
   });

@@ -161,4 +161,22 @@ describe("simulator prefix cache", () => {
     expect(metric(page, "vllm:prefix_cache_hits_total")).toBe(0);
     expect(page).toContain('enable_prefix_caching="False"');
   });
+
+  test("SIM_LOAD_HEADER: /proxy answers carry x-fleet-load as an agent's do; plain /v1 answers do not", async () => {
+    const sim = createSimApp(
+      parseServeArgs(["serve", "m", "--time-to-first-token", "0", "--inter-token-latency", "0"], {
+        ...noEnv,
+        SIM_LOAD_HEADER: "1",
+      }),
+    );
+    const body = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
+    const proxied = await sim.fetch(
+      new Request("http://sim/proxy/m/v1/chat/completions", { method: "POST", body }),
+    );
+    expect(proxied.headers.get("x-fleet-load")).toBe("r=0;w=0;kv=0");
+    const plain = await sim.fetch(
+      new Request("http://sim/v1/chat/completions", { method: "POST", body }),
+    );
+    expect(plain.headers.get("x-fleet-load")).toBeNull();
+  });
 });

@@ -1,0 +1,2 @@
+ALTER TABLE "models" DROP CONSTRAINT "models_routing_check";--> statement-breakpoint
+ALTER TABLE "models" ADD CONSTRAINT "models_routing_check" CHECK ("models"."routing" in ('least_loaded', 'prefix_affinity', 'session', 'round_robin'));

@@ -53,6 +53,13 @@ th { font-size: .85rem; color: var(--muted); font-weight: 600; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em; word-break: break-all; }
 svg.bar { width: 100%; height: 12px; display: block; border-radius: 3px; }
 svg.bar .used { fill: var(--bar-used); } svg.bar .claimed { fill: var(--bar-claimed); } svg.bar .free { fill: var(--bar-free); }
+svg.chart { width: 180px; height: 40px; display: block; }
+svg.chart .bar { fill: var(--accent); }
+svg.chart .axis { stroke: var(--line); stroke-width: 1; vector-effect: non-scaling-stroke; }
+svg.chart polyline { fill: none; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
+svg.chart .p50 { stroke: var(--accent); } svg.chart .p99 { stroke: var(--warn); stroke-dasharray: 3 2; }
+nav.filters a { padding: 4px 10px; border-radius: 6px; }
+nav.filters a[aria-current="page"] { background: var(--accent); color: var(--card); }
 progress { width: 100%; height: 12px; accent-color: var(--accent); }
 pre.log { max-height: 12em; overflow: auto; background: var(--bg); padding: 6px; border-radius: 4px; font-size: .8rem; white-space: pre-wrap; }
 form.inline { display: inline; }

@@ -26,6 +26,8 @@ import {
   sessionCookie,
   startSession,
 } from "./session.ts";
+import { loadTraffic, type TrafficWindow, trafficWindows } from "./traffic.ts";
+import { TrafficView } from "./traffic-view.tsx";
 import {
   type Claims,
   EventsView,
@@ -164,7 +166,16 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
     }
     await next();
   };
-  for (const path of ["/", "/models", "/models/*", "/routes", "/events", "/keys", "/keys/*"]) {
+  for (const path of [
+    "/",
+    "/models",
+    "/models/*",
+    "/routes",
+    "/traffic",
+    "/events",
+    "/keys",
+    "/keys/*",
+  ]) {
     app.use(path, guard);
   }
 
@@ -276,6 +287,13 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
         version={snapshot?.version ?? null}
       />,
     );
+  });
+
+  app.get("/traffic", async (c) => {
+    const asked = c.req.query("window") ?? "1h";
+    const window: TrafficWindow = asked in trafficWindows ? (asked as TrafficWindow) : "1h";
+    const traffic = await loadTraffic(ctx.fleetDb, window, ctx.clock.now());
+    return page(c, view("/traffic"), <TrafficView traffic={traffic} />);
   });
 
   app.get("/events", async (c) => {

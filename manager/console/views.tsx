@@ -16,6 +16,7 @@ export const views = [
   { path: "/", title: "Fleet" },
   { path: "/models", title: "Models" },
   { path: "/routes", title: "Routes" },
+  { path: "/traffic", title: "Traffic" },
   { path: "/events", title: "Events" },
   { path: "/keys", title: "Keys" },
 ] as const;

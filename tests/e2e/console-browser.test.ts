@@ -173,8 +173,49 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
     await page.goto(`${manager.url}/keys`);
     await page.type('input[name="name"]', "team-a");
     await Promise.all([page.waitForNavigation(), page.click('form[action="/keys"] button')]);
-    expect(await page.$eval("#new-key", (node) => node.textContent)).toStartWith("sk-fleet-");
+    const key = (await page.$eval("#new-key", (node) => node.textContent)) ?? "";
+    expect(key).toStartWith("sk-fleet-");
     await shot("keys");
+
+    // Chat traffic with that key; the Traffic page, open before it, shows it without a reload.
+    await page.goto(`${manager.url}/traffic`);
+    await page.evaluate(() => {
+      document.body.dataset.mark = "no-reload";
+    });
+    for (let i = 0; i < 5; i++) {
+      const reply = await fetch(`${manager.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "chat",
+          max_tokens: 8,
+          messages: [{ role: "user", content: `hello number ${i}` }],
+        }),
+      });
+      expect(reply.status).toBe(200);
+      await reply.text();
+    }
+    await page.waitForFunction(
+      () =>
+        document.querySelector('tr[data-alias="chat"] .requests')?.textContent === "5" &&
+        document.querySelector('tr[data-key="team-a"] .requests')?.textContent === "5",
+      { timeout: 30_000 },
+    );
+    expect(await page.$$eval('tr[data-alias="chat"] rect.bar', (bars) => bars.length)).toBe(1);
+    expect(await page.evaluate(() => document.body.dataset.mark)).toBe("no-reload");
+    await shot("traffic");
+
+    // Revoke the key and delete the model through their buttons.
+    await page.goto(`${manager.url}/keys`);
+    await Promise.all([page.waitForNavigation(), page.click('button[aria-label="Revoke team-a"]')]);
+    expect(await text()).toContain("revoked");
+    await page.goto(`${manager.url}/models`);
+    await Promise.all([page.waitForNavigation(), page.click('button[aria-label="Delete chat"]')]);
+    expect(await page.$('article[aria-label="model chat"]')).toBeNull();
+    const gone = await fetch(`${manager.url}/v1/models/chat`, {
+      headers: { authorization: `Bearer ${ADMIN}` },
+    });
+    expect(gone.status).toBe(404);
   }, 120_000);
 
   test("the page asked nothing of any host but the manager", () => {

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { schema } from "../../db/index.ts";
+import { dbTargets } from "../../devkit/db.ts";
 import { consolePaths } from "../../manager/console/routes.tsx";
 import type { WorkerCredentials } from "../../protocol/index.ts";
 import {
@@ -338,6 +340,56 @@ describe("fleet console forms", () => {
     expect(await reply.text()).toContain("from-a-script");
   });
 });
+
+for (const target of dbTargets) {
+  describe(`fleet console traffic (${target})`, () => {
+    test("per model and per key from request_logs: counts, token rates, percentiles, errors, charts", async () => {
+      const t = await testManager({ target });
+      try {
+        const created = await t.json<{ id: string; key: string }>("POST", "/v1/keys", {
+          body: { name: "team-a" },
+        });
+        const now = Date.now();
+        const row = (alias: string, minutesAgo: number, latencyMs: number, status = 200) => ({
+          ts: new Date(now - minutesAgo * 60_000),
+          apiKeyId: alias === "chat" ? created.body.id : null,
+          alias,
+          workerId: "w1",
+          status,
+          latencyMs,
+          ttftMs: Math.round(latencyMs / 4),
+          promptTokens: 10,
+          completionTokens: 20,
+        });
+        await t.db.db.insert(schema.requestLogs).values([
+          // chat: 100 requests over the hour, latencies 1..100 ms, 4 of them errors.
+          ...Array.from({ length: 100 }, (_, i) =>
+            row("chat", (i % 50) + 1, i + 1, i < 4 ? 502 : 200),
+          ),
+          row("embed", 30, 7),
+          row("old", 120, 5), // outside the last hour, inside the last day
+        ]);
+        const hour = await (await t.call("GET", "/traffic")).text();
+        const chat = /<tr data-alias="chat">(.*?)<\/tr>/s.exec(hour)?.[1] ?? "";
+        expect(chat).toContain('<td class="requests">100</td>');
+        expect(chat).toContain("51 ms · 99 ms"); // latencies 1..100: p50 50.5, p99 99.01
+        expect(chat).toContain("4.0%");
+        expect(chat).toContain("0.28 · 0.56"); // 1000 and 2000 tokens over 3600 s
+        expect(chat.match(/<rect class="bar"/g)?.length).toBe(50);
+        expect(hour).toContain('data-alias="embed"');
+        expect(hour).not.toContain('data-alias="old"');
+        const key = /<tr data-key="team-a">(.*?)<\/tr>/s.exec(hour)?.[1] ?? "";
+        expect(key).toContain('<td class="requests">100</td>');
+        expect(hour).toContain('data-key="(no key)"');
+        expect(hour).not.toContain(created.body.key);
+        const day = await (await t.call("GET", "/traffic?window=24h")).text();
+        expect(day).toContain('data-alias="old"');
+      } finally {
+        await t.close();
+      }
+    });
+  });
+}
 
 describe("fleet console on loopback without ADMIN_TOKEN", () => {
   test("pages are open, as the API is, and forms still need the CSRF field", async () => {

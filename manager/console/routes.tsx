@@ -26,7 +26,7 @@ import {
   sessionCookie,
   startSession,
 } from "./session.ts";
-import { loadTraffic, type TrafficWindow, trafficWindows } from "./traffic.ts";
+import { loadKeyUsage, loadTraffic, type TrafficWindow, trafficWindows } from "./traffic.ts";
 import { TrafficView } from "./traffic-view.tsx";
 import {
   type Claims,
@@ -335,7 +335,13 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
   ) => {
     const reply = await apiJson<ApiKeyList>("GET", "/v1/keys");
     const keys = reply.ok ? (reply.body as ApiKeyList).keys : [];
-    return page(c, view("/keys"), <KeysView keys={keys} csrf={csrfToken(c)} {...extra} />, status);
+    const usage = await loadKeyUsage(ctx.fleetDb, ctx.clock.now());
+    return page(
+      c,
+      view("/keys"),
+      <KeysView keys={keys} usage={usage} csrf={csrfToken(c)} {...extra} />,
+      status,
+    );
   };
 
   app.get("/keys", (c) => keysPage(c));

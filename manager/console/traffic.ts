@@ -134,3 +134,28 @@ export async function loadTraffic(db: FleetDb, window: TrafficWindow, now: Date)
     })),
   };
 }
+
+/** Per API key id over the last day: what the Keys page shows beside each key. */
+export type KeyUsage = { requests: number; tokens: number; lastAt: string | null };
+
+export async function loadKeyUsage(db: FleetDb, now: Date): Promise<Map<string, KeyUsage>> {
+  const since = new Date(now.getTime() - 86_400_000).toISOString();
+  const rows = await db.query<{
+    id: string;
+    requests: number;
+    tokens: number;
+    last_at: string;
+  }>(sql`
+    select api_key_id as id, count(*)::int as requests,
+           coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)::float8 as tokens,
+           max(ts)::text as last_at
+    from request_logs
+    where ts > ${since}::timestamptz and api_key_id is not null
+    group by api_key_id`);
+  return new Map(
+    rows.map((row) => [
+      row.id,
+      { requests: Number(row.requests), tokens: Number(row.tokens), lastAt: row.last_at },
+    ]),
+  );
+}

@@ -8,6 +8,9 @@ import type {
   WorkerInfo,
   WorkerPath,
 } from "../../protocol/index.ts";
+import { routingPolicies } from "../../protocol/index.ts";
+
+import type { KeyUsage } from "./traffic.ts";
 
 export type EventRow = typeof schema.events.$inferSelect;
 
@@ -286,6 +289,7 @@ export const ModelsLive: FC<{ models: ModelInfo[]; csrf: string }> = ({ models, 
           <span class="muted">
             {m.instances.filter((i) => i.status === "ready").length}/{m.replicas} ready
           </span>
+          <span class="muted">routing: {m.routing.replaceAll("_", " ")}</span>
           <form
             method="post"
             action={`/models/${encodeURIComponent(m.alias)}/delete`}
@@ -399,6 +403,16 @@ export const RegisterModelForm: FC<{ csrf: string; form: RegisterForm; error?: s
       </label>
     </div>
     <label>
+      Routing between replicas
+      <select name="routing">
+        {routingPolicies.map((p) => (
+          <option value={p} selected={(props.form.routing ?? "prefix_affinity") === p}>
+            {p.replaceAll("_", " ")}
+          </option>
+        ))}
+      </select>
+    </label>
+    <label>
       Extra vLLM arguments, one per line
       <textarea name="extra_args" rows={2}>
         {props.form.extra_args ?? ""}
@@ -431,6 +445,7 @@ export const RoutesView: FC<{
               <th>Worker</th>
               <th>URL</th>
               <th>Path</th>
+              <th>Routing</th>
               <th>Ready</th>
             </tr>
           </thead>
@@ -444,6 +459,7 @@ export const RoutesView: FC<{
                   <code>{r.worker_url}</code>
                 </td>
                 <td>{props.publicUrls.has(r.worker_url) ? "public" : "internal"}</td>
+                <td>{r.routing.replaceAll("_", " ")}</td>
                 <td>
                   <Badge status={r.ready ? "ready" : "starting"} />
                 </td>
@@ -533,6 +549,7 @@ export const EventsView: FC<{
 
 export const KeysView: FC<{
   keys: ApiKeyInfo[];
+  usage: Map<string, KeyUsage>;
   csrf: string;
   created?: { name: string; key: string };
   error?: string;
@@ -573,18 +590,24 @@ export const KeysView: FC<{
                 <th>Name</th>
                 <th>Prefix</th>
                 <th>Created</th>
+                <th>Requests (24 h)</th>
+                <th>Tokens (24 h)</th>
+                <th>Last request</th>
                 <th>State</th>
                 <th />
               </tr>
             </thead>
             <tbody>
               {props.keys.map((k) => (
-                <tr>
+                <tr data-key={k.name}>
                   <td>{k.name}</td>
                   <td>
                     <code>{k.prefix}…</code>
                   </td>
                   <td>{k.created_at}</td>
+                  <td class="requests">{props.usage.get(k.id)?.requests ?? 0}</td>
+                  <td>{props.usage.get(k.id)?.tokens ?? 0}</td>
+                  <td>{props.usage.get(k.id)?.lastAt ?? "–"}</td>
                   <td>{k.revoked_at ? <Badge status="revoked" /> : <Badge status="ok" />}</td>
                   <td>
                     {k.revoked_at ? null : (

@@ -163,7 +163,7 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
     const routes = await text();
     expect(routes).toContain("chat");
     expect(routes).toContain("Qwen/Qwen2.5-0.5B-Instruct");
-    expect(routes).toMatch(/internal\s*ready/);
+    expect(routes).toMatch(/internal\s*prefix affinity\s*ready/);
     await shot("routes");
 
     await page.goto(`${manager.url}/events?model=chat`);
@@ -207,6 +207,9 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
 
     // Revoke the key and delete the model through their buttons.
     await page.goto(`${manager.url}/keys`);
+    expect(await page.$eval('tr[data-key="team-a"] .requests', (node) => node.textContent)).toBe(
+      "5",
+    );
     await Promise.all([page.waitForNavigation(), page.click('button[aria-label="Revoke team-a"]')]);
     expect(await text()).toContain("revoked");
     await page.goto(`${manager.url}/models`);

@@ -274,16 +274,20 @@ describe("fleet console forms", () => {
         model_name: "org/chat",
         gpu_memory_utilization: "0.5",
         extra_args: "--enforce-eager\n",
+        routing: "least_loaded",
       },
     });
     expect(reply.status).toBe(303);
-    const model = await t.json<{ gpu_memory_utilization: number; extra_args: string[] }>(
-      "GET",
-      "/v1/models/chat",
-    );
+    const model = await t.json<{
+      gpu_memory_utilization: number;
+      extra_args: string[];
+      routing: string;
+    }>("GET", "/v1/models/chat");
     expect(model.status).toBe(200);
     expect(model.body.gpu_memory_utilization).toBe(0.5);
     expect(model.body.extra_args).toEqual(["--enforce-eager"]);
+    expect(model.body.routing).toBe("least_loaded");
+    expect(await (await browser.request("/routes")).text()).toContain("<td>least loaded</td>");
     expect(await (await browser.request("/models")).text()).toContain('aria-label="model chat"');
     const taken = await browser.request("/models", {
       form: { csrf, alias: "chat", model_name: "org/chat" },
@@ -382,6 +386,10 @@ for (const target of dbTargets) {
         expect(key).toContain('<td class="requests">100</td>');
         expect(hour).toContain('data-key="(no key)"');
         expect(hour).not.toContain(created.body.key);
+        const keys = await (await t.call("GET", "/keys")).text();
+        const keyRow = /<tr data-key="team-a">(.*?)<\/tr>/s.exec(keys)?.[1] ?? "";
+        expect(keyRow).toContain('<td class="requests">100</td>');
+        expect(keyRow).toContain("<td>3000</td>"); // 100 × (10 + 20) tokens
         const day = await (await t.call("GET", "/traffic?window=24h")).text();
         expect(day).toContain('data-alias="old"');
       } finally {

@@ -17,7 +17,7 @@ import { installRoutes } from "./routes/install.ts";
 import { keysRoutes } from "./routes/keys.ts";
 import { listModels, modelsRoutes } from "./routes/models.ts";
 import { routersRoutes } from "./routes/routers.ts";
-import { routesRoutes } from "./routes/routes.ts";
+import { routeLoadsRoutes, routesRoutes } from "./routes/routes.ts";
 import { usageRoutes } from "./routes/usage.ts";
 import { workersRoutes } from "./routes/workers.ts";
 import { DatabaseHealth } from "./services/database-health.ts";
@@ -122,6 +122,7 @@ export function createApp(deps: ManagerDeps): Manager {
   mountAt("/v1/workers", workersRoutes(ctx));
   mountAt("/v1/models", modelsRoutes(ctx));
   mountAt("/v1/routes", routesRoutes(ctx));
+  mountAt("/v1/route-loads", routeLoadsRoutes(ctx));
   mountAt("/v1/keys", keysRoutes(ctx));
   mountAt("/v1/routers", routersRoutes(ctx));
   mountAt("/v1/usage", usageRoutes(ctx, metrics));

@@ -10,6 +10,7 @@ import { Launcher } from "./services/launcher.ts";
 import { Lifecycle } from "./services/lifecycle.ts";
 import { Prober } from "./services/probes.ts";
 import { RouteCache } from "./services/route-cache.ts";
+import { RouteLoads } from "./services/route-loads.ts";
 import { RouterCredentials } from "./services/router-credentials.ts";
 import type { ListenAddress } from "./services/worker-urls.ts";
 import { CredentialMemo } from "./worker-auth.ts";
@@ -38,6 +39,8 @@ export type ManagerContext = {
   prober: Prober;
   /** Per worker: the last report fully applied (see worker-reports.ts). */
   heartbeats: HeartbeatMemo;
+  /** Each route's last engine load from heartbeats (served apart from the snapshot). */
+  loads: RouteLoads;
   /** Hashes of presented tokens and the credential last verified per worker (worker-auth.ts). */
   credentials: CredentialMemo;
   /** When this process started acting (the liveness sweep waits one timeout after it). */
@@ -87,6 +90,7 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
     prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config, lifecycle }),
     heartbeats,
+    loads: new RouteLoads(),
     credentials: new CredentialMemo(),
     startedAt: clock.now().getTime(),
     holdingOff: false,

@@ -15,6 +15,20 @@ export const engineLoadSchema = z.object({
 export type EngineLoad = z.infer<typeof engineLoadSchema>;
 
 /**
+ * `GET /v1/route-loads` (router credential or ADMIN_TOKEN): each route's last engine load as
+ * its agent's heartbeat carried it, `age_s` seconds ago. Apart from the route snapshot, so
+ * that loads never move its version.
+ */
+export const routeLoadSchema = z.object({
+  alias: z.string(),
+  worker_id: z.string(),
+  load: engineLoadSchema,
+  age_s: z.number().min(0),
+});
+export type RouteLoad = z.infer<typeof routeLoadSchema>;
+export const routeLoadsSchema = z.object({ loads: z.array(routeLoadSchema) });
+
+/**
  * The header an agent adds to every response it proxies, with the engine's last load:
  * `x-fleet-load: r=3;w=0;kv=0.42` and `;hit=0.81` when known. Unknown keys are ignored,
  * so a later agent may add some; a router reads it with `parseLoadHeader`.

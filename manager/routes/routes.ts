@@ -1,7 +1,12 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
 import { AppError } from "../../kit/errors.ts";
-import { aliasSchema, routeEntrySchema, routeSnapshotSchema } from "../../protocol/index.ts";
+import {
+  aliasSchema,
+  routeEntrySchema,
+  routeLoadsSchema,
+  routeSnapshotSchema,
+} from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import type { CachedSnapshot } from "../services/route-cache.ts";
 import { accessFor, errors, json, routeGroup } from "./define.ts";
@@ -17,6 +22,33 @@ const etagHeader = z.object({
  * database work is the credential's lookup (one unique-index read, so that a revocation
  * applies to the very next poll).
  */
+/**
+ * `/v1/route-loads`: each route's last engine load from heartbeats, apart from the snapshot
+ * (its version moves only when routes do). Small and uncached: routers poll it on their own.
+ */
+export function routeLoadsRoutes(ctx: ManagerContext): OpenAPIHono {
+  const access = accessFor(ctx);
+  const app = routeGroup();
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      tags,
+      summary: "Each route's last engine load (running, waiting, KV usage) from heartbeats",
+      ...access.router,
+      responses: {
+        200: json(routeLoadsSchema, "loads reported within the last 30 s"),
+        ...errors(401),
+      },
+    }),
+    (c) =>
+      c.json({ loads: ctx.loads.list(ctx.clock.now().getTime()) }, 200, {
+        "cache-control": "no-store",
+      }),
+  );
+  return app;
+}
+
 export function routesRoutes(ctx: ManagerContext): OpenAPIHono {
   const access = accessFor(ctx);
   const app = routeGroup();

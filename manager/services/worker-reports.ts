@@ -251,6 +251,7 @@ export async function heartbeat(
     throw exists ? notThisWorker(workerId) : workerNotFound(workerId);
   }
   const previous = row.previous;
+  ctx.loads.record(workerId, beat.instances, now.getTime());
   const credentials =
     hash === null ? undefined : await rotation(ctx, workerId, { hash, ...row }, now);
   // Logged by the lifecycle, with its `worker.online` event.

@@ -1,8 +1,12 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import type { z } from "zod";
 import type { ModelInfo, RouteSnapshot } from "../../../protocol/index.ts";
+import type { routeLoadsSchema } from "../../../protocol/load.ts";
 import { createRouterToken, gpu } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
+
+type RouteLoads = z.infer<typeof routeLoadsSchema>;
 
 /**
  * The route table routers poll: public URLs, ETag and 304.
@@ -72,5 +76,42 @@ describeApi("manager API: routes", (api) => {
     });
     expect(one.body.routes.map((r) => r.alias)).toEqual(["etag"]);
     expect((await t.call("GET", "/v1/routes/none", { token })).status).toBe(404);
+  });
+
+  test("GET /v1/route-loads: each route's load from its last heartbeat; the snapshot version stays", async () => {
+    const t = await api.manager();
+    const token = await createRouterToken(t);
+    const agent = api.agent();
+    await api.register(agent, "busy", [gpu(0)]);
+    await api.model({ alias: "loaded", worker_id: "busy" });
+    agent.markReady("loaded");
+    const beat = (load: { running: number; waiting: number; kv: number; hit: number | null }) =>
+      t.heartbeat("busy", {
+        gpu_info: { gpus: [gpu(0)], warning: null },
+        instances: agent.reports().map((report) => ({ ...report, load })),
+      });
+    expect((await beat({ running: 3, waiting: 1, kv: 0.5, hit: 0.8 })).status).toBe(200);
+    const version = (await t.json<RouteSnapshot>("GET", "/v1/routes", { token })).body.version;
+    const loads = await t.json<RouteLoads>("GET", "/v1/route-loads", { token });
+    expect(loads.status).toBe(200);
+    expect(loads.body.loads).toEqual([
+      {
+        alias: "loaded",
+        worker_id: "busy",
+        load: { running: 3, waiting: 1, kv: 0.5, hit: 0.8 },
+        age_s: expect.any(Number),
+      },
+    ]);
+    // A new load is served at once and does not move the snapshot's version.
+    expect((await beat({ running: 0, waiting: 0, kv: 0.1, hit: null })).status).toBe(200);
+    const next = await t.json<RouteLoads>("GET", "/v1/route-loads", { token });
+    expect(next.body.loads[0]?.load).toEqual({ running: 0, waiting: 0, kv: 0.1, hit: null });
+    expect((await t.json<RouteSnapshot>("GET", "/v1/routes", { token })).body.version).toBe(
+      version,
+    );
+    // The same access as the snapshot (a router credential or the admin).
+    expect((await t.call("GET", "/v1/route-loads")).status).toBe(
+      (await t.call("GET", "/v1/routes")).status,
+    );
   });
 });

@@ -148,6 +148,15 @@ describe("one line to add a GPU host (single executables, install.sh)", () => {
     expect(health).toMatchObject({ status: "ok", database: "pglite", database_status: "ok" });
     expect(readdirSync(join(home, "manager"))).toEqual([".fleet"]);
     expect(manager.output()).toContain("creating the embedded database");
+    // The console's pages and assets are in the executable (docs/console.md).
+    const page = await fetch(`${manager.url}/`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('href="/console/assets/console.css"');
+    for (const asset of ["console.css", "console.js"]) {
+      const reply = await fetch(`${manager.url}/console/assets/${asset}`);
+      expect({ asset, status: reply.status }).toEqual({ asset, status: 200 });
+      expect((await reply.text()).length).toBeGreaterThan(1000);
+    }
     // What `npm start` prints to paste on a GPU host; not on a terminal, without the token.
     expect(manager.output()).toContain(
       `curl -fsSL ${manager.url}/install.sh | FLEET_TOKEN=<the same token> WORKER_ID=<name> WORKER_HOST=127.0.0.1 sh`,

@@ -284,6 +284,11 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
       <RoutesView
         routes={snapshot?.routes ?? []}
         publicUrls={publicUrls}
+        loads={
+          new Map(
+            ctx.loads.list(ctx.clock.now().getTime()).map((l) => [`${l.worker_id} ${l.alias}`, l]),
+          )
+        }
         version={snapshot?.version ?? null}
       />,
     );

@@ -5,6 +5,7 @@ import type {
   InstanceRecord,
   ModelInfo,
   RouteEntry,
+  RouteLoad,
   WorkerInfo,
   WorkerPath,
 } from "../../protocol/index.ts";
@@ -424,8 +425,21 @@ export const RegisterModelForm: FC<{ csrf: string; form: RegisterForm; error?: s
   </form>
 );
 
+const LoadCell: FC<{ load: RouteLoad | undefined }> = ({ load }) => {
+  if (!load) return <span class="muted">–</span>;
+  const { running, waiting, kv, hit } = load.load;
+  const percent = (v: number) => `${Math.round(v * 100)}%`;
+  return (
+    <span title={`reported ${load.age_s} s ago`}>
+      {running} · {waiting} · {percent(kv)} · {hit === null ? "–" : percent(hit)}
+    </span>
+  );
+};
+
 export const RoutesView: FC<{
   routes: RouteEntry[];
+  /** Each route's last engine load, keyed `worker_id alias`. */
+  loads: Map<string, RouteLoad>;
   publicUrls: Set<string>;
   version: string | null;
 }> = (props) => (
@@ -447,6 +461,7 @@ export const RoutesView: FC<{
               <th>Path</th>
               <th>Routing</th>
               <th>Ready</th>
+              <th>Load (running · waiting · KV cache · prefix hits)</th>
             </tr>
           </thead>
           <tbody>
@@ -462,6 +477,9 @@ export const RoutesView: FC<{
                 <td>{r.routing.replaceAll("_", " ")}</td>
                 <td>
                   <Badge status={r.ready ? "ready" : "starting"} />
+                </td>
+                <td class="load">
+                  <LoadCell load={props.loads.get(`${r.worker_id} ${r.alias}`)} />
                 </td>
               </tr>
             ))}

@@ -236,9 +236,10 @@ describe("fleet console forms", () => {
   let t: TestManager;
   let browser: Browser;
   let csrf: string;
+  let a: StubAgent;
   beforeAll(async () => {
     t = await testManager();
-    const a = stubAgent();
+    a = stubAgent();
     agents.push(a);
     await t.register(registration("w1", a.url, [gpu(0)]), a);
     browser = new Browser(t);
@@ -296,6 +297,24 @@ describe("fleet console forms", () => {
     const deleted = await browser.request("/models/chat/delete", { form: { csrf } });
     expect(deleted.status).toBe(303);
     expect((await t.json("GET", "/v1/models/chat")).status).toBe(404);
+  });
+
+  test("the Routes page shows each route's engine load from the last heartbeat", async () => {
+    const created = await t.json("POST", "/v1/models/register", {
+      body: { alias: "loaded", model_name: "org/m", gpu_memory_utilization: 0.3 },
+    });
+    expect(created.status).toBe(201);
+    a.markReady("loaded");
+    const beat = await t.heartbeat("w1", {
+      gpu_info: { gpus: [gpu(0)], warning: null },
+      instances: a
+        .reports()
+        .map((report) => ({ ...report, load: { running: 3, waiting: 1, kv: 0.42, hit: 0.8 } })),
+    });
+    expect(beat.status).toBe(200);
+    const html = await (await browser.request("/routes")).text();
+    expect(html).toContain("3 · 1 · 42% · 80%");
+    await t.call("DELETE", "/v1/models/loaded");
   });
 
   test("a form without the CSRF field does nothing, even signed in", async () => {

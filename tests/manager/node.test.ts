@@ -61,6 +61,14 @@ describe(`manager on Node (${serviceDbTarget})`, () => {
     expect(body.error.code).toBe("model_not_found");
   });
 
+  test("the console renders on Node too (JSX through tsx), with the registered worker", async () => {
+    const page = await fetch(`${url}/`);
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toStartWith("<!doctype html>");
+    expect(html).toContain("node-box");
+  });
+
   test("bad input gets a 400 naming the field", async () => {
     const response = await fetch(`${url}/v1/models/register`, {
       method: "POST",

@@ -210,6 +210,9 @@ async function main() {
         FLEET_TOKEN: token,
         ADMIN_TOKEN: adminToken,
         RECONCILE_INTERVAL_S: "0.5",
+        // The route's URL is the simulator itself (standing in for the agent's port mapping),
+        // whose /health is not an agent's: a probing manager would withdraw the route.
+        PROBE_INTERVAL_S: "0",
         LOG_LEVEL: "error",
         ...bunFetchEnv,
       },
@@ -313,6 +316,12 @@ async function main() {
           concurrency: 64,
           durationMs: roundMs,
         });
+        if (loaded.non2xx > 0 || loaded.errors > 0) {
+          // A path answering errors is fast for the wrong reason: stop rather than report it.
+          throw new Error(
+            `${path.name}: ${loaded.errors} errors and ${loaded.non2xx} answers outside 2xx (${JSON.stringify(loaded.statuses)})`,
+          );
+        }
         c64[index]?.push(loaded);
         const cpuAfter = path.proc?.cpuMs() ?? null;
         if (cpuBefore !== null && cpuAfter !== null && loaded.requests > 0) {

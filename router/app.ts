@@ -23,7 +23,13 @@ import { affinityKey } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
-import type { ClientIdleTimer, FetchLike, RouteSource, UsageSink } from "./types.ts";
+import type {
+  ClientIdleTimer,
+  FetchLike,
+  RouteLoadsView,
+  RouteSource,
+  UsageSink,
+} from "./types.ts";
 import type { CheckedField, Rejection } from "./usage-scan.ts";
 import { type RouteView, viewSource } from "./view.ts";
 
@@ -108,6 +114,14 @@ export function createApp(deps: AppDeps): Hono {
   const balancer = createBalancer(deps, { metrics, log, clock });
   const instruments = routerInstruments(metrics, balancer);
   const currentView = viewSource(deps.routes, (snapshot) => balancer.retain(snapshot.routes));
+  /** The manager's route loads last handed to the balancer (a new object per fetch). */
+  let seededLoads: RouteLoadsView | undefined;
+  const seedLoads = (view: RouteView) => {
+    const loads = deps.routes.loads?.();
+    if (!loads || loads === seededLoads) return;
+    seededLoads = loads;
+    balancer.seed(view.snapshot.routes, loads.loads, Date.now() - loads.receivedAt);
+  };
   const requireApiKey = deps.requireApiKey ?? false;
 
   const app = new Hono();
@@ -151,7 +165,12 @@ export function createApp(deps: AppDeps): Hono {
     deps,
     proxy: proxyConfig(deps, { balancer, metrics, log, clock }),
     instruments,
-    currentView,
+    // Each inference request first hands the balancer any loads newly fetched.
+    currentView: () => {
+      const view = currentView();
+      if (view) seedLoads(view);
+      return view;
+    },
     requireApiKey,
   });
   for (const { path } of inferenceRoutes) app.post(path, (c) => inference(c, path));

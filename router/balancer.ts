@@ -1,4 +1,9 @@
-import { type EngineLoad, parseLoadHeader, type RouteEntry } from "../protocol/index.ts";
+import {
+  type EngineLoad,
+  parseLoadHeader,
+  type RouteEntry,
+  type RouteLoad,
+} from "../protocol/index.ts";
 import { ROUND_ROBIN } from "./policy.ts";
 
 /**
@@ -39,7 +44,7 @@ export type ReplicaState = {
 };
 
 /** Engine load older than this is ignored (the agent reads it once a second). */
-export const ENGINE_LOAD_TTL_MS = 5000;
+export const ENGINE_LOAD_TTL_MS = 10_000;
 /** Consistent hashing with bounded loads: no replica above this factor of the mean. */
 export const LOAD_BOUND = 1.25;
 /**
@@ -142,6 +147,26 @@ export class Balancer {
     state.engine = load;
     state.engineAt = this.options.now();
     state.inflightAtEngine = state.inflight;
+  }
+
+  /**
+   * Loads from the manager (heartbeats, `GET /v1/route-loads`): each one `ageMs` old is
+   * taken for a replica whose own last `x-fleet-load` is older still.
+   */
+  seed(routes: readonly RouteEntry[], loads: readonly RouteLoad[], extraAgeMs: number): void {
+    const now = this.options.now();
+    const byRoute = new Map<string, RouteEntry>();
+    for (const route of routes) byRoute.set(`${route.alias}\u0000${route.worker_id}`, route);
+    for (const entry of loads) {
+      const route = byRoute.get(`${entry.alias}\u0000${entry.worker_id}`);
+      if (!route) continue;
+      const state = this.state(route);
+      const at = now - entry.age_s * 1000 - Math.max(0, extraAgeMs);
+      if (state.engine !== null && state.engineAt >= at) continue;
+      state.engine = entry.load;
+      state.engineAt = at;
+      state.inflightAtEngine = state.inflight;
+    }
   }
 
   /**

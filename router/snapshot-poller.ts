@@ -1,8 +1,8 @@
 import { type Logger, silentLogger } from "../kit/log.ts";
-import { type RouteSnapshot, routeSnapshotSchema } from "../protocol/index.ts";
+import { type RouteSnapshot, routeLoadsSchema, routeSnapshotSchema } from "../protocol/index.ts";
 import type { FetchLike, RouteSource } from "./app.ts";
 import type { Metrics } from "./metrics.ts";
-import type { RouteSourceHealth } from "./types.ts";
+import type { RouteLoadsView, RouteSourceHealth } from "./types.ts";
 
 export type SnapshotPollerOptions = {
   managerUrl: string;
@@ -35,6 +35,11 @@ export class SnapshotPoller implements RouteSource {
   private state: "ok" | "unreachable" | "refused" = "ok";
   private lastReason = "";
   private readonly url: string;
+  private readonly loadsUrl: string;
+  private loadsView: RouteLoadsView | undefined;
+  /** false once the manager answered 404 (a manager before route loads): asked no more. */
+  private loadsServed = true;
+  private loadsInflight = false;
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
   private readonly fetchFn: FetchLike;
@@ -42,6 +47,7 @@ export class SnapshotPoller implements RouteSource {
 
   constructor(private readonly options: SnapshotPollerOptions) {
     this.url = `${options.managerUrl.replace(/\/+$/, "")}/v1/routes`;
+    this.loadsUrl = `${options.managerUrl.replace(/\/+$/, "")}/v1/route-loads`;
     this.intervalMs = options.intervalMs ?? 1000;
     this.timeoutMs = options.timeoutMs ?? 5000;
     this.fetchFn = options.fetch ?? ((input, init) => fetch(input, init));
@@ -74,6 +80,41 @@ export class SnapshotPoller implements RouteSource {
     return this.snapshot;
   }
 
+  loads(): RouteLoadsView | undefined {
+    return this.loadsView;
+  }
+
+  /**
+   * After each revalidation: each route's last engine load from heartbeats, for replicas
+   * this router has not heard from lately (answers' `x-fleet-load` headers are fresher).
+   * Best effort: a failure keeps the last loads, which age out in the balancer.
+   */
+  private async fetchLoads(): Promise<void> {
+    if (!this.loadsServed || this.loadsInflight) return;
+    this.loadsInflight = true;
+    try {
+      const headers = new Headers({ accept: "application/json" });
+      if (this.options.routerToken) {
+        headers.set("authorization", `Bearer ${this.options.routerToken}`);
+      }
+      const response = await this.fetchFn(this.loadsUrl, {
+        headers,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+      if (response.status === 404) this.loadsServed = false;
+      if (!response.ok) {
+        await response.body?.cancel();
+        return;
+      }
+      const parsed = routeLoadsSchema.safeParse(await response.json());
+      if (parsed.success) this.loadsView = { loads: parsed.data.loads, receivedAt: Date.now() };
+    } catch {
+      // The snapshot's own poll reports the manager's reachability.
+    } finally {
+      this.loadsInflight = false;
+    }
+  }
+
   health(): RouteSourceHealth {
     const ageS = this.lastSuccessAt === undefined ? null : (Date.now() - this.lastSuccessAt) / 1000;
     if (this.state === "refused") {
@@ -94,9 +135,12 @@ export class SnapshotPoller implements RouteSource {
 
   /** One revalidation; concurrent callers share it. Never rejects. */
   refresh(): Promise<void> {
-    this.inflight ??= this.fetchOnce().finally(() => {
-      this.inflight = undefined;
-    });
+    // The loads ride in the same promise, so that workerd's waitUntil covers them too.
+    this.inflight ??= this.fetchOnce()
+      .then(() => (this.state === "ok" ? this.fetchLoads() : undefined))
+      .finally(() => {
+        this.inflight = undefined;
+      });
     return this.inflight;
   }
 

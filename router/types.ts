@@ -1,4 +1,4 @@
-import type { RouteSnapshot, UsageRecord } from "../protocol/index.ts";
+import type { RouteLoad, RouteSnapshot, UsageRecord } from "../protocol/index.ts";
 
 /** Where the router reads routes: synchronous and cached (an in-process table or a poller). */
 export type RouteSource = {
@@ -9,7 +9,13 @@ export type RouteSource = {
    * anything. Sources that cannot tell leave it out.
    */
   health?(): RouteSourceHealth;
+  /**
+   * Each route's last engine load from the manager (`GET /v1/route-loads`), a new object
+   * per fetch; `receivedAt` is `Date.now()` when it arrived. Sources without it leave it out.
+   */
+  loads?(): RouteLoadsView | undefined;
 };
+export type RouteLoadsView = { loads: RouteLoad[]; receivedAt: number };
 export type RouteSourceHealth = { ageS: number | null; problem?: string };
 /** Where finished requests go; `record` must never block the request. */
 export type UsageSink = { record(record: UsageRecord): void };

@@ -52,8 +52,16 @@ const managerUrl = "http://manager.test";
 /** The manager app as the router's fetch, with each answer's status recorded. */
 function managerFetch() {
   const statuses: number[] = [];
+  /** `GET /v1/route-loads`, which the poller asks after each good revalidation. */
+  const loadStatuses: number[] = [];
   const state = { down: false, calls: 0, corrupt: false };
   const fetch: FetchLike = async (input, init) => {
+    const url = input instanceof Request ? input.url : String(input);
+    if (url.endsWith("/v1/route-loads") && !state.down) {
+      const response = await t.manager.app.request(url, init);
+      loadStatuses.push(response.status);
+      return response;
+    }
     state.calls++;
     if (state.down) throw new TypeError("fetch failed: connection refused");
     const response = await t.manager.app.request(
@@ -64,7 +72,7 @@ function managerFetch() {
     statuses.push(response.status);
     return response;
   };
-  return { fetch, statuses, state };
+  return { fetch, statuses, loadStatuses, state };
 }
 
 /** A worker registers and `alias` is placed on it through the manager's API. */
@@ -107,6 +115,8 @@ describe("SnapshotPoller against the manager", () => {
     await poller.refresh();
     await poller.refresh();
     expect(link.statuses).toEqual([200, 304, 304]);
+    // Each good revalidation also reads the route loads (apart from the snapshot).
+    expect(link.loadStatuses).toEqual([200, 200, 200]);
     expect(poller.current()).toBe(first);
   });
 

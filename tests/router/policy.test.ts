@@ -1,7 +1,9 @@
 import { describe, expect, test } from "bun:test";
+import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry } from "../../protocol/index.ts";
 import { Balancer, ENGINE_LOAD_TTL_MS } from "../../router/balancer.ts";
 import { affinityKey, PREFIX_CHARS, prefixKey, ROUND_ROBIN } from "../../router/policy.ts";
+import { SnapshotPoller } from "../../router/snapshot-poller.ts";
 import { route } from "./route-entry.ts";
 
 const chat = "/v1/chat/completions";
@@ -140,5 +142,74 @@ describe("bounded-load rendezvous hashing", () => {
     b.state(two[1] as RouteEntry).inflight = 2;
     expect(b.load(b.state(two[1] as RouteEntry))).toBe(16);
     for (let i = 0; i < 50; i++) expect(b.pick(two, none)?.route.worker_id).toBe("w1");
+  });
+
+  test("loads from the manager seed replicas this router has not heard from; a fresher header wins", () => {
+    const { b } = balancer(1);
+    const key = "p:seeded conversation";
+    const home = workerOf(b, key) as string;
+    const homeLoad = (waiting: number, age_s: number) => ({
+      alias: "m",
+      worker_id: home,
+      load: { running: 1, waiting, kv: 0.5, hit: null },
+      age_s,
+    });
+    b.seed(replicas, [homeLoad(3, 2)], 500);
+    expect(stateOf(b, home).engine?.waiting).toBe(3);
+    expect(workerOf(b, key)).not.toBe(home);
+    // The replica's own answer is fresher than a heartbeat from seconds ago.
+    b.observe(stateOf(b, home), "r=1;w=0");
+    b.seed(replicas, [homeLoad(5, 1)], 0);
+    expect(stateOf(b, home).engine?.waiting).toBe(0);
+    expect(workerOf(b, key)).toBe(home);
+    // Loads of routes no longer in the table are ignored.
+    b.seed(replicas, [{ ...homeLoad(9, 0), worker_id: "gone" }], 0);
+    expect(stateOf(b, home).engine?.waiting).toBe(0);
+  });
+});
+
+describe("route loads from the manager", () => {
+  test("the poller fetches GET /v1/route-loads after each revalidation, and stops on 404", async () => {
+    let loadsCalls = 0;
+    let serveLoads = true;
+    const manager = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(request) {
+        const path = new URL(request.url).pathname;
+        if (path === "/v1/routes")
+          return Response.json({ version: "1", routes: replicas, api_keys: [] });
+        if (path === "/v1/route-loads") {
+          loadsCalls++;
+          if (!serveLoads) return new Response(null, { status: 404 });
+          return Response.json({
+            loads: [
+              {
+                alias: "m",
+                worker_id: "w1",
+                load: { running: 2, waiting: 1, kv: 0.3, hit: 0.5 },
+                age_s: 1.5,
+              },
+            ],
+          });
+        }
+        return new Response(null, { status: 404 });
+      },
+    });
+    try {
+      const poller = new SnapshotPoller({ managerUrl: `http://127.0.0.1:${manager.port}` });
+      await poller.refresh();
+      await eventually(() => poller.loads() !== undefined, { what: "route loads" });
+      expect(poller.loads()?.loads[0]?.load.waiting).toBe(1);
+      serveLoads = false;
+      await poller.refresh();
+      await eventually(() => loadsCalls === 2, { what: "the 404" });
+      await poller.refresh();
+      await poller.refresh();
+      expect(loadsCalls).toBe(2);
+      expect(poller.loads()?.loads[0]?.worker_id).toBe("w1"); // the last ones kept
+    } finally {
+      manager.stop(true);
+    }
   });
 });

@@ -16,7 +16,14 @@ describe(`manager on Node (${serviceDbTarget})`, () => {
     url = `http://127.0.0.1:${port}`;
     // tsx as a loader (not its CLI) keeps the manager one process that stop() reaches.
     manager = startProcess(["node", "--import", "tsx", "manager/node.ts"], {
-      env: { DATABASE_URL: "", ...database.env, HOST: "127.0.0.1", PORT: String(port) },
+      env: {
+        DATABASE_URL: "",
+        ...database.env,
+        HOST: "127.0.0.1",
+        PORT: String(port),
+        // The workers below advertise URLs nobody serves (one with a name): no probes, no lookups.
+        PROBE_INTERVAL_S: "0",
+      },
     });
     await manager.waitFor("manager listening", 60_000);
     await waitForHttp(`${url}/health`);
@@ -61,12 +68,23 @@ describe(`manager on Node (${serviceDbTarget})`, () => {
     expect(body.error.code).toBe("model_not_found");
   });
 
-  test("the console renders on Node too (JSX through tsx), with the registered worker", async () => {
+  test("the console renders on Node too (JSX through tsx), with a registered worker", async () => {
+    const registered = await fetch(`${url}/v1/workers/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        worker_id: "node-console-box",
+        worker_url: "http://127.0.0.1:6007",
+        gpu_info: { gpus: [] },
+        agent_version: "test",
+      }),
+    });
+    expect(registered.status).toBe(200);
     const page = await fetch(`${url}/`);
     expect(page.status).toBe(200);
     const html = await page.text();
     expect(html).toStartWith("<!doctype html>");
-    expect(html).toContain("node-box");
+    expect(html).toContain("node-console-box");
   });
 
   test("bad input gets a 400 naming the field", async () => {

@@ -15,7 +15,7 @@ import { ROUND_ROBIN } from "./policy.ts";
  *   what this router sent it since, whichever is more (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
  *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
- *   unless that replica's load is at or over max(4, ceil(1.25 × (total + 1) / n)) —
+ *   unless that replica's load is at or over max(4, ceil(1.5 × (total + 1) / n)) —
  *   consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
  *   the next replica in the key's own ranking (no global reshuffle). Nothing random: every
  *   router with the same loads makes the same choice.
@@ -46,7 +46,7 @@ export type ReplicaState = {
 /** Engine load older than this is ignored (the agent reads it once a second). */
 export const ENGINE_LOAD_TTL_MS = 10_000;
 /** Consistent hashing with bounded loads: no replica above this factor of the mean. */
-export const LOAD_BOUND = 1.25;
+export const LOAD_BOUND = 1.5;
 /**
  * Below this many requests a replica keeps its keys whatever the mean: at low load the
  * bound alone would move a conversation off its warm replica for one request in flight.

@@ -98,7 +98,7 @@ describe("bounded-load rendezvous hashing", () => {
     const { b } = balancer(1);
     const key = "p:busy conversation";
     const home = workerOf(b, key) as string;
-    // Bound with 4 replicas and this load: max(4, ceil(1.25 × (8 + 1) / 4)) = 4; home holds 8.
+    // Bound with 4 replicas and this load: max(4, ceil(1.5 × (8 + 1) / 4)) = 4; home holds 8.
     stateOf(b, home).inflight = 8;
     const next = workerOf(b, key) as string;
     expect(next).not.toBe(home);

@@ -1,5 +1,5 @@
 import { connectionNamedHeaders, hopByHopHeaders } from "../kit/http-headers.ts";
-import type { RouteEntry } from "../protocol/index.ts";
+import { LOAD_HEADER, type RouteEntry } from "../protocol/index.ts";
 
 /**
  * Header hygiene for the hop to the agent and back.
@@ -61,7 +61,10 @@ export function authorizeFor(
   else delete headers.authorization;
 }
 
-/** The agent's response headers minus hop-by-hop ones and those `Connection` names. */
+/**
+ * The agent's response headers minus hop-by-hop ones, those `Connection` names, cookies and
+ * `x-fleet-load` (the engine's load is the fleet's business, not the client's).
+ */
 export function downstreamHeaders(upstream: Headers, bodyRewritten: boolean): Headers {
   const headers = new Headers();
   const named = connectionNamedHeaders(upstream);
@@ -69,7 +72,7 @@ export function downstreamHeaders(upstream: Headers, bodyRewritten: boolean): He
     if (hopByHopHeaders.has(name) || named.has(name)) return;
     if (name === "content-encoding") return;
     if (name === "content-length" && (bodyRewritten || upstream.has("content-encoding"))) return;
-    if (name === "set-cookie") return;
+    if (name === "set-cookie" || name === LOAD_HEADER) return;
     headers.append(name, value);
   });
   return headers;

@@ -120,9 +120,10 @@ describe("downstreamHeaders: what the client gets back from an agent", () => {
       "proxy-authenticate": "Basic",
       trailer: "x-checksum",
       "set-cookie": "agent=1",
+      "x-fleet-load": "r=3;w=0;kv=0.42",
     });
 
-  test("drops hop-by-hop headers, those Connection names, and cookies; keeps the rest", () => {
+  test("drops hop-by-hop headers, those Connection names, cookies and the engine's load; keeps the rest", () => {
     const headers = downstreamHeaders(agentHeaders(), false);
     expect(Object.fromEntries(headers)).toEqual({
       "content-type": "application/json",

@@ -256,6 +256,11 @@ function inferenceHandler(parts: {
         series.count(outcome.status);
         series.duration.observe(latencyMs / 1000);
         if (outcome.ttftMs !== null) series.ttft.observe(outcome.ttftMs / 1000);
+        series.tokens(
+          apiKeyId,
+          outcome.usage?.promptTokens ?? null,
+          outcome.usage?.completionTokens ?? null,
+        );
         const rejected = outcome.rejected ? [...outcome.rejected] : [];
         try {
           deps.usage.record({

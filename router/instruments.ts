@@ -8,12 +8,15 @@ export type AliasSeries = {
   ttft: BoundHistogram;
   /** Counts a finished request under its final status. */
   count(status: number): void;
+  /** Adds a finished request's checked token counts under its API key (null: none). */
+  tokens(apiKeyId: string | null, prompt: number | null, completion: number | null): void;
 };
 
 /**
  * Declares the router's metrics on `metrics` (docs/router.md "Metrics") and hands out the
- * per-alias series. The `alias` label always comes from the route table, never from raw
- * client input, so the number of series stays bounded.
+ * per-alias series. The `alias` label always comes from the route table and `api_key_id`
+ * from the snapshot's keys, never from raw client input, so the number of series stays
+ * bounded.
  */
 export function routerInstruments(
   metrics: Metrics,
@@ -29,6 +32,11 @@ export function routerInstruments(
     "fleet_router_ttft_seconds",
     "histogram",
     "Time from request arrival to the first body byte from the agent",
+  );
+  metrics.declare(
+    "fleet_router_tokens_total",
+    "counter",
+    "Tokens served, by alias, API key id (`none` without a key) and kind (prompt, completion), as the engines reported them and the router checked them",
   );
   metrics.declare("fleet_router_in_flight", "gauge", "Requests being proxied, by alias");
   metrics.declare("fleet_router_retries_total", "counter", "Attempts retried on another replica");
@@ -55,6 +63,7 @@ export function routerInstruments(
       if (series) return series;
       const labels = { alias };
       const byStatus = new Map<number, BoundSeries>();
+      const byKey = new Map<string, { prompt: BoundSeries; completion: BoundSeries }>();
       series = {
         inFlight: metrics.series("fleet_router_in_flight", labels, "gauge"),
         duration: metrics.histogramSeries("fleet_router_request_duration_seconds", labels),
@@ -69,6 +78,19 @@ export function routerInstruments(
             byStatus.set(status, counter);
           }
           counter.add(1);
+        },
+        tokens(apiKeyId, prompt, completion) {
+          if (prompt === null && completion === null) return;
+          const key = apiKeyId ?? "none";
+          let counters = byKey.get(key);
+          if (!counters) {
+            const series = (kind: string) =>
+              metrics.series("fleet_router_tokens_total", { alias, api_key_id: key, kind });
+            counters = { prompt: series("prompt"), completion: series("completion") };
+            byKey.set(key, counters);
+          }
+          if (prompt !== null) counters.prompt.add(prompt);
+          if (completion !== null) counters.completion.add(completion);
         },
       };
       byAlias.set(alias, series);

@@ -150,6 +150,30 @@ function events(text: string): string[] {
     .map((event) => event.slice(6));
 }
 
+describe("router app: token metrics", () => {
+  test("counts each request's prompt and completion tokens by alias and API key", async () => {
+    const key = "sk-tokens";
+    const { app, post, usage } = router({ apiKeys: [{ id: "key_1", key_hash: keyHash(key) }] });
+    const auth = { authorization: `Bearer ${key}` };
+    for (const extra of [{}, { stream: true }]) {
+      const response = await post("/v1/chat/completions", chat(extra), auth);
+      expect(response.status).toBe(200);
+      await response.arrayBuffer();
+    }
+    const text = await (await app.request("/metrics", { headers: auth })).text();
+    const sum = (field: "prompt_tokens" | "completion_tokens") =>
+      usage.reduce((total, record) => total + (record[field] ?? 0), 0);
+    expect(sum("prompt_tokens")).toBeGreaterThan(0);
+    const labels = { alias: "qwen", api_key_id: "key_1" };
+    expect(metric(text, "fleet_router_tokens_total", { ...labels, kind: "prompt" })).toBe(
+      sum("prompt_tokens"),
+    );
+    expect(metric(text, "fleet_router_tokens_total", { ...labels, kind: "completion" })).toBe(
+      sum("completion_tokens"),
+    );
+  });
+});
+
 describe("router app: upstream clients", () => {
   test("streamed requests go through streamFetch, whole answers through fetch", async () => {
     const streamed: string[] = [];

@@ -67,7 +67,7 @@ export type LaunchPhase = z.infer<typeof launchPhaseSchema>;
  * How far an engine's launch has come, read from its own log. `eta_s` is the time to ready:
  * on the agent from the current phase's percentage only (`eta_basis: "phase"`, null when the
  * phase shows none); the manager replaces it with one from this model's earlier launches
- * when it has any (`eta_basis: "history"`).
+ * when there are some (`eta_basis: "history"`).
  */
 export const instanceProgressSchema = z.object({
   phase: launchPhaseSchema,

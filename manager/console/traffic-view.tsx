@@ -1,5 +1,6 @@
 import type { FC } from "hono/jsx";
 import { type Traffic, type TrafficBucket, trafficWindows } from "./traffic.ts";
+import { Table } from "./views.tsx";
 
 const ms = (value: number | null) => (value === null ? "–" : `${Math.round(value)} ms`);
 const rate = (count: number, seconds: number) => {
@@ -96,98 +97,88 @@ export const TrafficView: FC<{ traffic: Traffic }> = ({ traffic }) => {
           <p class="muted">No request in the {window.label}.</p>
         ) : null}
         {traffic.aliases.length > 0 ? (
-          <div class="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th>Alias</th>
-                  <th>Requests</th>
-                  <th>Req/s</th>
-                  <th>Tokens/s in · out</th>
-                  <th>Latency p50 · p99</th>
-                  <th>TTFT p50 · p99</th>
-                  <th>Errors</th>
-                  <th>Requests per {window.per}</th>
-                  <th>Latency p50 (solid) · p99</th>
+          <Table
+            headers={[
+              "Alias",
+              "Requests",
+              "Req/s",
+              "Tokens/s in · out",
+              "Latency p50 · p99",
+              "TTFT p50 · p99",
+              "Errors",
+              `Requests per ${window.per}`,
+              "Latency p50 (solid) · p99",
+            ]}
+          >
+            {traffic.aliases.map((a) => {
+              const series = seriesOf(a.name);
+              return (
+                <tr data-alias={a.name}>
+                  <td>{a.name}</td>
+                  <td class="requests">{a.requests}</td>
+                  <td>{rate(a.requests, window.seconds)}</td>
+                  <td class="tokens">
+                    {rate(a.promptTokens, window.seconds)} ·{" "}
+                    {rate(a.completionTokens, window.seconds)}
+                  </td>
+                  <td>
+                    {ms(a.latencyP50)} · {ms(a.latencyP99)}
+                  </td>
+                  <td>
+                    {ms(a.ttftP50)} · {ms(a.ttftP99)}
+                  </td>
+                  <td>
+                    {a.requests === 0 ? "–" : `${((a.errors / a.requests) * 100).toFixed(1)}%`}
+                  </td>
+                  <td>
+                    <BarChart
+                      values={series.map((b) => b?.requests ?? 0)}
+                      label={`${a.name}: requests per ${window.per}, ${window.label}`}
+                    />
+                  </td>
+                  <td>
+                    <LatencyChart
+                      p50={series.map((b) => b?.latencyP50 ?? null)}
+                      p99={series.map((b) => b?.latencyP99 ?? null)}
+                      label={`${a.name}: latency p50 and p99 per ${window.per}, ${window.label}`}
+                    />
+                  </td>
                 </tr>
-              </thead>
-              <tbody>
-                {traffic.aliases.map((a) => {
-                  const series = seriesOf(a.name);
-                  return (
-                    <tr data-alias={a.name}>
-                      <td>{a.name}</td>
-                      <td class="requests">{a.requests}</td>
-                      <td>{rate(a.requests, window.seconds)}</td>
-                      <td class="tokens">
-                        {rate(a.promptTokens, window.seconds)} ·{" "}
-                        {rate(a.completionTokens, window.seconds)}
-                      </td>
-                      <td>
-                        {ms(a.latencyP50)} · {ms(a.latencyP99)}
-                      </td>
-                      <td>
-                        {ms(a.ttftP50)} · {ms(a.ttftP99)}
-                      </td>
-                      <td>
-                        {a.requests === 0 ? "–" : `${((a.errors / a.requests) * 100).toFixed(1)}%`}
-                      </td>
-                      <td>
-                        <BarChart
-                          values={series.map((b) => b?.requests ?? 0)}
-                          label={`${a.name}: requests per ${window.per}, ${window.label}`}
-                        />
-                      </td>
-                      <td>
-                        <LatencyChart
-                          p50={series.map((b) => b?.latencyP50 ?? null)}
-                          p99={series.map((b) => b?.latencyP99 ?? null)}
-                          label={`${a.name}: latency p50 and p99 per ${window.per}, ${window.label}`}
-                        />
-                      </td>
-                    </tr>
-                  );
-                })}
-              </tbody>
-            </table>
-          </div>
+              );
+            })}
+          </Table>
         ) : null}
         <h2>Per API key, {window.label}</h2>
         {traffic.keys.length === 0 ? <p class="muted">No request in the {window.label}.</p> : null}
         {traffic.keys.length > 0 ? (
-          <div class="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th>Key</th>
-                  <th>Requests</th>
-                  <th>Prompt tokens</th>
-                  <th>Completion tokens</th>
-                  <th>Errors</th>
-                  <th>Latency p50 · p99</th>
-                  <th>Last request</th>
-                </tr>
-              </thead>
-              <tbody>
-                {traffic.keys.map((k) => (
-                  <tr data-key={k.name}>
-                    <td>
-                      {k.name} {k.prefix ? <code>{k.prefix}…</code> : null}
-                      {k.revoked ? <span class="badge s-revoked">revoked</span> : null}
-                    </td>
-                    <td class="requests">{k.requests}</td>
-                    <td>{k.promptTokens}</td>
-                    <td>{k.completionTokens}</td>
-                    <td>{k.errors}</td>
-                    <td>
-                      {ms(k.latencyP50)} · {ms(k.latencyP99)}
-                    </td>
-                    <td>{k.lastAt ?? "–"}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+          <Table
+            headers={[
+              "Key",
+              "Requests",
+              "Prompt tokens",
+              "Completion tokens",
+              "Errors",
+              "Latency p50 · p99",
+              "Last request",
+            ]}
+          >
+            {traffic.keys.map((k) => (
+              <tr data-key={k.name}>
+                <td>
+                  {k.name} {k.prefix ? <code>{k.prefix}…</code> : null}
+                  {k.revoked ? <span class="badge s-revoked">revoked</span> : null}
+                </td>
+                <td class="requests">{k.requests}</td>
+                <td>{k.promptTokens}</td>
+                <td>{k.completionTokens}</td>
+                <td>{k.errors}</td>
+                <td>
+                  {ms(k.latencyP50)} · {ms(k.latencyP99)}
+                </td>
+                <td>{k.lastAt ?? "–"}</td>
+              </tr>
+            ))}
+          </Table>
         ) : null}
       </section>
     </>

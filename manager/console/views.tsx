@@ -115,6 +115,22 @@ export const LoginPage: FC<{ csrf: string; next: string; error?: string }> = (pr
   </html>
 );
 
+/** A scrolling table with one header row; the rows are its children. */
+export const Table: FC<PropsWithChildren<{ headers: string[] }>> = ({ headers, children }) => (
+  <div class="table-wrap">
+    <table>
+      <thead>
+        <tr>
+          {headers.map((header) => (
+            <th>{header}</th>
+          ))}
+        </tr>
+      </thead>
+      <tbody>{children}</tbody>
+    </table>
+  </div>
+);
+
 const Badge: FC<{ status: string }> = ({ status }) => (
   <span class={`badge s-${status}`}>{status}</span>
 );
@@ -302,24 +318,11 @@ export const ModelsLive: FC<{ models: ModelInfo[]; csrf: string }> = ({ models, 
             </button>
           </form>
         </h3>
-        <div class="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th>Worker</th>
-                <th>GPUs</th>
-                <th>Port</th>
-                <th>State</th>
-                <th>Progress / last error</th>
-              </tr>
-            </thead>
-            <tbody>
-              {m.instances.map((instance) => (
-                <InstanceRow instance={instance} />
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={["Worker", "GPUs", "Port", "State", "Progress / last error"]}>
+          {m.instances.map((instance) => (
+            <InstanceRow instance={instance} />
+          ))}
+        </Table>
       </article>
     ))}
   </section>
@@ -450,42 +453,37 @@ export const RoutesView: FC<{
     </p>
     {props.routes.length === 0 ? <p class="muted">No route: register a model first.</p> : null}
     {props.routes.length > 0 ? (
-      <div class="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th>Alias</th>
-              <th>Model</th>
-              <th>Worker</th>
-              <th>URL</th>
-              <th>Path</th>
-              <th>Routing</th>
-              <th>Ready</th>
-              <th>Load (running · waiting · KV cache · prefix hits)</th>
-            </tr>
-          </thead>
-          <tbody>
-            {props.routes.map((r) => (
-              <tr>
-                <td>{r.alias}</td>
-                <td>{r.model_name}</td>
-                <td>{r.worker_id}</td>
-                <td>
-                  <code>{r.worker_url}</code>
-                </td>
-                <td>{props.publicUrls.has(r.worker_url) ? "public" : "internal"}</td>
-                <td>{r.routing.replaceAll("_", " ")}</td>
-                <td>
-                  <Badge status={r.ready ? "ready" : "starting"} />
-                </td>
-                <td class="load">
-                  <LoadCell load={props.loads.get(`${r.worker_id} ${r.alias}`)} />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table
+        headers={[
+          "Alias",
+          "Model",
+          "Worker",
+          "URL",
+          "Path",
+          "Routing",
+          "Ready",
+          "Load (running · waiting · KV cache · prefix hits)",
+        ]}
+      >
+        {props.routes.map((r) => (
+          <tr>
+            <td>{r.alias}</td>
+            <td>{r.model_name}</td>
+            <td>{r.worker_id}</td>
+            <td>
+              <code>{r.worker_url}</code>
+            </td>
+            <td>{props.publicUrls.has(r.worker_url) ? "public" : "internal"}</td>
+            <td>{r.routing.replaceAll("_", " ")}</td>
+            <td>
+              <Badge status={r.ready ? "ready" : "starting"} />
+            </td>
+            <td class="load">
+              <LoadCell load={props.loads.get(`${r.worker_id} ${r.alias}`)} />
+            </td>
+          </tr>
+        ))}
+      </Table>
     ) : null}
   </section>
 );
@@ -526,40 +524,24 @@ export const EventsView: FC<{
     <section id="events" data-live>
       {props.events.length === 0 ? <p class="muted">No event.</p> : null}
       {props.events.length > 0 ? (
-        <div class="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th>Time</th>
-                <th>Event</th>
-                <th>Worker</th>
-                <th>Model</th>
-                <th>Change</th>
-                <th>Message</th>
-              </tr>
-            </thead>
-            <tbody>
-              {props.events.map((e) => (
-                <tr>
-                  <td>
-                    <time datetime={e.ts.toISOString()}>
-                      {e.ts.toISOString().replace("T", " ").slice(0, 19)}
-                    </time>
-                  </td>
-                  <td>{e.kind}</td>
-                  <td>{e.workerId ?? ""}</td>
-                  <td>{e.alias ?? ""}</td>
-                  <td>
-                    {e.fromStatus || e.toStatus
-                      ? `${e.fromStatus ?? "–"} → ${e.toStatus ?? "–"}`
-                      : ""}
-                  </td>
-                  <td>{e.message ?? ""}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={["Time", "Event", "Worker", "Model", "Change", "Message"]}>
+          {props.events.map((e) => (
+            <tr>
+              <td>
+                <time datetime={e.ts.toISOString()}>
+                  {e.ts.toISOString().replace("T", " ").slice(0, 19)}
+                </time>
+              </td>
+              <td>{e.kind}</td>
+              <td>{e.workerId ?? ""}</td>
+              <td>{e.alias ?? ""}</td>
+              <td>
+                {e.fromStatus || e.toStatus ? `${e.fromStatus ?? "–"} → ${e.toStatus ?? "–"}` : ""}
+              </td>
+              <td>{e.message ?? ""}</td>
+            </tr>
+          ))}
+        </Table>
       ) : null}
     </section>
   </>
@@ -601,51 +583,46 @@ export const KeysView: FC<{
       {props.keys.length === 0 ? (
         <p class="muted">No API key: the OpenAI surface is open on loopback until the first one.</p>
       ) : (
-        <div class="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Prefix</th>
-                <th>Created</th>
-                <th>Requests (24 h)</th>
-                <th>Tokens (24 h)</th>
-                <th>Last request</th>
-                <th>State</th>
-                <th />
-              </tr>
-            </thead>
-            <tbody>
-              {props.keys.map((k) => (
-                <tr data-key={k.name}>
-                  <td>{k.name}</td>
-                  <td>
-                    <code>{k.prefix}…</code>
-                  </td>
-                  <td>{k.created_at}</td>
-                  <td class="requests">{props.usage.get(k.id)?.requests ?? 0}</td>
-                  <td>{props.usage.get(k.id)?.tokens ?? 0}</td>
-                  <td>{props.usage.get(k.id)?.lastAt ?? "–"}</td>
-                  <td>{k.revoked_at ? <Badge status="revoked" /> : <Badge status="ok" />}</td>
-                  <td>
-                    {k.revoked_at ? null : (
-                      <form
-                        method="post"
-                        action={`/keys/${encodeURIComponent(k.id)}/revoke`}
-                        class="inline"
-                      >
-                        <input type="hidden" name="csrf" value={props.csrf} />
-                        <button type="submit" class="danger" aria-label={`Revoke ${k.name}`}>
-                          Revoke
-                        </button>
-                      </form>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table
+          headers={[
+            "Name",
+            "Prefix",
+            "Created",
+            "Requests (24 h)",
+            "Tokens (24 h)",
+            "Last request",
+            "State",
+            "",
+          ]}
+        >
+          {props.keys.map((k) => (
+            <tr data-key={k.name}>
+              <td>{k.name}</td>
+              <td>
+                <code>{k.prefix}…</code>
+              </td>
+              <td>{k.created_at}</td>
+              <td class="requests">{props.usage.get(k.id)?.requests ?? 0}</td>
+              <td>{props.usage.get(k.id)?.tokens ?? 0}</td>
+              <td>{props.usage.get(k.id)?.lastAt ?? "–"}</td>
+              <td>{k.revoked_at ? <Badge status="revoked" /> : <Badge status="ok" />}</td>
+              <td>
+                {k.revoked_at ? null : (
+                  <form
+                    method="post"
+                    action={`/keys/${encodeURIComponent(k.id)}/revoke`}
+                    class="inline"
+                  >
+                    <input type="hidden" name="csrf" value={props.csrf} />
+                    <button type="submit" class="danger" aria-label={`Revoke ${k.name}`}>
+                      Revoke
+                    </button>
+                  </form>
+                )}
+              </td>
+            </tr>
+          ))}
+        </Table>
       )}
     </section>
   </>

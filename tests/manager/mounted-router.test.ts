@@ -3,6 +3,7 @@ import type { Server } from "bun";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
 import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, type Service, startProcess, stopAll } from "../../devkit/proc.ts";
+import { sseData, streamText } from "../../devkit/sse.ts";
 import type { InstanceReport, InstanceSpec } from "../../protocol/index.ts";
 import { gpu } from "./helpers.ts";
 
@@ -185,25 +186,12 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
         }),
       });
       expect(response.status).toBe(200);
-      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-      const decoder = new TextDecoder();
-      let text = "";
-      while (!text.includes('"content"')) {
-        const { done, value } = await reader.read();
-        if (done) throw new Error(`stream ended early: ${text}`);
-        text += decoder.decode(value, { stream: true });
-      }
+      const body = streamText(response);
+      await body.until('"content"');
       const exited = manager.stop("SIGTERM", 60_000);
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-      }
+      const text = await body.rest();
       expect(await exited).toBe(0);
-      const events = text
-        .split("\n\n")
-        .filter((event) => event.startsWith("data: "))
-        .map((event) => event.slice(6));
+      const events = sseData(text);
       expect(events.at(-1)).toBe("[DONE]");
       const error = JSON.parse(events.at(-2) ?? "{}") as { error: Record<string, unknown> };
       expect(error.error).toMatchObject({ type: "server_error", code: 503 });

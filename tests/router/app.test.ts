@@ -3,6 +3,7 @@ import { createSimApp } from "../../agent/sim/app.ts";
 import { parseServeArgs } from "../../agent/sim/config.ts";
 import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
+import { sseData as events } from "../../devkit/sse.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
 import { Metrics } from "../../router/metrics.ts";
@@ -141,14 +142,6 @@ function endlessAnswer(signal: AbortSignal): Response {
 }
 
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string } };
-
-/** The `data:` payloads of an event stream, `[DONE]` included. */
-function events(text: string): string[] {
-  return text
-    .split("\n\n")
-    .filter((event) => event.startsWith("data: "))
-    .map((event) => event.slice(6));
-}
 
 describe("router app: token metrics", () => {
   test("counts each request's prompt and completion tokens by alias and API key", async () => {

@@ -3,6 +3,7 @@ import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { metricAt } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { stopAll } from "../../devkit/proc.ts";
+import { sseData, streamText } from "../../devkit/sse.ts";
 import {
   addReplicas,
   type ServedManager,
@@ -62,27 +63,14 @@ for (const runtime of ["bun", "node"] as const) {
         }),
       });
       expect(response.status).toBe(200);
-      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-      const decoder = new TextDecoder();
-      let text = "";
+      const body = streamText(response);
       // The stream is producing tokens before the signal.
-      while (!text.includes('"content"')) {
-        const { done, value } = await reader.read();
-        if (done) throw new Error(`stream ended early: ${text}`);
-        text += decoder.decode(value, { stream: true });
-      }
+      await body.until('"content"');
       const exited = router.stop("SIGTERM", 60_000);
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-      }
+      const text = await body.rest();
       expect(await exited).toBe(0);
 
-      const events = text
-        .split("\n\n")
-        .filter((event) => event.startsWith("data: "))
-        .map((event) => event.slice(6));
+      const events = sseData(text);
       expect(events.at(-1)).toBe("[DONE]");
       const last = JSON.parse(events.at(-2) ?? "{}") as ErrorEvent;
       expect(last.error).toMatchObject({ type: "server_error", param: null, code: 503 });

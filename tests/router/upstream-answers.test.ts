@@ -3,6 +3,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { metricAt } from "../../devkit/metrics.ts";
 import { stopAll } from "../../devkit/proc.ts";
+import { sseData } from "../../devkit/sse.ts";
 import {
   addReplicas,
   type Router,
@@ -146,10 +147,7 @@ for (const runtime of runtimes) {
       expect(response.status).toBe(200);
       expect(response.headers.get("content-length")).toBeNull();
       const text = await response.text();
-      const events = text
-        .split("\n\n")
-        .filter((event) => event.startsWith("data: "))
-        .map((event) => event.slice(6));
+      const events = sseData(text);
       expect(events[0]).toContain('"content":"hi"');
       expect(events.at(-1)).toBe("[DONE]");
       const error = JSON.parse(events.at(-2) ?? "{}") as ErrorBody;

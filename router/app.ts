@@ -3,6 +3,7 @@ import { type MonotonicClock, monotonicClock } from "../kit/clock.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
+import { Metrics } from "../kit/metrics.ts";
 import { maxLatencyMs } from "../protocol/index.ts";
 import { authenticate } from "./auth.ts";
 import { Balancer } from "./balancer.ts";
@@ -17,7 +18,6 @@ import {
   withIncludeUsage,
 } from "./body.ts";
 import { routerInstruments } from "./instruments.ts";
-import { Metrics } from "./metrics.ts";
 import { OpenStreams } from "./open-streams.ts";
 import { affinityKey } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";

@@ -1,5 +1,5 @@
+import type { BoundHistogram, BoundSeries, Metrics } from "../kit/metrics.ts";
 import type { Balancer } from "./balancer.ts";
-import type { BoundHistogram, BoundSeries, Metrics } from "./metrics.ts";
 
 /** One alias's request series, bound once: a request's metrics cost a few additions. */
 export type AliasSeries = {

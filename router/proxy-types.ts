@@ -1,9 +1,9 @@
 import type { Context } from "hono";
 import type { MonotonicClock } from "../kit/clock.ts";
 import type { Logger } from "../kit/log.ts";
+import type { BoundSeries, Metrics } from "../kit/metrics.ts";
 import type { RouteEntry } from "../protocol/index.ts";
 import type { Balancer } from "./balancer.ts";
-import type { BoundSeries, Metrics } from "./metrics.ts";
 import type { OpenStreams } from "./open-streams.ts";
 import type { ReplicaChecker } from "./replica-check.ts";
 import type { FetchLike } from "./types.ts";

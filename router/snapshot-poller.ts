@@ -1,7 +1,7 @@
 import { type Logger, silentLogger } from "../kit/log.ts";
+import type { Metrics } from "../kit/metrics.ts";
 import { type RouteSnapshot, routeLoadsSchema, routeSnapshotSchema } from "../protocol/index.ts";
 import type { FetchLike, RouteSource } from "./app.ts";
-import type { Metrics } from "./metrics.ts";
 import type { RouteLoadsView, RouteSourceHealth } from "./types.ts";
 
 export type SnapshotPollerOptions = {

@@ -1,9 +1,9 @@
 import type { Logger } from "../kit/log.ts";
+import { Metrics } from "../kit/metrics.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import type { Spool } from "../kit/spool.ts";
 import { type AppDeps, createApp, type FetchLike } from "./app.ts";
 import type { RouterEnv } from "./env.ts";
-import { Metrics } from "./metrics.ts";
 import { OpenStreams } from "./open-streams.ts";
 import { SnapshotPoller } from "./snapshot-poller.ts";
 import { UsageBatcher } from "./usage-batcher.ts";

@@ -1,8 +1,8 @@
 import { type Logger, silentLogger } from "../kit/log.ts";
+import type { Metrics } from "../kit/metrics.ts";
 import type { Spool } from "../kit/spool.ts";
 import type { UsageRecord } from "../protocol/index.ts";
 import type { FetchLike, UsageSink } from "./app.ts";
-import type { Metrics } from "./metrics.ts";
 
 export type UsageBatcherOptions = {
   managerUrl: string;

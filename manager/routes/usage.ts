@@ -1,8 +1,8 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { bearerToken } from "../../kit/crypto.ts";
 import { AppError, describeError } from "../../kit/errors.ts";
+import type { Metrics } from "../../kit/metrics.ts";
 import { usageBatchReplySchema, usageBatchSchema } from "../../protocol/index.ts";
-import type { Metrics } from "../../router/metrics.ts";
 import type { ManagerContext } from "../context.ts";
 import { checkRecords, countWrite, writeUsage } from "../services/usage.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";

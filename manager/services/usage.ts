@@ -3,9 +3,9 @@ import { type Db, schema } from "../../db/index.ts";
 import { describeError } from "../../kit/errors.ts";
 import type { Logger } from "../../kit/log.ts";
 import { LogLimiter } from "../../kit/log-limit.ts";
+import type { Metrics } from "../../kit/metrics.ts";
 import type { Spool } from "../../kit/spool.ts";
 import { type UsageRecord, usageRecordSchema } from "../../protocol/index.ts";
-import type { Metrics } from "../../router/metrics.ts";
 
 /** Rows per INSERT: one JSON parameter each, a few hundred KiB. */
 const CHUNK = 2000;

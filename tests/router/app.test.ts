@@ -4,9 +4,9 @@ import { parseServeArgs } from "../../agent/sim/config.ts";
 import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { sseData as events } from "../../devkit/sse.ts";
+import { Metrics } from "../../kit/metrics.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
-import { Metrics } from "../../router/metrics.ts";
 import { OpenStreams } from "../../router/open-streams.ts";
 import { route } from "./route-entry.ts";
 

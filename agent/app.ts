@@ -124,6 +124,21 @@ export function createApp(deps: AppDeps): Hono {
     return c.json(report);
   });
 
+  // An operator's restart, relayed by the manager: the engine stops and launches again on the
+  // same GPUs and port. 202 as it begins (the report says `stopping`); the rest is reported.
+  app.post("/v1/instances/:alias/restart", (c) => {
+    const alias = validAlias(c.req.param("alias"));
+    const result = supervisor.restart(alias);
+    if (result.kind === "not_found") {
+      throw new AppError("instance_not_found", `no instance ${alias} on this worker`, {
+        param: "alias",
+      });
+    }
+    if (result.kind === "conflict")
+      throw new AppError("conflict", result.reason, { param: "alias" });
+    return c.json(result.engine.report(), 202);
+  });
+
   app.get("/v1/instances/:alias/logs/lines", (c) => {
     const engine = engineOf(supervisor, c.req.param("alias"));
     const query = parseWith(logLinesQuerySchema, c.req.query());

@@ -294,6 +294,39 @@ export class Engine {
     return this.#stopping;
   }
 
+  /**
+   * An operator's restart (`POST /v1/instances/{alias}/restart`): stops the running process,
+   * its whole group as `stop` does, then launches it again with the same spec on the same
+   * port. The engine stays (its port lease, log, counters), so the agent reports it all along:
+   * `stopping`, then `starting` with a new launch's progress, then `ready`. It counts in
+   * `restarts`, as a crash restart does, but not toward the crash backoff. Only a ready engine
+   * restarts: the answer is why not otherwise (null once the restart has begun). A `stop`
+   * during the restart wins: nothing is launched again.
+   */
+  restart(): string | null {
+    const alias = this.spec.alias;
+    const proc = this.#proc;
+    if (this.#retiring || this.#stopping) return `instance ${alias} is stopping`;
+    if (this.status !== "ready" || !proc || this.port === null) {
+      return `instance ${alias} is ${this.status}: only a ready engine can be restarted`;
+    }
+    // From here on the old process's exit and readiness checks are not this engine's news.
+    this.#generation++;
+    this.restarts++;
+    this.logs.push(
+      `[agent] restart requested: stopping pid ${proc.pid}, then launching again on port ${this.port}`,
+    );
+    this.#options.log.info("engine restart requested", { alias, pid: proc.pid, port: this.port });
+    this.#setStatus("stopping");
+    void (async () => {
+      await terminateGroup(proc, this.#options.stopGraceMs);
+      if (this.#retiring || this.#proc !== proc) return;
+      this.#proc = null;
+      this.#launch();
+    })();
+    return null;
+  }
+
   async #stop(graceMs: number): Promise<void> {
     this.#retiring = true;
     if (this.#restartTimer) clearTimeout(this.#restartTimer);

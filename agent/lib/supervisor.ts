@@ -203,6 +203,23 @@ export class Supervisor {
     return { kind: "created", engine };
   }
 
+  /**
+   * Restarts a ready engine in place (same spec, GPUs and port; `Engine.restart`). The reply
+   * is its report as the restart begins (`stopping`, `restarts` counted), or why not.
+   */
+  restart(
+    alias: string,
+  ):
+    | { kind: "restarting"; engine: Engine }
+    | { kind: "not_found" }
+    | { kind: "conflict"; reason: string } {
+    const engine = this.#engines.get(alias);
+    if (!engine) return { kind: "not_found" };
+    const refused = engine.restart();
+    if (refused !== null) return { kind: "conflict", reason: refused };
+    return { kind: "restarting", engine };
+  }
+
   /** Stops and forgets an instance; resolves with its final report. */
   async stop(alias: string, graceMs?: number): Promise<InstanceReport | null> {
     const engine = this.#engines.get(alias);

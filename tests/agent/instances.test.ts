@@ -225,6 +225,74 @@ describe("agent instance API", () => {
     expect(again.status).toBe(404);
   });
 
+  test("a restart stops the engine's process group and launches it again on the same port", async () => {
+    const res = await launch({
+      alias: "restartme",
+      model_name: "m/restart",
+      gpu_ids: [1],
+      extra_args: ["--startup-delay", "400"],
+    });
+    const { pid, port } = res.json as { pid: number; port: number };
+    // Not ready yet: nothing to restart (the launch is already under way).
+    const early = await call(`${base}/v1/instances/restartme/restart`, { method: "POST", token });
+    expect(early.status).toBe(409);
+    expect(early.json.error.message).toContain("only a ready engine can be restarted");
+    await waitStatus("restartme", "ready");
+
+    const restarted = await call(`${base}/v1/instances/restartme/restart`, {
+      method: "POST",
+      token,
+    });
+    expect(restarted.status).toBe(202);
+    expect(restarted.json.status).toBe("stopping");
+    expect(restarted.json.restarts).toBe(1);
+    // A second request while the first is under way is refused, not doubled.
+    const twice = await call(`${base}/v1/instances/restartme/restart`, { method: "POST", token });
+    expect(twice.status).toBe(409);
+    expect(twice.json.error.code).toBe("conflict");
+
+    const starting = await waitStatus("restartme", "starting");
+    expect(starting.pid).not.toBe(pid);
+    expect(starting.port).toBe(port);
+    // The new launch reports its own progress from the start.
+    expect(starting.progress?.phase).not.toBe("ready");
+    expect(groupAlive(pid)).toBe(false);
+    const ready = await waitStatus("restartme", "ready");
+    expect(ready.pid).toBe(starting.pid);
+    expect(ready.restarts).toBe(1);
+    expect(ready.last_error).toBeNull();
+    const models = await fetch(`http://127.0.0.1:${port}/v1/models`).then((r) => r.json());
+    expect(models.data[0].id).toBe("restartme");
+    const logs = await call(`${base}/v1/instances/restartme/logs?tail=1000`, { token });
+    expect(logs.text).toContain(`[agent] restart requested: stopping pid ${pid}`);
+
+    const unknown = await call(`${base}/v1/instances/nobody/restart`, { method: "POST", token });
+    expect(unknown.status).toBe(404);
+    expect(unknown.json.error.code).toBe("instance_not_found");
+    const bad = await call(`${base}/v1/instances/Bad%20Alias!/restart`, { method: "POST", token });
+    expect(bad.status).toBe(400);
+    await call(`${base}/v1/instances/restartme`, { method: "DELETE", token });
+  });
+
+  test("a stop during a restart wins: the engine is not launched again", async () => {
+    const res = await launch({ alias: "restart-stop", model_name: "m/rs", gpu_ids: [0] });
+    const { pid, port } = res.json as { pid: number; port: number };
+    await waitStatus("restart-stop", "ready");
+    const restarted = await call(`${base}/v1/instances/restart-stop/restart`, {
+      method: "POST",
+      token,
+    });
+    expect(restarted.status).toBe(202);
+    const stopped = await call(`${base}/v1/instances/restart-stop`, { method: "DELETE", token });
+    expect(stopped.status).toBe(200);
+    expect(stopped.json.status).toBe("stopped");
+    expect(groupAlive(pid)).toBe(false);
+    const gone = await call(`${base}/v1/instances/restart-stop`, { token });
+    expect(gone.status).toBe(404);
+    // Nothing listens on the port afterwards: the restart did not launch behind the stop.
+    expect(await canBind(port)).toBe(true);
+  });
+
   test("a port the manager names is used when free and refused when taken", async () => {
     const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("busy") });
     try {

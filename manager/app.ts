@@ -14,6 +14,7 @@ import type { ManagerDeps } from "./deps.ts";
 import { type ApiDocument, docsRoutes } from "./docs.ts";
 import { errors, json, routeGroup, securitySchemes } from "./routes/define.ts";
 import { installRoutes } from "./routes/install.ts";
+import { instancesRoutes } from "./routes/instances.ts";
 import { keysRoutes } from "./routes/keys.ts";
 import { listModels, modelsRoutes } from "./routes/models.ts";
 import { routersRoutes } from "./routes/routers.ts";
@@ -121,6 +122,7 @@ export function createApp(deps: ManagerDeps): Manager {
   };
   mountAt("/v1/workers", workersRoutes(ctx));
   mountAt("/v1/models", modelsRoutes(ctx));
+  mountAt("/v1/instances", instancesRoutes(ctx));
   mountAt("/v1/routes", routesRoutes(ctx));
   mountAt("/v1/route-loads", routeLoadsRoutes(ctx));
   mountAt("/v1/keys", keysRoutes(ctx));

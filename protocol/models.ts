@@ -89,6 +89,22 @@ export const instanceRecordSchema = z.object({
 });
 export type InstanceRecord = z.infer<typeof instanceRecordSchema>;
 
+/**
+ * `POST /v1/instances/{id}/restart`: who asks and why, both optional and only recorded in the
+ * `instance.restarted` event (the admin token is what authorises it). An empty body is `{}`.
+ */
+export const instanceRestartSchema = z.strictObject({
+  /** Who asks, as the caller names itself (`fleet` names the user and host, the console itself). */
+  requested_by: z.string().trim().min(1).max(200).optional(),
+  reason: z.string().trim().max(500).optional(),
+});
+export type InstanceRestart = z.infer<typeof instanceRestartSchema>;
+
+/** The path of `POST /v1/instances/{id}/restart`: an instance id as `GET /v1/models/{alias}` lists it. */
+export const instanceIdParamsSchema = z.object({
+  id: z.uuid("an instance id is a UUID, as GET /v1/models/{alias} lists it under instances[].id"),
+});
+
 export const modelStatusSchema = z.enum(["starting", "ready", "degraded", "failed"]);
 export type ModelStatus = z.infer<typeof modelStatusSchema>;
 

@@ -14,7 +14,13 @@ import {
 
 export type AgentCallResult<T> =
   | { ok: true; value: T }
-  | { ok: false; status: number | null; error: string };
+  | {
+      ok: false;
+      status: number | null;
+      error: string;
+      /** The `error.code` of the agent's answer, when it sent one (`instance_not_found`, `not_found`). */
+      code?: string;
+    };
 
 /** What the manager knows of a worker to call its agent: its URLs, what answers, its credential. */
 export type AgentAddress = Pick<
@@ -118,6 +124,22 @@ export class AgentClient {
     return result;
   }
 
+  /**
+   * `POST /v1/instances/{alias}/restart`: the agent stops the engine and launches it again on
+   * the same GPUs and port; 202 with its report as the restart begins (`stopping`).
+   */
+  restart(worker: AgentAddress, alias: string): Promise<AgentCallResult<InstanceReport | null>> {
+    return this.call(
+      worker,
+      `/v1/instances/${encodeURIComponent(alias)}/restart`,
+      { method: "POST" },
+      (body) => {
+        const parsed = instanceReportSchema.safeParse(body);
+        return parsed.success ? parsed.data : null;
+      },
+    );
+  }
+
   /** `GET /v1/instances/{alias}/logs?tail=N`: the engine's last log lines, as plain text. */
   logs(worker: AgentAddress, alias: string, tail: number): Promise<AgentCallResult<string>> {
     return this.call(
@@ -196,6 +218,7 @@ export class AgentClient {
         ok: false,
         status: response.status,
         error: `agent at ${workerUrl} answered ${response.status}: ${errorMessage(body) ?? (text.slice(0, 300) || response.statusText)}`,
+        ...errorCode(body),
       };
     }
     return { ok: true, value: parse(body, text) };
@@ -211,4 +234,12 @@ function errorMessage(body: unknown): string | undefined {
     return typeof message === "string" ? message : undefined;
   }
   return undefined;
+}
+
+function errorCode(body: unknown): { code?: string } {
+  if (typeof body !== "object" || body === null || !("error" in body)) return {};
+  const error = (body as { error: unknown }).error;
+  if (typeof error !== "object" || error === null || !("code" in error)) return {};
+  const code = (error as { code: unknown }).code;
+  return typeof code === "string" ? { code } : {};
 }

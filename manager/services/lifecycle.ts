@@ -26,7 +26,7 @@ import { phaseEvents, progressFingerprint, storedProgress } from "./progress.ts"
 export type Trigger =
   /**
    * the management API (`POST /v1/models/register`, `DELETE /v1/models/{alias}`,
-   * `DELETE /v1/workers/{id}`)
+   * `DELETE /v1/workers/{id}`, `POST /v1/instances/{id}/restart` and the agent's answer to it)
    */
   | "api"
   /** the agent's answer to the manager's launch call (`POST /v1/instances`) */
@@ -122,6 +122,21 @@ export const instanceTransitions = {
     event: "instance.evicted",
   },
   dropped: { from: ["lost"], to: [null], by: "api", event: "instance.dropped" },
+  /**
+   * An operator restarts a ready engine: its route stops being served before the agent is
+   * asked; the agent's reports then bring it through `starting` back to `ready`.
+   */
+  restarted: { from: ["ready"], to: ["stopping"], by: "api", event: "instance.restarted" },
+  /**
+   * The agent did not take the restart: unreachable or refused, the engine is as it was
+   * (`ready`); it has no such engine (`failed`, relaunched by the reconciler).
+   */
+  restart_failed: {
+    from: ["stopping"],
+    to: ["ready", "failed"],
+    by: "api",
+    event: "instance.restart_failed",
+  },
 } as const satisfies Record<string, TransitionSpec>;
 
 export type TransitionName = keyof typeof instanceTransitions;
@@ -418,6 +433,47 @@ export class LifecycleTx {
       "evicted",
       { status: "lost", lastError: message },
       { message },
+    );
+  }
+
+  /**
+   * `POST /v1/instances/{id}/restart`: the ready instance becomes `stopping` and its route
+   * unserved at once (routers stop sending to it before the engine is stopped). False when
+   * the row is no longer ready (another restart, or a report, moved it first).
+   */
+  restarted(
+    instance: InstanceRow,
+    detail: Record<string, unknown>,
+    message: string,
+  ): Promise<boolean> {
+    return this.transition(instance, "restarted", { status: "stopping" }, { message, detail });
+  }
+
+  /**
+   * The agent took the restart: its reply counts it (`restarts`). Nothing else is taken from
+   * the reply, which a heartbeat sent after it may already have overtaken.
+   */
+  restartAccepted(instance: InstanceRow, report: InstanceReport): Promise<boolean> {
+    if (report.restarts <= instance.restarts) return Promise.resolve(false);
+    const status = instance.status;
+    if (status !== "starting" && status !== "ready" && status !== "stopping") {
+      return Promise.resolve(false);
+    }
+    return this.transition(instance, "reported", { status, restarts: report.restarts });
+  }
+
+  /**
+   * The agent did not take the restart: back to `ready` (the engine runs as it did), or
+   * `failed` when the agent has no such engine.
+   */
+  restartFailed(instance: InstanceRow, to: "ready" | "failed", error: string): Promise<boolean> {
+    return this.transition(
+      instance,
+      "restart_failed",
+      to === "failed"
+        ? { status: "failed", pid: null, lastError: error }
+        : { status: "ready", readyAt: instance.readyAt },
+      { message: error },
     );
   }
 

@@ -54,14 +54,18 @@ export function instanceRecord(row: InstanceRow, extras: InstanceExtras = {}): I
 
 /**
  * ready: every replica ready; degraded: some ready but fewer than asked; starting: none
- * ready yet, some on their way (pending, starting, or lost and awaiting a decision);
+ * ready yet, some on their way (pending, starting, stopping: restarting, or lost and awaiting
+ * a decision);
  * failed: none ready and none on their way.
  */
 export function modelStatus(model: ModelRow, instances: InstanceRow[]): ModelStatus {
   const ready = instances.filter((i) => i.status === "ready").length;
   if (ready >= model.replicas) return "ready";
   if (ready > 0) return "degraded";
-  const underway = instances.some((i) => i.status === "pending" || i.status === "starting");
+  // A stopping engine is on its way too: restarting, or leaving a draining worker for another.
+  const underway = instances.some(
+    (i) => i.status === "pending" || i.status === "starting" || i.status === "stopping",
+  );
   if (underway) return "starting";
   const lost = instances.some((i) => i.status === "lost");
   return lost ? "degraded" : "failed";

@@ -211,6 +211,8 @@ export type StubAgent = {
   authorizations: (string | null)[];
   launches: InstanceSpec[];
   stops: string[];
+  /** The aliases it was asked to restart (`POST /v1/instances/{alias}/restart`). */
+  restarts: string[];
   instances: Map<string, InstanceReport>;
   refuse: { status: number; message: string } | null;
   /**
@@ -232,6 +234,7 @@ export function stubAgent(): StubAgent {
     authorizations: [],
     launches: [],
     stops: [],
+    restarts: [],
     instances: new Map(),
     refuse: null,
     answersAs: null,
@@ -317,6 +320,30 @@ export function stubAgent(): StubAgent {
       }
       if (request.method === "GET" && url.pathname === "/v1/instances") {
         return Response.json({ instances: stub.reports() });
+      }
+      const restart = /^\/v1\/instances\/([^/]+)\/restart$/.exec(url.pathname);
+      if (request.method === "POST" && restart?.[1]) {
+        // As the agent: a ready engine starts stopping (restarts counted), else 404 / 409.
+        const alias = decodeURIComponent(restart[1]);
+        stub.restarts.push(alias);
+        const instance = stub.instances.get(alias);
+        const refusal = (status: number, code: string, message: string) =>
+          Response.json(
+            { error: { message, type: "invalid_request_error", param: "alias", code } },
+            { status },
+          );
+        if (!instance)
+          return refusal(404, "instance_not_found", `no instance ${alias} on this worker`);
+        if (instance.status !== "ready") {
+          return refusal(
+            409,
+            "conflict",
+            `instance ${alias} is ${instance.status}: only a ready engine can be restarted`,
+          );
+        }
+        instance.status = "stopping";
+        instance.restarts += 1;
+        return Response.json(instance, { status: 202 });
       }
       const match = /^\/v1\/instances\/([^/]+)$/.exec(url.pathname);
       if (request.method === "DELETE" && match?.[1]) {

@@ -36,6 +36,8 @@ const inPlace: UpdateTransition[] = [
   "retried",
   "retry_blocked",
   "reschedule_blocked",
+  "restarted",
+  "restart_failed",
 ];
 
 /** How docs/manager.md names each trigger (the start of the table's trigger column). */
@@ -326,6 +328,45 @@ for (const target of dbTargets) {
       expect([row?.status, row?.lastError]).toEqual(["ready", null]);
       expect((await routeOf(stale.id))?.ready).toBe(true);
       expect((await eventsOf(stale.id)).map((e) => e.kind)).toEqual(["instance.ready"]);
+    });
+
+    test("a restart unserves the route at once, counts from the agent's reply, and a failed one goes back as it was", async () => {
+      const ready = await seed("ready");
+      const claimed = await lifecycle.write(NOW, (w) =>
+        w.restarted(ready, { requested_by: "ops" }, "restart requested by ops"),
+      );
+      expect(claimed).toBe(true);
+      expect((await routeOf(ready.id))?.ready).toBe(false);
+      const [stopping] = await instanceRows();
+      if (!stopping) throw new Error("no row");
+      expect(stopping.status).toBe("stopping");
+      // A second restart of the same row finds it stopping: the table refuses it.
+      expect(await lifecycle.write(NOW, (w) => w.restarted(ready, {}, "again"))).toBe(false);
+      // The reply counts the restart and takes nothing else (a later heartbeat may know more).
+      const reply = { ...report("stopping"), restarts: 1 };
+      expect(await lifecycle.write(NOW, (w) => w.restartAccepted(stopping, reply))).toBe(true);
+      const [counted] = await instanceRows();
+      expect([counted?.status, counted?.restarts, counted?.pid, counted?.port]).toEqual([
+        "stopping",
+        1,
+        42,
+        8000,
+      ]);
+      if (!counted) throw new Error("no row");
+      expect(await lifecycle.write(NOW, (w) => w.restartAccepted(counted, reply))).toBe(false);
+      // An agent that did not take it: ready again, served again, ready since as before.
+      expect(
+        await lifecycle.write(NOW, (w) => w.restartFailed(counted, "ready", "agent unreachable")),
+      ).toBe(true);
+      const [back] = await instanceRows();
+      expect([back?.status, back?.readyAt?.getTime()]).toEqual(["ready", T0.getTime()]);
+      expect((await routeOf(ready.id))?.ready).toBe(true);
+      const events = await eventsOf(ready.id);
+      expect(events.map((e) => [e.kind, e.fromStatus, e.toStatus, e.message])).toEqual([
+        ["instance.restarted", "ready", "stopping", "restart requested by ops"],
+        ["instance.restart_failed", "stopping", "ready", "agent unreachable"],
+      ]);
+      expect(events[0]?.detail).toEqual({ requested_by: "ops" });
     });
 
     test("a route is served only while its instance is ready and its worker online", async () => {

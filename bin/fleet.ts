@@ -5,7 +5,7 @@
  *   fleet models register ALIAS MODEL [--max-model-len N] [--gpu-memory-utilization F]
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
- *                         [--routing least_loaded|prefix_affinity|session]
+ *                         [--routing least_loaded|prefix_affinity|session|round_robin]
  *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
  *   fleet workers add ID [--public-url URL | --worker-url URL]
@@ -64,7 +64,7 @@ options:
 register options:
   --max-model-len N  --gpu-memory-utilization F  --tensor-parallel-size N  --replicas N
   --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
-  --routing least_loaded|prefix_affinity|session (default prefix_affinity; docs/router.md)
+  --routing least_loaded|prefix_affinity|session|round_robin (default prefix_affinity; docs/router.md)
   --timeout SECONDS (for --wait and models wait; default 1800)
 logs options:
   --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away)`;

@@ -166,8 +166,11 @@ export async function registerWorker(
       { worker_id: id, agent_version: registration.agent_version, manager_version: fleetVersion },
     );
   }
-  await applyReports(ctx, id, registration.instances, now);
-  ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
+  if (await applyReports(ctx, id, registration.instances, now)) {
+    ctx.heartbeats.applied(id, registration.gpu_info, registration.instances, now);
+  } else {
+    ctx.heartbeats.forget(id);
+  }
   return {
     worker_id: id,
     status: "online",
@@ -271,14 +274,16 @@ export async function heartbeat(
     });
   }
   if (cameBack || ctx.heartbeats.reportsDue(workerId, beat.instances, now)) {
-    await applyReports(
+    const complete = await applyReports(
       ctx,
       workerId,
       beat.instances,
       now,
       cameBack ? { cameBackFrom: previous } : {},
     );
-    ctx.heartbeats.applied(workerId, beat.gpu_info, beat.instances, now);
+    // A report set aside for now (a restart's stale one) is compared again next time.
+    if (complete) ctx.heartbeats.applied(workerId, beat.gpu_info, beat.instances, now);
+    else ctx.heartbeats.forget(workerId);
   } else {
     ctx.heartbeats.gpusWritten(workerId, beat.gpu_info);
     if (ctx.heartbeats.progressDue(workerId, beat.instances)) {
@@ -454,6 +459,8 @@ async function replaceGpus(
  * - a reported engine without a row: adopted when it runs the model's spec and the model
  *   wants another replica, else stopped (nobody wants it);
  * - a row the agent no longer reports (and not just launched): failed, so it is retried.
+ * False when a report was set aside for now (the old engine's `ready` while a restart is
+ * being asked of the agent): the next heartbeat must be compared again.
  */
 export async function applyReports(
   ctx: ManagerContext,
@@ -461,9 +468,12 @@ export async function applyReports(
   reports: InstanceReport[],
   now: Date,
   options: { cameBackFrom?: string } = {},
-): Promise<void> {
+): Promise<boolean> {
   const graceMs = (ctx.config.heartbeatIntervalS * 2 + ctx.config.agentTimeoutS) * 1000;
+  // The longest a restart's call to the agent takes (internal, then public), and a heartbeat.
+  const restartAnswerMs = (ctx.config.agentTimeoutS * 2 + ctx.config.heartbeatIntervalS) * 1000;
   const stops: { alias: string; reason: string }[] = [];
+  let setAside = false;
   await ctx.lifecycle.write(now, async (w) => {
     if (options.cameBackFrom !== undefined) w.workerOnline(workerId, options.cameBackFrom);
     const [worker] = await w.tx
@@ -503,6 +513,20 @@ export async function applyReports(
       if (mismatch) {
         stops.push({ alias: report.alias, reason: mismatch });
         await w.specMismatch(row.instance, mismatch);
+        continue;
+      }
+      // A restart claimed the row (ready → stopping) and is asking the agent: a report of the
+      // old engine still ready (its pid) was sent before the agent took the restart, and must
+      // not serve the route again. Ignored only while the manager may still be waiting on
+      // the agent's answer, so a manager that died mid-restart leaves nothing stuck.
+      if (
+        report.status === "ready" &&
+        row.instance.status === "stopping" &&
+        report.pid !== null &&
+        report.pid === row.instance.pid &&
+        now.getTime() - row.instance.updatedAt.getTime() < restartAnswerMs
+      ) {
+        setAside = true;
         continue;
       }
       const status = report.status === "stopped" ? "failed" : report.status;
@@ -582,6 +606,7 @@ export async function applyReports(
     }
   });
   if (stops.length > 0) stopUnwanted(ctx, workerId, stops);
+  return !setAside;
 }
 
 /** Stops engines nobody wants, without holding up the heartbeat; repeated at most every 30 s. */

@@ -7,7 +7,7 @@ import type {
   OpenAiError,
   RouteSnapshot,
 } from "../../../protocol/index.ts";
-import { gpu, type StubAgent, type TestManager } from "../helpers.ts";
+import { gpu, manualClock, type StubAgent, type TestManager } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -81,6 +81,20 @@ describeApi("manager API: instance restart", (api) => {
     // The model is on its way back, not failed, while its only replica restarts.
     expect((await t.json<ModelInfo>("GET", "/v1/models/m")).body.status).toBe("starting");
 
+    // A heartbeat the agent sent before it took the restart (the old engine, ready) arrives
+    // late: it does not serve the route again.
+    const engineNow = a.instances.get("m");
+    if (!engineNow) throw new Error("the stub lost m");
+    const stale = { ...engineNow, status: "ready" as const, restarts: 0 };
+    expect(
+      (
+        await t.heartbeat("w1", {
+          gpu_info: { gpus: [gpu(0)], warning: null },
+          instances: [stale],
+        })
+      ).status,
+    ).toBe(200);
+    expect(await served(t)).toEqual([false]);
     // A heartbeat sent while the engine stops keeps it unserved.
     expect((await beat(t, a)).status).toBe(200);
     expect(await served(t)).toEqual([false]);
@@ -109,6 +123,30 @@ describeApi("manager API: instance restart", (api) => {
     const after = await instanceOf(t);
     expect([after.status, after.restarts, after.port]).toEqual(["ready", 1, before.port]);
     expect(after.pid).not.toBe(before.pid);
+    expect(await served(t)).toEqual([true]);
+  });
+
+  test("a manager that died mid-restart leaves nothing stuck: the engine's report wins after a while", async () => {
+    const clock = manualClock();
+    const t = await api.manager({ clock });
+    const a = api.agent();
+    await api.register(a, "w1", [gpu(0)]);
+    const model = await api.model({ alias: "m", gpu_memory_utilization: 0.5 });
+    a.markReady("m");
+    await beat(t, a);
+    const id = model.body.instances[0]?.id ?? "";
+    // The claim is written, but the agent never hears of the restart (as if the manager
+    // stopped before calling it): the row is stopping, the engine ready as it was.
+    const [row] = await t.db.db.select().from(schema.instances).where(eq(schema.instances.id, id));
+    if (!row) throw new Error("no row");
+    await t.manager.context.lifecycle.write(clock.now(), (w) =>
+      w.restarted(row, { requested_by: "test" }, "restart requested by test"),
+    );
+    await beat(t, a);
+    expect((await instanceOf(t)).status).toBe("stopping");
+    clock.advance((3 * 2 + 5) * 1000 + 1);
+    await beat(t, a);
+    expect((await instanceOf(t)).status).toBe("ready");
     expect(await served(t)).toEqual([true]);
   });
 

@@ -7,6 +7,7 @@
  *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
  *                         [--routing least_loaded|prefix_affinity|session|round_robin]
  *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
+ *   fleet instances ls [ALIAS] | fleet instances restart ID|ALIAS [--worker ID] [--reason R] [--wait]
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
  *   fleet workers add ID [--public-url URL | --worker-url URL]
  *   fleet routes ls
@@ -16,6 +17,7 @@
  *
  * Global: --url (FLEET_URL, default http://127.0.0.1:18000), --token (ADMIN_TOKEN), --json.
  */
+import { hostname, userInfo } from "node:os";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { parseEnv } from "../kit/env.ts";
@@ -42,6 +44,10 @@ commands:
   models wait ALIAS             follow a model's launch until ready (phase, percent, ETA)
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
+  instances ls [ALIAS]          each engine: instance id, worker, GPUs, port, state, restarts
+  instances restart ID|ALIAS    stop an engine and launch it again on the same worker, GPUs and
+                                port; its route is unserved until it is ready again (an ALIAS
+                                on several workers needs --worker; --wait follows it to ready)
   workers add ID                the line that installs the agent on a GPU host, join token included
                                 (--public-url its port mapping, or --worker-url on this network)
   workers ls                    workers: the path the manager reaches each by, GPUs, flags
@@ -66,6 +72,8 @@ register options:
   --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
   --routing least_loaded|prefix_affinity|session|round_robin (default prefix_affinity; docs/router.md)
   --timeout SECONDS (for --wait and models wait; default 1800)
+restart options:
+  --worker ID (which replica of an ALIAS)  --reason TEXT (kept in the event)  --wait  --timeout S
 logs options:
   --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away)`;
 
@@ -126,6 +134,7 @@ const flagsSchema = z.object({
   timeout: int("timeout").default(1800),
   tail: int("tail").default(100),
   name: z.string().optional(),
+  reason: z.string().max(500, "--reason is at most 500 characters").optional(),
   "public-url": z.string().optional(),
   "worker-url": z.string().optional(),
 });
@@ -154,6 +163,7 @@ async function main(argv: string[]): Promise<number> {
       timeout: { type: "string" },
       tail: { type: "string" },
       name: { type: "string" },
+      reason: { type: "string" },
       "public-url": { type: "string" },
       "worker-url": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -179,6 +189,10 @@ async function main(argv: string[]): Promise<number> {
       return removeModel(api, flags, need(rest[0], "ALIAS"));
     case "models wait":
       return waitForModel(api, flags, need(rest[0], "ALIAS"));
+    case "instances ls":
+      return listInstances(api, flags, rest[0]);
+    case "instances restart":
+      return restartInstance(api, flags, need(rest[0], "ID or ALIAS"));
     case "workers add":
       return addWorker(api, flags, need(rest[0], "ID"));
     case "workers ls":
@@ -383,6 +397,83 @@ async function removeModel(api: ManagerApi, flags: Flags, alias: string): Promis
   if (flags.json) return printJson(result ?? { deleted: alias });
   console.log(`removed ${alias}`);
   return 0;
+}
+
+async function listInstances(
+  api: ManagerApi,
+  flags: Flags,
+  alias: string | undefined,
+): Promise<number> {
+  const aliases = alias
+    ? [alias]
+    : (await api.request<{ data: Array<{ id: string }> }>("GET", "/v1/models")).data.map(
+        (entry) => entry.id,
+      );
+  const models = await Promise.all(
+    aliases.map((a) => api.request<ModelInfo>("GET", `/v1/models/${encodeURIComponent(a)}`)),
+  );
+  const instances = models.flatMap((model) => model.instances);
+  if (flags.json) return printJson(instances);
+  return printTable({
+    columns: ["ID", "ALIAS", "WORKER", "GPUS", "PORT", "STATUS", "RESTARTS"],
+    rows: instances.map((i) => [
+      i.id,
+      i.alias,
+      i.worker_id,
+      i.gpu_ids.join(",") || "-",
+      String(i.port ?? "-"),
+      i.status,
+      String(i.restarts),
+    ]),
+  });
+}
+
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * `fleet instances restart ID|ALIAS`: an instance id as `instances ls` prints it, or an alias
+ * (with `--worker` when it runs on several workers). The event names this user and host.
+ */
+async function restartInstance(api: ManagerApi, flags: Flags, target: string): Promise<number> {
+  let id = target;
+  let alias: string | undefined;
+  if (!uuidPattern.test(target)) {
+    alias = target;
+    const model = await api.request<ModelInfo>("GET", `/v1/models/${encodeURIComponent(target)}`);
+    const candidates = model.instances.filter((i) => !flags.worker || i.worker_id === flags.worker);
+    const only = candidates[0];
+    if (!only) {
+      throw new CliError(
+        `${target} has no instance${flags.worker ? ` on ${flags.worker}` : ""} (it runs on ${model.instances.map((i) => i.worker_id).join(", ") || "no worker"})`,
+        1,
+      );
+    }
+    if (candidates.length > 1) {
+      throw new CliError(
+        `${target} runs on ${candidates.length} workers (${candidates.map((i) => i.worker_id).join(", ")}): name one with --worker`,
+      );
+    }
+    id = only.id;
+  }
+  const instance = await api.request<InstanceRecord>(
+    "POST",
+    `/v1/instances/${encodeURIComponent(id)}/restart`,
+    {
+      requested_by: `fleet (${userInfo().username}@${hostname()})`,
+      ...(flags.reason ? { reason: flags.reason } : {}),
+    },
+  );
+  if (!flags.wait) {
+    if (flags.json) return printJson(instance);
+    console.log(
+      `restarting ${instance.alias} on ${instance.worker_id} (instance ${instance.id}, restart ${instance.restarts}): its route is unserved until the engine is ready again; fleet models wait ${instance.alias} to follow it`,
+    );
+    return 0;
+  }
+  if (!flags.json) {
+    console.log(`restarting ${instance.alias} on ${instance.worker_id} (instance ${instance.id})`);
+  }
+  return waitForModel(api, flags, alias ?? instance.alias);
 }
 
 async function listWorkers(api: ManagerApi, flags: Flags): Promise<number> {

@@ -164,6 +164,46 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(unnamed.output).toContain("missing NAME");
   });
 
+  test("instances ls shows ids; instances restart brings an engine back on its port, counted", async () => {
+    const listed = await fleet(["instances", "ls", "qwen", "--json"]);
+    expect(listed.code).toBe(0);
+    const [before] = JSON.parse(listed.output) as { id: string; pid: number; port: number }[];
+    if (!before) throw new Error("no instance of qwen");
+    const table = await fleet(["instances", "ls"]);
+    expect(table.output).toMatch(/^ID\s+ALIAS\s+WORKER\s+GPUS\s+PORT\s+STATUS\s+RESTARTS\n/);
+    expect(table.output).toContain(before.id);
+
+    const restarted = await fleet([
+      "instances",
+      "restart",
+      "qwen",
+      "--reason",
+      "cli test",
+      "--wait",
+    ]);
+    expect(restarted.code).toBe(0);
+    expect(restarted.output).toContain(`restarting qwen on gpu-box-1 (instance ${before.id})`);
+    expect(restarted.output).toContain("gpu-box-1: ready");
+    const after = await fleet(["instances", "ls", "qwen", "--json"]);
+    const [now] = JSON.parse(after.output) as { pid: number; port: number; restarts: number }[];
+    expect(now?.restarts).toBe(1);
+    expect(now?.port).toBe(before.port);
+    expect(now?.pid).not.toBe(before.pid);
+
+    // By id too; and a second restart while the first is under way is refused, explained.
+    const byId = await fleet(["instances", "restart", before.id]);
+    expect(byId.code).toBe(0);
+    expect(byId.output).toContain("its route is unserved until the engine is ready again");
+    const twice = await fleet(["instances", "restart", before.id]);
+    expect(twice.code).toBe(1);
+    expect(twice.output).toContain("HTTP 409");
+    expect(twice.output).toMatch(/is (stopping|starting)/);
+    const elsewhere = await fleet(["instances", "restart", "qwen", "--worker", "nobody"]);
+    expect(elsewhere.code).toBe(1);
+    expect(elsewhere.output).toContain("qwen has no instance on nobody (it runs on gpu-box-1)");
+    expect((await fleet(["models", "wait", "qwen"])).code).toBe(0);
+  });
+
   test("register --wait on an engine that cannot start fails with its log lines", async () => {
     const { code, output } = await fleet([
       "models",

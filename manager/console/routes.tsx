@@ -10,6 +10,7 @@ import {
   type ApiKeyCreated,
   type ApiKeyList,
   claimingInstanceStatuses,
+  type InstanceRecord,
   type ModelInfo,
   type OpenAiError,
   type WorkerList,
@@ -36,6 +37,8 @@ import {
   Layout,
   LoginPage,
   ModelsLive,
+  type Notice,
+  NoticeView,
   type RegisterForm,
   RegisterModelForm,
   RoutesView,
@@ -51,6 +54,7 @@ export const consolePaths = [
   "/login",
   "/logout",
   "/models/:alias/delete",
+  "/models/:alias/instances/:id/restart",
   "/keys/:id/revoke",
   "/console/assets/:file",
 ] as const;
@@ -80,7 +84,7 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
   const html = (
     c: Context<{ Variables: Vars }>,
     node: Child,
-    status: 200 | 201 | 400 | 401 | 403 | 404 | 409 = 200,
+    status: 200 | 201 | 400 | 401 | 403 | 404 | 409 | 502 = 200,
   ) => c.html(`<!doctype html>${String(node)}`, status, securityHeaders);
 
   app.get("/console/assets/:file", (c) => {
@@ -184,7 +188,7 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
     c: Context<{ Variables: Vars }>,
     view: { title: string; path: string },
     body: Child,
-    status: 200 | 201 | 400 | 409 = 200,
+    status: 200 | 201 | 400 | 404 | 409 | 502 = 200,
   ) => {
     if (c.req.header("x-console-live") === "1") return html(c, <div>{body}</div>, status);
     return html(
@@ -232,7 +236,8 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
     c: Context<{ Variables: Vars }>,
     form: RegisterForm = {},
     error?: string,
-    status: 200 | 400 | 409 = 200,
+    status: 200 | 400 | 404 | 409 | 502 = 200,
+    notice?: Notice,
   ) => {
     const aliases = await ctx.db
       .select({ alias: schema.models.alias })
@@ -242,10 +247,23 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
       (m): m is ModelInfo => m !== undefined,
     );
     const csrf = csrfToken(c);
+    const restarted = c.req.query("restarted");
+    const instance = restarted
+      ? models.flatMap((m) => m.instances).find((i) => i.id === restarted)
+      : undefined;
+    const shown: Notice | undefined =
+      notice ??
+      (instance
+        ? {
+            kind: "ok",
+            text: `Restarting ${instance.alias} on ${instance.worker_id}: its route is unserved until the engine is ready again; its progress shows below.`,
+          }
+        : undefined);
     return page(
       c,
       view("/models"),
       <>
+        {shown ? <NoticeView notice={shown} /> : null}
         <ModelsLive models={models} csrf={csrf} />
         <RegisterModelForm csrf={csrf} form={form} error={error} />
       </>,
@@ -270,6 +288,25 @@ export function consoleRoutes(ctx: ManagerContext, api: AdminApi): Hono<{ Variab
     const reply = await apiJson("DELETE", `/v1/models/${encodeURIComponent(alias)}`);
     if (!reply.ok) return modelsPage(c, {}, errorText(reply.body), 400);
     return c.redirect("/models", 303);
+  });
+
+  app.post("/models/:alias/instances/:id/restart", async (c) => {
+    const id = c.req.param("id");
+    const access = c.get("access");
+    const reply = await apiJson<InstanceRecord>(
+      "POST",
+      `/v1/instances/${encodeURIComponent(id)}/restart`,
+      { requested_by: `console (${access === "session" ? "signed-in session" : access})` },
+    );
+    if (reply.ok) {
+      return c.redirect(`/models?restarted=${encodeURIComponent(id)}`, 303);
+    }
+    const status =
+      reply.status === 404 || reply.status === 409 || reply.status === 502 ? reply.status : 400;
+    return modelsPage(c, {}, undefined, status, {
+      kind: "error",
+      text: `Restart refused: ${errorText(reply.body)}`,
+    });
   });
 
   app.get("/routes", async (c) => {

@@ -253,7 +253,7 @@ const seconds = (s: number | null | undefined) => {
   return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
 };
 
-const InstanceRow: FC<{ instance: InstanceRecord }> = ({ instance: i }) => {
+const InstanceRow: FC<{ instance: InstanceRecord; csrf: string }> = ({ instance: i, csrf }) => {
   const p = i.progress;
   return (
     <tr>
@@ -291,6 +291,26 @@ const InstanceRow: FC<{ instance: InstanceRecord }> = ({ instance: i }) => {
         {i.last_error ? <pre class="log">{i.last_error}</pre> : null}
         {i.next_retry_at ? <div class="muted">retried at {i.next_retry_at}</div> : null}
       </td>
+      <td>
+        {i.status === "ready" ? (
+          // Only a ready engine restarts (the API says why not otherwise).
+          <form
+            method="post"
+            action={`/models/${encodeURIComponent(i.alias)}/instances/${encodeURIComponent(i.id)}/restart`}
+            class="inline"
+          >
+            <input type="hidden" name="csrf" value={csrf} />
+            <button
+              type="submit"
+              class="plain"
+              aria-label={`Restart ${i.alias} on ${i.worker_id}`}
+              title="Stop the engine and launch it again on the same GPUs and port; its route is unserved until it is ready"
+            >
+              Restart
+            </button>
+          </form>
+        ) : null}
+      </td>
     </tr>
   );
 };
@@ -318,15 +338,29 @@ export const ModelsLive: FC<{ models: ModelInfo[]; csrf: string }> = ({ models, 
             </button>
           </form>
         </h3>
-        <Table headers={["Worker", "GPUs", "Port", "State", "Progress / last error"]}>
+        <Table headers={["Worker", "GPUs", "Port", "State", "Progress / last error", "Actions"]}>
           {m.instances.map((instance) => (
-            <InstanceRow instance={instance} />
+            <InstanceRow instance={instance} csrf={csrf} />
           ))}
         </Table>
       </article>
     ))}
   </section>
 );
+
+/** What an action on the Models page came to, shown above the models (outside the live part). */
+export type Notice = { kind: "ok" | "error"; text: string };
+
+export const NoticeView: FC<{ notice: Notice }> = ({ notice }) =>
+  notice.kind === "ok" ? (
+    <p class="notice" role="status">
+      {notice.text}
+    </p>
+  ) : (
+    <p class="error" role="alert">
+      {notice.text}
+    </p>
+  );
 
 /** What the register form was sent with, to show it again next to the error. */
 export type RegisterForm = Record<string, string>;

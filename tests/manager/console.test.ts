@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
 import { dbTargets } from "../../devkit/db.ts";
 import { consolePaths } from "../../manager/console/routes.tsx";
-import type { WorkerCredentials } from "../../protocol/index.ts";
+import type { ModelInfo, RouteSnapshot, WorkerCredentials } from "../../protocol/index.ts";
 import {
   ADMIN,
   gpu,
@@ -222,7 +222,12 @@ describe("fleet console", () => {
         .replace(":id", "x")
         .replace(":file", "console.css");
       const method =
-        path.endsWith("/delete") || path.endsWith("/revoke") || path === "/logout" ? "POST" : "GET";
+        path.endsWith("/delete") ||
+        path.endsWith("/revoke") ||
+        path.endsWith("/restart") ||
+        path === "/logout"
+          ? "POST"
+          : "GET";
       const reply = await t.call(method, concrete, { token: null });
       expect({ path, json: (reply.headers.get("content-type") ?? "").includes("json") }).toEqual({
         path,
@@ -297,6 +302,57 @@ describe("fleet console forms", () => {
     const deleted = await browser.request("/models/chat/delete", { form: { csrf } });
     expect(deleted.status).toBe(303);
     expect((await t.json("GET", "/v1/models/chat")).status).toBe(404);
+  });
+
+  test("restart: the button posts with the CSRF field, the page says so, and the route is unserved", async () => {
+    const created = await t.json<ModelInfo>("POST", "/v1/models/register", {
+      body: { alias: "again", model_name: "org/m", gpu_memory_utilization: 0.3 },
+    });
+    expect(created.status).toBe(201);
+    const id = created.body.instances[0]?.id ?? "";
+    a.markReady("again");
+    await t.heartbeat("w1", {
+      gpu_info: { gpus: [gpu(0)], warning: null },
+      instances: a.reports(),
+    });
+    const page = await (await browser.request("/models")).text();
+    const action = `/models/again/instances/${id}/restart`;
+    expect(page).toContain(`action="${action}"`);
+    expect(page).toContain('aria-label="Restart again on w1"');
+
+    // Without the CSRF field (another site's form): refused, the agent never asked.
+    const forged = await browser.request(action, { form: {} });
+    expect(forged.status).toBe(403);
+    expect(a.restarts).toEqual([]);
+
+    const reply = await browser.request(action, { form: { csrf } });
+    expect(reply.status).toBe(303);
+    const location = reply.headers.get("location") ?? "";
+    expect(location).toBe(`/models?restarted=${id}`);
+    expect(a.restarts).toEqual(["again"]);
+    const after = await (await browser.request(location)).text();
+    expect(after).toContain('role="status"');
+    expect(after).toContain(
+      "Restarting again on w1: its route is unserved until the engine is ready again",
+    );
+    // No longer ready: no button; the route is out of the snapshot.
+    expect(after).not.toContain(`action="${action}"`);
+    const snapshot = await t.json<RouteSnapshot>("GET", "/v1/routes");
+    expect(snapshot.body.routes.find((r) => r.alias === "again")?.ready).toBe(false);
+    const [event] = await t.db.db
+      .select()
+      .from(schema.events)
+      .where(eq(schema.events.kind, "instance.restarted"));
+    expect(event?.detail).toMatchObject({ requested_by: "console (signed-in session)" });
+
+    // A second press while it stops: the API's reason, shown as an alert.
+    const twice = await browser.request(action, { form: { csrf } });
+    expect(twice.status).toBe(409);
+    const refused = await twice.text();
+    expect(refused).toContain('role="alert"');
+    expect(refused).toContain("Restart refused: instance");
+    expect(refused).toContain("is stopping: a restart (or a stop) is already under way");
+    await t.call("DELETE", "/v1/models/again");
   });
 
   test("the Routes page shows each route's engine load from the last heartbeat", async () => {

@@ -9,30 +9,60 @@
  *  - round_robin; least in-flight (today's: `least_loaded` with replicas that send no load
  *    header, so the router sees only its own requests); least_loaded (engine load);
  *    prefix_affinity.
- * Workloads:
- *  - chat: ROUTING_USERS users (96), ROUTING_TURNS turns each (5), ROUTING_CONCURRENCY users
- *    at a time (48), four shared system prompts of ~500 tokens, ~300-token user messages,
- *    24-token answers; prefill dominates TTFT (ROUTING_PREFILL tokens/s, 20,000).
+ * Workloads (docs/benchmarks.md "Routing" says why these):
+ *  - chat: ROUTING_USERS users (96), 8 turns each, ROUTING_CONCURRENCY users at a time
+ *    (48), four shared system prompts of ~2,000 tokens (instructions and tool definitions,
+ *    as an assistant or agent sends), ~100-token user turns, answers of 1–256 tokens (the
+ *    simulator's random mode, ~128 on average); prefill dominates TTFT (ROUTING_PREFILL
+ *    tokens/s, 20,000).
+ *  - chat-short: the first workload (5 turns, ~500-token system prompts, ~300-token user
+ *    messages, 24-token answers), whose ceiling is 79%: kept for comparison.
  *  - unique: single-turn prompts of ~1,200 tokens with nothing shared.
  *  - slowed: the chat workload with replica 0 at a third of the prefill rate and three
  *    times the inter-token latency; its share of requests per policy.
+ * BENCH_ONLY=chat,unique,slowed,chat-short picks sections (default all).
  * Figures: TTFT p50/p99 (client: request sent → first body byte of the stream), requests/s,
- * the engines' prefix-cache hit rate (Σ hits / Σ queries, tokens), load spread (max/mean
- * requests per replica).
+ * the engines' prefix-cache hit rate (Σ hits / Σ queries, tokens), the workload's ideal hit
+ * rate (every token any engine saw before — a prompt's earlier prefix or an answer it
+ * generated — counted as a hit, at the engines' 16-token block granularity: the ceiling for
+ * a perfect router with an infinite cache) and the measured as a share of it, load spread
+ * (max/mean requests per replica) and replica 0's share of the requests.
  */
+import { loadavg } from "node:os";
+import { BLOCK_TOKENS, blockHashes, GENERATION_CUE, renderMessage } from "../agent/sim/kv-cache.ts";
+import { CHAT_TOKENS_PER_MESSAGE, CHAT_TOKENS_PER_PROMPT, countTokens } from "../agent/sim/text.ts";
 import { percentiles } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 
 const alias = "chat";
 const users = Number(process.env.ROUTING_USERS ?? 96);
-const turns = Number(process.env.ROUTING_TURNS ?? 5);
 const concurrency = Number(process.env.ROUTING_CONCURRENCY ?? 48);
 const prefillRate = Number(process.env.ROUTING_PREFILL ?? 20_000);
 const kvTokens = Number(process.env.ROUTING_KV_TOKENS ?? 32_768);
-const maxTokens = 24;
+
+/** A multi-turn chat workload's shape (characters are 4 to the simulator's token). */
+type ChatShape = {
+  turns: number;
+  systemChars: number;
+  userChars: number;
+  /** max_tokens; with `random` answers are 1–maxTokens tokens, with `echo` the user turn's first ones. */
+  maxTokens: number;
+  mode: "echo" | "random";
+};
+const shapes: Record<"chat" | "chat-short", ChatShape> = {
+  chat: { turns: 8, systemChars: 8000, userChars: 400, maxTokens: 256, mode: "random" },
+  "chat-short": { turns: 5, systemChars: 2000, userChars: 1200, maxTokens: 24, mode: "echo" },
+};
+/** The no-shared-prefix workload: as many requests as the chat-short one, ~1,200 tokens each. */
+const uniqueRequests = users * 5;
 
 type Policy = "round_robin" | "least_in_flight" | "least_loaded" | "prefix_affinity";
-const policies: Policy[] = ["round_robin", "least_in_flight", "least_loaded", "prefix_affinity"];
+const policies: Policy[] = (process.env.BENCH_POLICIES?.split(",") as Policy[] | undefined) ?? [
+  "round_robin",
+  "least_in_flight",
+  "least_loaded",
+  "prefix_affinity",
+];
 
 type Message = { role: string; content: string };
 type Result = {
@@ -40,8 +70,48 @@ type Result = {
   requests: number;
   seconds: number;
   hitRate: number;
+  idealHitRate: number;
   perReplica: number[];
 };
+
+/**
+ * The ceiling: a perfect router with an infinite cache. Every full 16-token block any
+ * engine has seen (a prompt at its admission, a prompt and its answer at the end) is a hit
+ * for every later prompt that starts with it, as the simulator's prefix cache counts
+ * (agent/sim/engine.ts `prefill`: whole blocks, the last prompt token always computed).
+ */
+class IdealCache {
+  private readonly seen = new Set<number>();
+  queries = 0;
+  hits = 0;
+
+  /** A prompt sent: counts its ideal hits and remembers its blocks; returns its rendering. */
+  prompt(messages: readonly Message[]): string {
+    let tokens = CHAT_TOKENS_PER_PROMPT;
+    let rendered = "";
+    for (const message of messages) {
+      tokens += CHAT_TOKENS_PER_MESSAGE + countTokens(message.content);
+      rendered += renderMessage(message.role, message.content);
+    }
+    const blocks = blockHashes(rendered + GENERATION_CUE);
+    let matched = 0;
+    while (matched < blocks.length && this.seen.has(blocks[matched] as number)) matched++;
+    this.queries += tokens;
+    this.hits += Math.max(0, Math.min(matched * BLOCK_TOKENS, tokens - 1));
+    for (const block of blocks) this.seen.add(block);
+    return rendered;
+  }
+
+  /** The answer came back: the engine caches the prompt and the answer. */
+  answered(rendered: string, answer: string): void {
+    for (const block of blockHashes(rendered + renderMessage("assistant", answer)))
+      this.seen.add(block);
+  }
+
+  get rate(): number {
+    return this.queries > 0 ? this.hits / this.queries : 0;
+  }
+}
 
 function words(seed: number, chars: number): string {
   // Deterministic filler distinct per seed: different text from the first characters on.
@@ -54,9 +124,14 @@ function words(seed: number, chars: number): string {
   return out.slice(0, chars);
 }
 
-const systemPrompts = [0, 1, 2, 3].map((i) => `System ${i}: ${words(10_000 + i, 2000)}`);
+const systemPromptsOf = (chars: number) =>
+  [0, 1, 2, 3].map((i) => `System ${i}: ${words(10_000 + i, chars)}`);
 
-async function startReplicas(options: { loadHeader: boolean; slowFirst: boolean }) {
+async function startReplicas(options: {
+  loadHeader: boolean;
+  slowFirst: boolean;
+  mode: "echo" | "random";
+}) {
   return Promise.all(
     [0, 1, 2, 3].map(async (index) => {
       const port = await freePort();
@@ -73,6 +148,10 @@ async function startReplicas(options: { loadHeader: boolean; slowFirst: boolean 
           String(port),
           "--served-model-name",
           alias,
+          "--mode",
+          options.mode,
+          "--max-model-len",
+          "32768",
           "--time-to-first-token",
           "2",
           "--inter-token-latency",
@@ -142,7 +221,7 @@ async function startRouters(routing: string, replicas: Replica[]) {
 }
 
 /** One streamed chat request; resolves with its TTFT (ms) and the answer text. */
-async function send(routerUrl: string, messages: Message[]) {
+async function send(routerUrl: string, messages: Message[], maxTokens: number) {
   const started = performance.now();
   const response = await fetch(`${routerUrl}/v1/chat/completions`, {
     method: "POST",
@@ -186,41 +265,54 @@ async function metricsOf(replicas: Replica[]) {
   );
 }
 
-async function chatWorkload(routers: { url: string }[]): Promise<{ ttft: number[]; n: number }> {
+async function chatWorkload(
+  routers: { url: string }[],
+  shape: ChatShape,
+  ideal: IdealCache,
+): Promise<{ ttft: number[]; n: number }> {
   const ttft: number[] = [];
+  const systemPrompts = systemPromptsOf(shape.systemChars);
   let next = 0;
   const worker = async () => {
     for (;;) {
       const user = next++;
       if (user >= users) return;
       const messages: Message[] = [{ role: "system", content: systemPrompts[user % 4] as string }];
-      for (let turn = 0; turn < turns; turn++) {
+      for (let turn = 0; turn < shape.turns; turn++) {
         messages.push({
           role: "user",
-          content: `User ${user} turn ${turn}: ${words(user * 100 + turn, 1200)}`,
+          content: `User ${user} turn ${turn}: ${words(user * 100 + turn, shape.userChars)}`,
         });
         const router = routers[(user + turn) % 2] as { url: string };
-        const reply = await send(router.url, messages);
+        const rendered = ideal.prompt(messages);
+        const reply = await send(router.url, messages, shape.maxTokens);
+        ideal.answered(rendered, reply.answer);
         ttft.push(reply.ttft);
         messages.push({ role: "assistant", content: reply.answer });
       }
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  return { ttft, n: users * turns };
+  return { ttft, n: users * shape.turns };
 }
 
-async function uniqueWorkload(routers: { url: string }[]): Promise<{ ttft: number[]; n: number }> {
+async function uniqueWorkload(
+  routers: { url: string }[],
+  ideal: IdealCache,
+): Promise<{ ttft: number[]; n: number }> {
   const ttft: number[] = [];
-  const total = users * turns;
+  const total = uniqueRequests;
   let next = 0;
   const worker = async () => {
     for (;;) {
       const index = next++;
       if (index >= total) return;
-      const reply = await send((routers[index % 2] as { url: string }).url, [
+      const messages = [
         { role: "user", content: `Request ${index}: ${words(900_000 + index, 4800)}` },
-      ]);
+      ];
+      const rendered = ideal.prompt(messages);
+      const reply = await send((routers[index % 2] as { url: string }).url, messages, 24);
+      ideal.answered(rendered, reply.answer);
       ttft.push(reply.ttft);
     }
   };
@@ -228,22 +320,23 @@ async function uniqueWorkload(routers: { url: string }[]): Promise<{ ttft: numbe
   return { ttft, n: total };
 }
 
-async function run(
-  policy: Policy,
-  workload: "chat" | "unique",
-  options: { slowFirst?: boolean } = {},
-): Promise<Result> {
+type Section = "chat" | "chat-short" | "unique" | "slowed";
+
+async function run(policy: Policy, section: Section): Promise<Result> {
+  const shape = section === "chat-short" ? shapes["chat-short"] : shapes.chat;
   const replicas = await startReplicas({
     loadHeader: policy !== "least_in_flight",
-    slowFirst: options.slowFirst ?? false,
+    slowFirst: section === "slowed",
+    mode: section === "unique" ? "echo" : shape.mode,
   });
   const routing = policy === "least_in_flight" ? "least_loaded" : policy;
   const { routers, manager } = await startRouters(routing, replicas);
   try {
+    const ideal = new IdealCache();
     const started = performance.now();
-    const { ttft, n } = await (workload === "chat"
-      ? chatWorkload(routers)
-      : uniqueWorkload(routers));
+    const { ttft, n } = await (section === "unique"
+      ? uniqueWorkload(routers, ideal)
+      : chatWorkload(routers, shape, ideal));
     const seconds = (performance.now() - started) / 1000;
     const after = await metricsOf(replicas);
     const queries = after.reduce((sum, m) => sum + m.queries, 0);
@@ -253,6 +346,7 @@ async function run(
       requests: n,
       seconds,
       hitRate: queries > 0 ? hits / queries : 0,
+      idealHitRate: ideal.rate,
       perReplica: after.map((m) => m.requests),
     };
   } finally {
@@ -263,29 +357,35 @@ async function run(
 
 function row(policy: string, result: Result): string {
   const p = percentiles(result.ttft);
-  const mean = result.perReplica.reduce((a, b) => a + b, 0) / result.perReplica.length;
-  const spread = Math.max(...result.perReplica) / mean;
-  return `| ${policy.padEnd(15)} | ${p.p50.toFixed(1).padStart(7)} | ${p.p99.toFixed(1).padStart(7)} | ${(result.requests / result.seconds).toFixed(1).padStart(6)} | ${(result.hitRate * 100).toFixed(1).padStart(5)}% | ${spread.toFixed(2)} | ${result.perReplica.join(" / ")} |`;
+  const total = result.perReplica.reduce((a, b) => a + b, 0);
+  const spread = Math.max(...result.perReplica) / (total / result.perReplica.length);
+  const pct = (value: number) => `${(value * 100).toFixed(1)}%`;
+  const ofIdeal = result.idealHitRate > 0 ? pct(result.hitRate / result.idealHitRate) : "–";
+  return `| ${policy.padEnd(15)} | ${p.p50.toFixed(1).padStart(7)} | ${p.p99.toFixed(1).padStart(7)} | ${(result.requests / result.seconds).toFixed(1).padStart(6)} | ${pct(result.hitRate).padStart(6)} | ${pct(result.idealHitRate).padStart(6)} | ${ofIdeal.padStart(6)} | ${spread.toFixed(2)} | ${pct((result.perReplica[0] ?? 0) / Math.max(1, total)).padStart(6)} | ${result.perReplica.join(" / ")} |`;
 }
 
 const header = [
-  "| policy          | TTFT p50 ms | p99 ms | req/s | hit rate | max/mean | requests per replica |",
-  "| --------------- | ----------- | ------ | ----- | -------- | -------- | -------------------- |",
+  "| policy          | TTFT p50 ms | p99 ms | req/s | hit rate | ideal | of ideal | max/mean | r0 share | requests per replica |",
+  "| --------------- | ----------- | ------ | ----- | -------- | ----- | -------- | -------- | -------- | -------------------- |",
 ];
 
+const describe = (shape: ChatShape) =>
+  `${users} users × ${shape.turns} turns, 4 shared system prompts of ~${shape.systemChars / 4} tokens, ~${shape.userChars / 4}-token user turns, ${shape.mode === "random" ? `answers of 1–${shape.maxTokens} tokens` : `${shape.maxTokens}-token answers`}`;
 console.log(
-  `routing bench: ${users} users × ${turns} turns, ${concurrency} at a time, prefill ${prefillRate} tok/s, KV ${kvTokens} tokens per replica`,
+  `routing bench: ${concurrency} clients at a time, prefill ${prefillRate} tok/s, KV ${kvTokens} tokens per replica, load average ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ")}`,
 );
-const sections: [string, "chat" | "unique", boolean][] = [
-  ["multi-turn chat (4 shared system prompts)", "chat", false],
-  ["no shared prefixes", "unique", false],
-  ["multi-turn chat, replica 0 slowed (prefill ÷3, ITL ×3)", "chat", true],
+const sections: [string, Section][] = [
+  [`multi-turn chat: ${describe(shapes.chat)}`, "chat"],
+  [`no shared prefixes: ${uniqueRequests} single-turn prompts of ~1,200 tokens`, "unique"],
+  [`multi-turn chat, replica 0 slowed (prefill ÷3, ITL ×3): ${describe(shapes.chat)}`, "slowed"],
+  [`the first multi-turn workload: ${describe(shapes["chat-short"])}`, "chat-short"],
 ];
 const only = process.env.BENCH_ONLY?.split(",");
-for (const [title, workload, slow] of sections) {
-  if (only && !only.includes(slow ? "slowed" : workload)) continue;
+for (const [title, section] of sections) {
+  if (only && !only.includes(section)) continue;
   console.log(`\n${title}\n`);
   console.log(header.join("\n"));
-  for (const policy of policies)
-    console.log(row(policy, await run(policy, workload, { slowFirst: slow })));
+  for (const policy of policies) console.log(row(policy, await run(policy, section)));
 }

@@ -262,7 +262,12 @@ const InstanceRow: FC<{ instance: InstanceRecord; csrf: string }> = ({ instance:
       <td>{i.port ?? "–"}</td>
       <td>
         <Badge status={i.status} />
-        {i.restarts > 0 ? <span class="muted"> {i.restarts} restarts</span> : null}
+        {i.restarts > 0 ? (
+          <span class="muted">
+            {" "}
+            {i.restarts} restart{i.restarts === 1 ? "" : "s"}
+          </span>
+        ) : null}
       </td>
       <td>
         {p && i.status === "starting" ? (

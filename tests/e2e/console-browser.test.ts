@@ -6,7 +6,7 @@ import { createTestDatabase, type TestDatabase } from "../../devkit/db.ts";
 import { type Running, startAgent, startManager } from "../../devkit/fleet.ts";
 import { eventually, freePort } from "../../devkit/net.ts";
 import { repoRoot, stopAll } from "../../devkit/proc.ts";
-import type { WorkerList } from "../../protocol/index.ts";
+import type { ModelInfo, WorkerList } from "../../protocol/index.ts";
 import { ADMIN, FLEET } from "../manager/helpers.ts";
 
 /**
@@ -49,6 +49,12 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
     await page.screenshot({ path: join(dir, `${name}.png`) as `${string}.png` });
   };
   const text = () => page.evaluate(() => document.body.textContent ?? "");
+  const instancePid = async () => {
+    const reply = await fetch(`${manager.url}/v1/models/chat`, {
+      headers: { authorization: `Bearer ${ADMIN}` },
+    });
+    return ((await reply.json()) as ModelInfo).instances[0]?.pid;
+  };
 
   beforeAll(async () => {
     database = await createTestDatabase();
@@ -205,6 +211,28 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
     expect(await page.evaluate(() => document.body.dataset.mark)).toBe("no-reload");
     await shot("traffic");
 
+    // Restart the instance from the keyboard: its row's button, Enter. The page that answers
+    // says so; the bar shows the engine loading again and reaches ready without a reload.
+    await page.goto(`${manager.url}/models`);
+    const pidBefore = await instancePid();
+    await page.focus('article[aria-label="model chat"] button[aria-label^="Restart chat on "]');
+    await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
+    expect(new URL(page.url()).searchParams.get("restarted")).not.toBeNull();
+    expect(await page.$eval('p[role="status"]', (node) => node.textContent ?? "")).toContain(
+      "Restarting chat on ",
+    );
+    await page.evaluate(() => {
+      document.body.dataset.mark = "no-reload";
+    });
+    await page.waitForSelector('article[aria-label="model chat"] progress', { timeout: 30_000 });
+    await shot("models-restarting");
+    await page.waitForSelector('article[aria-label="model chat"] h3 .s-ready', {
+      timeout: 60_000,
+    });
+    expect(await page.evaluate(() => document.body.dataset.mark)).toBe("no-reload");
+    expect(await text()).toMatch(/ready\s*1 restart(?!s)/);
+    expect(await instancePid()).not.toBe(pidBefore);
+
     // Revoke the key and delete the model through their buttons.
     await page.goto(`${manager.url}/keys`);
     expect(await page.$eval('tr[data-key="team-a"] .requests', (node) => node.textContent)).toBe(
@@ -219,7 +247,7 @@ describe.skipIf(!chromium || !driver)("fleet console in a browser", () => {
       headers: { authorization: `Bearer ${ADMIN}` },
     });
     expect(gone.status).toBe(404);
-  }, 120_000);
+  }, 180_000);
 
   test("the page asked nothing of any host but the manager", () => {
     expect(requested.length).toBeGreaterThan(10);

@@ -234,6 +234,9 @@ export class Balancer {
     now: number,
   ): Pick | undefined {
     const ranked: { pick: Pick; score: number; load: number }[] = [];
+    // The key (up to a few thousand characters of prompt) is hashed once, then with each
+    // replica's key.
+    const keyHash = hash32(key);
     let total = 0;
     for (const route of candidates) {
       const state = this.state(route);
@@ -242,7 +245,7 @@ export class Balancer {
       total += load;
       ranked.push({
         pick: { route, state, probe: state.ejectedUntil !== 0 },
-        score: hash32(`${key}\u0000${state.key}`),
+        score: hash32(`${keyHash}\u0000${state.key}`),
         load,
       });
     }

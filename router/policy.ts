@@ -5,9 +5,11 @@ import type { RoutingPolicy } from "../protocol/index.ts";
  * policies"); undefined: least loaded (balancer.ts).
  *
  * - `prefix_affinity`: the conversation's stable prefix — its leading system/developer
- *   messages and first user message (the same in every turn of one conversation), or the
- *   first `PREFIX_CHARS` characters of a completion prompt or embedding input. A request
- *   with no such text (token ids only) falls back to its session, then to least loaded.
+ *   messages (their first `SYSTEM_KEY_CHARS` characters) and its first user message (its
+ *   first `MESSAGE_KEY_CHARS`), the same in every turn of one conversation and different
+ *   between conversations however long the shared system prompt; or the first
+ *   `PREFIX_CHARS` characters of a completion prompt or embedding input. A request with no
+ *   such text (token ids only) falls back to its session, then to least loaded.
  * - `session`: `x-session-id`, else the body's `user`; none: least loaded.
  * - `least_loaded`: none.
  * - `round_robin`: `ROUND_ROBIN`, the balancer's turn-taking (a load-blind baseline).
@@ -17,8 +19,16 @@ import type { RoutingPolicy } from "../protocol/index.ts";
 export const PREFIX_CHARS = 256;
 /** The key that asks the balancer for the next replica in turn (not a hash key). */
 export const ROUND_ROBIN = "\u0000round-robin";
-/** Text beyond this is not read: a long system prompt is already distinctive by then. */
-const MAX_KEY_CHARS = 4096;
+/**
+ * System text beyond this is not read: two system prompts that agree this far share most
+ * of their KV blocks anyway. The cap applies to the system part alone, so that the first
+ * user message — what tells one conversation from another under a shared system prompt —
+ * is always in the key (an agent's instructions and tool definitions run to thousands of
+ * tokens; a key that stopped at them sent every conversation of one agent to one replica).
+ */
+export const SYSTEM_KEY_CHARS = 4096;
+/** The first user (or other non-system) message's characters in the key. */
+export const MESSAGE_KEY_CHARS = 1024;
 
 export function affinityKey(
   policy: RoutingPolicy,
@@ -45,14 +55,22 @@ export function prefixKey(json: Record<string, unknown>, path: string): string |
 function chatPrefix(messages: unknown): string | undefined {
   if (!Array.isArray(messages)) return undefined;
   let key = "";
+  let system = 0;
   for (const message of messages) {
     if (typeof message !== "object" || message === null) return undefined;
     const { role, content } = message as { role?: unknown; content?: unknown };
     if (typeof role !== "string") return undefined;
-    key += `\u0000${role}\u0000${textOf(content)}`;
-    if (key.length >= MAX_KEY_CHARS) return key.slice(0, MAX_KEY_CHARS);
-    // Leading system/developer messages, then the first user (or other) message ends it.
-    if (role !== "system" && role !== "developer") return key;
+    const text = textOf(content);
+    if (role === "system" || role === "developer") {
+      // Leading system/developer messages, up to SYSTEM_KEY_CHARS of their text in all.
+      if (system >= SYSTEM_KEY_CHARS) continue;
+      const taken = text.slice(0, SYSTEM_KEY_CHARS - system);
+      system += taken.length;
+      key += `\u0000${role}\u0000${taken}`;
+      continue;
+    }
+    // The first user (or other) message ends it.
+    return `${key}\u0000${role}\u0000${text.slice(0, MESSAGE_KEY_CHARS)}`;
   }
   return key.length > 0 ? key : undefined;
 }

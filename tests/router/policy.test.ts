@@ -2,7 +2,14 @@ import { describe, expect, test } from "bun:test";
 import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry } from "../../protocol/index.ts";
 import { Balancer, ENGINE_LOAD_TTL_MS } from "../../router/balancer.ts";
-import { affinityKey, PREFIX_CHARS, prefixKey, ROUND_ROBIN } from "../../router/policy.ts";
+import {
+  affinityKey,
+  MESSAGE_KEY_CHARS,
+  PREFIX_CHARS,
+  prefixKey,
+  ROUND_ROBIN,
+  SYSTEM_KEY_CHARS,
+} from "../../router/policy.ts";
 import { SnapshotPoller } from "../../router/snapshot-poller.ts";
 import { route } from "./route-entry.ts";
 
@@ -56,6 +63,38 @@ describe("routing policy keys", () => {
     expect(prefixKey(turn1, chat)).toBe(prefixKey(turn3, chat) as string);
     expect(prefixKey(turn1, chat)).not.toBe(prefixKey(other, chat) as string);
     expect(prefixKey(parts, chat)).toBe(prefixKey(turn1, chat) as string);
+  });
+
+  test("under a long shared system prompt, conversations still differ by their first user message", () => {
+    // An agent's instructions and tool definitions: far beyond the system part's cap.
+    const agent = { role: "system", content: "Tools and rules. ".repeat(SYSTEM_KEY_CHARS / 4) };
+    const conversation = (user: string, turns: number) => {
+      const messages: { role: string; content: string }[] = [
+        agent,
+        { role: "user", content: user },
+      ];
+      for (let turn = 1; turn < turns; turn++)
+        messages.push(
+          { role: "assistant", content: `answer ${turn}` },
+          { role: "user", content: `turn ${turn}` },
+        );
+      return { messages };
+    };
+    const first = prefixKey(conversation("fix the build", 1), chat) as string;
+    expect(prefixKey(conversation("fix the build", 6), chat)).toBe(first);
+    expect(prefixKey(conversation("write the docs", 1), chat)).not.toBe(first);
+    // The key reads at most the capped system text and the capped first message.
+    expect(first.length).toBeLessThanOrEqual(SYSTEM_KEY_CHARS + MESSAGE_KEY_CHARS + 32);
+    // And they spread over the replicas instead of all landing on the system prompt's one.
+    const { b } = balancer(1);
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 400; i++) {
+      const key = affinityKey("prefix_affinity", undefined, conversation(`task ${i}`, 1), chat);
+      const worker = workerOf(b, key) as string;
+      counts.set(worker, (counts.get(worker) ?? 0) + 1);
+    }
+    expect(counts.size).toBe(4);
+    for (const count of counts.values()) expect(count).toBeGreaterThan(60);
   });
 
   test("completions: the first characters of the prompt; token ids have no prefix key", () => {

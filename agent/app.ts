@@ -2,6 +2,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import { AppError, errorResponse, parseWith, renderError } from "../kit/errors.ts";
 import type { Logger } from "../kit/log.ts";
+import type { BoundSeries, Metrics } from "../kit/metrics.ts";
 import {
   aliasSchema,
   type GpuInfo,
@@ -30,6 +31,8 @@ export type AppDeps = {
   /** The host's GPUs, re-read when a launch names a GPU the last reading did not have. */
   gpus: { current(): GpuInfo; refresh(): Promise<GpuInfo> };
   log: Logger;
+  /** The registry `/metrics` renders (agent/lib/metrics.ts); absent: no proxy counts, 404. */
+  metrics?: Metrics;
 };
 
 const proxyPrefix = "/proxy/";
@@ -69,25 +72,39 @@ export function createApp(deps: AppDeps): Hono {
 
   // The hot path, registered before the middleware so that it runs alone: no body parsing,
   // no URL object, no per-request logging.
-  app.all("/proxy/:alias/v1/*", (c) => {
+  const countProxied = proxyCounter(deps.metrics, supervisor);
+  app.all("/proxy/:alias/v1/*", async (c) => {
     const req = c.req.raw;
     if (!identity.authorized(req.headers.get("authorization"))) return unauthorized();
     const path = c.req.path;
     const slash = path.indexOf("/", proxyPrefix.length);
     const alias = path.slice(proxyPrefix.length, slash);
     const query = req.url.indexOf("?");
-    return proxy(
+    const response = await proxy(
       req,
       alias,
       path.slice(slash + "/v1/".length),
       query === -1 ? "" : req.url.slice(query),
     );
+    countProxied?.(alias, response.status);
+    return response;
   });
 
   app.use("*", async (c, next) => {
     if (!identity.authorized(c.req.header("authorization"))) return unauthorized();
     await next();
   });
+
+  // Behind the agent credential like the rest: a rented host holds no secret of the fleet's,
+  // so its metrics take the credential the manager and routers already present to it.
+  const metrics = deps.metrics;
+  if (metrics) {
+    app.get("/metrics", async () => {
+      return new Response(await metrics.scrape(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    });
+  }
 
   app.get("/v1/instances", (c) => c.json({ instances: supervisor.reports() }));
 
@@ -241,4 +258,30 @@ async function checkGpus(spec: InstanceSpec, gpus: AppDeps["gpus"]): Promise<voi
       { param: "gpu_ids" },
     );
   }
+}
+
+/**
+ * `fleet_agent_proxy_requests_total{alias,status}`, counted when the engine's answer starts
+ * (the status is known then). Only aliases this agent runs get a series of their own, so a
+ * caller cannot grow the label set; series are bound once per alias and status.
+ */
+function proxyCounter(
+  metrics: Metrics | undefined,
+  supervisor: Supervisor,
+): ((alias: string, status: number) => void) | undefined {
+  if (!metrics) return undefined;
+  const series = new Map<string, BoundSeries>();
+  return (raw, status) => {
+    const alias = supervisor.get(raw) ? raw : "unknown";
+    const key = `${alias} ${status}`;
+    let counter = series.get(key);
+    if (!counter) {
+      counter = metrics.series("fleet_agent_proxy_requests_total", {
+        alias,
+        status: String(status),
+      });
+      series.set(key, counter);
+    }
+    counter.add(1);
+  };
 }

@@ -22,6 +22,7 @@ import { discoverGpus } from "./lib/gpus.ts";
 import { AgentIdentity } from "./lib/identity.ts";
 import { LoadMonitor } from "./lib/load-monitor.ts";
 import { ManagerClient } from "./lib/manager-client.ts";
+import { agentMetrics } from "./lib/metrics.ts";
 import { defaultWorkerUrl, localHosts, reachabilityWarning } from "./lib/net.ts";
 import { PortLeaser } from "./lib/ports.ts";
 import { Supervisor } from "./lib/supervisor.ts";
@@ -185,6 +186,11 @@ export class WorkerService {
       identity: this.identity,
       gpus: { current: () => this.#gpuInfo, refresh: () => this.refreshGpus() },
       log: this.log,
+      metrics: agentMetrics({
+        engines: () => this.supervisor.reports(),
+        loads: this.loads,
+        gpus: () => this.#gpuInfo,
+      }),
     });
     this.#server = Bun.serve({
       hostname: this.listenHost,

@@ -4,7 +4,12 @@
  *
  *   const text = await scrape(`${router.url}/metrics`);
  *   metric(text, "fleet_router_retries_total", { reason: "connect" }); // summed over the rest
+ *
+ * A page behind a token (docs/operations.md "Metrics") is scraped as `{ url, token }`.
  */
+
+/** A /metrics page: its URL, with the bearer token it takes when it takes one. */
+export type MetricsPage = string | { url: string; token?: string | undefined };
 
 const sampleLine = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$/;
 const labelPair = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
@@ -38,17 +43,18 @@ export function metric(text: string, name: string, labels: Record<string, string
   return total;
 }
 
-/** GET a /metrics page as text; throws unless it answers 200. */
-export async function scrape(url: string): Promise<string> {
-  const response = await fetch(url);
+/** GET a /metrics page as text (with its token); throws unless it answers 200. */
+export async function scrape(page: MetricsPage): Promise<string> {
+  const { url, token } = typeof page === "string" ? { url: page, token: undefined } : page;
+  const response = await fetch(url, token ? { headers: { authorization: `Bearer ${token}` } } : {});
   const text = await response.text();
   if (response.status !== 200) throw new Error(`${url}: HTTP ${response.status}`);
   return text;
 }
 
-/** `metric()` of the page at `url` now. */
+/** `metric()` of the page now. */
 export async function metricAt(
-  url: string,
+  url: MetricsPage,
   name: string,
   labels: Record<string, string> = {},
 ): Promise<number> {

@@ -51,6 +51,9 @@ function labelText(labels: Labels | undefined): string {
 export class Metrics {
   private readonly families = new Map<string, Family>();
   private readonly collectors: Array<() => void> = [];
+  private readonly asyncCollectors: Array<() => Promise<void>> = [];
+  /** The async collection in flight: concurrent scrapes share it (one read per moment). */
+  private collecting: Promise<void> | undefined;
 
   private family(name: string, kind: Kind, help: string, buckets?: readonly number[]): Family {
     let family = this.families.get(name);
@@ -129,9 +132,53 @@ export class Metrics {
     return histogram;
   }
 
+  /** Forgets every series of `name` (a gauge set afresh at each scrape: gone labels go). */
+  clear(name: string): void {
+    const family = this.families.get(name);
+    family?.values.clear();
+    family?.histograms.clear();
+  }
+
   /** Runs before each render: lets a component refresh gauges computed on demand. */
   collect(collector: () => void): void {
     this.collectors.push(collector);
+  }
+
+  /**
+   * Runs before each `scrape()` (not `render()`): gauges read from a database or another
+   * process. A collector handles its own failures (keeping its last values is the usual
+   * answer); one still running after `timeoutMs` is not waited for, so a slow database
+   * never holds a scrape.
+   */
+  collectAsync(collector: () => Promise<void>, options: { timeoutMs?: number } = {}): void {
+    const timeoutMs = options.timeoutMs ?? 2000;
+    this.asyncCollectors.push(() => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      return Promise.race([collector().catch(() => {}), timeout]).finally(() =>
+        clearTimeout(timer),
+      );
+    });
+  }
+
+  /** What `/metrics` answers: the async collectors' fresh values, then `render()`. */
+  async scrape(): Promise<string> {
+    if (this.asyncCollectors.length > 0) {
+      this.collecting ??= Promise.all(this.asyncCollectors.map((collector) => collector()))
+        .then(() => {})
+        .finally(() => {
+          this.collecting = undefined;
+        });
+      await this.collecting;
+    }
+    return this.render();
+  }
+
+  /** The names of the declared families (what a dashboard may reference). */
+  names(): string[] {
+    return [...this.families.keys()];
   }
 
   render(): string {

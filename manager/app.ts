@@ -3,11 +3,12 @@ import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import { AppError, quote, renderError } from "../kit/errors.ts";
-import { Metrics } from "../kit/metrics.ts";
+import type { Metrics } from "../kit/metrics.ts";
+import { checkMetricsAccess } from "../kit/metrics-access.ts";
 import { openAiModelListSchema } from "../protocol/index.ts";
 import { routerRoutes } from "../router/routes.ts";
 import type { RouteSource } from "../router/types.ts";
-import { isAuthorized } from "./auth.ts";
+import { isAuthorized, managerMetricsAccess } from "./auth.ts";
 import { consoleRoutes } from "./console/routes.tsx";
 import { createContext, type ManagerContext } from "./context.ts";
 import type { ManagerDeps } from "./deps.ts";
@@ -41,8 +42,8 @@ export type Manager = {
   /** Batches usage into `request_logs` (`UsageSink`); never blocks the caller. */
   usage: UsageBuffer;
   /**
-   * The registry of the manager's `/metrics` (rendered by the mounted router, which should
-   * be built with it): usage writes, dead letters and the spool.
+   * The registry of the manager's `/metrics`: its own families (services/metrics.ts), the
+   * usage writer's, and the mounted router's, which must be built with it.
    */
   metrics: Metrics;
   /** One round of the background loops (liveness sweep, then reconciliation; probes beside). */
@@ -88,7 +89,8 @@ const documentConfig = {
 /** Builds the manager app from its dependencies; web-standard only (Bun, Node, workerd). */
 export function createApp(deps: ManagerDeps): Manager {
   const ctx = createContext(deps);
-  const metrics = new Metrics();
+  const metrics = ctx.metrics;
+  ctx.instruments.readStateAtScrape(ctx.fleetDb, ctx.log);
   const usage = new UsageBuffer({
     db: ctx.db,
     log: ctx.log,
@@ -155,7 +157,24 @@ export function createApp(deps: ManagerDeps): Manager {
     if (!router) throw new AppError("not_found", `no router is mounted for ${quote(c.req.path)}`);
     return router.fetch(c.req.raw, c.env);
   };
-  const { models: _servedModels, ...forwarded } = routerRoutes;
+  // `/metrics` renders the one registry that the manager, its usage writer and the router it
+  // mounts all count on; answered here, so it is there with or without a router.
+  const metricsAccess = managerMetricsAccess(ctx.config);
+  const { models: _servedModels, metrics: metricsRoute, ...forwarded } = routerRoutes;
+  app.openAPIRegistry.registerPath({
+    ...metricsRoute,
+    summary:
+      "Prometheus metrics: the manager's (fleet_manager_*) and its mounted router's (fleet_router_*); docs/operations.md, Metrics",
+    description:
+      "ADMIN_TOKEN or METRICS_TOKEN; open when neither is set (the manager then listens on loopback only).",
+    security: [{ adminToken: [] }, { metricsToken: [] }],
+  });
+  app.get(metricsRoute.path, async (c) => {
+    checkMetricsAccess(metricsAccess, c.req.header("authorization"));
+    return new Response(await metrics.scrape(), {
+      headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    });
+  });
   for (const route of Object.values(forwarded) as RouteConfig[]) {
     // Documented from the router's definition; its body is checked by the router's own
     // fast path, not by a second validator here.

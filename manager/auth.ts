@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { bearerToken, constantTimeEqual } from "../kit/crypto.ts";
 import { AppError } from "../kit/errors.ts";
+import type { MetricsAccess } from "../kit/metrics-access.ts";
 import type { ManagerConfig } from "./env.ts";
 import type { RouterCredentials } from "./services/router-credentials.ts";
 
@@ -71,5 +72,24 @@ export function requireScope(ctx: AuthContext, scope: Scope): MiddlewareHandler 
       throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");
     }
     await next();
+  };
+}
+
+/**
+ * The manager's `/metrics`: ADMIN_TOKEN or METRICS_TOKEN (a scrape-only token, so that a
+ * Prometheus server need not hold the admin token); open when neither is set, as the admin
+ * API is (the manager then listens on loopback only).
+ */
+export function managerMetricsAccess(
+  config: Pick<ManagerConfig, "adminToken" | "metricsToken">,
+): MetricsAccess {
+  const tokens = [config.adminToken, config.metricsToken].filter(
+    (token): token is string => token !== undefined,
+  );
+  if (tokens.length === 0) return { open: true };
+  return {
+    open: false,
+    tokens,
+    hint: "/metrics needs Authorization: Bearer <ADMIN_TOKEN or METRICS_TOKEN>",
   };
 }

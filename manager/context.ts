@@ -2,12 +2,14 @@ import type { Db, FleetDb } from "../db/index.ts";
 import { type Clock, systemClock } from "../kit/clock.ts";
 import type { FetchLike } from "../kit/fetch.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
+import { Metrics } from "../kit/metrics.ts";
 import type { ManagerDeps } from "./deps.ts";
 import type { ManagerConfig } from "./env.ts";
 import { AgentClient } from "./services/agent-client.ts";
 import { HeartbeatMemo } from "./services/heartbeat-memo.ts";
 import { Launcher } from "./services/launcher.ts";
 import { Lifecycle } from "./services/lifecycle.ts";
+import { ManagerMetrics } from "./services/metrics.ts";
 import { Prober } from "./services/probes.ts";
 import { RouteCache } from "./services/route-cache.ts";
 import { RouteLoads } from "./services/route-loads.ts";
@@ -27,6 +29,10 @@ export type ManagerContext = {
   clock: Clock;
   fetch: FetchLike;
   log: Logger;
+  /** The registry of `/metrics`, shared with the mounted router and the usage writer. */
+  metrics: Metrics;
+  /** The manager's own families on it (services/metrics.ts). */
+  instruments: ManagerMetrics;
   agents: AgentClient;
   routes: RouteCache;
   /** Router credentials, and the checks that passed while the route version holds. */
@@ -59,6 +65,8 @@ export function createContext(deps: ManagerDeps): ManagerContext {
   const log = deps.log ?? createLogger({ service: "manager" });
   const fetchImpl = deps.fetch ?? ((input, init) => fetch(input, init));
   const db = deps.db.db;
+  const metrics = deps.metrics ?? new Metrics();
+  const instruments = new ManagerMetrics(metrics);
   const agents = new AgentClient({
     fetch: fetchImpl,
     timeoutMs: deps.config.agentTimeoutS * 1000,
@@ -78,6 +86,8 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     clock,
     fetch: fetchImpl,
     log,
+    metrics,
+    instruments,
     agents,
     routes,
     routerCredentials: new RouterCredentials({
@@ -88,7 +98,15 @@ export function createContext(deps: ManagerDeps): ManagerContext {
     }),
     lifecycle,
     launcher: new Launcher({ db, agents, lifecycle, clock, log }),
-    prober: new Prober({ db, clock, fetch: fetchImpl, log, config: deps.config, lifecycle }),
+    prober: new Prober({
+      db,
+      clock,
+      fetch: fetchImpl,
+      log,
+      config: deps.config,
+      lifecycle,
+      instruments,
+    }),
     heartbeats,
     loads: new RouteLoads(),
     credentials: new CredentialMemo(),

@@ -2,6 +2,7 @@ import type { FleetDb } from "../db/index.ts";
 import type { Clock } from "../kit/clock.ts";
 import type { FetchLike } from "../kit/fetch.ts";
 import type { Logger } from "../kit/log.ts";
+import type { Metrics } from "../kit/metrics.ts";
 import type { Spool } from "../kit/spool.ts";
 import type { ManagerConfig } from "./env.ts";
 
@@ -12,6 +13,8 @@ export type ManagerDeps = {
   clock?: Clock;
   fetch?: FetchLike;
   log?: Logger;
+  /** The registry of `/metrics` (default: a new one; the mounted router must share it). */
+  metrics?: Metrics;
   /** Where usage waits while the database is down (the Bun and Node entries: on disk). */
   usageSpool?: Spool;
   /** The agent executable `/install.sh` installs (the entries: a file; absent: none to serve). */

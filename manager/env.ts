@@ -41,6 +41,8 @@ export const managerEnvSchema = z.object({
   FLEET_TOKEN: optionalToken,
   /** Management API: models, workers, keys, routers. Also accepted on every other endpoint. */
   ADMIN_TOKEN: optionalToken,
+  /** A scrape-only token: `GET /metrics` takes it (or ADMIN_TOKEN), and nothing else does. */
+  METRICS_TOKEN: optionalToken,
   HEARTBEAT_INTERVAL_S: seconds(5),
   WORKER_TIMEOUT_S: seconds(20),
   /** How often `tick()` runs (liveness sweep, then reconciliation). */
@@ -145,6 +147,8 @@ export type ManagerConfig = {
   port: number;
   fleetToken: string | undefined;
   adminToken: string | undefined;
+  /** METRICS_TOKEN: `/metrics` only. */
+  metricsToken?: string | undefined;
   heartbeatIntervalS: number;
   workerTimeoutS: number;
   reconcileIntervalS: number;
@@ -172,6 +176,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     port: env.PORT,
     fleetToken: env.FLEET_TOKEN,
     adminToken: env.ADMIN_TOKEN,
+    metricsToken: env.METRICS_TOKEN,
     heartbeatIntervalS: env.HEARTBEAT_INTERVAL_S,
     workerTimeoutS: env.WORKER_TIMEOUT_S,
     reconcileIntervalS: env.RECONCILE_INTERVAL_S,

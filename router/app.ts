@@ -4,6 +4,7 @@ import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
 import { Metrics } from "../kit/metrics.ts";
+import { checkMetricsAccess, type MetricsAccess } from "../kit/metrics-access.ts";
 import { maxLatencyMs } from "../protocol/index.ts";
 import { authenticate } from "./auth.ts";
 import { Balancer } from "./balancer.ts";
@@ -48,6 +49,11 @@ export type AppDeps = {
   log?: Logger;
   /** Shared registry so a poller/batcher in the same process export on the same /metrics. */
   metrics?: Metrics;
+  /**
+   * Who may read `/metrics` (default: anyone). The manager checks its own callers before it
+   * hands a request to the router it mounts, so that one is built open.
+   */
+  metricsAccess?: MetricsAccess;
   /** Default 32 MiB; larger bodies get 413. */
   maxBodyBytes?: number;
   /** An inference body must arrive within this once its handler runs, else 408 (default 60 s). */
@@ -134,13 +140,13 @@ export function createApp(deps: AppDeps): Hono {
     await authenticate(view.keys, requireApiKey, c.req.raw.headers);
     return new Response(view.modelsBody, { headers: { "content-type": "application/json" } });
   });
-  app.get(
-    routerRoutes.metrics.path,
-    () =>
-      new Response(metrics.render(), {
-        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-      }),
-  );
+  const metricsAccess = deps.metricsAccess ?? { open: true };
+  app.get(routerRoutes.metrics.path, async (c) => {
+    checkMetricsAccess(metricsAccess, c.req.header("authorization"));
+    return new Response(await metrics.scrape(), {
+      headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    });
+  });
   app.get(routerRoutes.healthz.path, () => {
     const snapshot = deps.routes.current();
     const source = deps.routes.health?.();

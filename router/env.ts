@@ -26,6 +26,12 @@ export const routerEnvSchema = z.object({
    * configured as before router credentials (FLEET_TOKEN without ROUTER_TOKEN).
    */
   FLEET_TOKEN: optionalString,
+  /**
+   * What `GET /metrics` takes (`Authorization: Bearer <it>`): a scrape-only token for
+   * Prometheus, which opens nothing else. Unset, /metrics is open only while the router is
+   * (no ROUTER_TOKEN, on loopback, API keys not required), and refused otherwise.
+   */
+  METRICS_TOKEN: optionalString,
   HOST: z.string().trim().min(1).default("127.0.0.1"),
   LOG_LEVEL: logLevelSchema,
   /** Bun and Node: from SIGTERM to the exit; in-flight requests finish until then. */

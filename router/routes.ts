@@ -264,12 +264,15 @@ const metrics = {
   path: "/metrics",
   tags: ["Operations"],
   summary: "The router's Prometheus metrics (docs/router.md, Metrics)",
-  security: [],
+  description:
+    "A standalone router takes METRICS_TOKEN; without it /metrics is open only while the router runs open (no ROUTER_TOKEN, API keys not required). On the manager's port: ADMIN_TOKEN or the manager's METRICS_TOKEN, open when neither is set (loopback).",
+  security: [{ metricsToken: [] }],
   responses: {
     200: {
       description: "Prometheus text exposition format 0.0.4",
       content: { "text/plain": { schema: z.string() } },
     },
+    ...errors([401]),
   },
 } satisfies RouteConfig;
 

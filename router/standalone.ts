@@ -1,5 +1,6 @@
 import type { Logger } from "../kit/log.ts";
 import { Metrics } from "../kit/metrics.ts";
+import type { MetricsAccess } from "../kit/metrics-access.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import type { Spool } from "../kit/spool.ts";
 import { type AppDeps, createApp, type FetchLike } from "./app.ts";
@@ -57,10 +58,12 @@ export function createStandaloneRouter(options: {
     log,
     metrics,
   });
+  const requireApiKey = options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopbackHost(env.HOST);
   const app = createApp({
     routes,
     usage,
-    requireApiKey: options.requireApiKey ?? env.REQUIRE_API_KEY ?? !isLoopbackHost(env.HOST),
+    requireApiKey,
+    metricsAccess: routerMetricsAccess(env, requireApiKey),
     fetch: options.fetch,
     streamFetch: options.streamFetch,
     log,
@@ -110,5 +113,31 @@ export function createStandaloneRouter(options: {
       routes.stop();
       await usage.close();
     },
+  };
+}
+
+/**
+ * A standalone router's `/metrics`: METRICS_TOKEN when set. Without it the page is open
+ * while the router is (no ROUTER_TOKEN, API keys not required: a router on loopback beside
+ * an open manager) and refused otherwise. Neither ROUTER_TOKEN (it reads every agent's
+ * credential in the route snapshot) nor the manager's ADMIN_TOKEN (which a router never
+ * holds) belongs in a scraper's configuration, so the router takes a token of its own.
+ */
+export function routerMetricsAccess(
+  env: Pick<RouterEnv, "METRICS_TOKEN" | "ROUTER_TOKEN">,
+  requireApiKey: boolean,
+): MetricsAccess {
+  if (env.METRICS_TOKEN) {
+    return {
+      open: false,
+      tokens: [env.METRICS_TOKEN],
+      hint: "/metrics needs Authorization: Bearer <METRICS_TOKEN>",
+    };
+  }
+  if (!env.ROUTER_TOKEN && !requireApiKey) return { open: true };
+  return {
+    open: false,
+    tokens: [],
+    hint: "/metrics is closed: set METRICS_TOKEN on this router and scrape with Authorization: Bearer <METRICS_TOKEN>",
   };
 }

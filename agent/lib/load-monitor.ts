@@ -53,6 +53,19 @@ export class LoadMonitor {
     return this.#entries.get(alias)?.header;
   }
 
+  /**
+   * Every engine's last reading: its load and vLLM's prefix-cache counters as read (null
+   * when the engine does not export them), for the agent's `/metrics`.
+   */
+  readings(): { alias: string; load: EngineLoad; queries: number | null; hits: number | null }[] {
+    return [...this.#entries].map(([alias, entry]) => ({
+      alias,
+      load: entry.load,
+      queries: entry.queries,
+      hits: entry.hits,
+    }));
+  }
+
   /** One read of every ready engine (also what the timer runs). */
   async poll(): Promise<void> {
     const targets = this.options.targets();

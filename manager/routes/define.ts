@@ -55,6 +55,12 @@ export const securitySchemes = {
     description:
       "A worker's own credential (`fw_…`), issued when it joined: that worker's registrations and heartbeats",
   },
+  metricsToken: {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "METRICS_TOKEN: a scrape-only token that `GET /metrics` takes and nothing else does (the manager takes ADMIN_TOKEN there too)",
+  },
   apiKey: {
     type: "http",
     scheme: "bearer",

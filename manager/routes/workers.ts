@@ -98,10 +98,15 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
     }),
     async (c) => {
       const { worker_id } = c.req.valid("param");
-      return c.json(
-        await heartbeat(ctx, worker_id, c.req.valid("json"), heartbeatCallerOf(c)),
-        200,
-      );
+      const started = performance.now();
+      let outcome: "ok" | "error" = "error";
+      try {
+        const reply = await heartbeat(ctx, worker_id, c.req.valid("json"), heartbeatCallerOf(c));
+        outcome = "ok";
+        return c.json(reply, 200);
+      } finally {
+        ctx.instruments.heartbeat((performance.now() - started) / 1000, outcome);
+      }
     },
   );
 

@@ -26,6 +26,7 @@ import type { ManagementPath } from "../../protocol/index.ts";
 import { type AgentAddress, agentAddressColumns } from "./agent-client.ts";
 import type { EventInput } from "./events.ts";
 import { type Lifecycle, routedPathDown } from "./lifecycle.ts";
+import type { ManagerMetrics } from "./metrics.ts";
 
 /** Workers probed at once in one round. */
 const ROUND_CONCURRENCY = 32;
@@ -168,6 +169,8 @@ export type ProberDeps = {
   config: { probeIntervalS: number; probeTimeoutMs: number };
   /** Writes the routes that follow a change of the routed path (the one writer of routes). */
   lifecycle: Lifecycle;
+  /** Counts probes and route withdrawals on `/metrics`. */
+  instruments?: Pick<ManagerMetrics, "probe" | "routedPath">;
 };
 
 type Claimed = AgentAddress & {
@@ -300,7 +303,12 @@ export class Prober {
       ]);
     }
     if (this.#abort.signal.aborted) return false;
-    return this.#record(worker, claimedAt, internal, external);
+    const recorded = await this.#record(worker, claimedAt, internal, external);
+    if (recorded) {
+      this.deps.instruments?.probe("internal", internal.reachable);
+      if (external) this.deps.instruments?.probe("public", external.reachable);
+    }
+    return recorded;
   }
 
   async #record(
@@ -313,6 +321,8 @@ export class Prober {
     const w = schema.workers;
     const now = clock.now();
     const changes: { path: ManagementPath; url: string; result: ProbeResult }[] = [];
+    /** Set when the routed path went down (true) or came back (false) in this record. */
+    let routedDown: boolean | undefined;
     const recorded = await lifecycle.write(now, async (writer) => {
       const { tx } = writer;
       const [before] = await tx
@@ -383,9 +393,11 @@ export class Prober {
       if (routedPathDown(row) !== wasDown) {
         const routed = worker.publicWorkerUrl === null ? internal : external;
         await writer.routedPathChanged(row, routed?.error ?? null);
+        routedDown = !wasDown;
       }
       return true;
     });
+    if (recorded && routedDown !== undefined) this.deps.instruments?.routedPath(routedDown);
     for (const { path, url, result } of changes) {
       const fields = { worker_id: worker.workerId, path, url };
       if (result.reachable) log.info("worker path reachable", { ...fields, rtt_ms: result.rttMs });

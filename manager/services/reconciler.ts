@@ -31,11 +31,13 @@ export type TickResult = {
  * no lock: each probe claims its worker first (probes.ts), so managers share the work.
  */
 export async function tick(ctx: ManagerContext): Promise<TickResult> {
+  const started = performance.now();
   void ctx.prober.round();
   const offline = await ctx.fleetDb.tryWithLock(SWEEP_LOCK, () => sweep(ctx));
   const launches = await ctx.fleetDb.tryWithLock(RECONCILE_LOCK, () => reconcile(ctx));
   if (launches && launches.length > 0)
     await Promise.all(launches.map((id) => ctx.launcher.launch(id)));
+  ctx.instruments.reconcileRound((performance.now() - started) / 1000, ctx.holdingOff);
   return {
     offline: offline ?? [],
     launched: launches ?? [],
@@ -57,7 +59,7 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
   const cutoff = new Date(now.getTime() - timeoutMs);
   // A draining worker whose agent has exited goes the same way: silent, then offline, its
   // instances lost and replaced (docs/agent.md "Drain").
-  return ctx.lifecycle.write(now, async (w) => {
+  const gone = await ctx.lifecycle.write(now, async (w) => {
     const silent = await w.tx
       .select({
         workerId: schema.workers.workerId,
@@ -98,6 +100,8 @@ export async function sweep(ctx: ManagerContext): Promise<string[]> {
     }
     return gone;
   });
+  ctx.instruments.reconcile("mark_offline", gone.length);
+  return gone;
 }
 
 /**
@@ -127,8 +131,10 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
   if (holdOff !== ctx.holdingOff) {
     ctx.holdingOff = holdOff;
     const message = `${offline} of ${total} workers offline`;
-    if (holdOff)
+    if (holdOff) {
       ctx.log.warn("holding off rescheduling: most workers went silent", { offline, total });
+      ctx.instruments.reconcile("hold_off");
+    }
     await recordEvents(ctx.db, now, [
       { kind: holdOff ? "reconcile.hold_off" : "reconcile.resumed", message },
     ]);
@@ -151,7 +157,10 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
       );
     for (const { id } of lost) {
       const replacement = await guarded(ctx, "replace", id, () => replaceLost(ctx, id, now));
-      if (replacement) launches.push(replacement);
+      if (replacement) {
+        launches.push(replacement);
+        ctx.instruments.reconcile("replace");
+      }
     }
   }
 
@@ -171,7 +180,10 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
   for (const row of failed) {
     if (now.getTime() - row.updatedAt.getTime() < retryDelayMs(ctx, row.failures)) continue;
     const retried = await guarded(ctx, "retry", row.id, () => retryFailed(ctx, row.id, now));
-    if (retried) launches.push(retried);
+    if (retried) {
+      launches.push(retried);
+      ctx.instruments.reconcile("retry");
+    }
   }
 
   const staleCutoff = new Date(now.getTime() - (ctx.config.agentTimeoutS * 2 + 5) * 1000);
@@ -186,7 +198,11 @@ export async function reconcile(ctx: ManagerContext): Promise<string[]> {
         lt(schema.instances.updatedAt, staleCutoff),
       ),
     );
-  for (const { id } of stale) if (!ctx.launcher.isLaunching(id)) launches.push(id);
+  for (const { id } of stale) {
+    if (ctx.launcher.isLaunching(id)) continue;
+    launches.push(id);
+    ctx.instruments.reconcile("relaunch_pending");
+  }
   return launches;
 }
 
@@ -233,7 +249,9 @@ async function replaceLost(
   instanceId: string,
   now: Date,
 ): Promise<string | undefined> {
+  let blocked = false;
   const outcome = await ctx.lifecycle.write(now, async (w) => {
+    blocked = false;
     const row = await lockedForPlacement(w.tx, instanceId, "lost");
     if (!row) return undefined;
     const { instance, model, state } = row;
@@ -243,6 +261,7 @@ async function replaceLost(
     });
     if (!result.ok) {
       await w.rescheduleBlocked(instance, `not rescheduled: ${result.message}`);
+      blocked = true;
       return undefined;
     }
     const target = result.placements[0];
@@ -251,6 +270,7 @@ async function replaceLost(
     if (!created) return undefined;
     return { id: created.id, from: instance.workerId, to: target.workerId };
   });
+  if (blocked) ctx.instruments.reconcile("replace_blocked");
   // The lifecycle logs the move (its `instance.rescheduled` event).
   return outcome?.id;
 }
@@ -265,7 +285,9 @@ async function retryFailed(
   instanceId: string,
   now: Date,
 ): Promise<string | undefined> {
-  return ctx.lifecycle.write(now, async (w) => {
+  let blocked = false;
+  const retried = await ctx.lifecycle.write(now, async (w) => {
+    blocked = false;
     const row = await lockedForPlacement(w.tx, instanceId, "failed");
     if (!row) return undefined;
     const { instance, model, state } = row;
@@ -288,6 +310,7 @@ async function retryFailed(
       const result = place(state, placementRequest(model, 1));
       if (!result.ok) {
         await w.retryBlocked(instance, `retry not possible: ${result.message}`);
+        blocked = true;
         return undefined;
       }
       target = result.placements[0];
@@ -295,4 +318,6 @@ async function retryFailed(
     if (!target) return undefined;
     return (await w.retried(instance, target)) ? instance.id : undefined;
   });
+  if (blocked) ctx.instruments.reconcile("retry_blocked");
+  return retried;
 }

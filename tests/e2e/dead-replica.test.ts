@@ -11,7 +11,7 @@ import {
   startTcpForwarder,
   type TcpForwarder,
 } from "../../devkit/fleet.ts";
-import { metricAt } from "../../devkit/metrics.ts";
+import { type MetricsPage, metricAt } from "../../devkit/metrics.ts";
 import { eventually, freePort } from "../../devkit/net.ts";
 import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
 import type { ModelInfo, RouteSnapshot, WorkerInfo } from "../../protocol/index.ts";
@@ -27,7 +27,8 @@ import { createRouterCredential, startRouter } from "../router/fixtures.ts";
  * client setting, Node, and workerd (Miniflare).
  */
 
-type Router = { url: string };
+/** A router under test: where it serves, and its /metrics page with the token it takes. */
+type Router = { url: string; metrics: MetricsPage };
 
 /** FIRST_BYTE_PROBE_MS and FIRST_BYTE_PROBE_TIMEOUT_MS of the standalone routers. */
 const probeMs = 1000;
@@ -143,7 +144,10 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
       FIRST_BYTE_PROBE_MS: String(probeMs),
       FIRST_BYTE_PROBE_TIMEOUT_MS: String(probeTimeoutMs),
     };
-    routers.set("mounted", { url: manager.url });
+    routers.set("mounted", {
+      url: manager.url,
+      metrics: { url: `${manager.url}/metrics`, token: ADMIN },
+    });
     routers.set(
       "bun-http1",
       await startRouter("bun", manager.url, { ...env, UPSTREAM_CLIENT: "http1" }),
@@ -188,13 +192,18 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
         MANAGER_URL: manager.url,
         ROUTER_TOKEN: (await createRouterCredential(manager.url)).token,
         REQUIRE_API_KEY: "false",
+        METRICS_TOKEN: "edge-metrics-token",
         ROUTES_REFRESH_MS: "200",
         ...env,
       },
       host: "127.0.0.1",
       port: 0,
     });
-    routers.set("workerd", { url: String(await miniflare.ready).replace(/\/$/, "") });
+    const edgeUrl = String(await miniflare.ready).replace(/\/$/, "");
+    routers.set("workerd", {
+      url: edgeUrl,
+      metrics: { url: `${edgeUrl}/metrics`, token: "edge-metrics-token" },
+    });
     for (const router of routers.values()) {
       await eventually(async () => (await chat(router, "warm", false)).status === 200, {
         what: "router serving",
@@ -213,7 +222,7 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
   test("a replica slow to its first token but answering its checks keeps its requests", async () => {
     await Promise.all(
       [...routers].map(async ([name, router]) => {
-        const metrics = `${router.url}/metrics`;
+        const metrics = router.metrics;
         const movedBefore = await metricAt(metrics, "fleet_router_retries_total");
         const results = await Promise.all([
           chat(router, `slow plain via ${name}`, false, "slow"),
@@ -267,13 +276,13 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
           // The whole answer: the echoed prompt, or a stream to its [DONE].
           expect(result.text).toContain(index % 2 === 1 ? "data: [DONE]" : `during ${index} via`);
         }
-        const movedOn = await metricAt(`${router.url}/metrics`, "fleet_router_retries_total", {
+        const movedOn = await metricAt(router.metrics, "fleet_router_retries_total", {
           reason: "unresponsive",
         });
         // Some of the 12 went to the black-holed replica first, and all were answered.
         expect({ name, movedOn: movedOn > 0 }).toEqual({ name, movedOn: true });
         expect(
-          await metricAt(`${router.url}/metrics`, "fleet_router_replica_checks_total", {
+          await metricAt(router.metrics, "fleet_router_replica_checks_total", {
             worker_id: "dark",
             result: "unresponsive",
           }),
@@ -308,7 +317,7 @@ describe(`a black-holed public URL (${serviceDbTarget})`, () => {
     // checks fail and no request moves on.
     for (const [name, router] of routers) {
       const unresponsive = () =>
-        metricAt(`${router.url}/metrics`, "fleet_router_retries_total", { reason: "unresponsive" });
+        metricAt(router.metrics, "fleet_router_retries_total", { reason: "unresponsive" });
       await eventually(
         async () => {
           const before = await unresponsive();

@@ -92,7 +92,7 @@ describe("usage from a hostile worker and a hostile router", () => {
     expect(rows.map((row) => row.prompt_tokens)).toEqual([7, null, 7, null, 7, null, 7, null]);
     expect(rows.every((row) => row.completion_tokens === 3 && row.status === 200)).toBe(true);
     expect(
-      await metricAt(`${router.url}/metrics`, "fleet_router_usage_values_rejected_total", {
+      await metricAt(router.metrics, "fleet_router_usage_values_rejected_total", {
         field: "prompt_tokens",
       }),
     ).toBe(4);
@@ -185,8 +185,8 @@ describe("a standalone router restarted while the manager is down", () => {
       // Backing off, the router moves them to disk: nothing waits in memory.
       await eventually(
         async () =>
-          (await metricAt(`${before.url}/metrics`, "fleet_router_usage_spooled")) === outage &&
-          (await metricAt(`${before.url}/metrics`, "fleet_router_usage_buffered")) === 0,
+          (await metricAt(before.metrics, "fleet_router_usage_spooled")) === outage &&
+          (await metricAt(before.metrics, "fleet_router_usage_buffered")) === 0,
         { what: "the records to be spooled" },
       );
       await before.stop("SIGKILL");
@@ -197,9 +197,7 @@ describe("a standalone router restarted while the manager is down", () => {
       });
       await eventually(() => readdirSync(dir).length === 0, { what: "the spool to be emptied" });
       // Nothing was dropped (the counter has no sample until something is).
-      expect(
-        (await metricAt(`${after.url}/metrics`, "fleet_router_usage_dropped_total")) || 0,
-      ).toBe(0);
+      expect((await metricAt(after.metrics, "fleet_router_usage_dropped_total")) || 0).toBe(0);
       await after.stop();
     });
   }

@@ -88,6 +88,7 @@ describe("manager /openapi.json", () => {
     expect(security("post", "/v1/routers")).toEqual(["adminToken"]);
     expect(security("post", "/v1/chat/completions")).toEqual(["apiKey"]);
     expect(security("get", "/health")).toEqual([]);
+    expect(security("get", "/metrics")).toEqual(["adminToken", "metricsToken"]);
   });
 
   test("the OpenAI request bodies carry the fields clients send", () => {
@@ -205,6 +206,8 @@ describe("manager mounts the router by name", () => {
       createRouterApp({
         routes: { current: () => snapshotWithModel },
         usage: { record() {} },
+        // As the entries mount it: counting on the manager's registry.
+        metrics: t.manager.metrics,
         log: silentLogger,
         fetch: async (input, init) => {
           upstream.push(`${init?.method ?? "GET"} ${String(input)}`);
@@ -233,7 +236,10 @@ describe("manager mounts the router by name", () => {
     expect(reply.status).toBe(200);
     await reply.text(); // the request is accounted once its body has been sent
     expect(upstream).toEqual(["POST http://127.0.0.1:9/proxy/chat-model/v1/chat/completions"]);
-    const metrics = await t.call("GET", "/metrics", { token: null });
+    const refused = await t.json<OpenAiError>("GET", "/metrics", { token: null });
+    expect(refused.status).toBe(401);
+    expect(refused.body.error.code).toBe("unauthorized");
+    const metrics = await t.call("GET", "/metrics", { token: ADMIN });
     expect(await metrics.text()).toContain('fleet_router_requests_total{alias="chat-model"');
     const health = await t.json<{ routes_version: string }>("GET", "/healthz", { token: null });
     expect(health.body.routes_version).toBe("test-1");

@@ -65,8 +65,7 @@ for (const runtime of ["bun", "node"] as const) {
       const listed = await manager.json<RouterList>("GET", "/v1/routers");
       const mine = listed.body.routers.find((r) => r.id === router.credential.id);
       expect(mine?.last_used_at).not.toBeNull();
-      const failures = () =>
-        metricAt(`${router.url}/metrics`, "fleet_router_routes_refresh_failures_total");
+      const failures = () => metricAt(router.metrics, "fleet_router_routes_refresh_failures_total");
       expect(await failures()).toBeNaN();
 
       await revokeRouterCredential(manager.url, router.credential.id);

@@ -195,6 +195,8 @@ export type Router = Service & {
   url: string;
   /** The router credential it runs with (ROUTER_TOKEN). */
   credential: RouterCredential;
+  /** Its /metrics page and the METRICS_TOKEN it takes (devkit/metrics.ts `scrape`). */
+  metrics: { url: string; token: string };
 };
 
 export type RouterCredential = { id: string; name: string; token: string };
@@ -264,11 +266,21 @@ export async function startRouter(
 ): Promise<Router> {
   const port = await freePort();
   const held = credential ?? (await createRouterCredential(managerUrl));
+  const metricsToken = extra.METRICS_TOKEN ?? `metrics-${crypto.randomUUID()}`;
   const service = startProcess(routerArgv(runtime), {
-    env: routerEnv(managerUrl, { PORT: String(port), ROUTER_TOKEN: held.token, ...extra }),
+    env: routerEnv(managerUrl, {
+      PORT: String(port),
+      ROUTER_TOKEN: held.token,
+      METRICS_TOKEN: metricsToken,
+      ...extra,
+    }),
   });
   const url = `http://127.0.0.1:${port}`;
   await service.waitFor("router listening", 30_000);
   await waitForHttp(`${url}/healthz`, { timeoutMs: 20_000 });
-  return Object.assign(service, { url, credential: held });
+  return Object.assign(service, {
+    url,
+    credential: held,
+    metrics: { url: `${url}/metrics`, token: metricsToken },
+  });
 }

@@ -101,7 +101,7 @@ describe("router failover", () => {
     expect(failures).toBe(0);
     expect(done).toBe(40);
     expect(
-      await metricAt(`${router.url}/metrics`, "fleet_router_retries_total", { alias: "qwen" }),
+      await metricAt(router.metrics, "fleet_router_retries_total", { alias: "qwen" }),
     ).toBeGreaterThan(0);
   });
 
@@ -115,7 +115,7 @@ describe("router failover", () => {
       { workerId: "b", url: gone },
     ]);
     const router = await startRouter("bun", fleet.url, { EJECT_COOLDOWN_MS: "60000" });
-    const metrics = `${router.url}/metrics`;
+    const metrics = router.metrics;
     for (let index = 0; ; index++) {
       if (index === 40) throw new Error("b was never ejected");
       const response = await post(router, chat(`until ejected ${index}`));
@@ -150,7 +150,7 @@ describe("router failover", () => {
       { workerId: "sick", url: sick.url },
     ]);
     const router = await startRouter("bun", fleet.url, { EJECT_COOLDOWN_MS: "60000" });
-    const metrics = `${router.url}/metrics`;
+    const metrics = router.metrics;
     const client = openai(router);
     for (let index = 0; ; index++) {
       if (index === 40) throw new Error("the sick replica was never ejected");
@@ -212,9 +212,7 @@ describe("router failover", () => {
       "upstream_error",
     );
     expect(Object.fromEntries(accepted)).toEqual({ gone1: 1, gone2: 1 });
-    expect(
-      await metricAt(`${router.url}/metrics`, "fleet_router_retries_total", { alias: "qwen" }),
-    ).toBe(1);
+    expect(await metricAt(router.metrics, "fleet_router_retries_total", { alias: "qwen" })).toBe(1);
     const rows = await eventually(async () => {
       const usage = await fleet.usage();
       return usage.length > 0 ? usage : undefined;
@@ -376,7 +374,7 @@ describe("router without its manager", () => {
     const sim = await startSim({ names: ["qwen"] });
     await addReplicas(fleet, "qwen", [{ workerId: "a", url: sim.url }]);
     const router = await startRouter("bun", fleet.url);
-    const metrics = `${router.url}/metrics`;
+    const metrics = router.metrics;
     const client = openai(router);
     fleet.stop();
     for (let index = 0; index < 5; index++) {
@@ -433,7 +431,7 @@ describe("router timeouts", () => {
         expect(await response.text()).toEndWith("data: [DONE]\n\n");
         // Far below the first-byte timeout: the connect timeout moved it on.
         expect(performance.now() - started).toBeLessThan(5000);
-        const retried = await metricAt(`${router.url}/metrics`, "fleet_router_retries_total", {
+        const retried = await metricAt(router.metrics, "fleet_router_retries_total", {
           reason: "connect",
         });
         if (retried > 0) return;

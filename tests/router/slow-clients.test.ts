@@ -80,7 +80,7 @@ describe.each(["bun", "node"] as const)("slow clients against the %s router", (r
     if (figures.length) console.log(`${runtime} router: ${figures.join("; ")}`);
   });
 
-  const bodyBytes = () => metricAt(`${router.url}/metrics`, "fleet_router_body_bytes");
+  const bodyBytes = () => metricAt(router.metrics, "fleet_router_body_bytes");
 
   test("a body that has not arrived within BODY_TIMEOUT_S gets 408 in OpenAI's shape, and its connection is closed", async () => {
     const client = await openRaw(router.url);
@@ -96,7 +96,7 @@ describe.each(["bun", "node"] as const)("slow clients against the %s router", (r
     });
     expect(closedAfterMs).toBeGreaterThanOrEqual(limits.BODY_TIMEOUT_S * 1000);
     expect(
-      await metricAt(`${router.url}/metrics`, "fleet_router_body_refusals_total", {
+      await metricAt(router.metrics, "fleet_router_body_refusals_total", {
         reason: "timeout",
       }),
     ).toBeGreaterThanOrEqual(1);

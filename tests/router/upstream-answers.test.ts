@@ -156,7 +156,7 @@ for (const runtime of runtimes) {
 
     test("each misbehaving worker is named in the log and ejected; the router keeps serving", async () => {
       for (const alias of malformed) {
-        const ejections = await metricAt(`${router.url}/metrics`, "fleet_router_ejections_total", {
+        const ejections = await metricAt(router.metrics, "fleet_router_ejections_total", {
           worker_id: `w-${alias}`,
         });
         expect({ alias, ejections }).toEqual({ alias, ejections: 1 });
@@ -165,11 +165,9 @@ for (const runtime of runtimes) {
       // The malformed heads are told apart from connection failures in the log and /metrics.
       expect(router.output()).toContain('"reason":"malformed"');
       for (const alias of ["bad-status", "flood", "many-headers"]) {
-        const count = await metricAt(
-          `${router.url}/metrics`,
-          "fleet_router_malformed_answers_total",
-          { worker_id: `w-${alias}` },
-        );
+        const count = await metricAt(router.metrics, "fleet_router_malformed_answers_total", {
+          worker_id: `w-${alias}`,
+        });
         expect({ alias, count }).toEqual({ alias, count: 1 });
       }
       // An ejected worker is not asked again: no ready replica, said so with Retry-After.

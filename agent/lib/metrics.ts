@@ -33,7 +33,7 @@ export function agentMetrics(deps: AgentMetricsDeps): Metrics {
   m.declare(
     "fleet_agent_engine_restarts_total",
     "counter",
-    "Times the agent restarted an engine that exited after it was ready, by alias (starts again from 0 when the engine is relaunched)",
+    "Times the agent restarted an engine (it exited once ready, or a restart was asked for), by alias; from 0 again when the engine is relaunched",
   );
   m.declare("fleet_agent_gpu_memory_total_bytes", "gauge", "GPU memory, by GPU index (nvidia-smi)");
   m.declare(

@@ -24,6 +24,12 @@
  * npm scripts set it; every router runs with the GC pacer on (its default).
  *
  * `BENCH_ONLY=memory` (or `throughput`, `connect`, comma-separated) runs only those sections.
+ * `BENCH_PATHS=b,r` measures only those throughput paths (keys as above; default all).
+ * `BENCH_BASELINE=/path/to/checkout` adds (r0): the (r) router run from another checkout of this
+ * repository (a commit to compare against), side by side in the same rounds; its CPU per
+ * request and throughput are reported as paired ratios against (r).
+ * `BENCH_CPU_PROF=dir` runs the (r) router under `bun --cpu-prof-md`; the profile is written
+ * to `dir` when the benchmark stops it.
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
@@ -138,12 +144,15 @@ async function main() {
     client: Client,
     routes: unknown[],
     extraEnv: Record<string, string> = {},
+    /** Another checkout to run the router from, and flags for Bun (a profiler). */
+    from: { cwd?: string; bunFlags?: string[] } = {},
   ) => {
     const table = `t${tableCount++}`;
     tables.set(table, routes);
     const port = await freePort();
     const server = await spawnServer({
-      argv: [bunBin, "router/main.ts"],
+      cwd: from.cwd,
+      argv: [bunBin, ...(from.bunFlags ?? []), "router/main.ts"],
       env: {
         MANAGER_URL: `${managerUrl}/t/${table}`,
         // The stub manager takes any router credential; agents check FLEET_TOKEN on /proxy.
@@ -282,6 +291,8 @@ async function main() {
     c64Rounds: number[];
     /** CPU time of `proc` per request at c=64, median round, in µs. */
     cpuUsPerRequest: number | null;
+    /** The same, every round in order. */
+    cpuRounds: number[];
   };
   /** `proc`: the process doing the hop, whose CPU time per request is reported. */
   type Path = { key: string; name: string; url: string; proc?: SpawnedServer };
@@ -346,6 +357,7 @@ async function main() {
         ttfb: median(ttfb[index] ?? [], (x) => x),
         c64Rounds: (c64[index] ?? []).map((x) => x.rps),
         cpuUsPerRequest: cpuRounds.length ? median(cpuRounds, (x) => x) : null,
+        cpuRounds,
       };
       console.log(`${r.name}\n  c=1   ${formatLoad(r.c1)}\n  c=64  ${formatLoad(r.c64)}`);
       console.log(`  stream TTFB p50 ${r.ttfb.toFixed(2)} ms`);
@@ -360,91 +372,133 @@ async function main() {
   };
 
   const throughput = async () => {
+    const wanted = new Set((process.env.BENCH_PATHS ?? "a,b,r,r0,c,h,m,s,d").split(","));
+    const baseline = process.env.BENCH_BASELINE;
+    const profileDir = process.env.BENCH_CPU_PROF;
     const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
-    const paths: Path[] = [
-      {
+    const paths: Path[] = [];
+    if (wanted.has("a")) {
+      paths.push({
         key: "a",
         name: "(a) direct to simulator",
         url: `${sim.url}/proxy/${alias}`,
         proc: sim.server,
-      },
-    ];
-    const barePort = await freePort();
-    const bare = await spawnServer({
-      argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
-      env: bunFetchEnv,
-      readyUrl: `http://127.0.0.1:${barePort}/health`,
-    });
-    servers.push(bare);
-    paths.push({
-      key: "b",
-      name: "(b) bare Hono fetch-proxy",
-      url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
-      proc: bare,
-    });
-    const onAuto = await spawnRouter("auto", [route("sim", sim.url)]);
-    paths.push({
-      key: "r",
-      name: "(r) router → simulator, default clients (auto)",
-      url: onAuto.url,
-      proc: onAuto.server,
-    });
-    const onFetch = await spawnRouter("fetch", [route("sim", sim.url)]);
-    paths.push({
-      key: "c",
-      name: "(c) router → simulator, Bun fetch",
-      url: onFetch.url,
-      proc: onFetch.server,
-    });
-    const onHttp1 = await spawnRouter("http1", [route("sim", sim.url)]);
-    paths.push({
-      key: "h",
-      name: "(h) router → simulator, HTTP/1.1 client",
-      url: onHttp1.url,
-      proc: onHttp1.server,
-    });
-    const mounted = await spawnMountedRouter(sim.url);
-    paths.push({
-      key: "m",
-      name: "(m) manager-mounted router → simulator",
-      url: mounted.url,
-      proc: mounted.server,
-    });
-    const standalone = await spawnRouterOn(mounted);
-    paths.push({
-      key: "s",
-      name: "(s) standalone router, usage to that manager → simulator",
-      url: standalone.url,
-      proc: standalone.server,
-    });
-    // (d) the full path: a real agent launching the simulator through VLLM_BIN.
-    const agent = await spawnAgent();
-    const launched = await fetch(`${agent.url}/v1/instances`, {
-      method: "POST",
-      headers: auth,
-      body: JSON.stringify({
-        alias,
-        model_name: `org/${alias}`,
-        extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
-      }),
-    });
-    if (launched.status !== 202)
-      throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
-    for (let tries = 0; ; tries++) {
-      const status = (await (
-        await fetch(`${agent.url}/v1/instances/${alias}`, { headers: auth })
-      ).json()) as { status?: string };
-      if (status.status === "ready") break;
-      if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
-      await Bun.sleep(100);
+      });
     }
-    const viaAgent = await spawnRouter("auto", [route("agent", agent.url)]);
-    paths.push({
-      key: "d",
-      name: "(d) router → agent → simulator",
-      url: viaAgent.url,
-      proc: agent.server,
-    });
+    if (wanted.has("b")) {
+      const barePort = await freePort();
+      const bare = await spawnServer({
+        argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
+        env: bunFetchEnv,
+        readyUrl: `http://127.0.0.1:${barePort}/health`,
+      });
+      servers.push(bare);
+      paths.push({
+        key: "b",
+        name: "(b) bare Hono fetch-proxy",
+        url: `http://127.0.0.1:${barePort}/proxy/${alias}`,
+        proc: bare,
+      });
+    }
+    if (wanted.has("r")) {
+      const onAuto = await spawnRouter(
+        "auto",
+        [route("sim", sim.url)],
+        {},
+        profileDir
+          ? {
+              bunFlags: [
+                "--cpu-prof-md",
+                `--cpu-prof-dir=${profileDir}`,
+                "--cpu-prof-name=router.md",
+              ],
+            }
+          : {},
+      );
+      paths.push({
+        key: "r",
+        name: "(r) router → simulator, default clients (auto)",
+        url: onAuto.url,
+        proc: onAuto.server,
+      });
+    }
+    if (baseline && wanted.has("r0")) {
+      const onBaseline = await spawnRouter("auto", [route("sim", sim.url)], {}, { cwd: baseline });
+      paths.push({
+        key: "r0",
+        name: `(r0) router from ${baseline} → simulator, default clients (auto)`,
+        url: onBaseline.url,
+        proc: onBaseline.server,
+      });
+    }
+    if (wanted.has("c")) {
+      const onFetch = await spawnRouter("fetch", [route("sim", sim.url)]);
+      paths.push({
+        key: "c",
+        name: "(c) router → simulator, Bun fetch",
+        url: onFetch.url,
+        proc: onFetch.server,
+      });
+    }
+    if (wanted.has("h")) {
+      const onHttp1 = await spawnRouter("http1", [route("sim", sim.url)]);
+      paths.push({
+        key: "h",
+        name: "(h) router → simulator, HTTP/1.1 client",
+        url: onHttp1.url,
+        proc: onHttp1.server,
+      });
+    }
+    if (wanted.has("m") || wanted.has("s")) {
+      const mounted = await spawnMountedRouter(sim.url);
+      if (wanted.has("m")) {
+        paths.push({
+          key: "m",
+          name: "(m) manager-mounted router → simulator",
+          url: mounted.url,
+          proc: mounted.server,
+        });
+      }
+      if (wanted.has("s")) {
+        const standalone = await spawnRouterOn(mounted);
+        paths.push({
+          key: "s",
+          name: "(s) standalone router, usage to that manager → simulator",
+          url: standalone.url,
+          proc: standalone.server,
+        });
+      }
+    }
+    if (wanted.has("d")) {
+      // (d) the full path: a real agent launching the simulator through VLLM_BIN.
+      const agent = await spawnAgent();
+      const launched = await fetch(`${agent.url}/v1/instances`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({
+          alias,
+          model_name: `org/${alias}`,
+          extra_args: ["--time-to-first-token", "0", "--inter-token-latency", "0"],
+        }),
+      });
+      if (launched.status !== 202)
+        throw new Error(`agent launch: ${launched.status} ${await launched.text()}`);
+      for (let tries = 0; ; tries++) {
+        const status = (await (
+          await fetch(`${agent.url}/v1/instances/${alias}`, { headers: auth })
+        ).json()) as { status?: string };
+        if (status.status === "ready") break;
+        if (tries > 200) throw new Error(`agent instance not ready: ${JSON.stringify(status)}`);
+        await Bun.sleep(100);
+      }
+      const viaAgent = await spawnRouter("auto", [route("agent", agent.url)]);
+      paths.push({
+        key: "d",
+        name: "(d) router → agent → simulator",
+        url: viaAgent.url,
+        proc: agent.server,
+      });
+    }
     return measureAll(paths);
   };
 
@@ -590,8 +644,20 @@ async function main() {
           `(${top})/(${bottom}) throughput at c=64: ${percent(median(ratios, (r) => r))} median of ${ratios.length} paired rounds (${ratios.map(percent).join(", ")}) ${goal}`,
         );
       };
+      const cpuRatio = (top: string, bottom: string, what: string) => {
+        const x = results.get(top);
+        const y = results.get(bottom);
+        if (!x || !y || x.cpuRounds.length === 0 || y.cpuRounds.length === 0) return;
+        const ratios = x.cpuRounds.map((us, round) => us / (y.cpuRounds[round] ?? Number.NaN));
+        console.log(
+          `(${top})/(${bottom}) CPU per request at c=64: ${percent(median(ratios, (r) => r))} median of ${ratios.length} paired rounds (${x.cpuRounds.map((us) => us.toFixed(0)).join(", ")} µs against ${y.cpuRounds.map((us) => us.toFixed(0)).join(", ")}) ${what}`,
+        );
+      };
       console.log("");
       ratio("r", "b", "(the router on its default clients; goal ≥ 85%)");
+      ratio("r", "r0", "(this checkout's router against BENCH_BASELINE's)");
+      cpuRatio("r", "r0", "(this checkout's router against BENCH_BASELINE's)");
+      cpuRatio("r", "b", "(the router against the bare proxy)");
       ratio("c", "b", "(the router on Bun's fetch alone)");
       ratio("h", "b", "(the router on the HTTP/1.1 client alone)");
       ratio("c", "h", "(Bun's fetch against the HTTP/1.1 client)");

@@ -1,5 +1,5 @@
 import { type Context, Hono } from "hono";
-import { type MonotonicClock, monotonicClock } from "../kit/clock.ts";
+import { isoTimestamps, type MonotonicClock, monotonicClock } from "../kit/clock.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
@@ -215,6 +215,7 @@ function inferenceHandler(parts: {
   );
   const idleTimer = deps.idleTimer;
   const rejectValues = usageRejections(proxy.metrics, log);
+  const isoTime = isoTimestamps();
 
   const handle = async (
     c: Context,
@@ -270,7 +271,7 @@ function inferenceHandler(parts: {
         const rejected = outcome.rejected ? [...outcome.rejected] : [];
         try {
           deps.usage.record({
-            ts: new Date(request.startedWall).toISOString(),
+            ts: isoTime(request.startedWall),
             api_key_id: apiKeyId,
             alias,
             worker_id: outcome.workerId,

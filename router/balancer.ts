@@ -85,6 +85,8 @@ export function hash32(text: string): number {
 
 export class Balancer {
   private readonly states = new Map<string, ReplicaState>();
+  /** Each route object's replica key, made once (a snapshot's routes are never changed). */
+  private readonly keys = new WeakMap<RouteEntry, string>();
   private readonly random: () => number;
   private turn = 0;
 
@@ -93,7 +95,11 @@ export class Balancer {
   }
 
   state(route: RouteEntry): ReplicaState {
-    const key = replicaKey(route);
+    let key = this.keys.get(route);
+    if (key === undefined) {
+      key = replicaKey(route);
+      this.keys.set(route, key);
+    }
     let state = this.states.get(key);
     if (!state) {
       state = {
@@ -250,19 +256,26 @@ export class Balancer {
       });
     }
     if (ranked.length === 0) return undefined;
-    // Highest score first; equal scores (a 32-bit collision) by replica key, so the order
-    // is the same in every router.
-    ranked.sort((a, b) =>
-      b.score !== a.score ? b.score - a.score : a.pick.state.key < b.pick.state.key ? -1 : 1,
-    );
     const bound = Math.max(LOAD_FLOOR, Math.ceil((LOAD_BOUND * (total + 1)) / ranked.length));
-    for (const entry of ranked) {
-      if (entry.load < bound && !this.queued(entry.pick.state, now)) return this.claim(entry.pick);
-    }
-    // Every replica is over the bound or queued: the least loaded, in ranking order on ties.
+    // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
+    // so the order is the same in every router), without sorting: the first replica under the
+    // bound and not queued; when every one is over it or queued, the least loaded, the first
+    // in ranking order on ties.
+    let best: (typeof ranked)[number] | undefined;
     let least = ranked[0] as (typeof ranked)[number];
-    for (const entry of ranked) if (entry.load < least.load) least = entry;
-    return this.claim(least.pick);
+    for (const entry of ranked) {
+      if (
+        entry.load < bound &&
+        !this.queued(entry.pick.state, now) &&
+        (best === undefined || ranksBefore(entry, best))
+      ) {
+        best = entry;
+      }
+      if (entry.load < least.load || (entry.load === least.load && ranksBefore(entry, least))) {
+        least = entry;
+      }
+    }
+    return this.claim((best ?? least).pick);
   }
 
   private claim(pick: Pick): Pick {
@@ -339,4 +352,12 @@ export class Balancer {
     for (const state of this.states.values()) if (state.ejectedUntil > now) count++;
     return count;
   }
+}
+
+/** Rendezvous order: the higher score first; equal scores by replica key. */
+function ranksBefore(
+  a: { score: number; pick: { state: ReplicaState } },
+  b: { score: number; pick: { state: ReplicaState } },
+): boolean {
+  return a.score !== b.score ? a.score > b.score : a.pick.state.key < b.pick.state.key;
 }

@@ -220,7 +220,8 @@ export class Attempt {
     // a replica whose streams all break mid-way must still reach its ejection.
     if (body.bytes || this.state.ejectedUntil !== 0) this.config.balancer.succeeded(this.state);
     const ttftMs = this.config.clock.now() - this.request.startedAt;
-    return { kind: "committed", attempt: this, response, ttftMs, ...body };
+    const { bytes, reader, first } = body;
+    return { kind: "committed", attempt: this, response, ttftMs, bytes, reader, first };
   }
 
   private settle(): void {

@@ -61,19 +61,26 @@ export function authorizeFor(
   else delete headers.authorization;
 }
 
+/** Never passed back: the body is relayed decoded, cookies are the agent's, loads the fleet's. */
+const droppedResponseHeaders = [...hopByHopHeaders, "content-encoding", "set-cookie", LOAD_HEADER];
+
 /**
  * The agent's response headers minus hop-by-hop ones, those `Connection` names, cookies and
- * `x-fleet-load` (the engine's load is the fleet's business, not the client's).
+ * `x-fleet-load` (the engine's load is the fleet's business, not the client's). A copy with
+ * those deleted: one native copy costs a fraction of appending field by field.
  */
 export function downstreamHeaders(upstream: Headers, bodyRewritten: boolean): Headers {
-  const headers = new Headers();
-  const named = connectionNamedHeaders(upstream);
-  upstream.forEach((value, name) => {
-    if (hopByHopHeaders.has(name) || named.has(name)) return;
-    if (name === "content-encoding") return;
-    if (name === "content-length" && (bodyRewritten || upstream.has("content-encoding"))) return;
-    if (name === "set-cookie" || name === LOAD_HEADER) return;
-    headers.append(name, value);
-  });
+  const headers = new Headers(upstream);
+  if (bodyRewritten || upstream.has("content-encoding")) headers.delete("content-length");
+  for (const name of droppedResponseHeaders) if (headers.has(name)) headers.delete(name);
+  if (upstream.has("connection")) {
+    for (const name of connectionNamedHeaders(upstream)) {
+      try {
+        headers.delete(name);
+      } catch {
+        // Not a valid header name, so no field by that name to drop.
+      }
+    }
+  }
   return headers;
 }

@@ -8,7 +8,13 @@ import {
   type Outcome,
   type ProxyConfig,
 } from "./proxy-types.ts";
-import { checkUsage, JsonUsageTail, type RawUsage, SseUsageFilter } from "./usage-scan.ts";
+import {
+  checkUsage,
+  JsonUsageTail,
+  type RawUsage,
+  SseUsageFilter,
+  usageInJsonBody,
+} from "./usage-scan.ts";
 
 type Done = (outcome: Outcome) => void;
 
@@ -40,14 +46,14 @@ function respondWhole(
   done: Done,
 ): Response {
   const { response } = committed;
-  const tail = new JsonUsageTail();
-  tail.push(bytes.subarray(Math.max(0, bytes.byteLength - 16 * 1024)));
   const headers = downstreamHeaders(response.headers, false);
   headers.set("x-request-id", request.requestId);
+  const { usage, rejected } = checked(usageInJsonBody(bytes), committed.attempt.route, request);
   done({
     status: response.status,
     ttftMs: committed.ttftMs,
-    ...checked(tail.usage(), committed.attempt.route, request),
+    usage,
+    rejected,
     workerId: committed.attempt.route.worker_id,
   });
   return new Response(bytes.byteLength ? bytes : null, { status: response.status, headers });

@@ -212,13 +212,27 @@ export class JsonUsageTail {
         offset += chunk.byteLength;
       }
     }
-    // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
-    // Searched as bytes from the end: no decoding, no regular expressions.
-    const prompt = lastValueAfter(tail, promptKey);
-    const completion = lastValueAfter(tail, completionKey);
-    if (prompt === null && completion === null) return undefined;
-    return { promptTokens: prompt, completionTokens: completion };
+    return usageInJson(tail, 0);
   }
+}
+
+/**
+ * The usage in a JSON body held whole, read from its last ~16 KiB as `JsonUsageTail` reads
+ * it (without copying them out).
+ */
+export function usageInJsonBody(body: Uint8Array): RawUsage | undefined {
+  if (body.byteLength === 0) return undefined;
+  return usageInJson(body, Math.max(0, body.byteLength - tailBytes));
+}
+
+/** `usage` from `bytes[from..]`. */
+function usageInJson(bytes: Uint8Array, from: number): RawUsage | undefined {
+  // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
+  // Searched as bytes from the end: no decoding, no regular expressions.
+  const prompt = lastValueAfter(bytes, promptKey, from);
+  const completion = lastValueAfter(bytes, completionKey, from);
+  if (prompt === null && completion === null) return undefined;
+  return { promptTokens: prompt, completionTokens: completion };
 }
 
 const promptKey = encoder.encode('"prompt_tokens"');
@@ -233,13 +247,13 @@ const decoder = new TextDecoder();
 const jsonNumber = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 
 /**
- * The value after the last `key` (then optional spaces, `:`, spaces) in `bytes`: a number
- * for a JSON number (any: `checkUsage` judges it), null for `null` or no such key, else the
- * first 32 characters of whatever stands there (a string, an object), which is not a count.
+ * The value after the last `key` (then optional spaces, `:`, spaces) in `bytes[from..]`: a
+ * number for a JSON number (any: `checkUsage` judges it), null for `null` or no such key, else
+ * the first 32 characters of whatever stands there (a string, an object), which is not a count.
  */
-function lastValueAfter(bytes: Uint8Array, key: Uint8Array): unknown {
+function lastValueAfter(bytes: Uint8Array, key: Uint8Array, from: number): unknown {
   const last = key.byteLength - 1;
-  for (let end = bytes.lastIndexOf(key[last] as number); end >= last; ) {
+  for (let end = bytes.lastIndexOf(key[last] as number); end >= from + last; ) {
     let matches = true;
     for (let index = 1; index <= last; index++) {
       if (bytes[end - index] !== key[last - index]) {
@@ -255,6 +269,8 @@ function lastValueAfter(bytes: Uint8Array, key: Uint8Array): unknown {
         while (isSpace(bytes[at])) at++;
         let stop = at;
         while (stop < bytes.byteLength && stop - at < 32 && !endsValue(bytes[stop])) stop++;
+        const count = wholeNumber(bytes, at, stop);
+        if (count !== undefined) return count;
         const text = decoder.decode(bytes.subarray(at, stop));
         if (text === "null") return null;
         if (jsonNumber.test(text)) return Number(text);
@@ -264,4 +280,20 @@ function lastValueAfter(bytes: Uint8Array, key: Uint8Array): unknown {
     end = end > 0 ? bytes.lastIndexOf(key[last] as number, end - 1) : -1;
   }
   return null;
+}
+
+/**
+ * `bytes[at..stop]` as a number when it is plain digits (what engines send), up to 15 of
+ * them so the value is exact; undefined for anything else, which the caller decodes.
+ */
+function wholeNumber(bytes: Uint8Array, at: number, stop: number): number | undefined {
+  const length = stop - at;
+  if (length < 1 || length > 15 || (length > 1 && bytes[at] === 0x30)) return undefined;
+  let value = 0;
+  for (let index = at; index < stop; index++) {
+    const digit = (bytes[index] as number) - 0x30;
+    if (digit < 0 || digit > 9) return undefined;
+    value = value * 10 + digit;
+  }
+  return value;
 }

@@ -5,6 +5,7 @@ import {
   JsonUsageTail,
   SseUsageFilter,
   type UsageBounds,
+  usageInJsonBody,
 } from "../../router/usage-scan.ts";
 
 const encoder = new TextEncoder();
@@ -75,6 +76,42 @@ describe("JsonUsageTail", () => {
     const big = `{"data":"${"x".repeat(100_000)}",`;
     const tail = tailOf(big, big, '"usage":{"prompt_tokens":5,"completion_tokens":6}}');
     expect(tail.usage()).toEqual({ promptTokens: 5, completionTokens: 6 });
+  });
+});
+
+describe("usageInJsonBody", () => {
+  const body = (prompt: string, completion: string) =>
+    `{"usage":{"prompt_tokens":${prompt},"completion_tokens":${completion},"total_tokens":1}}`;
+
+  test("reads a whole body as JsonUsageTail reads its last 16 KiB", () => {
+    const bodies = [
+      body("14", "16"),
+      body("0", "007"),
+      body("123456789012345", "1234567890123456"),
+      body("-5", "1.5"),
+      body("2e3", '"12"'),
+      body("null", "{}"),
+      '{"usage": {\n  "prompt_tokens" :\t7,\n  "completion_tokens": null\n}}',
+      '{"object":"list","data":[]}',
+      "",
+      // The key before the last 16 KiB is out of sight for both.
+      `{"usage":{"prompt_tokens":5},"data":"${"x".repeat(20_000)}"}`,
+      `{"data":"${"x".repeat(20_000)}","usage":{"prompt_tokens":5,"completion_tokens":6}}`,
+    ];
+    for (const text of bodies) {
+      const bytes = encoder.encode(text);
+      const tail = new JsonUsageTail();
+      tail.push(bytes.subarray(Math.max(0, bytes.byteLength - 16 * 1024)));
+      expect(usageInJsonBody(bytes)).toEqual(tail.usage());
+    }
+    expect(usageInJsonBody(encoder.encode(body("0", "007")))).toEqual({
+      promptTokens: 0,
+      completionTokens: "007",
+    });
+    expect(usageInJsonBody(encoder.encode(body("123456789012345", "1234567890123456")))).toEqual({
+      promptTokens: 123456789012345,
+      completionTokens: 1234567890123456,
+    });
   });
 });
 

@@ -213,6 +213,8 @@ export type StubAgent = {
   stops: string[];
   /** The aliases it was asked to restart (`POST /v1/instances/{alias}/restart`). */
   restarts: string[];
+  /** Answer restarts as an agent older than them does: 404 `not_found` (no such endpoint). */
+  oldAgent: boolean;
   instances: Map<string, InstanceReport>;
   refuse: { status: number; message: string } | null;
   /**
@@ -235,6 +237,7 @@ export function stubAgent(): StubAgent {
     launches: [],
     stops: [],
     restarts: [],
+    oldAgent: false,
     instances: new Map(),
     refuse: null,
     answersAs: null,
@@ -326,6 +329,19 @@ export function stubAgent(): StubAgent {
         // As the agent: a ready engine starts stopping (restarts counted), else 404 / 409.
         const alias = decodeURIComponent(restart[1]);
         stub.restarts.push(alias);
+        if (stub.oldAgent) {
+          return Response.json(
+            {
+              error: {
+                message: "no such endpoint on the agent",
+                type: "not_found_error",
+                param: null,
+                code: "not_found",
+              },
+            },
+            { status: 404 },
+          );
+        }
         const instance = stub.instances.get(alias);
         const refusal = (status: number, code: string, message: string) =>
           Response.json(

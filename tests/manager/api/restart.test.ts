@@ -231,6 +231,17 @@ describeApi("manager API: instance restart", (api) => {
     expect(refused.body.error.message).toContain("only a ready engine can be restarted");
     expect((await instanceOf(t)).status).toBe("ready");
 
+    // An agent older than the restart call: it says no such endpoint; nothing changes.
+    a.oldAgent = true;
+    engine.status = "ready";
+    const old = await restart(t, id);
+    expect(old.status).toBe(409);
+    expect(old.body.error.message).toContain("cannot restart engines");
+    expect(old.body.error.message).toContain("upgrade it");
+    expect((await instanceOf(t)).status).toBe("ready");
+    expect(await served(t)).toEqual([true]);
+    a.oldAgent = false;
+
     a.instances.delete("m");
     const gone = await restart(t, id);
     expect(gone.status).toBe(409);

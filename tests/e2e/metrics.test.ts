@@ -5,6 +5,7 @@ import { type MetricsPage, metric, scrape } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { stopAll } from "../../devkit/proc.ts";
 import type { InstanceList, ModelInfo } from "../../protocol/index.ts";
+import { labelsUsed, promQueries } from "../db/grafana-dashboard.ts";
 
 // Real processes on a shared 2-core machine.
 setDefaultTimeout(90_000);
@@ -183,6 +184,30 @@ describe(`fleet metrics across processes (${serviceDbTarget})`, () => {
     ).toBeGreaterThan(0);
     expect(metric(text, "fleet_manager_reconcile_duration_seconds_count")).toBeGreaterThan(0);
     expect(metric(text, "fleet_router_requests_total", { alias: "meter", status: "200" })).toBe(1);
+  });
+
+  test("the Grafana dashboard groups and filters on labels these pages carry", async () => {
+    const pages = [await scrape(managerPage), await scrape(agentPage)].join("\n");
+    /** Sample name → the label names seen on its samples. */
+    const seen = new Map<string, Set<string>>();
+    for (const match of pages.matchAll(/^(fleet_[a-z0-9_]+)(?:\{([^}]*)\})? /gm)) {
+      const labels = seen.get(match[1] ?? "") ?? new Set<string>();
+      for (const pair of (match[2] ?? "").matchAll(/([a-z_]+)="/g)) labels.add(pair[1] ?? "");
+      seen.set(match[1] ?? "", labels);
+    }
+    const wrong: string[] = [];
+    let checked = 0;
+    for (const { title, expr } of promQueries()) {
+      for (const [name, labels] of labelsUsed(expr)) {
+        const have = seen.get(name);
+        // Families with no sample yet here (a standalone router's, retries) cannot be checked.
+        if (!have) continue;
+        checked++;
+        for (const label of labels) if (!have.has(label)) wrong.push(`${title}: ${name} ${label}`);
+      }
+    }
+    expect(wrong).toEqual([]);
+    expect(checked).toBeGreaterThan(20);
   });
 });
 

@@ -147,19 +147,31 @@ export class Metrics {
   /**
    * Runs before each `scrape()` (not `render()`): gauges read from a database or another
    * process. A collector handles its own failures (keeping its last values is the usual
-   * answer); one still running after `timeoutMs` is not waited for, so a slow database
-   * never holds a scrape.
+   * answer); one still running after `timeoutMs` is not waited for (`onTimeout` says so),
+   * so a slow database never holds a scrape.
    */
-  collectAsync(collector: () => Promise<void>, options: { timeoutMs?: number } = {}): void {
+  collectAsync(
+    collector: () => Promise<void>,
+    options: { timeoutMs?: number; onTimeout?: () => void } = {},
+  ): void {
     const timeoutMs = options.timeoutMs ?? 2000;
+    // A read that outlived its scrape is waited on by the next one, never doubled: a database
+    // that hangs sees one read at a time, however often it is scraped.
+    let running: Promise<void> | undefined;
     this.asyncCollectors.push(() => {
+      running ??= collector()
+        .catch(() => {})
+        .finally(() => {
+          running = undefined;
+        });
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, timeoutMs);
+        timer = setTimeout(() => {
+          options.onTimeout?.();
+          resolve();
+        }, timeoutMs);
       });
-      return Promise.race([collector().catch(() => {}), timeout]).finally(() =>
-        clearTimeout(timer),
-      );
+      return Promise.race([running, timeout]).finally(() => clearTimeout(timer));
     });
   }
 

@@ -69,7 +69,7 @@ export class ManagerMetrics {
     metrics.declare(
       "fleet_manager_state_read_failures_total",
       "counter",
-      "Scrapes whose read of the fleet's state failed (the gauges kept their last values)",
+      "Reads of the fleet's state that failed, and scrapes that stopped waiting for one after 2 s (the gauges kept their last values)",
     );
     metrics.declare(
       "fleet_manager_heartbeat_duration_seconds",
@@ -141,17 +141,20 @@ export class ManagerMetrics {
    */
   readStateAtScrape(fleetDb: Pick<FleetDb, "query">, log: Logger): void {
     const metrics = this.metrics;
-    metrics.collectAsync(async () => {
-      let rows: StateRow[];
-      try {
-        rows = await fleetDb.query<StateRow>(stateQuery);
-      } catch (error) {
-        metrics.inc("fleet_manager_state_read_failures_total");
-        log.debug("metrics: fleet state not read", { error: String(error) });
-        return;
-      }
-      this.#publish(rows);
-    });
+    metrics.collectAsync(
+      async () => {
+        let rows: StateRow[];
+        try {
+          rows = await fleetDb.query<StateRow>(stateQuery);
+        } catch (error) {
+          metrics.inc("fleet_manager_state_read_failures_total");
+          log.debug("metrics: fleet state not read", { error: String(error) });
+          return;
+        }
+        this.#publish(rows);
+      },
+      { onTimeout: () => metrics.inc("fleet_manager_state_read_failures_total") },
+    );
   }
 
   #publish(rows: StateRow[]): void {

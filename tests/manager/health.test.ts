@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createDb } from "../../db/index.ts";
 import { createTestDatabase, dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { startTcpForwarder } from "../../devkit/fleet.ts";
+import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { createApp as createRouterApp } from "../../router/app.ts";
 import { type TestManager, testManager } from "./helpers.ts";
@@ -65,6 +66,8 @@ for (const target of dbTargets) {
       t.manager.mount(createRouterApp({ routes: t.manager.routes, usage: t.manager.usage }));
 
       const before = await health(t);
+      // One scrape while the database answers: the gauges have values to keep.
+      expect((await t.call("GET", "/metrics")).status).toBe(200);
       expect(before.code).toBe(200);
       expect(before.body).toMatchObject({
         status: "ok",
@@ -95,6 +98,14 @@ for (const target of dbTargets) {
       });
       expect(routerHealth.code).toBe(200);
       expect(routerHealth.reason).toStartWith("database unreachable: ");
+      // /metrics still answers, within its bound on the state read, keeping the last values.
+      const started = performance.now();
+      const scraped = await t.call("GET", "/metrics");
+      expect(scraped.status).toBe(200);
+      expect(performance.now() - started).toBeLessThan(5000);
+      const text = await scraped.text();
+      expect(metric(text, "fleet_manager_workers", { status: "online" })).toBe(0);
+      expect(metric(text, "fleet_manager_state_read_failures_total")).toBeGreaterThanOrEqual(1);
     }, 40_000);
   });
 }

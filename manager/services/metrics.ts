@@ -106,6 +106,14 @@ export class ManagerMetrics {
       "counter",
       "Times a worker's routed path answered again and its routes came back",
     );
+    // Counters without labels start at 0, so that rate() and alerts have a series from the start.
+    for (const name of [
+      "fleet_manager_state_read_failures_total",
+      "fleet_manager_route_withdrawals_total",
+      "fleet_manager_route_restorations_total",
+    ]) {
+      metrics.inc(name, undefined, 0);
+    }
   }
 
   heartbeat(seconds: number, outcome: "ok" | "error"): void {

@@ -163,6 +163,29 @@ for (const target of dbTargets) {
       ).toBe(1);
     });
 
+    test("a routed path that stops answering counts a withdrawal, and its return a restoration", async () => {
+      await start({ probeIntervalS: 60 });
+      const a = agent();
+      a.answersAs = "flaky";
+      await register(a, "flaky");
+      await t.manager.context.prober.idle();
+      const counts = async () => {
+        const text = await scrape();
+        return [
+          metric(text, "fleet_manager_route_withdrawals_total"),
+          metric(text, "fleet_manager_route_restorations_total"),
+          metric(text, "fleet_manager_worker_paths", { path: "internal", state: "unreachable" }),
+        ];
+      };
+      expect(await counts()).toEqual([0, 0, 0]);
+      a.answersAs = null; // its /health stops naming it: the probes find the path gone
+      expect(await t.manager.context.prober.probe("flaky")).toBe(true);
+      expect(await counts()).toEqual([1, 0, 1]);
+      a.answersAs = "flaky";
+      expect(await t.manager.context.prober.probe("flaky")).toBe(true);
+      expect(await counts()).toEqual([1, 1, 0]);
+    });
+
     test("ADMIN_TOKEN or METRICS_TOKEN reads it; anyone else gets 401 in OpenAI's shape", async () => {
       await start({ metricsToken: METRICS });
       const refused = await t.json<OpenAiError>("GET", "/metrics", { token: null });

@@ -22,7 +22,7 @@ export async function attempt(
   } catch (error) {
     return run.fail(malformedAnswer(error) ? "malformed" : "connect", error);
   }
-  config.balancer.observe(choice.state, response.headers.get(LOAD_HEADER));
+  config.balancer.observe(choice.state, response.headers.get(LOAD_HEADER), run.sent);
   const problem = headProblem(response);
   if (problem) {
     await response.body?.cancel().catch(() => {});
@@ -122,6 +122,8 @@ export class Attempt {
   readonly clientSignal: AbortSignal;
   /** When this attempt was sent (monotonic ms). */
   readonly startedAt: number;
+  /** When it was sent and this router's requests in flight on the replica then (itself included). */
+  readonly sent: { at: number; inflight: number };
   /** The first-byte timer fired (the abort that follows is ours, not a transport failure). */
   timedOut = false;
   /**
@@ -144,6 +146,7 @@ export class Attempt {
     this.state = choice.state;
     this.startedAt = config.clock.now();
     this.state.inflight++;
+    this.sent = { at: this.startedAt, inflight: this.state.inflight };
     // A listener removed when the attempt ends, not AbortSignal.any, whose links outlive
     // the request.
     this.clientSignal = request.c.req.raw.signal;

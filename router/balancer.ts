@@ -9,10 +9,12 @@ import { ROUND_ROBIN } from "./policy.ts";
 /**
  * Replica selection and passive health.
  *
- * - Least loaded by power-of-two choices: two random candidates, the less loaded wins. A
- *   replica's load is this router's requests in flight there, or the engine's own running
- *   + waiting from the last `x-fleet-load` header its agent sent (protocol/load.ts) plus
- *   what this router sent it since, whichever is more (`load()`).
+ * - Least loaded: the replica with the least load of all (up to `SCORE_ALL_UP_TO`
+ *   replicas; ties at random), or the less loaded of two random ones beyond. A replica's
+ *   load is this router's requests in flight there now plus the other routers' share of
+ *   the engine's own running + waiting from the last `x-fleet-load` header its agent sent
+ *   (protocol/load.ts): the reported figure less what this router had in flight there when
+ *   it sent the request that brought it, fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
  *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
  *   unless that replica's load is at or over max(4, ceil(1.5 × (total + 1) / n)) —
@@ -36,8 +38,8 @@ export type ReplicaState = {
   /** Consecutive ejections, for the doubling cool-down. */
   ejections: number;
   probing: boolean;
-  /** The engine's load from the last `x-fleet-load` header, when it was read, and the
-   * in-flight count then (what this router sent since is added on top). */
+  /** The engine's load from the last `x-fleet-load` header, when the request that brought
+   * it was sent, and this router's in-flight count there then. */
   engine: EngineLoad | null;
   engineAt: number;
   inflightAtEngine: number;
@@ -45,6 +47,15 @@ export type ReplicaState = {
 
 /** Engine load older than this is ignored (the agent reads it once a second). */
 export const ENGINE_LOAD_TTL_MS = 10_000;
+/**
+ * The other routers' share of an engine's reported load counts in full when the request
+ * that brought it was sent and fades to nothing over this: this router sees its own
+ * requests end, not theirs, and a figure it keeps until its next answer from there would
+ * keep a replica looking busy (or idle) long after it stopped being so.
+ */
+export const ENGINE_LOAD_FADE_MS = 2_000;
+/** Least loaded scores every replica up to this many, and two random ones beyond. */
+export const SCORE_ALL_UP_TO = 8;
 /** Consistent hashing with bounded loads: no replica above this factor of the mean. */
 export const LOAD_BOUND = 1.5;
 /**
@@ -132,9 +143,13 @@ export class Balancer {
   /** A replica's load now: see the class comment. */
   load(state: ReplicaState, now = this.options.now()): number {
     const engine = state.engine;
-    if (!engine || now - state.engineAt > ENGINE_LOAD_TTL_MS) return state.inflight;
-    const sentSince = Math.max(0, state.inflight - state.inflightAtEngine);
-    return Math.max(state.inflight, engine.running + engine.waiting + sentSince);
+    if (!engine) return state.inflight;
+    const age = now - state.engineAt;
+    if (age >= ENGINE_LOAD_FADE_MS) return state.inflight;
+    // The engine's running + waiting counted this router's requests in flight then; the
+    // rest is the other routers' share, which this router cannot see end: it fades.
+    const others = Math.max(0, engine.running + engine.waiting - state.inflightAtEngine);
+    return state.inflight + others * (1 - age / ENGINE_LOAD_FADE_MS);
   }
 
   /** Whether the replica's engine reported a waiting queue (fresh figures only). */
@@ -146,13 +161,25 @@ export class Balancer {
     );
   }
 
-  /** An answer's `x-fleet-load` header: the engine's load as its agent last read it. */
-  observe(state: ReplicaState, header: string | null): void {
+  /**
+   * An answer's `x-fleet-load` header: the engine's load as its agent last read it. `sent`
+   * is when this router sent the request that brought it and how many requests it had in
+   * flight there then (that one included): the figures describe the engine around then,
+   * not when the header arrives — a streamed answer's head can come with its first token,
+   * a whole prefill later, by when this router's count there has moved on.
+   */
+  observe(
+    state: ReplicaState,
+    header: string | null,
+    sent: { at: number; inflight: number } = { at: this.options.now(), inflight: state.inflight },
+  ): void {
     const load = parseLoadHeader(header);
     if (!load) return;
+    // Answers overtake each other; an older request's figures do not replace newer ones.
+    if (state.engine !== null && sent.at < state.engineAt) return;
     state.engine = load;
-    state.engineAt = this.options.now();
-    state.inflightAtEngine = state.inflight;
+    state.engineAt = sent.at;
+    state.inflightAtEngine = sent.inflight;
   }
 
   /**
@@ -178,7 +205,8 @@ export class Balancer {
   /**
    * Chooses a replica among `candidates` not in `exclude`; undefined when none is
    * available (all tried, ejected, or being probed). With `affinityKey` (policy.ts), by
-   * bounded-load rendezvous hashing; without, least loaded of two.
+   * bounded-load rendezvous hashing; without, least loaded (of all, or of two beyond
+   * `SCORE_ALL_UP_TO`).
    */
   pick(
     candidates: readonly RouteEntry[],
@@ -188,6 +216,26 @@ export class Balancer {
     const now = this.options.now();
     if (affinityKey === ROUND_ROBIN) return this.pickInTurn(candidates, exclude, now);
     if (affinityKey !== undefined) return this.pickAffine(candidates, exclude, affinityKey, now);
+    if (candidates.length <= SCORE_ALL_UP_TO) {
+      let best: Pick | undefined;
+      let bestLoad = 0;
+      let ties = 0;
+      for (const route of candidates) {
+        const state = this.state(route);
+        if (exclude.has(state.key) || !this.available(state, now)) continue;
+        const load = this.load(state, now);
+        const pick = { route, state, probe: state.ejectedUntil !== 0 };
+        if (!best || load < bestLoad) {
+          best = pick;
+          bestLoad = load;
+          ties = 1;
+        } else if (load === bestLoad) {
+          ties++;
+          if (this.random() * ties < 1) best = pick;
+        }
+      }
+      return best ? this.claim(best) : undefined;
+    }
     let first: Pick | undefined;
     let second: Pick | undefined;
     let seen = 0;

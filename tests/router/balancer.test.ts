@@ -41,7 +41,7 @@ function fail(b: Balancer, candidates: RouteEntry[], worker: string, count: numb
   for (let index = 0; index < count; index++) b.failed(failing, b.state(failing));
 }
 
-describe("Balancer: least in-flight by two random choices", () => {
+describe("Balancer: least in-flight (every replica scored up to eight, two random ones beyond)", () => {
   test("of two replicas the one with fewer requests in flight wins, whatever the coin says", () => {
     for (const coin of [0, 0.49, 0.5, 0.99]) {
       const { balancer: b } = balancer({ random: () => coin });
@@ -75,6 +75,23 @@ describe("Balancer: least in-flight by two random choices", () => {
     // Two random choices among three: b and c each win half of the draws they tie in.
     expect(counts.get("b") ?? 0).toBeGreaterThan(1200);
     expect(counts.get("c") ?? 0).toBeGreaterThan(1200);
+  });
+
+  test("beyond eight replicas two random choices: never the busiest, not always the idlest", () => {
+    const { balancer: b } = balancer();
+    const candidates = replicas(...Array.from({ length: 12 }, (_, i) => `r${i}`));
+    candidates.forEach((candidate, i) => {
+      b.state(candidate).inflight = i === 0 ? 9 : i === 1 ? 0 : 4;
+    });
+    const counts = new Map<string | null, number>();
+    for (let index = 0; index < 3000; index++) {
+      const worker = pickWorker(b, candidates);
+      counts.set(worker, (counts.get(worker) ?? 0) + 1);
+    }
+    expect(counts.get("r0")).toBeUndefined();
+    // r1 wins every draw it is in: about 2/12 of them, far from all.
+    expect(counts.get("r1") ?? 0).toBeGreaterThan(300);
+    expect(counts.get("r1") ?? 0).toBeLessThan(800);
   });
 
   test("skips replicas already tried for this request, and declines when none is left", () => {

@@ -1,7 +1,12 @@
 import { describe, expect, test } from "bun:test";
 import { eventually } from "../../devkit/net.ts";
 import type { RouteEntry } from "../../protocol/index.ts";
-import { Balancer, ENGINE_LOAD_TTL_MS } from "../../router/balancer.ts";
+import {
+  Balancer,
+  ENGINE_LOAD_FADE_MS,
+  ENGINE_LOAD_TTL_MS,
+  SCORE_ALL_UP_TO,
+} from "../../router/balancer.ts";
 import {
   affinityKey,
   MESSAGE_KEY_CHARS,
@@ -181,6 +186,61 @@ describe("bounded-load rendezvous hashing", () => {
     b.state(two[1] as RouteEntry).inflight = 2;
     expect(b.load(b.state(two[1] as RouteEntry))).toBe(16);
     for (let i = 0; i < 50; i++) expect(b.pick(two, none)?.route.worker_id).toBe("w1");
+  });
+
+  test("least loaded: the other routers' share is the report less this router's requests there when it sent", () => {
+    const { b } = balancer(1);
+    const [w1] = replicas as [RouteEntry];
+    const state = b.state(w1);
+    // Three of this router's requests in flight on w1 when it sent the one whose answer
+    // reports 5 running there: 2 are other routers'.
+    state.inflight = 3;
+    b.observe(state, "r=5;w=0", { at: 1_000_000, inflight: 3 });
+    expect(b.load(state)).toBe(5);
+    // Two of this router's end: they leave the load at once (the report still counts them).
+    state.inflight = 1;
+    expect(b.load(state)).toBe(3);
+    // A streamed answer's head came a prefill after the request: this router had 1 there
+    // when it sent it and 4 more since; the report (taken at the send) knew of the 1.
+    b.observe(state, "r=3;w=1", { at: 1_000_000, inflight: 1 });
+    state.inflight = 5;
+    expect(b.load(state)).toBe(5 + (3 + 1 - 1));
+    // An answer to an older request does not replace the figures of a newer one.
+    b.observe(state, "r=40;w=0", { at: 999_000, inflight: 1 });
+    expect(b.load(state)).toBe(8);
+  });
+
+  test("least loaded: the other routers' share fades out; this router's own count stays", () => {
+    const { b, advance } = balancer(1);
+    const [w1] = replicas as [RouteEntry];
+    const state = b.state(w1);
+    state.inflight = 2;
+    b.observe(state, "r=12;w=0", { at: 1_000_000, inflight: 2 });
+    expect(b.load(state)).toBe(12);
+    advance(ENGINE_LOAD_FADE_MS / 2);
+    expect(b.load(state)).toBe(2 + 10 / 2);
+    advance(ENGINE_LOAD_FADE_MS / 2);
+    expect(b.load(state)).toBe(2);
+    // A replica reported busy is not shunned for longer than that: with equal own counts,
+    // least loaded takes it again.
+    const others = replicas.slice(1);
+    for (const other of others) b.state(other).inflight = 2;
+    b.observe(state, "r=30;w=0", { at: 1_000_000 + ENGINE_LOAD_FADE_MS, inflight: 2 });
+    expect(b.pick(replicas, none)?.route.worker_id).not.toBe("w1");
+    advance(ENGINE_LOAD_FADE_MS);
+    state.inflight = 1;
+    for (let i = 0; i < 20; i++) expect(b.pick(replicas, none)?.route.worker_id).toBe("w1");
+  });
+
+  test("least loaded scores every replica up to SCORE_ALL_UP_TO: the least loaded always wins", () => {
+    const { b } = balancer(5);
+    const eight = Array.from({ length: SCORE_ALL_UP_TO }, (_, i) =>
+      route({ alias: "m", workerId: `r${i}`, url: `http://r${i}.test` }),
+    );
+    eight.forEach((entry, i) => {
+      b.state(entry).inflight = i === 5 ? 1 : 3;
+    });
+    for (let i = 0; i < 100; i++) expect(b.pick(eight, none)?.route.worker_id).toBe("r5");
   });
 
   test("loads from the manager seed replicas this router has not heard from; a fresher header wins", () => {

@@ -224,7 +224,8 @@ function inferenceHandler(parts: {
   ): Promise<Response> => {
     const view = currentView();
     if (!view) throw notLoaded();
-    const apiKeyId = await authenticate(view.keys, requireApiKey, c.req.raw.headers);
+    const known = authenticate(view.keys, requireApiKey, c.req.raw.headers);
+    const apiKeyId = known instanceof Promise ? await known : known;
     const raw = await readBody(c.req.raw, bodyLimits);
     const { json, body } = parseInferenceBody(raw);
     const alias = body.model;

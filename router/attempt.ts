@@ -151,9 +151,15 @@ export class Attempt {
     // the request.
     this.clientSignal = request.c.req.raw.signal;
     if (this.clientSignal.aborted) this.upstream.abort(this.clientSignal.reason);
-    else this.clientSignal.addEventListener("abort", this, { once: true });
-    this.firstByteTimer = setTimeout(firstByteTimeout, config.firstByteMs, this);
-    if (config.check) this.checkTimer = setTimeout(checkDue, config.check.afterMs, this);
+    else this.clientSignal.addEventListener("abort", this);
+    // One timer while the answer is quick (almost always): the check's when it comes first;
+    // the first-byte deadline gets its own timer once a check falls due.
+    const check = config.check;
+    if (check && check.afterMs < config.firstByteMs) {
+      this.checkTimer = setTimeout(checkDue, check.afterMs, this);
+    } else {
+      this.firstByteTimer = setTimeout(firstByteTimeout, config.firstByteMs, this);
+    }
   }
 
   /**
@@ -165,8 +171,12 @@ export class Attempt {
    */
   checkReplica(): void {
     this.checkTimer = undefined;
-    const check = this.config.check;
+    const { check, clock, firstByteMs } = this.config;
     if (!check || this.settled) return;
+    if (this.firstByteTimer === undefined) {
+      const left = Math.max(0, firstByteMs - (clock.now() - this.startedAt));
+      this.firstByteTimer = setTimeout(firstByteTimeout, left, this);
+    }
     void check.checker.check(this.route).then((verdict) => {
       if (this.settled) return;
       if (verdict.alive) {
@@ -229,7 +239,7 @@ export class Attempt {
 
   private settle(): void {
     this.settled = true;
-    clearTimeout(this.firstByteTimer);
+    if (this.firstByteTimer !== undefined) clearTimeout(this.firstByteTimer);
     if (this.checkTimer !== undefined) clearTimeout(this.checkTimer);
   }
 }

@@ -46,7 +46,7 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
   const retries = new RetryState(config, request);
   while (retries.attempts < config.maxAttempts) {
     if (retries.attempts > 0 && clock.now() - request.startedAt > config.budgetMs) break;
-    const choice = balancer.pick(request.candidates, retries.tried, request.affinityKey);
+    const choice = balancer.pick(request.candidates, retries.excluded(), request.affinityKey);
     if (!choice) break;
     if (retries.last)
       metrics.inc("fleet_router_retries_total", { alias, reason: retries.last.reason });
@@ -69,6 +69,8 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
   return noReplicaAnswered(config, request, retries.last, done);
 }
 
+const noneTried: ReadonlySet<string> = new Set();
+
 /**
  * One request's attempts, after vLLM production-stack's `RetryState`: the replicas tried
  * (each at most once), and every failure with its cause, logged as it happens, so that the
@@ -76,17 +78,27 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
  * lost when the next replica answers.
  */
 class RetryState {
-  readonly tried = new Set<string>();
   attempts = 0;
   last: Failure | undefined;
+  /** The first replica tried; a set of them only once a second attempt is due (rare). */
+  private first: string | undefined;
+  private tried: Set<string> | undefined;
 
   constructor(
     private readonly config: ProxyConfig,
     private readonly request: ForwardRequest,
   ) {}
 
+  /** The replicas tried so far, for the balancer to skip. */
+  excluded(): ReadonlySet<string> {
+    if (this.first === undefined) return noneTried;
+    this.tried ??= new Set([this.first]);
+    return this.tried;
+  }
+
   begin(replicaKey: string): void {
-    this.tried.add(replicaKey);
+    if (this.first === undefined) this.first = replicaKey;
+    else (this.excluded() as Set<string>).add(replicaKey);
     this.attempts++;
   }
 

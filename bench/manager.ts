@@ -3,6 +3,8 @@
  *   1. 1,000 simulated workers heartbeating every 5 s (steady state: each reports one ready
  *      engine): heartbeat p50/p99 latency and manager CPU (goal p99 <= 20 ms, CPU <= 25%).
  *   2. GET /v1/routes with a matching If-None-Match, per second (goal >= 10,000).
+ *   2b. GET /metrics (one grouped read of workers and instances per scrape) at this size:
+ *      scrape latency, one scraper at a time and eight at once (concurrent scrapes share one read).
  *   3. Register-to-ready overhead with a real agent and the engine simulator: time from
  *      POST /v1/models/register to a ready route, minus the engine's own startup as the agent
  *      reports it (started_at → ready_at). Goal <= 1 s.
@@ -200,6 +202,23 @@ try {
     `GET /v1/routes 200 (full ${snapshot.routes.length}-route body): ${formatLoad(full)}`,
   );
 
+  // 2b. Scrapes of /metrics, as Prometheus makes them (with the admin token).
+  const page = await fetch(`${base}/metrics`, { headers: adminHeaders });
+  const pageText = await page.text();
+  const online = /^fleet_manager_workers\{status="online"\} (\d+)$/m.exec(pageText)?.[1];
+  console.log(
+    `/metrics: ${pageText.length} bytes, fleet_manager_workers{status="online"} ${online}`,
+  );
+  for (const concurrency of [1, 8]) {
+    const scrapes = await runLoad({
+      url: `${base}/metrics`,
+      headers: adminHeaders,
+      concurrency,
+      durationMs: 2000,
+    });
+    console.log(`GET /metrics, ${concurrency} at once: ${formatLoad(scrapes)}`);
+  }
+
   // 3. Register-to-ready with a real agent launching the simulator.
   const agentPort = await freePort();
   const agentDir = agentDataDir();
@@ -246,10 +265,15 @@ try {
       });
       if (created.status !== 201)
         throw new Error(`register ${alias}: ${created.status} ${await created.text()}`);
-      for (;;) {
-        const response = await fetch(`${base}/v1/routes/${alias}`, { headers: fleetHeaders });
-        const body = (await response.json()) as { routes: { ready: boolean }[] };
+      // The admin token reads routes (the join token does not: it only joins workers); a
+      // route that is not ready within 30 s stops the benchmark instead of waiting forever.
+      for (const deadline = performance.now() + 30_000; ; ) {
+        const response = await fetch(`${base}/v1/routes/${alias}`, { headers: adminHeaders });
+        const body = (await response.json()) as { routes?: { ready: boolean }[] };
         if (body.routes?.[0]?.ready) break;
+        if (performance.now() > deadline) {
+          throw new Error(`${alias} not ready in 30 s: ${response.status} ${JSON.stringify(body)}`);
+        }
         await Bun.sleep(10);
       }
       const total = performance.now() - start;

@@ -28,8 +28,9 @@
  * `BENCH_BASELINE=/path/to/checkout` adds (r0): the (r) router run from another checkout of this
  * repository (a commit to compare against), side by side in the same rounds; its CPU per
  * request and throughput are reported as paired ratios against (r).
- * `BENCH_CPU_PROF=dir` runs the (r) router under `bun --cpu-prof-md`; the profile is written
- * to `dir` when the benchmark stops it.
+ * `BENCH_CPU_PROF=dir` runs the (r) router under `bun --cpu-prof-md` (a sample every
+ * BENCH_CPU_PROF_INTERVAL_US, 250 µs); the profile is written to `dir` when the benchmark
+ * stops it.
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
@@ -293,6 +294,8 @@ async function main() {
     cpuUsPerRequest: number | null;
     /** The same, every round in order. */
     cpuRounds: number[];
+    /** Of that, the main (JavaScript) thread's, median round, in µs. */
+    mainCpuUsPerRequest: number | null;
   };
   /** `proc`: the process doing the hop, whose CPU time per request is reported. */
   type Path = { key: string; name: string; url: string; proc?: SpawnedServer };
@@ -306,6 +309,7 @@ async function main() {
     const c64: LoadResult[][] = paths.map(() => []);
     const ttfb: number[][] = paths.map(() => []);
     const cpu: number[][] = paths.map(() => []);
+    const mainCpu: number[][] = paths.map(() => []);
     for (const path of paths) {
       await runLoad({
         url: `${path.url}/v1/chat/completions`,
@@ -321,6 +325,7 @@ async function main() {
           await runLoad({ url: target, body: chat, concurrency: 1, durationMs: roundMs }),
         );
         const cpuBefore = path.proc?.cpuMs() ?? null;
+        const mainBefore = path.proc?.mainThreadCpuMs() ?? null;
         const loaded = await runLoad({
           url: target,
           body: chat,
@@ -335,8 +340,12 @@ async function main() {
         }
         c64[index]?.push(loaded);
         const cpuAfter = path.proc?.cpuMs() ?? null;
+        const mainAfter = path.proc?.mainThreadCpuMs() ?? null;
         if (cpuBefore !== null && cpuAfter !== null && loaded.requests > 0) {
           cpu[index]?.push(((cpuAfter - cpuBefore) * 1000) / loaded.requests);
+        }
+        if (mainBefore !== null && mainAfter !== null && loaded.requests > 0) {
+          mainCpu[index]?.push(((mainAfter - mainBefore) * 1000) / loaded.requests);
         }
         const streams = await runStreams({
           url: target,
@@ -350,6 +359,7 @@ async function main() {
     const results = new Map<string, Throughput>();
     for (const [index, path] of paths.entries()) {
       const cpuRounds = cpu[index] ?? [];
+      const mainRounds = mainCpu[index] ?? [];
       const r: Throughput = {
         name: path.name,
         c1: median(c1[index] ?? [], (x) => x.rps),
@@ -358,12 +368,13 @@ async function main() {
         c64Rounds: (c64[index] ?? []).map((x) => x.rps),
         cpuUsPerRequest: cpuRounds.length ? median(cpuRounds, (x) => x) : null,
         cpuRounds,
+        mainCpuUsPerRequest: mainRounds.length ? median(mainRounds, (x) => x) : null,
       };
       console.log(`${r.name}\n  c=1   ${formatLoad(r.c1)}\n  c=64  ${formatLoad(r.c64)}`);
       console.log(`  stream TTFB p50 ${r.ttfb.toFixed(2)} ms`);
       if (r.cpuUsPerRequest !== null) {
         console.log(
-          `  CPU of the hop's process at c=64: ${r.cpuUsPerRequest.toFixed(0)} µs/request`,
+          `  CPU of the hop's process at c=64: ${r.cpuUsPerRequest.toFixed(0)} µs/request (main thread ${r.mainCpuUsPerRequest?.toFixed(0) ?? "-"})`,
         );
       }
       results.set(path.key, r);
@@ -409,6 +420,7 @@ async function main() {
           ? {
               bunFlags: [
                 "--cpu-prof-md",
+                `--cpu-prof-interval=${process.env.BENCH_CPU_PROF_INTERVAL_US ?? 250}`,
                 `--cpu-prof-dir=${profileDir}`,
                 "--cpu-prof-name=router.md",
               ],
@@ -627,11 +639,11 @@ async function main() {
 
     if (results.size > 0) {
       const row = (r: Throughput) =>
-        `| ${r.name} | ${Math.round(r.c1.rps)} | ${r.c1.latencyMs.p50.toFixed(2)} | ${Math.round(r.c64.rps)} | ${r.c64.latencyMs.p50.toFixed(2)} | ${r.c64.latencyMs.p99.toFixed(2)} | ${r.ttfb.toFixed(2)} | ${r.cpuUsPerRequest?.toFixed(0) ?? "-"} |`;
+        `| ${r.name} | ${Math.round(r.c1.rps)} | ${r.c1.latencyMs.p50.toFixed(2)} | ${Math.round(r.c64.rps)} | ${r.c64.latencyMs.p50.toFixed(2)} | ${r.c64.latencyMs.p99.toFixed(2)} | ${r.ttfb.toFixed(2)} | ${r.cpuUsPerRequest?.toFixed(0) ?? "-"} | ${r.mainCpuUsPerRequest?.toFixed(0) ?? "-"} |`;
       console.log(
-        "\n| path | c=1 req/s | c=1 p50 ms | c=64 req/s | c=64 p50 ms | c=64 p99 ms | stream TTFB p50 ms | CPU µs/req at c=64 |",
+        "\n| path | c=1 req/s | c=1 p50 ms | c=64 req/s | c=64 p50 ms | c=64 p99 ms | stream TTFB p50 ms | CPU µs/req at c=64 | main thread µs/req |",
       );
-      console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+      console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
       for (const r of results.values()) console.log(row(r));
       // Paired rounds: each round measured every path back to back, so the ratio of one
       // round cancels the machine's slow drifts; the median round is the figure.

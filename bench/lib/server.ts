@@ -25,6 +25,11 @@ export type SpawnedServer = {
   rssMiB(): number | null;
   /** CPU time used so far in ms (Linux /proc), or null. */
   cpuMs(): number | null;
+  /**
+   * CPU time of its main thread alone (JavaScript runs there; Bun's HTTP client, the JIT and
+   * the collector's helpers have threads of their own), in ms, or null.
+   */
+  mainThreadCpuMs(): number | null;
   /** SIGTERM, SIGKILL after 3 s; resolves when it is gone. */
   stop(): Promise<void>;
 };
@@ -39,10 +44,14 @@ export function rssMiB(pid: number): number | null {
   }
 }
 
-/** CPU time (user + system) the process has used so far, in ms (Linux /proc), or null. */
-export function cpuMs(pid: number): number | null {
+/**
+ * CPU time (user + system) the process has used so far, in ms (Linux /proc), or null; with
+ * `thread`, that thread's alone (the main thread's id is the process's).
+ */
+export function cpuMs(pid: number, thread?: number): number | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const path = thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`;
+    const stat = readFileSync(path, "utf8");
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     // utime and stime are fields 14 and 15 of stat (11 and 12 after the command name).
     const ticks = Number(fields[11]) + Number(fields[12]);
@@ -68,6 +77,7 @@ export async function spawnServer(options: {
     output: service.output,
     rssMiB: () => rssMiB(proc.pid),
     cpuMs: () => cpuMs(proc.pid),
+    mainThreadCpuMs: () => cpuMs(proc.pid, proc.pid),
     stop: async () => {
       await service.stop("SIGTERM", 3000);
     },

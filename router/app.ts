@@ -269,7 +269,8 @@ function inferenceHandler(parts: {
           outcome.usage?.promptTokens ?? null,
           outcome.usage?.completionTokens ?? null,
         );
-        const rejected = outcome.rejected ? [...outcome.rejected] : [];
+        // The outcome's own list (made for this request), the latencies' rejections added.
+        const rejected = outcome.rejected ?? [];
         try {
           deps.usage.record({
             ts: isoTime(request.startedWall),

@@ -36,7 +36,8 @@ export function relay(
 
 /** The replica's token counts, bounded by its model's context and the request's shape. */
 function checked(raw: RawUsage | undefined, route: RouteEntry, request: ForwardRequest) {
-  return checkUsage(raw, { maxModelLen: route.max_model_len, ...request.shape });
+  const { inputs, choices } = request.shape;
+  return checkUsage(raw, { maxModelLen: route.max_model_len, inputs, choices });
 }
 
 function respondWhole(

@@ -54,27 +54,35 @@ export function checkUsage(
   const context = bounds.maxModelLen ?? maxContextTokens;
   const inputs = Math.max(1, bounds.inputs);
   const rejected: Rejection[] = [];
-  const check = (field: CheckedField, value: unknown, limit: number): number | null => {
-    if (value === null || value === undefined) return null;
-    if (typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= limit) {
-      return value;
-    }
-    rejected.push({ field, value });
-    return null;
-  };
   const usage = {
-    promptTokens: check(
+    promptTokens: checkCount(
       "prompt_tokens",
       raw.promptTokens,
       Math.min(maxTokensPerRequest, context * inputs),
+      rejected,
     ),
-    completionTokens: check(
+    completionTokens: checkCount(
       "completion_tokens",
       raw.completionTokens,
       Math.min(maxTokensPerRequest, context * inputs * Math.max(1, bounds.choices)),
+      rejected,
     ),
   };
   return { usage, rejected };
+}
+
+function checkCount(
+  field: CheckedField,
+  value: unknown,
+  limit: number,
+  rejected: Rejection[],
+): number | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= limit) {
+    return value;
+  }
+  rejected.push({ field, value });
+  return null;
 }
 
 /** The JSON payload of an SSE event's `data:` lines, or undefined. */

@@ -14,7 +14,8 @@ import { ROUND_ROBIN } from "./policy.ts";
  *   load is this router's requests in flight there now plus the other routers' share of
  *   the engine's own running + waiting from the last `x-fleet-load` header its agent sent
  *   (protocol/load.ts): the reported figure less what this router had in flight there when
- *   it sent the request that brought it, fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
+ *   it sent the request that brought it, averaged over the headers (`OTHERS_SMOOTHING`)
+ *   and fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
  *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
  *   unless that replica's load is at or over max(4, ceil(1.5 × (total + 1) / n)) —
@@ -39,10 +40,11 @@ export type ReplicaState = {
   ejections: number;
   probing: boolean;
   /** The engine's load from the last `x-fleet-load` header, when the request that brought
-   * it was sent, and this router's in-flight count there then. */
+   * it was sent, and the other routers' share of it (smoothed over the headers). */
   engine: EngineLoad | null;
   engineAt: number;
-  inflightAtEngine: number;
+  /** The other routers' share of the engine's load, smoothed over the headers. */
+  others: number;
 };
 
 /** Engine load older than this is ignored (the agent reads it once a second). */
@@ -51,11 +53,19 @@ export const ENGINE_LOAD_TTL_MS = 10_000;
  * The other routers' share of an engine's reported load counts in full when the request
  * that brought it was sent and fades to nothing over this: this router sees its own
  * requests end, not theirs, and a figure it keeps until its next answer from there would
- * keep a replica looking busy (or idle) long after it stopped being so.
+ * keep a replica looking busy (or idle) long after it stopped being so. Long enough that a
+ * slow replica, which this router hears from seldom, keeps its others' share while their
+ * requests run (2 s let it look idle and cost 3–20% of throughput with one slowed).
  */
-export const ENGINE_LOAD_FADE_MS = 2_000;
+export const ENGINE_LOAD_FADE_MS = 5_000;
 /** Least loaded scores every replica up to this many, and two random ones beyond. */
 export const SCORE_ALL_UP_TO = 8;
+/**
+ * Each header's sample of the other routers' share moves the estimate this far (an
+ * exponential average over ~4 headers): one sample is the other routers' count at one
+ * instant, noise that made least_loaded a few percent worse than counting nothing.
+ */
+export const OTHERS_SMOOTHING = 0.25;
 /** Consistent hashing with bounded loads: no replica above this factor of the mean. */
 export const LOAD_BOUND = 1.5;
 /**
@@ -122,7 +132,7 @@ export class Balancer {
         probing: false,
         engine: null,
         engineAt: 0,
-        inflightAtEngine: 0,
+        others: 0,
       };
       this.states.set(key, state);
     }
@@ -146,10 +156,8 @@ export class Balancer {
     if (!engine) return state.inflight;
     const age = now - state.engineAt;
     if (age >= ENGINE_LOAD_FADE_MS) return state.inflight;
-    // The engine's running + waiting counted this router's requests in flight then; the
-    // rest is the other routers' share, which this router cannot see end: it fades.
-    const others = Math.max(0, engine.running + engine.waiting - state.inflightAtEngine);
-    return state.inflight + others * (1 - age / ENGINE_LOAD_FADE_MS);
+    // The other routers' share (observe()), which this router cannot see end: it fades.
+    return state.inflight + state.others * (1 - age / ENGINE_LOAD_FADE_MS);
   }
 
   /** Whether the replica's engine reported a waiting queue (fresh figures only). */
@@ -177,9 +185,13 @@ export class Balancer {
     if (!load) return;
     // Answers overtake each other; an older request's figures do not replace newer ones.
     if (state.engine !== null && sent.at < state.engineAt) return;
+    // The engine's running + waiting counted this router's requests in flight then; the
+    // rest is the other routers' share.
+    const sample = Math.max(0, load.running + load.waiting - sent.inflight);
+    const fresh = state.engine !== null && sent.at - state.engineAt < ENGINE_LOAD_FADE_MS;
+    state.others = fresh ? state.others + OTHERS_SMOOTHING * (sample - state.others) : sample;
     state.engine = load;
     state.engineAt = sent.at;
-    state.inflightAtEngine = sent.inflight;
   }
 
   /**
@@ -198,7 +210,7 @@ export class Balancer {
       if (state.engine !== null && state.engineAt >= at) continue;
       state.engine = entry.load;
       state.engineAt = at;
-      state.inflightAtEngine = state.inflight;
+      state.others = Math.max(0, entry.load.running + entry.load.waiting - state.inflight);
     }
   }
 

@@ -5,6 +5,7 @@ import {
   Balancer,
   ENGINE_LOAD_FADE_MS,
   ENGINE_LOAD_TTL_MS,
+  OTHERS_SMOOTHING,
   SCORE_ALL_UP_TO,
 } from "../../router/balancer.ts";
 import {
@@ -189,7 +190,7 @@ describe("bounded-load rendezvous hashing", () => {
   });
 
   test("least loaded: the other routers' share is the report less this router's requests there when it sent", () => {
-    const { b } = balancer(1);
+    const { b, advance } = balancer(1);
     const [w1] = replicas as [RouteEntry];
     const state = b.state(w1);
     // Three of this router's requests in flight on w1 when it sent the one whose answer
@@ -201,13 +202,31 @@ describe("bounded-load rendezvous hashing", () => {
     state.inflight = 1;
     expect(b.load(state)).toBe(3);
     // A streamed answer's head came a prefill after the request: this router had 1 there
-    // when it sent it and 4 more since; the report (taken at the send) knew of the 1.
+    // when it sent it and 4 more since; the report (taken at the send) knew of the 1, so
+    // the others had 3 — which moves the estimate of 2 a quarter of the way.
     b.observe(state, "r=3;w=1", { at: 1_000_000, inflight: 1 });
     state.inflight = 5;
-    expect(b.load(state)).toBe(5 + (3 + 1 - 1));
+    expect(b.load(state)).toBe(5 + 2 + OTHERS_SMOOTHING * (3 - 2));
     // An answer to an older request does not replace the figures of a newer one.
     b.observe(state, "r=40;w=0", { at: 999_000, inflight: 1 });
-    expect(b.load(state)).toBe(8);
+    expect(b.load(state)).toBe(5 + 2 + OTHERS_SMOOTHING * (3 - 2));
+    // Figures after the last ones faded start the estimate afresh.
+    b.observe(state, "r=9;w=0", { at: 1_000_000 + ENGINE_LOAD_FADE_MS, inflight: 5 });
+    advance(ENGINE_LOAD_FADE_MS);
+    expect(b.load(state)).toBe(5 + 4);
+  });
+
+  test("least loaded: one header's sample of the others is smoothed, a lasting one is followed", () => {
+    const { b } = balancer(1);
+    const [w1] = replicas as [RouteEntry];
+    const state = b.state(w1);
+    b.observe(state, "r=6;w=0", { at: 1_000_000, inflight: 0 });
+    // A momentary burst of the other routers' requests moves the estimate by a quarter.
+    b.observe(state, "r=14;w=0", { at: 1_000_000, inflight: 0 });
+    expect(b.load(state)).toBe(6 + OTHERS_SMOOTHING * 8);
+    // Sustained, it is followed.
+    for (let i = 0; i < 30; i++) b.observe(state, "r=14;w=0", { at: 1_000_000, inflight: 0 });
+    expect(b.load(state)).toBeCloseTo(14, 2);
   });
 
   test("least loaded: the other routers' share fades out; this router's own count stays", () => {

@@ -667,6 +667,7 @@ async function main() {
       };
       console.log("");
       ratio("r", "b", "(the router on its default clients; goal ≥ 85%)");
+      ratio("r0", "b", "(BENCH_BASELINE's router)");
       ratio("r", "r0", "(this checkout's router against BENCH_BASELINE's)");
       cpuRatio("r", "r0", "(this checkout's router against BENCH_BASELINE's)");
       cpuRatio("r", "b", "(the router against the bare proxy)");

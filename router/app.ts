@@ -296,14 +296,14 @@ function inferenceHandler(parts: {
     });
   };
 
-  return async (c, path) => {
+  return (c, path) => {
     const request = { startedAt: clock.now(), startedWall: Date.now(), id: requestId(c) };
     // The body is read under its own deadline and the response under the upstream timeouts:
     // the runtime's idle timer must not cut a completion that queues or pauses between tokens.
     idleTimer?.hold(c.req.raw);
-    try {
-      return await handle(c, path, request);
-    } catch (error) {
+    // A catch handler on the handler's promise rather than an async wrapper around it: one
+    // promise per request fewer to settle.
+    return handle(c, path, request).catch((error: unknown) => {
       idleTimer?.release(c.req.raw);
       if (error instanceof BodyRefused) {
         metrics.inc("fleet_router_body_refusals_total", { reason: error.reason });
@@ -318,7 +318,7 @@ function inferenceHandler(parts: {
         }
       }
       return renderError(error, { log, requestId: request.id, path });
-    }
+    });
   };
 }
 

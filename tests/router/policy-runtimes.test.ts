@@ -300,7 +300,7 @@ for (const runtime of runtimes) {
       loaded.load = "r=30;w=4;kv=0.95";
       const request = chat("light", [{ role: "user", content: "anything" }]);
       // A router learns an engine's load from its answers: until the loaded replica has
-      // answered this router once, it is as good as any (ties are broken at random).
+      // answered this router once, it serves as well as the others (ties are broken at random).
       await eventually(async () => (await send(url(), request)) === loaded.workerId, {
         what: "the loaded replica answering once",
       });

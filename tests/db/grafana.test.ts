@@ -2,7 +2,6 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { sql } from "drizzle-orm";
 import { agentMetrics } from "../../agent/lib/metrics.ts";
-import { schema } from "../../db/index.ts";
 import { dbTargets, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
 import { silentLogger } from "../../kit/log.ts";
 import { createApp as createRouterApp } from "../../router/app.ts";
@@ -10,6 +9,7 @@ import { loadRouterEnv } from "../../router/env.ts";
 import { createStandaloneRouter } from "../../router/standalone.ts";
 import { testManager } from "../manager/helpers.ts";
 import { expandMacros, metricNames, promQueries, sqlQueries } from "./grafana-dashboard.ts";
+import { seedOperatorData } from "./operator-data.ts";
 
 /**
  * docs/grafana/vllm-fleet.json against what the services declare and what the database
@@ -122,74 +122,7 @@ describe.each(dbTargets)("docs/grafana/vllm-fleet.json: SQL panels on %s", (targ
 
   beforeAll(async () => {
     fleet = await openFreshDb(target);
-    const { workers, models, instances, routes, apiKeys, requestLogs, events } = schema;
-    await fleet.db.insert(workers).values([
-      {
-        workerId: "rental",
-        workerUrl: "http://127.0.0.1:6006",
-        publicWorkerUrl: "https://rental.example.test:8443",
-      },
-      { workerId: "lab", workerUrl: "http://127.0.0.1:6007" },
-    ]);
-    await fleet.db.insert(models).values([
-      { alias: "qwen", modelName: "Qwen/Qwen2-VL-2B-Instruct" },
-      { alias: "llama", modelName: "meta-llama/Llama-3.1-8B-Instruct" },
-    ]);
-    const [ready, loading] = await fleet.db
-      .insert(instances)
-      .values([
-        { alias: "qwen", workerId: "rental", gpuMemoryUtilization: 0.8, status: "ready" },
-        { alias: "llama", workerId: "lab", gpuMemoryUtilization: 0.5, status: "starting" },
-      ])
-      .returning();
-    if (!ready || !loading) throw new Error("no instances");
-    await fleet.db.insert(routes).values([
-      {
-        alias: "qwen",
-        modelName: "Qwen/Qwen2-VL-2B-Instruct",
-        workerId: "rental",
-        workerUrl: "https://rental.example.test:8443",
-        vllmPort: 40001,
-        instanceId: ready.id,
-        ready: true,
-      },
-      {
-        alias: "llama",
-        modelName: "meta-llama/Llama-3.1-8B-Instruct",
-        workerId: "lab",
-        workerUrl: "http://127.0.0.1:6007",
-        vllmPort: 40002,
-        instanceId: loading.id,
-        ready: false,
-      },
-    ]);
-    await fleet.db
-      .insert(apiKeys)
-      .values({ id: "key_a", keyHash: "c".repeat(64), prefix: "sk-fleet-Ab", name: "team-a" });
-    await fleet.db.insert(requestLogs).values([
-      {
-        apiKeyId: "key_a",
-        alias: "qwen",
-        workerId: "rental",
-        status: 200,
-        latencyMs: 120,
-        ttftMs: 30,
-        promptTokens: 10,
-        completionTokens: 20,
-        stream: true,
-      },
-      {
-        apiKeyId: "key_a",
-        alias: "qwen",
-        workerId: "rental",
-        status: 503,
-        latencyMs: 2,
-        stream: false,
-      },
-    ]);
-    await fleet.db
-      .insert(events)
-      .values({ kind: "worker.online", workerId: "rental", toStatus: "online" });
+    await seedOperatorData(fleet);
   });
   afterAll(async () => {
     await fleet?.destroy();
@@ -220,7 +153,7 @@ describe.each(dbTargets)("docs/grafana/vllm-fleet.json: SQL panels on %s", (targ
     );
     expect(rows.map((row) => [row.alias, row.is_public, row.serving])).toEqual([
       ["llama", false, false],
-      ["qwen", true, true],
+      ["qwen-vl-2b", true, true],
     ]);
   });
 });

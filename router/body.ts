@@ -90,24 +90,99 @@ export class BodyRefused extends AppError {
 /**
  * Reads the whole body within `limits`: 413 past `maxBytes` (without buffering the excess),
  * 408 when it has not all arrived within `timeoutMs`, 503 when it does not fit in what the
- * `budget` has left. Throws `BodyRefused` for each.
+ * `budget` has left. Rejects with `BodyRefused` for each.
+ *
+ * Not an async function: a body with a declared length (almost every request) is one native
+ * read whose promise settles the one handed back, with no async frame, race or timeout
+ * promise around it (each a few turns of the microtask queue per request).
  */
-export async function readBody(
+export function readBody(request: Request, limits: BodyLimits): Promise<Uint8Array<ArrayBuffer>> {
+  const declared = request.headers.get("content-length");
+  if (declared === null) {
+    return request.body ? readChunked(request.body, limits) : Promise.resolve(new Uint8Array(0));
+  }
+  const declaredBytes = Number(declared);
+  if (!(declaredBytes <= limits.maxBytes)) return refuse(request, "size", limits);
+  if (declaredBytes === 0) return Promise.resolve(new Uint8Array(0));
+  if (!limits.budget.take(declaredBytes)) return refuse(request, "memory", limits);
+  return new Promise((resolve, reject) => {
+    // With a declared length, read it whole without touching `request.body`: on Bun, making
+    // the body a stream first sends arrayBuffer() through the stream machinery.
+    new WholeRead(request, limits, declaredBytes, resolve, reject);
+  });
+}
+
+/**
+ * Refuses a body before reading it. Tells the runtime the body will not be read, so it can
+ * close the connection cleanly (workerd otherwise resets it under the client's next request
+ * on the same socket).
+ */
+async function refuse(
   request: Request,
+  reason: BodyRefusal,
+  limits: BodyLimits,
+): Promise<Uint8Array<ArrayBuffer>> {
+  await request.body?.cancel().catch(() => {});
+  throw new BodyRefused(reason, limits);
+}
+
+/**
+ * One body of a declared length being read whole, its bytes held in the budget until it has
+ * arrived or its deadline passed (whichever comes first settles the read; the other changes
+ * nothing).
+ */
+class WholeRead {
+  private held = true;
+  private readonly timer: ReturnType<typeof setTimeout>;
+
+  constructor(
+    request: Request,
+    private readonly limits: BodyLimits,
+    private readonly bytes: number,
+    private readonly resolve: (body: Uint8Array<ArrayBuffer>) => void,
+    private readonly reject: (error: unknown) => void,
+  ) {
+    this.timer = setTimeout(wholeReadExpired, limits.timeoutMs, this);
+    // A body that times out is rejected when its connection closes: `arrived` and `failed`
+    // then find the read settled and change nothing.
+    request.arrayBuffer().then(
+      (buffer) => this.arrived(buffer),
+      (error: unknown) => this.failed(error),
+    );
+  }
+
+  arrived(buffer: ArrayBuffer): void {
+    if (this.free()) this.resolve(new Uint8Array(buffer));
+  }
+
+  failed(error: unknown): void {
+    if (this.free()) this.reject(error);
+  }
+
+  expired(): void {
+    if (this.free()) this.reject(new BodyRefused("timeout", this.limits));
+  }
+
+  /** Gives the bytes back (once); false when the read had already settled. */
+  private free(): boolean {
+    if (!this.held) return false;
+    this.held = false;
+    clearTimeout(this.timer);
+    this.limits.budget.give(this.bytes);
+    return true;
+  }
+}
+
+function wholeReadExpired(read: WholeRead): void {
+  read.expired();
+}
+
+/** A body without a declared length, read chunk by chunk under the size and budget caps. */
+async function readChunked(
+  stream: ReadableStream<Uint8Array>,
   limits: BodyLimits,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const { budget } = limits;
-  const declared = request.headers.get("content-length");
-  const declaredBytes = declared === null ? undefined : Number(declared);
-  if (declaredBytes !== undefined && !(declaredBytes <= limits.maxBytes)) {
-    // Tell the runtime the body will not be read, so it can close the connection cleanly
-    // (workerd otherwise resets it under the client's next request on the same socket).
-    await request.body?.cancel().catch(() => {});
-    throw new BodyRefused("size", limits);
-  }
-  if (declaredBytes === 0 || (declaredBytes === undefined && !request.body)) {
-    return new Uint8Array(0);
-  }
   let taken = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const expired = new Promise<never>((_, reject) => {
@@ -115,20 +190,7 @@ export async function readBody(
   });
   expired.catch(() => {});
   try {
-    if (declaredBytes !== undefined) {
-      if (!budget.take(declaredBytes)) {
-        await request.body?.cancel().catch(() => {});
-        throw new BodyRefused("memory", limits);
-      }
-      taken = declaredBytes;
-      // With a declared length, read it whole without touching `request.body`: on Bun,
-      // making the body a stream first sends arrayBuffer() through the stream machinery.
-      const whole = request.arrayBuffer();
-      // A body that times out is rejected when its connection closes; nobody awaits it.
-      whole.catch(() => {});
-      return new Uint8Array(await Promise.race([whole, expired]));
-    }
-    const reader = (request.body as ReadableStream<Uint8Array<ArrayBuffer>>).getReader();
+    const reader = (stream as ReadableStream<Uint8Array<ArrayBuffer>>).getReader();
     const chunks: Uint8Array<ArrayBuffer>[] = [];
     for (;;) {
       let result: Awaited<ReturnType<typeof reader.read>>;

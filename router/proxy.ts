@@ -1,6 +1,6 @@
 import { errorResponse } from "../kit/errors.ts";
 import type { RouteEntry } from "../protocol/index.ts";
-import { attempt, type Failure } from "./attempt.ts";
+import { type AttemptResult, attempt, type Failure } from "./attempt.ts";
 import { authorizeFor, downstreamHeaders, upstreamHeaders } from "./headers.ts";
 import {
   clientClosed,
@@ -22,19 +22,13 @@ export type { ForwardRequest, Outcome, ProxyConfig } from "./proxy-types.ts";
  * The steps: `attempt` (attempt.ts: send, classify, wait for the first byte) on the replica
  * the balancer picks, then either `relay` (relay.ts: stream, watchdog, usage) or the next
  * replica, and when none is left, the answer that says why.
+ *
+ * Not an async function: each attempt's result is taken in a `then` handler (`Forwarding`),
+ * one async frame fewer to suspend and resume per request (measured with bench/router-js.ts).
  */
-export async function forward(config: ProxyConfig, request: ForwardRequest): Promise<Response> {
-  const { metrics, balancer, clock } = config;
-  const { c, alias } = request;
+export function forward(config: ProxyConfig, request: ForwardRequest): Promise<Response> {
+  const { c } = request;
   request.inFlight.add(1);
-  let finished = false;
-  const done = (outcome: Outcome) => {
-    if (finished) return;
-    finished = true;
-    request.inFlight.add(-1);
-    request.onDone(outcome);
-  };
-
   const headers = upstreamHeaders({
     incoming: c.req.raw.headers,
     requestId: request.requestId,
@@ -42,31 +36,67 @@ export async function forward(config: ProxyConfig, request: ForwardRequest): Pro
     proto: c.req.url.startsWith("https:") ? "https" : "http",
     host: c.req.header("host") ?? null,
   });
+  return new Forwarding(config, request, headers).next();
+}
 
-  const retries = new RetryState(config, request);
-  while (retries.attempts < config.maxAttempts) {
-    if (retries.attempts > 0 && clock.now() - request.startedAt > config.budgetMs) break;
-    const choice = balancer.pick(request.candidates, retries.excluded(), request.affinityKey);
-    if (!choice) break;
-    if (retries.last)
-      metrics.inc("fleet_router_retries_total", { alias, reason: retries.last.reason });
-    retries.begin(choice.state.key);
-    // Fetch reads the headers when called: each attempt sends its own worker's credential.
-    authorizeFor(headers, choice.route);
-    const result = await attempt(config, request, choice, headers);
-    if (result.kind === "committed") return relay(config, request, result, done);
+/** One request in `forward`: its attempts in turn until one commits or none is left. */
+class Forwarding {
+  private finished = false;
+  private readonly retries: RetryState;
+  /** Accounts for the request, once (handed to `relay`, which calls it when the answer ends). */
+  readonly done = (outcome: Outcome): void => {
+    if (this.finished) return;
+    this.finished = true;
+    this.request.inFlight.add(-1);
+    this.request.onDone(outcome);
+  };
+
+  constructor(
+    private readonly config: ProxyConfig,
+    private readonly request: ForwardRequest,
+    private readonly headers: Record<string, string>,
+  ) {
+    this.retries = new RetryState(config, request);
+  }
+
+  /** The next attempt on the replica the balancer picks, or the answer when none is left. */
+  next(): Promise<Response> {
+    const { config, request, retries, headers } = this;
+    const withinBudget =
+      retries.attempts === 0 || config.clock.now() - request.startedAt <= config.budgetMs;
+    if (retries.attempts < config.maxAttempts && withinBudget) {
+      const choice = config.balancer.pick(
+        request.candidates,
+        retries.excluded(),
+        request.affinityKey,
+      );
+      if (choice) {
+        if (retries.last) {
+          config.metrics.inc("fleet_router_retries_total", {
+            alias: request.alias,
+            reason: retries.last.reason,
+          });
+        }
+        retries.begin(choice.state.key);
+        // Fetch reads the headers when called: each attempt sends its own worker's credential.
+        authorizeFor(headers, choice.route);
+        return attempt(config, request, choice, headers).then((result) =>
+          this.settled(result, choice.route.worker_id),
+        );
+      }
+    }
+    return Promise.resolve(noReplicaAnswered(config, request, retries.last, this.done));
+  }
+
+  private settled(result: AttemptResult, workerId: string): Response | Promise<Response> {
+    if (result.kind === "committed") return relay(this.config, this.request, result, this.done);
     if (result.kind === "client-gone") {
-      done({
-        status: clientClosed,
-        ttftMs: null,
-        usage: undefined,
-        workerId: choice.route.worker_id,
-      });
+      this.done({ status: clientClosed, ttftMs: null, usage: undefined, workerId });
       return new Response(null, { status: clientClosed });
     }
-    retries.record(result);
+    this.retries.record(result);
+    return this.next();
   }
-  return noReplicaAnswered(config, request, retries.last, done);
 }
 
 const noneTried: ReadonlySet<string> = new Set();

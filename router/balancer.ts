@@ -18,8 +18,8 @@ import { ROUND_ROBIN } from "./policy.ts";
  *   and fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
  *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
- *   unless that replica's load is at or over max(4, ceil(1.5 × (total + 1) / n)) —
- *   consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
+ *   unless that replica's load is `LOAD_SLACK` (2) or more over the least loaded available
+ *   replica's — consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
  *   the next replica in the key's own ranking (no global reshuffle). Nothing random: every
  *   router with the same loads makes the same choice.
  * - Passive ejection: after `ejectAfter` consecutive transport failures (connect errors,
@@ -66,13 +66,18 @@ export const SCORE_ALL_UP_TO = 8;
  * instant, noise that made least_loaded a few percent worse than counting nothing.
  */
 export const OTHERS_SMOOTHING = 0.25;
-/** Consistent hashing with bounded loads: no replica above this factor of the mean. */
-export const LOAD_BOUND = 1.5;
 /**
- * Below this many requests a replica keeps its keys whatever the mean: at low load the
- * bound alone would move a conversation off its warm replica for one request in flight.
+ * Affinity's load bound: a replica keeps its keys while its load is less than this many
+ * requests over the least loaded available replica's, and they walk on in their own
+ * ranking once it is not. Measured against the least loaded rather than the mean, and as
+ * a difference rather than a factor (docs/router.md "Balancing"): with prefills in series
+ * each request a replica has over another is a prefill's wait on its TTFT, and a bound of
+ * 1.5× (or 1.25×) the mean, ~6 (or ~3) requests over it at 12 each, let the replicas drift
+ * that far apart on prompts with nothing to share; a slack of 2 keeps them within one
+ * request of least loaded's choice, and one request in flight never moves a conversation
+ * off its warm replica, however idle the others.
  */
-export const LOAD_FLOOR = 4;
+export const LOAD_SLACK = 2;
 
 export type Pick = { route: RouteEntry; state: ReplicaState; probe: boolean };
 
@@ -303,12 +308,10 @@ export class Balancer {
     // The key (up to a few thousand characters of prompt) is hashed once, then with each
     // replica's key.
     const keyHash = hash32(key);
-    let total = 0;
     for (const route of candidates) {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
       const load = this.load(state, now);
-      total += load;
       ranked.push({
         pick: { route, state, probe: state.ejectedUntil !== 0 },
         score: hash32(`${keyHash}\u0000${state.key}`),
@@ -316,13 +319,19 @@ export class Balancer {
       });
     }
     if (ranked.length === 0) return undefined;
-    const bound = Math.max(LOAD_FLOOR, Math.ceil((LOAD_BOUND * (total + 1)) / ranked.length));
+    // Under the bound: less than LOAD_SLACK over the least loaded available replica.
+    let least = ranked[0] as (typeof ranked)[number];
+    for (const entry of ranked) {
+      if (entry.load < least.load || (entry.load === least.load && ranksBefore(entry, least))) {
+        least = entry;
+      }
+    }
+    const bound = least.load + LOAD_SLACK;
     // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
     // so the order is the same in every router), without sorting: the first replica under the
     // bound and not queued; when every one is over it or queued, the least loaded, the first
     // in ranking order on ties.
     let best: (typeof ranked)[number] | undefined;
-    let least = ranked[0] as (typeof ranked)[number];
     for (const entry of ranked) {
       if (
         entry.load < bound &&
@@ -330,9 +339,6 @@ export class Balancer {
         (best === undefined || ranksBefore(entry, best))
       ) {
         best = entry;
-      }
-      if (entry.load < least.load || (entry.load === least.load && ranksBefore(entry, least))) {
-        least = entry;
       }
     }
     return this.claim((best ?? least).pick);

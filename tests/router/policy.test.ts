@@ -5,6 +5,7 @@ import {
   Balancer,
   ENGINE_LOAD_FADE_MS,
   ENGINE_LOAD_TTL_MS,
+  LOAD_SLACK,
   OTHERS_SMOOTHING,
   SCORE_ALL_UP_TO,
 } from "../../router/balancer.ts";
@@ -143,7 +144,7 @@ describe("bounded-load rendezvous hashing", () => {
     const { b } = balancer(1);
     const key = "p:busy conversation";
     const home = workerOf(b, key) as string;
-    // Bound with 4 replicas and this load: max(4, ceil(1.5 × (8 + 1) / 4)) = 4; home holds 8.
+    // The others idle: the bound is 0 + LOAD_SLACK; home holds 8.
     stateOf(b, home).inflight = 8;
     const next = workerOf(b, key) as string;
     expect(next).not.toBe(home);
@@ -151,8 +152,60 @@ describe("bounded-load rendezvous hashing", () => {
     const other = balancer(7).b;
     stateOf(other, home).inflight = 8;
     expect(workerOf(other, key)).toBe(next);
-    stateOf(b, home).inflight = 3; // within the bound again: back home
+    stateOf(b, home).inflight = LOAD_SLACK - 1; // within the bound again: back home
     expect(workerOf(b, key)).toBe(home);
+  });
+
+  test("the bound is LOAD_SLACK over the least loaded replica, not a factor of the mean", () => {
+    const { b } = balancer(1);
+    const key = "p:bound conversation";
+    const ranking: string[] = [];
+    const tried = new Set<string>();
+    for (let i = 0; i < replicas.length; i++) {
+      const worker = b.pick(replicas, tried, key)?.route.worker_id as string;
+      ranking.push(worker);
+      tried.add(stateOf(b, worker).key);
+    }
+    const [home, second, third, fourth] = ranking as [string, string, string, string];
+    const loads = (values: [number, number, number, number]) => {
+      for (const [index, worker] of ranking.entries())
+        stateOf(b, worker).inflight = values[index] as number;
+      return workerOf(b, key);
+    };
+    // One request in flight never walks, however idle the others.
+    expect(loads([1, 0, 0, 0])).toBe(home);
+    expect(loads([LOAD_SLACK, 0, 0, 0])).toBe(second);
+    // At 12 apiece, 13 stays home; under 1.5× the mean it stayed home up to 18.
+    expect(loads([13, 12, 12, 12])).toBe(home);
+    expect(loads([14, 12, 12, 12])).toBe(second);
+    // Walking on, the next in ranking that is itself under the bound, not the least loaded.
+    expect(loads([14, 14, 13, 12])).toBe(third);
+    expect(loads([14, 14, 14, 12])).toBe(fourth);
+    // One idle replica pulls the bound down for all: a small load, but not the mean, walks.
+    expect(loads([2, 2, 2, 0])).toBe(fourth);
+    // Fractional loads (the other routers' fading share) compare as they are.
+    expect(loads([13.9, 12, 12.5, 12])).toBe(home);
+    expect(loads([14.1, 12, 12.5, 12])).toBe(second);
+    // Another router with other random numbers and the same loads: the same choices.
+    const other = balancer(99).b;
+    for (const [index, worker] of ranking.entries())
+      stateOf(other, worker).inflight = [14.1, 12, 12.5, 12][index] as number;
+    expect(workerOf(other, key)).toBe(second);
+  });
+
+  test("every replica under the bound queued: the least loaded, the first in ranking on ties", () => {
+    const { b } = balancer(1);
+    const key = "p:all queued";
+    const home = workerOf(b, key) as string;
+    const tried = new Set([stateOf(b, home).key]);
+    const second = b.pick(replicas, tried, key)?.route.worker_id as string;
+    for (const route of replicas)
+      b.observe(b.state(route), "r=1;w=1", { at: 1_000_000, inflight: 0 });
+    // Every engine has the same load and a queue: none qualifies; the first in ranking.
+    expect(workerOf(b, key)).toBe(home);
+    // Home one busier: the next one in ranking, as the least loaded of the rest.
+    stateOf(b, home).inflight = 1;
+    expect(workerOf(b, key)).toBe(second);
   });
 
   test("an engine with a queue (x-fleet-load w>0) is passed over until its figures go stale", () => {
@@ -275,7 +328,9 @@ describe("bounded-load rendezvous hashing", () => {
     b.seed(replicas, [homeLoad(3, 2)], 500);
     expect(stateOf(b, home).engine?.waiting).toBe(3);
     expect(workerOf(b, key)).not.toBe(home);
-    // The replica's own answer is fresher than a heartbeat from seconds ago.
+    // The replica's own answer is fresher than a heartbeat from seconds ago. (The others
+    // as busy as home's smoothed estimate of ~3, so that only the queue decides.)
+    for (const route of replicas) if (route.worker_id !== home) b.state(route).inflight = 3;
     b.observe(stateOf(b, home), "r=1;w=0");
     b.seed(replicas, [homeLoad(5, 1)], 0);
     expect(stateOf(b, home).engine?.waiting).toBe(0);

@@ -18,8 +18,8 @@ import { ROUND_ROBIN } from "./policy.ts";
  *   and fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
  *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
- *   unless that replica's load is `LOAD_SLACK` (2) or more over the least loaded available
- *   replica's — consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
+ *   unless that replica's load is `LOAD_SLACK` (2), or an eighth of the least load when
+ *   that is more, over the least loaded available replica's — consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
  *   the next replica in the key's own ranking (no global reshuffle). Nothing random: every
  *   router with the same loads makes the same choice.
  * - Passive ejection: after `ejectAfter` consecutive transport failures (connect errors,
@@ -78,6 +78,20 @@ export const OTHERS_SMOOTHING = 0.25;
  * off its warm replica, however idle the others.
  */
 export const LOAD_SLACK = 2;
+
+/**
+ * At high load the slack grows with the least loaded replica's load (an eighth of it): an
+ * engine batching 60–100 sequences swings by more than 2 requests from one arrival to the
+ * next, and a fixed slack would then walk most conversations off their warm replicas just
+ * when prefill savings matter most. Below 16 requests in flight it is `LOAD_SLACK` alone,
+ * the value the benchmark chose (docs/router.md "Balancing").
+ */
+export const LOAD_SLACK_SHARE = 1 / 8;
+
+/** The load under which a replica keeps its keys, given the least loaded replica's load. */
+export function loadBound(leastLoad: number): number {
+  return leastLoad + Math.max(LOAD_SLACK, leastLoad * LOAD_SLACK_SHARE);
+}
 
 export type Pick = { route: RouteEntry; state: ReplicaState; probe: boolean };
 
@@ -319,14 +333,14 @@ export class Balancer {
       });
     }
     if (ranked.length === 0) return undefined;
-    // Under the bound: less than LOAD_SLACK over the least loaded available replica.
+    // Under the bound: less than the slack over the least loaded available replica.
     let least = ranked[0] as (typeof ranked)[number];
     for (const entry of ranked) {
       if (entry.load < least.load || (entry.load === least.load && ranksBefore(entry, least))) {
         least = entry;
       }
     }
-    const bound = least.load + LOAD_SLACK;
+    const bound = loadBound(least.load);
     // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
     // so the order is the same in every router), without sorting: the first replica under the
     // bound and not queued; when every one is over it or queued, the least loaded, the first

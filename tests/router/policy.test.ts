@@ -6,6 +6,7 @@ import {
   ENGINE_LOAD_FADE_MS,
   ENGINE_LOAD_TTL_MS,
   LOAD_SLACK,
+  loadBound,
   OTHERS_SMOOTHING,
   SCORE_ALL_UP_TO,
 } from "../../router/balancer.ts";
@@ -183,6 +184,11 @@ describe("bounded-load rendezvous hashing", () => {
     expect(loads([14, 14, 14, 12])).toBe(fourth);
     // One idle replica pulls the bound down for all: a small load, but not the mean, walks.
     expect(loads([2, 2, 2, 0])).toBe(fourth);
+    // Engines batching many sequences: the slack grows to an eighth of the least load, so
+    // a few arrivals' swing does not walk conversations off their warm replicas.
+    expect(loadBound(64)).toBe(72);
+    expect(loads([71, 64, 64, 64])).toBe(home);
+    expect(loads([72, 64, 64, 64])).toBe(second);
     // Fractional loads (the other routers' fading share) compare as they are.
     expect(loads([13.9, 12, 12.5, 12])).toBe(home);
     expect(loads([14.1, 12, 12.5, 12])).toBe(second);

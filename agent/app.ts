@@ -73,21 +73,24 @@ export function createApp(deps: AppDeps): Hono {
   // The hot path, registered before the middleware so that it runs alone: no body parsing,
   // no URL object, no per-request logging.
   const countProxied = proxyCounter(deps.metrics, supervisor);
-  app.all("/proxy/:alias/v1/*", async (c) => {
+  app.all("/proxy/:alias/v1/*", (c): Response | Promise<Response> => {
     const req = c.req.raw;
     if (!identity.authorized(req.headers.get("authorization"))) return unauthorized();
     const path = c.req.path;
     const slash = path.indexOf("/", proxyPrefix.length);
     const alias = path.slice(proxyPrefix.length, slash);
     const query = req.url.indexOf("?");
-    const response = await proxy(
+    const answer = proxy(
       req,
       alias,
       path.slice(slash + "/v1/".length),
       query === -1 ? "" : req.url.slice(query),
     );
-    countProxied?.(alias, response.status);
-    return response;
+    if (!countProxied) return answer;
+    return answer.then((response) => {
+      countProxied(alias, response.status);
+      return response;
+    });
   });
 
   app.use("*", async (c, next) => {
@@ -270,17 +273,22 @@ function proxyCounter(
   supervisor: Supervisor,
 ): ((alias: string, status: number) => void) | undefined {
   if (!metrics) return undefined;
-  const series = new Map<string, BoundSeries>();
+  // By alias, then status: no key string built per request.
+  const series = new Map<string, Map<number, BoundSeries>>();
   return (raw, status) => {
     const alias = supervisor.get(raw) ? raw : "unknown";
-    const key = `${alias} ${status}`;
-    let counter = series.get(key);
+    let byStatus = series.get(alias);
+    if (!byStatus) {
+      byStatus = new Map();
+      series.set(alias, byStatus);
+    }
+    let counter = byStatus.get(status);
     if (!counter) {
       counter = metrics.series("fleet_agent_proxy_requests_total", {
         alias,
         status: String(status),
       });
-      series.set(key, counter);
+      byStatus.set(status, counter);
     }
     counter.add(1);
   };

@@ -1,3 +1,4 @@
+import { afterAll } from "bun:test";
 import type { Server } from "bun";
 import { sql } from "drizzle-orm";
 import { type DbTarget, type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
@@ -229,6 +230,19 @@ export type StubAgent = {
 };
 
 let nextPid = 40_000;
+
+/** Hands out stub agents, each stopped after the calling file's tests (`afterAll`). */
+export function stubAgentPool(): () => StubAgent {
+  const agents: StubAgent[] = [];
+  afterAll(() => {
+    for (const a of agents) a.stop();
+  });
+  return () => {
+    const a = stubAgent();
+    agents.push(a);
+    return a;
+  };
+}
 
 export function stubAgent(): StubAgent {
   const stub: Omit<StubAgent, "url" | "stop"> = {

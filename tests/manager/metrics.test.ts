@@ -9,20 +9,12 @@ import {
   manualClock,
   registration,
   type StubAgent,
-  stubAgent,
+  stubAgentPool,
   type TestManager,
   testManager,
 } from "./helpers.ts";
 
-const agents: StubAgent[] = [];
-function agent(): StubAgent {
-  const a = stubAgent();
-  agents.push(a);
-  return a;
-}
-afterAll(() => {
-  for (const a of agents) a.stop();
-});
+const agent = stubAgentPool();
 
 const TIMEOUT_S = 20;
 const METRICS = "metrics-token-for-tests";

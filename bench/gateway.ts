@@ -28,9 +28,9 @@
  * `BENCH_BASELINE=/path/to/checkout` adds (r0): the (r) router run from another checkout of this
  * repository (a commit to compare against), side by side in the same rounds; its CPU per
  * request and throughput are reported as paired ratios against (r).
- * `BENCH_CPU_PROF=dir` runs the (r) router under `bun --cpu-prof-md` (a sample every
- * BENCH_CPU_PROF_INTERVAL_US, 250 µs); the profile is written to `dir` when the benchmark
- * stops it.
+ * `BENCH_CPU_PROF=dir` runs the (r) router and the (b) bare proxy under `bun --cpu-prof-md`
+ * (a sample every BENCH_CPU_PROF_INTERVAL_US, 250 µs); the profiles (router.md, bare.md) are
+ * written to `dir` when the benchmark stops them.
  * `bun bench/gateway.ts bare-proxy PORT TARGET` runs only the bare proxy (case b's child).
  */
 import { Hono } from "hono";
@@ -53,6 +53,8 @@ if (process.argv[2] === "bare-proxy") {
     });
   });
   Bun.serve({ hostname: "127.0.0.1", port, fetch: app.fetch });
+  // Exits rather than dies on SIGTERM, so that a CPU profile (BENCH_CPU_PROF) is written.
+  process.on("SIGTERM", () => process.exit(0));
   console.log(`bare proxy on ${port} → ${target}`);
 } else {
   await main();
@@ -386,6 +388,15 @@ async function main() {
     const wanted = new Set((process.env.BENCH_PATHS ?? "a,b,r,r0,c,h,m,s,d").split(","));
     const baseline = process.env.BENCH_BASELINE;
     const profileDir = process.env.BENCH_CPU_PROF;
+    const profileFlags = (name: string) =>
+      profileDir
+        ? [
+            "--cpu-prof-md",
+            `--cpu-prof-interval=${process.env.BENCH_CPU_PROF_INTERVAL_US ?? 250}`,
+            `--cpu-prof-dir=${profileDir}`,
+            `--cpu-prof-name=${name}`,
+          ]
+        : [];
     const sim = await spawnSim(["--time-to-first-token", "0", "--inter-token-latency", "0"]);
     const paths: Path[] = [];
     if (wanted.has("a")) {
@@ -399,7 +410,14 @@ async function main() {
     if (wanted.has("b")) {
       const barePort = await freePort();
       const bare = await spawnServer({
-        argv: [bunBin, "bench/gateway.ts", "bare-proxy", String(barePort), sim.url],
+        argv: [
+          bunBin,
+          ...profileFlags("bare.md"),
+          "bench/gateway.ts",
+          "bare-proxy",
+          String(barePort),
+          sim.url,
+        ],
         env: bunFetchEnv,
         readyUrl: `http://127.0.0.1:${barePort}/health`,
       });
@@ -416,16 +434,7 @@ async function main() {
         "auto",
         [route("sim", sim.url)],
         {},
-        profileDir
-          ? {
-              bunFlags: [
-                "--cpu-prof-md",
-                `--cpu-prof-interval=${process.env.BENCH_CPU_PROF_INTERVAL_US ?? 250}`,
-                `--cpu-prof-dir=${profileDir}`,
-                "--cpu-prof-name=router.md",
-              ],
-            }
-          : {},
+        profileDir ? { bunFlags: profileFlags("router.md") } : {},
       );
       paths.push({
         key: "r",

@@ -20,7 +20,10 @@
  *  - unique: single-turn prompts of ~1,200 tokens with nothing shared.
  *  - slowed: the chat workload with replica 0 at a third of the prefill rate and three
  *    times the inter-token latency; its share of requests per policy.
- * BENCH_ONLY=chat,unique,slowed,chat-short picks sections (default all).
+ * BENCH_ONLY=chat,unique,slowed,chat-short picks sections (default all); BENCH_POLICIES picks
+ * policies; BENCH_ROUNDS (3) runs each section that many times, the policies interleaved in
+ * each round, and reports the median round and per-round ratios against least in-flight
+ * (and round-robin, for the chat workloads).
  * Figures: TTFT p50/p99 (client: request sent → first body byte of the stream), requests/s,
  * the engines' prefix-cache hit rate (Σ hits / Σ queries, tokens), the workload's ideal hit
  * rate (every token any engine saw before — a prompt's earlier prefix or an answer it
@@ -355,13 +358,63 @@ async function run(policy: Policy, section: Section): Promise<Result> {
   }
 }
 
-function row(policy: string, result: Result): string {
+/** One round of one policy, as the table shows it. */
+type Figures = {
+  p50: number;
+  p99: number;
+  rps: number;
+  hitRate: number;
+  idealHitRate: number;
+  spread: number;
+  r0Share: number;
+  perReplica: number[];
+};
+
+function figures(result: Result): Figures {
   const p = percentiles(result.ttft);
   const total = result.perReplica.reduce((a, b) => a + b, 0);
-  const spread = Math.max(...result.perReplica) / (total / result.perReplica.length);
+  return {
+    p50: p.p50,
+    p99: p.p99,
+    rps: result.requests / result.seconds,
+    hitRate: result.hitRate,
+    idealHitRate: result.idealHitRate,
+    spread: Math.max(...result.perReplica) / (total / result.perReplica.length),
+    r0Share: (result.perReplica[0] ?? 0) / Math.max(1, total),
+    perReplica: result.perReplica,
+  };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] as number;
+}
+
+/** Each column's median over the rounds (requests per replica: the median-p50 round's). */
+function row(policy: string, rounds: Figures[]): string {
+  const m = (key: keyof Omit<Figures, "perReplica">) => median(rounds.map((f) => f[key]));
   const pct = (value: number) => `${(value * 100).toFixed(1)}%`;
-  const ofIdeal = result.idealHitRate > 0 ? pct(result.hitRate / result.idealHitRate) : "–";
-  return `| ${policy.padEnd(15)} | ${p.p50.toFixed(1).padStart(7)} | ${p.p99.toFixed(1).padStart(7)} | ${(result.requests / result.seconds).toFixed(1).padStart(6)} | ${pct(result.hitRate).padStart(6)} | ${pct(result.idealHitRate).padStart(6)} | ${ofIdeal.padStart(6)} | ${spread.toFixed(2)} | ${pct((result.perReplica[0] ?? 0) / Math.max(1, total)).padStart(6)} | ${result.perReplica.join(" / ")} |`;
+  const hitRate = m("hitRate");
+  const idealHitRate = m("idealHitRate");
+  const ofIdeal = idealHitRate > 0 ? pct(hitRate / idealHitRate) : "–";
+  const p50 = m("p50");
+  const perReplica = (rounds.find((f) => f.p50 === p50) ?? (rounds[0] as Figures)).perReplica;
+  return `| ${policy.padEnd(15)} | ${p50.toFixed(1).padStart(7)} | ${m("p99").toFixed(1).padStart(7)} | ${m("rps").toFixed(1).padStart(6)} | ${pct(hitRate).padStart(6)} | ${pct(idealHitRate).padStart(6)} | ${ofIdeal.padStart(6)} | ${m("spread").toFixed(2)} | ${pct(m("r0Share")).padStart(6)} | ${perReplica.join(" / ")} |`;
+}
+
+/**
+ * A policy against a baseline, round by round (both ran in the same round, back to back):
+ * the median of the per-round ratios of TTFT p50 and p99 and of requests/s, each round's
+ * ratio listed. Below 1 for TTFT and above 1 for requests/s is better.
+ */
+function versus(policy: string, baseline: string, own: Figures[], base: Figures[]): string {
+  const ratios = (key: "p50" | "p99" | "rps") =>
+    own.map((f, index) => f[key] / (base[index] as Figures)[key]);
+  const show = (key: "p50" | "p99" | "rps") => {
+    const each = ratios(key);
+    return `×${median(each).toFixed(2)} (${each.map((r) => r.toFixed(2)).join(", ")})`;
+  };
+  return `  ${policy} / ${baseline}: TTFT p50 ${show("p50")}, p99 ${show("p99")}; req/s ${show("rps")}`;
 }
 
 const header = [
@@ -383,9 +436,27 @@ const sections: [string, Section][] = [
   [`the first multi-turn workload: ${describe(shapes["chat-short"])}`, "chat-short"],
 ];
 const only = process.env.BENCH_ONLY?.split(",");
+const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 for (const [title, section] of sections) {
   if (only && !only.includes(section)) continue;
-  console.log(`\n${title}\n`);
+  // Rounds interleave the policies, so that a noisy minute on this shared machine falls on
+  // all of them: each figure is the median round, each ratio the median of per-round ones.
+  const results = new Map<Policy, Figures[]>(policies.map((policy) => [policy, []]));
+  for (let round = 0; round < rounds; round++) {
+    for (const policy of policies) results.get(policy)?.push(figures(await run(policy, section)));
+  }
+  console.log(`\n${title} (median of ${rounds} rounds)\n`);
   console.log(header.join("\n"));
-  for (const policy of policies) console.log(row(policy, await run(policy, section)));
+  for (const policy of policies) console.log(row(policy, results.get(policy) ?? []));
+  console.log("");
+  for (const baseline of ["least_in_flight", "round_robin"] as const) {
+    const base = results.get(baseline);
+    if (!base) continue;
+    for (const policy of policies) {
+      const own = results.get(policy);
+      if (policy !== baseline && own && (baseline === "least_in_flight" || section !== "unique")) {
+        console.log(versus(policy, baseline, own, base));
+      }
+    }
+  }
 }

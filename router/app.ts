@@ -20,7 +20,7 @@ import {
 } from "./body.ts";
 import { routerInstruments } from "./instruments.ts";
 import { OpenStreams } from "./open-streams.ts";
-import { affinityKey } from "./policy.ts";
+import { affinityKey, opensConversation } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
 import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
@@ -258,6 +258,7 @@ function inferenceHandler(parts: {
         json,
         path,
       ),
+      opening: group.routing === "prefix_affinity" && opensConversation(json, path),
       requestId: request.id,
       clientAddress: deps.clientAddress?.(c),
       startedAt: request.startedAt,

@@ -17,11 +17,19 @@ import { ROUND_ROBIN } from "./policy.ts";
  *   it sent the request that brought it, averaged over the headers (`OTHERS_SMOOTHING`)
  *   and fading out over `ENGINE_LOAD_FADE_MS` (`load()`).
  * - Affinity (prefix or session, policy.ts) by rendezvous hashing over the alias's ready
- *   replicas with a load bound: the same key lands on the same replica (warm prefix cache)
- *   unless that replica's load is `LOAD_SLACK` (2), or an eighth of the least load when
- *   that is more, over the least loaded available replica's — consistent hashing with bounded loads — or its engine has a queue; then the request walks on to
- *   the next replica in the key's own ranking (no global reshuffle). Nothing random: every
- *   router with the same loads makes the same choice.
+ *   replicas with a load bound (consistent hashing with bounded loads): the same key lands
+ *   on the same replica (warm prefix cache) unless that replica's load is `LOAD_SLACK` (4),
+ *   or an eighth of the least load when that is more, over the least loaded available
+ *   replica's, or its engine has a queue; then the request walks on to the next replica in
+ *   the key's own ranking (no global reshuffle). Nothing random: every router with the
+ *   same loads makes the same choice.
+ * - Openings: a conversation's first request (no assistant turn yet, policy.ts) has nothing
+ *   of its own in any replica's cache, so it goes to the least loaded replica, the key's
+ *   ranking deciding only among equally loaded ones. Its next turns go to the key's home
+ *   under the bound; when the opening landed elsewhere, the second turn re-reads the first
+ *   exchange (a few hundred tokens) and the conversation stays home from then on. Holding
+ *   openings to the bound as well queued one-shot prompts, which share nothing, behind
+ *   busier replicas (docs/router.md "Balancing").
  * - Passive ejection: after `ejectAfter` consecutive transport failures (connect errors,
  *   resets, timeouts, 502/503/504 from the agent) a replica is skipped for a cool-down
  *   that doubles on each failed probe; after it, exactly one request probes it (half-open)
@@ -67,24 +75,24 @@ export const SCORE_ALL_UP_TO = 8;
  */
 export const OTHERS_SMOOTHING = 0.25;
 /**
- * Affinity's load bound: a replica keeps its keys while its load is less than this many
- * requests over the least loaded available replica's, and they walk on in their own
- * ranking once it is not. Measured against the least loaded rather than the mean, and as
- * a difference rather than a factor (docs/router.md "Balancing"): with prefills in series
- * each request a replica has over another is a prefill's wait on its TTFT, and a bound of
- * 1.5× (or 1.25×) the mean, ~6 (or ~3) requests over it at 12 each, let the replicas drift
- * that far apart on prompts with nothing to share; a slack of 2 keeps them within one
- * request of least loaded's choice, and one request in flight never moves a conversation
- * off its warm replica, however idle the others.
+ * Affinity's load bound: a later turn keeps its replica while that replica's load is less
+ * than this many requests over the least loaded available replica's, and walks on in its
+ * own ranking once it is not. Measured against the least loaded rather than the mean, and
+ * as a difference rather than a factor (docs/router.md "Balancing"). Openings are placed by
+ * load alone, so the bound only ever weighs a warm prefix — most of a later turn's prefill
+ * — against the requests queued ahead of it, each itself mostly cached: swept at 2, 3 and 4
+ * (and 4 with half the least load) once openings went by load, 4 kept 90.6% of the chat
+ * workload's prefix hits against 85.2% at 2 (TTFT p50 ×0.25 of least-in-flight's against
+ * ×0.44), with p99 no worse and a slowed replica's share as low as least-in-flight makes it.
  */
-export const LOAD_SLACK = 2;
+export const LOAD_SLACK = 4;
 
 /**
  * At high load the slack grows with the least loaded replica's load (an eighth of it): an
- * engine batching 60–100 sequences swings by more than 2 requests from one arrival to the
- * next, and a fixed slack would then walk most conversations off their warm replicas just
- * when prefill savings matter most. Below 16 requests in flight it is `LOAD_SLACK` alone,
- * the value the benchmark chose (docs/router.md "Balancing").
+ * engine batching 60–100 sequences swings by more than a few requests from one arrival to
+ * the next, and a fixed slack would then walk most conversations off their warm replicas
+ * just when prefill savings matter most. Below 32 requests in flight it is `LOAD_SLACK`
+ * alone, the value the benchmark chose (docs/router.md "Balancing").
  */
 export const LOAD_SLACK_SHARE = 1 / 8;
 
@@ -237,16 +245,20 @@ export class Balancer {
    * Chooses a replica among `candidates` not in `exclude`; undefined when none is
    * available (all tried, ejected, or being probed). With `affinityKey` (policy.ts), by
    * bounded-load rendezvous hashing; without, least loaded (of all, or of two beyond
-   * `SCORE_ALL_UP_TO`).
+   * `SCORE_ALL_UP_TO`). An `opening` request with a key goes to the least loaded replica,
+   * the first in the key's ranking among those equally least loaded (class comment).
    */
   pick(
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
     affinityKey?: string,
+    opening = false,
   ): Pick | undefined {
     const now = this.options.now();
     if (affinityKey === ROUND_ROBIN) return this.pickInTurn(candidates, exclude, now);
-    if (affinityKey !== undefined) return this.pickAffine(candidates, exclude, affinityKey, now);
+    if (affinityKey !== undefined) {
+      return this.pickAffine(candidates, exclude, affinityKey, opening, now);
+    }
     if (candidates.length <= SCORE_ALL_UP_TO) {
       let best: Pick | undefined;
       let bestLoad = 0;
@@ -316,6 +328,7 @@ export class Balancer {
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
     key: string,
+    opening: boolean,
     now: number,
   ): Pick | undefined {
     const ranked: { pick: Pick; score: number; load: number }[] = [];
@@ -340,6 +353,9 @@ export class Balancer {
         least = entry;
       }
     }
+    // An opening has nothing of its own cached anywhere: load alone decides, the key only
+    // among equals (so an idle fleet still sends it where its next turns will look).
+    if (opening) return this.claim(least.pick);
     const bound = loadBound(least.load);
     // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
     // so the order is the same in every router), without sorting: the first replica under the

@@ -44,6 +44,26 @@ export function affinityKey(
   return session ? `s:${session}` : undefined;
 }
 
+/**
+ * Whether a chat request opens its conversation: no assistant turn yet, so no replica holds
+ * anything of it beyond what it shares with others (a common system prompt, which every
+ * replica that serves the model soon has cached anyway). Affinity then only chooses where
+ * the conversation will live, and the balancer places it by load alone (balancer.ts
+ * "Openings"): a one-shot prompt with nothing to reuse is never kept waiting for a warm
+ * cache it cannot use. Completions and embeddings carry no turns: never an opening.
+ */
+export function opensConversation(json: Record<string, unknown>, path: string): boolean {
+  if (path !== "/v1/chat/completions") return false;
+  const { messages } = json;
+  if (!Array.isArray(messages)) return false;
+  for (const message of messages) {
+    if (typeof message === "object" && message !== null) {
+      if ((message as { role?: unknown }).role === "assistant") return false;
+    }
+  }
+  return true;
+}
+
 export function prefixKey(json: Record<string, unknown>, path: string): string | undefined {
   if (path === "/v1/chat/completions") return chatPrefix(json.messages);
   const input = path === "/v1/embeddings" ? json.input : json.prompt;

@@ -56,6 +56,8 @@ export type ForwardRequest = {
   shape: { inputs: number; choices: number };
   /** The key of the model's routing policy (policy.ts); undefined: least loaded. */
   affinityKey: string | undefined;
+  /** A conversation's first request (policy.ts `opensConversation`): placed by load alone. */
+  opening: boolean;
   requestId: string;
   clientAddress: string | undefined;
   startedAt: number;

@@ -69,6 +69,7 @@ class Forwarding {
         request.candidates,
         retries.excluded(),
         request.affinityKey,
+        request.opening,
       );
       if (choice) {
         if (retries.last) {

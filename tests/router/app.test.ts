@@ -606,3 +606,80 @@ describe("router app: token counts it cannot trust", () => {
     expect(t.records[0]?.completion_tokens).toBe(2 * 3 * 4096);
   });
 });
+
+describe("router app: a conversation's opening under prefix_affinity", () => {
+  const system = { role: "system", content: "You are a terse assistant." };
+  const opening = [system, { role: "user", content: "plan my week" }];
+  const continuation = [
+    ...opening,
+    { role: "assistant", content: "Sure." },
+    { role: "user", content: "and Monday?" },
+  ];
+
+  /**
+   * Two replicas of `qwen` under `routing`; a request whose last message says "hold" waits at
+   * its replica until `release()`, so that replica has one more request in flight.
+   */
+  function twoReplicas(routing: RouteEntry["routing"]) {
+    let release = () => {};
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const routes = ["a", "b"].map((workerId) =>
+      route({ alias: "qwen", workerId, url: `http://${workerId}.test`, routing }),
+    );
+    const served: string[] = [];
+    const made = router({
+      routes,
+      deps: {
+        fetch: async (input, init) => {
+          const request = new Request(input, init);
+          served.push(new URL(request.url).hostname);
+          if ((await request.clone().text()).includes("hold")) await released;
+          return sim.fetch(request);
+        },
+      },
+    });
+    /** Answers its status once the body is read (a relayed answer holds its replica until then). */
+    const send = async (messages: unknown[], headers: Record<string, string> = {}) => {
+      const response = await made.post("/v1/chat/completions", chat({ messages }), headers);
+      await response.text();
+      return response.status;
+    };
+    return { served, release, send };
+  }
+
+  test("with its home one request busier, an opening goes to the idle replica; its later turns stay home", async () => {
+    const { served, release, send } = twoReplicas("prefix_affinity");
+    // Idle replicas: the opening goes where its key ranks first, as a continuation would.
+    expect(await send(opening)).toBe(200);
+    expect(await send(continuation)).toBe(200);
+    const home = served[0] as string;
+    expect(served[1]).toBe(home);
+    // One request held at home (a continuation, so it stays home).
+    const held = send([...continuation, { role: "user", content: "hold" }]);
+    await eventually(() => served.length === 3, { what: "the held request to reach a replica" });
+    expect(served[2]).toBe(home);
+    // Within the load bound a continuation keeps its warm replica; an opening has nothing
+    // cached there and takes the idle one.
+    expect(await send(continuation)).toBe(200);
+    expect(served[3]).toBe(home);
+    expect(await send(opening)).toBe(200);
+    expect(served[4]).not.toBe(home);
+    release();
+    expect(await held).toBe(200);
+  });
+
+  test("under session affinity an opening stays with its session like any other turn", async () => {
+    const { served, release, send: sendAny } = twoReplicas("session");
+    const send = (messages: unknown[]) => sendAny(messages, { "x-session-id": "s-1" });
+    expect(await send(opening)).toBe(200);
+    const home = served[0] as string;
+    const held = send([...opening, { role: "user", content: "hold" }]);
+    await eventually(() => served.length === 2, { what: "the held request to reach a replica" });
+    expect(await send(opening)).toBe(200);
+    expect(served[2]).toBe(home);
+    release();
+    expect(await held).toBe(200);
+  });
+});

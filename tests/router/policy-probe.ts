@@ -1,7 +1,7 @@
 import type { RouteEntry, RoutingPolicy } from "../../protocol/index.ts";
 import { Balancer, hash32 } from "../../router/balancer.ts";
 import { parseInferenceBody } from "../../router/body.ts";
-import { affinityKey } from "../../router/policy.ts";
+import { affinityKey, opensConversation } from "../../router/policy.ts";
 
 /**
  * The router's replica choice for a request, computed from its raw body the way the router
@@ -23,9 +23,10 @@ export type ProbeCase = {
 export type ProbeInput = { cases: ProbeCase[]; routes: RouteEntry[]; texts: string[] };
 
 export type ProbeOutput = {
-  /** Per case: the affinity key (null: none), its hash, and the replicas' worker ids in the
-   * order the balancer walks them with every load at zero. */
-  cases: { key: string | null; hash: number | null; ranking: string[] }[];
+  /** Per case: the affinity key (null: none), its hash, the replicas' worker ids in the
+   * order the balancer walks them with every load at zero, and whether it opens its
+   * conversation (placed by load alone). */
+  cases: { key: string | null; hash: number | null; ranking: string[]; opening: boolean }[];
   /** `hash32` of each of `texts`. */
   hashes: number[];
 };
@@ -71,9 +72,10 @@ export function probe(input: ProbeInput): ProbeOutput {
         json,
         entry.path,
       );
-      if (key === undefined) return { key: null, hash: null, ranking: [] };
+      const opening = opensConversation(json, entry.path);
+      if (key === undefined) return { key: null, hash: null, ranking: [], opening };
       const routes = input.routes.filter((route) => route.alias === body.model);
-      return { key, hash: hash32(key), ranking: rankingOf(routes, key) };
+      return { key, hash: hash32(key), ranking: rankingOf(routes, key), opening };
     }),
     hashes: input.texts.map(hash32),
   };

@@ -538,6 +538,8 @@ describe("the hash and the key, in process on each runtime", () => {
     const [inNode, inWorkerd] = await Promise.all([runInNode(input), runInWorkerd(input)]);
     // Every case has a key but least_loaded's (round_robin's is its turn-taking marker).
     expect(inBun.cases.filter((entry) => entry.key === null).length).toBe(1);
+    // Openings and later turns both among them, so that their verdicts are compared too.
+    expect(new Set(inBun.cases.map((entry) => entry.opening))).toEqual(new Set([true, false]));
     expect(inNode).toEqual(inBun);
     expect(inWorkerd).toEqual(inBun);
   });

@@ -13,6 +13,7 @@ import {
 import {
   affinityKey,
   MESSAGE_KEY_CHARS,
+  opensConversation,
   PREFIX_CHARS,
   prefixKey,
   ROUND_ROBIN,
@@ -113,6 +114,19 @@ describe("routing policy keys", () => {
     expect(prefixKey({ prompt: [1, 2, 3] }, "/v1/completions")).toBeUndefined();
   });
 
+  test("a chat with no assistant turn opens its conversation; completions never do", () => {
+    const user = { role: "user", content: "hi" };
+    expect(opensConversation({ messages: [system, user] }, chat)).toBe(true);
+    expect(opensConversation({ messages: [user, { role: "user", content: "more" }] }, chat)).toBe(
+      true,
+    );
+    const later = { messages: [system, user, { role: "assistant", content: "hello" }, user] };
+    expect(opensConversation(later, chat)).toBe(false);
+    expect(opensConversation({ messages: "hi" }, chat)).toBe(false);
+    expect(opensConversation({ prompt: "hi" }, "/v1/completions")).toBe(false);
+    expect(opensConversation({ input: "hi" }, "/v1/embeddings")).toBe(false);
+  });
+
   test("policies: least_loaded none, session its header or user, prefix falls back to session", () => {
     const body = { messages: [system] };
     expect(affinityKey("least_loaded", "s1", body, chat)).toBeUndefined();
@@ -173,30 +187,60 @@ describe("bounded-load rendezvous hashing", () => {
         stateOf(b, worker).inflight = values[index] as number;
       return workerOf(b, key);
     };
-    // One request in flight never walks, however idle the others.
-    expect(loads([1, 0, 0, 0])).toBe(home);
+    // A few requests in flight never walk, however idle the others.
+    expect(loads([LOAD_SLACK - 1, 0, 0, 0])).toBe(home);
     expect(loads([LOAD_SLACK, 0, 0, 0])).toBe(second);
-    // At 12 apiece, 13 stays home; under 1.5× the mean it stayed home up to 18.
-    expect(loads([13, 12, 12, 12])).toBe(home);
-    expect(loads([14, 12, 12, 12])).toBe(second);
+    // At 12 apiece, 15 stays home; under 1.5× the mean it stayed home up to 18.
+    expect(loads([15, 12, 12, 12])).toBe(home);
+    expect(loads([16, 12, 12, 12])).toBe(second);
     // Walking on, the next in ranking that is itself under the bound, not the least loaded.
-    expect(loads([14, 14, 13, 12])).toBe(third);
-    expect(loads([14, 14, 14, 12])).toBe(fourth);
+    expect(loads([16, 16, 15, 12])).toBe(third);
+    expect(loads([16, 16, 16, 12])).toBe(fourth);
     // One idle replica pulls the bound down for all: a small load, but not the mean, walks.
-    expect(loads([2, 2, 2, 0])).toBe(fourth);
+    expect(loads([4, 4, 4, 0])).toBe(fourth);
     // Engines batching many sequences: the slack grows to an eighth of the least load, so
     // a few arrivals' swing does not walk conversations off their warm replicas.
     expect(loadBound(64)).toBe(72);
     expect(loads([71, 64, 64, 64])).toBe(home);
     expect(loads([72, 64, 64, 64])).toBe(second);
     // Fractional loads (the other routers' fading share) compare as they are.
-    expect(loads([13.9, 12, 12.5, 12])).toBe(home);
-    expect(loads([14.1, 12, 12.5, 12])).toBe(second);
+    expect(loads([15.9, 12, 12.5, 12])).toBe(home);
+    expect(loads([16.1, 12, 12.5, 12])).toBe(second);
     // Another router with other random numbers and the same loads: the same choices.
     const other = balancer(99).b;
     for (const [index, worker] of ranking.entries())
-      stateOf(other, worker).inflight = [14.1, 12, 12.5, 12][index] as number;
+      stateOf(other, worker).inflight = [16.1, 12, 12.5, 12][index] as number;
     expect(workerOf(other, key)).toBe(second);
+  });
+
+  test("an opening goes to the least loaded replica, the key's ranking deciding among equals", () => {
+    const { b } = balancer(1);
+    const key = "p:opening conversation";
+    const ranking: string[] = [];
+    const tried = new Set<string>();
+    for (let i = 0; i < replicas.length; i++) {
+      const worker = b.pick(replicas, tried, key)?.route.worker_id as string;
+      ranking.push(worker);
+      tried.add(stateOf(b, worker).key);
+    }
+    const [home, second, third] = ranking as [string, string, string, string];
+    const opening = () => b.pick(replicas, none, key, true)?.route.worker_id;
+    // All idle: home, as for any turn.
+    expect(opening()).toBe(home);
+    // Home one busier: a later turn stays (within the bound), an opening does not.
+    stateOf(b, home).inflight = 1;
+    expect(workerOf(b, key)).toBe(home);
+    expect(opening()).toBe(second);
+    // Among the equally least loaded, the first in ranking; a fraction less wins outright.
+    stateOf(b, second).inflight = 1;
+    expect(opening()).toBe(third);
+    b.observe(stateOf(b, home), "r=0;w=0", { at: 1_000_000, inflight: 1 });
+    stateOf(b, home).inflight = 0;
+    expect(opening()).toBe(home);
+    // Another router with the same loads: the same choice.
+    const other = balancer(42).b;
+    stateOf(other, home).inflight = 1;
+    expect(other.pick(replicas, none, key, true)?.route.worker_id).toBe(second);
   });
 
   test("every replica under the bound queued: the least loaded, the first in ranking on ties", () => {

@@ -36,7 +36,7 @@
 import { Hono } from "hono";
 import { createTestDatabase, type TestDatabase } from "../devkit/db.ts";
 import { joinedAgentDataDir, simAgentEnv } from "../devkit/fleet.ts";
-import { formatLoad, type LoadResult, runLoad, runStreams } from "./lib/load.ts";
+import { formatLoad, type LoadResult, median, runLoad, runStreams } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 
 if (process.argv[2] === "bare-proxy") {
@@ -62,10 +62,6 @@ if (process.argv[2] === "bare-proxy") {
 
 type Client = "auto" | "fetch" | "http1";
 
-function median<T>(items: T[], key: (item: T) => number): T {
-  const sorted = [...items].sort((x, y) => key(x) - key(y));
-  return sorted[Math.floor(sorted.length / 2)] as T;
-}
 function percent(x: number): string {
   return `${(x * 100).toFixed(0)}%`;
 }

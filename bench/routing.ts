@@ -34,7 +34,7 @@
 import { loadavg } from "node:os";
 import { BLOCK_TOKENS, blockHashes, GENERATION_CUE, renderMessage } from "../agent/sim/kv-cache.ts";
 import { CHAT_TOKENS_PER_MESSAGE, CHAT_TOKENS_PER_PROMPT, countTokens } from "../agent/sim/text.ts";
-import { percentiles } from "./lib/load.ts";
+import { median, percentiles } from "./lib/load.ts";
 import { bunBin, freePort, type SpawnedServer, spawnServer } from "./lib/server.ts";
 
 const alias = "chat";
@@ -385,14 +385,11 @@ function figures(result: Result): Figures {
   };
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] as number;
-}
+const middle = (values: number[]): number => median(values, (value) => value);
 
 /** Each column's median over the rounds (requests per replica: the median-p50 round's). */
 function row(policy: string, rounds: Figures[]): string {
-  const m = (key: keyof Omit<Figures, "perReplica">) => median(rounds.map((f) => f[key]));
+  const m = (key: keyof Omit<Figures, "perReplica">) => middle(rounds.map((f) => f[key]));
   const pct = (value: number) => `${(value * 100).toFixed(1)}%`;
   const hitRate = m("hitRate");
   const idealHitRate = m("idealHitRate");
@@ -412,7 +409,7 @@ function versus(policy: string, baseline: string, own: Figures[], base: Figures[
     own.map((f, index) => f[key] / (base[index] as Figures)[key]);
   const show = (key: "p50" | "p99" | "rps") => {
     const each = ratios(key);
-    return `×${median(each).toFixed(2)} (${each.map((r) => r.toFixed(2)).join(", ")})`;
+    return `×${middle(each).toFixed(2)} (${each.map((r) => r.toFixed(2)).join(", ")})`;
   };
   return `  ${policy} / ${baseline}: TTFT p50 ${show("p50")}, p99 ${show("p99")}; req/s ${show("rps")}`;
 }

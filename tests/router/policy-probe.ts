@@ -44,8 +44,11 @@ function bytesOf(base64: string): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-/** The balancer's walk order for `key`: its pick, then its pick with that one excluded, … */
-function rankingOf(routes: readonly RouteEntry[], key: string): string[] {
+/**
+ * The balancer's walk order for `key` with every load at zero: its pick, then its pick with
+ * that one excluded, …
+ */
+export function rankingOf(routes: readonly RouteEntry[], key: string): string[] {
   const balancer = new Balancer({
     ejectAfter: 3,
     cooldownMs: 1000,

@@ -20,6 +20,7 @@ import {
   SYSTEM_KEY_CHARS,
 } from "../../router/policy.ts";
 import { SnapshotPoller } from "../../router/snapshot-poller.ts";
+import { rankingOf } from "./policy-probe.ts";
 import { route } from "./route-entry.ts";
 
 const chat = "/v1/chat/completions";
@@ -174,13 +175,7 @@ describe("bounded-load rendezvous hashing", () => {
   test("the bound is LOAD_SLACK over the least loaded replica, not a factor of the mean", () => {
     const { b } = balancer(1);
     const key = "p:bound conversation";
-    const ranking: string[] = [];
-    const tried = new Set<string>();
-    for (let i = 0; i < replicas.length; i++) {
-      const worker = b.pick(replicas, tried, key)?.route.worker_id as string;
-      ranking.push(worker);
-      tried.add(stateOf(b, worker).key);
-    }
+    const ranking = rankingOf(replicas, key);
     const [home, second, third, fourth] = ranking as [string, string, string, string];
     const loads = (values: [number, number, number, number]) => {
       for (const [index, worker] of ranking.entries())
@@ -216,13 +211,7 @@ describe("bounded-load rendezvous hashing", () => {
   test("an opening goes to the least loaded replica, the key's ranking deciding among equals", () => {
     const { b } = balancer(1);
     const key = "p:opening conversation";
-    const ranking: string[] = [];
-    const tried = new Set<string>();
-    for (let i = 0; i < replicas.length; i++) {
-      const worker = b.pick(replicas, tried, key)?.route.worker_id as string;
-      ranking.push(worker);
-      tried.add(stateOf(b, worker).key);
-    }
+    const ranking = rankingOf(replicas, key);
     const [home, second, third] = ranking as [string, string, string, string];
     const opening = () => b.pick(replicas, none, key, true)?.route.worker_id;
     // All idle: home, as for any turn.

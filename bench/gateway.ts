@@ -15,7 +15,8 @@
  * per request. Paths run in BENCH_ROUNDS (5) interleaved rounds; a figure is the median
  * round, and a ratio such as (c)/(b) is the median of the per-round ratios. Then:
  *  - memory: each client's router RSS with 1,000 open streams, and with 1,000 slots turning
- *    over for 5 s, in BENCH_MEMORY_ROUNDS (2) alternating rounds;
+ *    over for 5 s, in BENCH_MEMORY_ROUNDS (2) alternating rounds (BENCH_MEMORY_CLIENTS, default
+ *    `auto,fetch,http1`, picks the clients);
  *  - connect: each client's router in front of a black-holed replica and a live one
  *    (a TLS port that never completes the handshake; a TCP port that accepts and never
  *    answers), with CONNECT_TIMEOUT_MS=500 and FIRST_BYTE_TIMEOUT_MS=5000.
@@ -534,6 +535,12 @@ async function main() {
       "2048",
     ]);
     const streamBody = { ...chat, stream: true, max_tokens: 300, ignore_eos: true };
+    const allClients: Client[] = ["auto", "fetch", "http1"];
+    const asked = (process.env.BENCH_MEMORY_CLIENTS ?? allClients.join(",")).split(",");
+    const memoryClients = allClients.filter((client) => asked.includes(client));
+    if (memoryClients.length === 0) {
+      throw new Error(`BENCH_MEMORY_CLIENTS names none of ${allClients.join(", ")}`);
+    }
     const rows: MemoryRow[] = [];
     const rounds = Number(process.env.BENCH_MEMORY_ROUNDS ?? 2);
     for (let round = 0; round < rounds; round++) {
@@ -542,7 +549,7 @@ async function main() {
         ["turnover 5 s", { durationMs: 5000 }],
       ] as const) {
         // Alternate which client goes first, so neither always runs on a warmer machine.
-        const clients: Client[] = ["auto", "fetch", "http1"];
+        const clients = memoryClients;
         const order = round % 2 === 0 ? clients : [...clients].reverse();
         for (const client of order) {
           const router = await spawnRouter(client, [route("stream-sim", streamSim.url)]);

@@ -1,6 +1,6 @@
 import { LOAD_HEADER, type RouteEntry } from "../protocol/index.ts";
 import { headProblem, malformedAnswer } from "./answer-check.ts";
-import type { Pick as Choice, ReplicaState } from "./balancer.ts";
+import type { Choice, ReplicaState } from "./balancer.ts";
 import type { ForwardRequest, ProxyConfig } from "./proxy-types.ts";
 
 /**

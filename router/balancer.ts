@@ -101,7 +101,8 @@ export function loadBound(leastLoad: number): number {
   return leastLoad + Math.max(LOAD_SLACK, leastLoad * LOAD_SLACK_SHARE);
 }
 
-export type Pick = { route: RouteEntry; state: ReplicaState; probe: boolean };
+/** The replica `pick` chose; `probe`: it is ejected and this request is its half-open probe. */
+export type Choice = { route: RouteEntry; state: ReplicaState; probe: boolean };
 
 export type BalancerOptions = {
   ejectAfter: number;
@@ -253,14 +254,14 @@ export class Balancer {
     exclude: ReadonlySet<string>,
     affinityKey?: string,
     opening = false,
-  ): Pick | undefined {
+  ): Choice | undefined {
     const now = this.options.now();
     if (affinityKey === ROUND_ROBIN) return this.pickInTurn(candidates, exclude, now);
     if (affinityKey !== undefined) {
       return this.pickAffine(candidates, exclude, affinityKey, opening, now);
     }
     if (candidates.length <= SCORE_ALL_UP_TO) {
-      let best: Pick | undefined;
+      let best: Choice | undefined;
       let bestLoad = 0;
       let ties = 0;
       for (const route of candidates) {
@@ -279,8 +280,8 @@ export class Balancer {
       }
       return best ? this.claim(best) : undefined;
     }
-    let first: Pick | undefined;
-    let second: Pick | undefined;
+    let first: Choice | undefined;
+    let second: Choice | undefined;
     let seen = 0;
     // Reservoir-sample two distinct available candidates in one pass, no allocation.
     for (const route of candidates) {
@@ -312,7 +313,7 @@ export class Balancer {
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
     now: number,
-  ): Pick | undefined {
+  ): Choice | undefined {
     const count = candidates.length;
     for (let step = 0; step < count; step++) {
       const route = candidates[(this.turn + step) % count] as RouteEntry;
@@ -330,8 +331,8 @@ export class Balancer {
     key: string,
     opening: boolean,
     now: number,
-  ): Pick | undefined {
-    const ranked: { pick: Pick; score: number; load: number }[] = [];
+  ): Choice | undefined {
+    const ranked: { pick: Choice; score: number; load: number }[] = [];
     // The key (up to a few thousand characters of prompt) is hashed once, then with each
     // replica's key.
     const keyHash = hash32(key);
@@ -374,7 +375,7 @@ export class Balancer {
     return this.claim((best ?? least).pick);
   }
 
-  private claim(pick: Pick): Pick {
+  private claim(pick: Choice): Choice {
     if (pick.probe) pick.state.probing = true;
     return pick;
   }

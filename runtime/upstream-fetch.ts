@@ -17,9 +17,9 @@ export type UpstreamClient = "auto" | "fetch" | "http1";
  * The Bun router's clients for the hop to agents, chosen by UPSTREAM_CLIENT from figures in
  * docs/router.md ("The upstream client on Bun"):
  * - `auto` (the default): Bun's `fetch` for non-streamed requests, whose socket work runs on
- *   Bun's HTTP thread (97% of a bare proxy's throughput at 64 connections against 76% for
- *   the hand-written client), and runtime/http1-fetch.ts for streams, which holds 25-40 MiB
- *   less at 1,000 open streams and has a real connect timeout. Bun's `fetch` keeps at most
+ *   Bun's HTTP thread (measured well ahead of the hand-written client at 64 connections),
+ *   and runtime/http1-fetch.ts for streams, which holds less memory at 1,000 open streams
+ *   and has a real connect timeout (figures in docs/benchmarks.md, "Gateway"). Bun's `fetch` keeps at most
  *   BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight, read only when the process starts; when
  *   it is not set (Bun's default, 256) every request goes through the HTTP/1.1 client
  *   rather than queue inside the router.

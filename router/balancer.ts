@@ -40,6 +40,8 @@ import { ROUND_ROBIN } from "./policy.ts";
 
 export type ReplicaState = {
   readonly key: string;
+  /** `hash32(key)`, for the rendezvous ranking (`rendezvousScore`). */
+  readonly hash: number;
   inflight: number;
   consecutiveFailures: number;
   /** 0 = healthy; otherwise ejected until this time (ms), then half-open. */
@@ -124,6 +126,21 @@ export function hash32(text: string): number {
     hash ^= text.charCodeAt(index);
     hash = Math.imul(hash, 0x01000193);
   }
+  return fmix32(hash);
+}
+
+/**
+ * A replica's rank for a key under rendezvous hashing (higher first): the key's and the
+ * replica's hashes combined and mixed again, so each key orders the replicas independently
+ * of every other key. Numbers only: no string per replica per request.
+ */
+export function rendezvousScore(keyHash: number, replicaHash: number): number {
+  return fmix32(keyHash ^ Math.imul(replicaHash, 0x9e3779b1));
+}
+
+/** murmur3's 32-bit finaliser: every input bit moves every output bit. */
+function fmix32(value: number): number {
+  let hash = value;
   hash ^= hash >>> 16;
   hash = Math.imul(hash, 0x85ebca6b);
   hash ^= hash >>> 13;
@@ -153,6 +170,7 @@ export class Balancer {
     if (!state) {
       state = {
         key,
+        hash: hash32(key),
         inflight: 0,
         consecutiveFailures: 0,
         ejectedUntil: 0,
@@ -261,51 +279,54 @@ export class Balancer {
       return this.pickAffine(candidates, exclude, affinityKey, opening, now);
     }
     if (candidates.length <= SCORE_ALL_UP_TO) {
-      let best: Choice | undefined;
+      let best: RouteEntry | undefined;
+      let bestState: ReplicaState | undefined;
       let bestLoad = 0;
       let ties = 0;
       for (const route of candidates) {
         const state = this.state(route);
         if (exclude.has(state.key) || !this.available(state, now)) continue;
         const load = this.load(state, now);
-        const pick = { route, state, probe: state.ejectedUntil !== 0 };
         if (!best || load < bestLoad) {
-          best = pick;
+          best = route;
+          bestState = state;
           bestLoad = load;
           ties = 1;
         } else if (load === bestLoad) {
           ties++;
-          if (this.random() * ties < 1) best = pick;
+          if (this.random() * ties < 1) {
+            best = route;
+            bestState = state;
+          }
         }
       }
-      return best ? this.claim(best) : undefined;
+      return best && bestState ? this.claim(best, bestState) : undefined;
     }
-    let first: Choice | undefined;
-    let second: Choice | undefined;
+    let first: RouteEntry | undefined;
+    let second: RouteEntry | undefined;
     let seen = 0;
     // Reservoir-sample two distinct available candidates in one pass, no allocation.
     for (const route of candidates) {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
       seen++;
-      const pick = { route, state, probe: state.ejectedUntil !== 0 };
-      if (seen === 1) first = pick;
-      else if (seen === 2) second = pick;
+      if (seen === 1) first = route;
+      else if (seen === 2) second = route;
       else {
         const slot = Math.floor(this.random() * seen);
-        if (slot === 0) first = pick;
-        else if (slot === 1) second = pick;
+        if (slot === 0) first = route;
+        else if (slot === 1) second = route;
       }
     }
     if (!first) return undefined;
     let chosen = first;
     if (second) {
-      const a = this.load(first.state, now);
-      const b = this.load(second.state, now);
+      const a = this.load(this.state(first), now);
+      const b = this.load(this.state(second), now);
       if (b < a) chosen = second;
       else if (b === a && this.random() < 0.5) chosen = second;
     }
-    return this.claim(chosen);
+    return this.claim(chosen, this.state(chosen));
   }
 
   /** The next available replica after the last one this router chose in turn. */
@@ -320,7 +341,7 @@ export class Balancer {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
       this.turn = (this.turn + step + 1) % count;
-      return this.claim({ route, state, probe: state.ejectedUntil !== 0 });
+      return this.claim(route, state);
     }
     return undefined;
   }
@@ -332,23 +353,19 @@ export class Balancer {
     opening: boolean,
     now: number,
   ): Choice | undefined {
-    const ranked: { pick: Choice; score: number; load: number }[] = [];
-    // The key (up to a few thousand characters of prompt) is hashed once, then with each
-    // replica's key.
+    const ranked: Ranked[] = [];
+    // The key (up to a few thousand characters of prompt) is hashed once, then combined
+    // with each replica's hash.
     const keyHash = hash32(key);
     for (const route of candidates) {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
       const load = this.load(state, now);
-      ranked.push({
-        pick: { route, state, probe: state.ejectedUntil !== 0 },
-        score: hash32(`${keyHash}\u0000${state.key}`),
-        load,
-      });
+      ranked.push({ route, state, score: rendezvousScore(keyHash, state.hash), load });
     }
     if (ranked.length === 0) return undefined;
     // Under the bound: less than the slack over the least loaded available replica.
-    let least = ranked[0] as (typeof ranked)[number];
+    let least = ranked[0] as Ranked;
     for (const entry of ranked) {
       if (entry.load < least.load || (entry.load === least.load && ranksBefore(entry, least))) {
         least = entry;
@@ -356,28 +373,31 @@ export class Balancer {
     }
     // An opening has nothing of its own cached anywhere: load alone decides, the key only
     // among equals (so an idle fleet still sends it where its next turns will look).
-    if (opening) return this.claim(least.pick);
+    if (opening) return this.claim(least.route, least.state);
     const bound = loadBound(least.load);
     // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
     // so the order is the same in every router), without sorting: the first replica under the
     // bound and not queued; when every one is over it or queued, the least loaded, the first
     // in ranking order on ties.
-    let best: (typeof ranked)[number] | undefined;
+    let best: Ranked | undefined;
     for (const entry of ranked) {
       if (
         entry.load < bound &&
-        !this.queued(entry.pick.state, now) &&
+        !this.queued(entry.state, now) &&
         (best === undefined || ranksBefore(entry, best))
       ) {
         best = entry;
       }
     }
-    return this.claim((best ?? least).pick);
+    const chosen = best ?? least;
+    return this.claim(chosen.route, chosen.state);
   }
 
-  private claim(pick: Choice): Choice {
-    if (pick.probe) pick.state.probing = true;
-    return pick;
+  /** The choice of `route`; an ejected replica's becomes its one half-open probe. */
+  private claim(route: RouteEntry, state: ReplicaState): Choice {
+    const probe = state.ejectedUntil !== 0;
+    if (probe) state.probing = true;
+    return { route, state, probe };
   }
 
   /** The earliest time (ms from now) an ejected candidate becomes eligible again. */
@@ -452,9 +472,9 @@ export class Balancer {
 }
 
 /** Rendezvous order: the higher score first; equal scores by replica key. */
-function ranksBefore(
-  a: { score: number; pick: { state: ReplicaState } },
-  b: { score: number; pick: { state: ReplicaState } },
-): boolean {
-  return a.score !== b.score ? a.score > b.score : a.pick.state.key < b.pick.state.key;
+/** A candidate of `pickAffine`, with its rendezvous score and its load. */
+type Ranked = { route: RouteEntry; state: ReplicaState; score: number; load: number };
+
+function ranksBefore(a: Ranked, b: Ranked): boolean {
+  return a.score !== b.score ? a.score > b.score : a.state.key < b.state.key;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { RouteEntry } from "../../protocol/index.ts";
-import { Balancer, type BalancerOptions } from "../../router/balancer.ts";
+import { Balancer, type BalancerOptions, hash32, rendezvousScore } from "../../router/balancer.ts";
 import { route } from "./route-entry.ts";
 
 /** A balancer on a clock the test moves by hand; `random` defaults to Math.random. */
@@ -222,6 +222,35 @@ describe("Balancer: session affinity", () => {
     const reversed = [...candidates].reverse();
     for (const s of sessions) expect(pickWorker(b, reversed, s)).toBe(homes.get(s) ?? null);
     expect(new Set(homes.values())).toEqual(new Set(["a", "b", "c"]));
+  });
+
+  test("the rendezvous ranking spreads keys evenly, and a replica's keys evenly over the others when it leaves", () => {
+    const replicaHashes = ["a", "b", "c", "d"].map((name) =>
+      hash32(`qwen|${name}-1|http://${name}`),
+    );
+    const first = [0, 0, 0, 0];
+    // second[i][j]: keys ranked first on replica i and second on replica j.
+    const second = replicaHashes.map(() => [0, 0, 0, 0]);
+    const keys = 4000;
+    for (let index = 0; index < keys; index++) {
+      const keyHash = hash32(`p:\u0000user\u0000conversation ${index}`);
+      const ranked = replicaHashes
+        .map((hash, replica) => ({ replica, score: rendezvousScore(keyHash, hash) }))
+        .sort((x, y) => y.score - x.score);
+      const [top, next] = [ranked[0]?.replica ?? -1, ranked[1]?.replica ?? -1];
+      first[top] = (first[top] ?? 0) + 1;
+      const row = second[top] ?? [];
+      row[next] = (row[next] ?? 0) + 1;
+    }
+    // A fair share is 25% first, and a third of each replica's keys second on each other.
+    for (const count of first) expect(Math.abs(count / keys - 0.25)).toBeLessThan(0.04);
+    for (const [replica, row] of second.entries()) {
+      const own = first[replica] ?? 0;
+      for (const [other, count] of row.entries()) {
+        if (other === replica) expect(count).toBe(0);
+        else expect(Math.abs(count / own - 1 / 3)).toBeLessThan(0.07);
+      }
+    }
   });
 
   test("only the sessions of an ejected replica move, and they come back after it recovers", () => {

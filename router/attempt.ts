@@ -59,18 +59,26 @@ export type AttemptResult = Committed | { kind: "client-gone" } | Failure;
 const maxErrorBody = 64 * 1024;
 /** Non-streamed answers up to this size (with a Content-Length) are read whole. */
 const maxBufferedBody = 1024 * 1024;
+/**
+ * An attempt starts watching its client's connection once it has run this long, or once it
+ * commits to relaying a stream: a quick whole answer (almost every non-streamed request)
+ * never reads the request's abort signal, which the runtime makes on first read, nor adds
+ * and removes a listener on it. A client that hangs up sooner has its request stopped on
+ * the engine when the watch starts (the signal, read late, says it was aborted), or is sent
+ * an answer nobody reads if the answer comes first (docs/router.md "Failure handling").
+ */
+export const CLIENT_WATCH_AFTER_MS = 1000;
 
 /**
  * The state of one attempt: its abort controller (the client's disconnect, the router's
- * timeouts and a failed replica check all abort it), the first-byte and check timers and the
- * replica's in-flight count. A class and an `EventListener` object rather than closures:
- * this runs for every request.
+ * timeouts and a failed replica check all abort it), its timers (the client watch, then the
+ * replica check and the first-byte deadline) and the replica's in-flight count. A class and
+ * an `EventListener` object rather than closures: this runs for every request.
  */
 export class Attempt {
   readonly upstream = new AbortController();
   readonly route: RouteEntry;
   readonly state: ReplicaState;
-  readonly clientSignal: AbortSignal;
   /** When this attempt was sent (monotonic ms). */
   readonly startedAt: number;
   /** When it was sent and this router's requests in flight on the replica then (itself included). */
@@ -85,6 +93,8 @@ export class Attempt {
   private released = false;
   /** Committed or failed: a check that settles later changes nothing. */
   private settled = false;
+  /** The client's signal has been read and (unless already aborted) listened to. */
+  private watching = false;
   private firstByteTimer: ReturnType<typeof setTimeout> | undefined;
   private checkTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -98,18 +108,44 @@ export class Attempt {
     this.startedAt = config.clock.now();
     this.state.inflight++;
     this.sent = { at: this.startedAt, inflight: this.state.inflight };
-    // A listener removed when the attempt ends, not AbortSignal.any, whose links outlive
-    // the request.
-    this.clientSignal = request.c.req.raw.signal;
-    if (this.clientSignal.aborted) this.upstream.abort(this.clientSignal.reason);
-    else this.clientSignal.addEventListener("abort", this);
-    // One timer while the answer is quick (almost always): the check's when it comes first;
-    // the first-byte deadline gets its own timer once a check falls due.
-    const check = config.check;
-    if (check && check.afterMs < config.firstByteMs) {
-      this.checkTimer = setTimeout(checkDue, check.afterMs, this);
+    // One timer while the answer is quick (almost always): the client watch's, which arms
+    // the check's (or the first-byte deadline's, when it comes first).
+    const firstDue = Math.min(
+      config.check?.afterMs ?? Number.POSITIVE_INFINITY,
+      config.firstByteMs,
+    );
+    this.checkTimer = setTimeout(watchDue, Math.min(CLIENT_WATCH_AFTER_MS, firstDue), this);
+  }
+
+  /** The client's signal (the runtime makes it on first read: only read when needed). */
+  get clientSignal(): AbortSignal {
+    return this.request.c.req.raw.signal;
+  }
+
+  /**
+   * From now on the attempt is aborted when the client leaves, and at once if it already
+   * has. A listener removed when the attempt ends, not AbortSignal.any, whose links outlive
+   * the request.
+   */
+  watchClient(): void {
+    if (this.watching) return;
+    this.watching = true;
+    const signal = this.clientSignal;
+    if (signal.aborted) this.upstream.abort(signal.reason);
+    else signal.addEventListener("abort", this);
+  }
+
+  /** `CLIENT_WATCH_AFTER_MS` (or the first check) is due: watch, then arm what comes next. */
+  watchDue(): void {
+    this.checkTimer = undefined;
+    if (this.settled) return;
+    this.watchClient();
+    const { check, clock, firstByteMs } = this.config;
+    const elapsed = clock.now() - this.startedAt;
+    if (check && check.afterMs < firstByteMs) {
+      this.checkTimer = setTimeout(checkDue, Math.max(0, check.afterMs - elapsed), this);
     } else {
-      this.firstByteTimer = setTimeout(firstByteTimeout, config.firstByteMs, this);
+      this.firstByteTimer = setTimeout(firstByteTimeout, Math.max(0, firstByteMs - elapsed), this);
     }
   }
 
@@ -258,7 +294,7 @@ export class Attempt {
     if (this.released) return;
     this.released = true;
     this.state.inflight--;
-    this.clientSignal.removeEventListener("abort", this);
+    if (this.watching) this.clientSignal.removeEventListener("abort", this);
   }
 
   fail(reason: Failure["reason"], error: unknown, reply?: Failure["reply"]): AttemptResult {
@@ -292,6 +328,8 @@ export class Attempt {
     // the replica back). Any other relayed answer is one when it ends cleanly (relay.ts):
     // a replica whose streams all break mid-way must still reach its ejection.
     if (body.bytes || this.state.ejectedUntil !== 0) this.config.balancer.succeeded(this.state);
+    // A relayed answer holds the attempt until it ends: watch the client all along.
+    if (body.reader) this.watchClient();
     const ttftMs = this.config.clock.now() - this.request.startedAt;
     const { bytes, reader, first } = body;
     return { kind: "committed", attempt: this, response, ttftMs, bytes, reader, first };
@@ -308,6 +346,10 @@ function noop(): void {}
 
 function checkDue(attempt: Attempt): void {
   attempt.checkReplica();
+}
+
+function watchDue(attempt: Attempt): void {
+  attempt.watchDue();
 }
 
 function firstByteTimeout(attempt: Attempt): void {

@@ -313,6 +313,45 @@ describe("router streaming and cancellation", () => {
     expect(record.worker_id).toBe("a");
     expect(record.ttft_ms).not.toBeNull();
   });
+
+  test("a client hanging up on a non-streamed request aborts it on the engine once the router watches (CLIENT_WATCH_AFTER_MS)", async () => {
+    const fleet = await manager();
+    const sim = await startSim({ names: ["qwen"], ttftMs: 20, itlMs: 40 });
+    await addReplicas(fleet, "qwen", [{ workerId: "a", url: sim.url }]);
+    // No replica check: only the client watch can stop the request (the simulator fails the
+    // check's credential test, which would abort it too).
+    const router = await startRouter("bun", fleet.url, { FIRST_BYTE_PROBE_MS: "0" });
+    const controller = new AbortController();
+    // 2,000 tokens at 40 ms each: over a minute, unless the router stops it ("abort" below).
+    const answer = fetch(`${router.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(chat("a very long story", { max_tokens: 2000, ignore_eos: true })),
+      signal: controller.signal,
+    }).catch((error: unknown) => error);
+    await eventually(
+      async () => metric(await scrape(`${sim.url}/metrics`), "vllm:num_requests_running") === 1,
+      { what: "the engine to be generating" },
+    );
+    controller.abort();
+    expect(await answer).toBeInstanceOf(Error);
+    await eventually(
+      async () => {
+        const text = await scrape(`${sim.url}/metrics`);
+        return (
+          metric(text, "vllm:request_success_total", { finished_reason: "abort" }) >= 1 &&
+          metric(text, "vllm:num_requests_running") === 0
+        );
+      },
+      { what: "the engine to abort the request", timeoutMs: 10_000 },
+    );
+    const record = await eventually(
+      async () => (await fleet.usage()).find((row) => row.status === 499),
+      { what: "a usage record for the abandoned request" },
+    );
+    expect(record.stream).toBe(false);
+    expect(record.worker_id).toBe("a");
+  });
 });
 
 describe("router session affinity", () => {

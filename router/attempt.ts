@@ -61,11 +61,12 @@ const maxErrorBody = 64 * 1024;
 const maxBufferedBody = 1024 * 1024;
 /**
  * An attempt starts watching its client's connection once it has run this long, or once it
- * commits to relaying a stream: a quick whole answer (almost every non-streamed request)
- * never reads the request's abort signal, which the runtime makes on first read, nor adds
- * and removes a listener on it. A client that hangs up sooner has its request stopped on
- * the engine when the watch starts (the signal, read late, says it was aborted), or is sent
- * an answer nobody reads if the answer comes first (docs/router.md "Failure handling").
+ * commits to relaying an answer (every stream): a quick whole answer (almost every
+ * non-streamed request) never reads the request's abort signal, which the runtime makes on
+ * first read, nor adds and removes a listener on it. A client that hangs up sooner has its
+ * request stopped on the engine when the watch starts (the signal, read late, says it was
+ * aborted), or is sent an answer nobody reads if the answer comes first (docs/router.md
+ * "Forwarding").
  */
 export const CLIENT_WATCH_AFTER_MS = 1000;
 
@@ -96,6 +97,7 @@ export class Attempt {
   /** The client's signal has been read and (unless already aborted) listened to. */
   private watching = false;
   private firstByteTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The client watch's timer, then the replica check's. */
   private checkTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(

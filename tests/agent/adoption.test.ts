@@ -151,6 +151,17 @@ describe(`agent restart with a manager (${serviceDbTarget})`, () => {
     const pid = ready.pid as number;
     engineGroups.add(pid);
     expect(launches(launchLog)).toHaveLength(1);
+    // The instance is ready in the database a moment before the manager's router has the
+    // route in its snapshot: wait until the router serves the alias.
+    const chatOnce = () =>
+      fetch(`${manager.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "phoenix", messages: [{ role: "user", content: "again" }] }),
+      });
+    await eventually(async () => (await (await chatOnce()).text()).includes("again"), {
+      what: "the manager's router serving phoenix",
+    });
 
     // A long stream through the manager's router; the agent dies in the middle of it.
     const stream = await fetch(`${manager.url}/v1/chat/completions`, {
@@ -186,13 +197,10 @@ describe(`agent restart with a manager (${serviceDbTarget})`, () => {
     expect(info.instances[0]?.pid).toBe(pid);
     expect(info.instances[0]?.port).toBe(ready.port);
     expect(info.instances[0]?.id).toBe(ready.id);
-    const chat = await fetch(`${manager.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "phoenix", messages: [{ role: "user", content: "again" }] }),
+    // Served again once the router's snapshot has the route back (as above).
+    await eventually(async () => (await (await chatOnce()).text()).includes("again"), {
+      what: "the manager's router serving phoenix again",
     });
-    expect(chat.status).toBe(200);
-    expect(await chat.text()).toContain("again");
     // One `vllm serve` in all, and the second agent launched nothing.
     expect(launches(launchLog)).toHaveLength(1);
     expect(second.output()).not.toContain("engine started");

@@ -280,7 +280,6 @@ export class Balancer {
     }
     if (candidates.length <= SCORE_ALL_UP_TO) {
       let best: RouteEntry | undefined;
-      let bestState: ReplicaState | undefined;
       let bestLoad = 0;
       let ties = 0;
       for (const route of candidates) {
@@ -289,18 +288,14 @@ export class Balancer {
         const load = this.load(state, now);
         if (!best || load < bestLoad) {
           best = route;
-          bestState = state;
           bestLoad = load;
           ties = 1;
         } else if (load === bestLoad) {
           ties++;
-          if (this.random() * ties < 1) {
-            best = route;
-            bestState = state;
-          }
+          if (this.random() * ties < 1) best = route;
         }
       }
-      return best && bestState ? this.claim(best, bestState) : undefined;
+      return best ? this.claim(best) : undefined;
     }
     let first: RouteEntry | undefined;
     let second: RouteEntry | undefined;
@@ -326,7 +321,7 @@ export class Balancer {
       if (b < a) chosen = second;
       else if (b === a && this.random() < 0.5) chosen = second;
     }
-    return this.claim(chosen, this.state(chosen));
+    return this.claim(chosen);
   }
 
   /** The next available replica after the last one this router chose in turn. */
@@ -341,7 +336,7 @@ export class Balancer {
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
       this.turn = (this.turn + step + 1) % count;
-      return this.claim(route, state);
+      return this.claim(route);
     }
     return undefined;
   }
@@ -373,7 +368,7 @@ export class Balancer {
     }
     // An opening has nothing of its own cached anywhere: load alone decides, the key only
     // among equals (so an idle fleet still sends it where its next turns will look).
-    if (opening) return this.claim(least.route, least.state);
+    if (opening) return this.claim(least.route);
     const bound = loadBound(least.load);
     // In ranking order (highest score first; equal scores, a 32-bit collision, by replica key,
     // so the order is the same in every router), without sorting: the first replica under the
@@ -389,12 +384,12 @@ export class Balancer {
         best = entry;
       }
     }
-    const chosen = best ?? least;
-    return this.claim(chosen.route, chosen.state);
+    return this.claim((best ?? least).route);
   }
 
   /** The choice of `route`; an ejected replica's becomes its one half-open probe. */
-  private claim(route: RouteEntry, state: ReplicaState): Choice {
+  private claim(route: RouteEntry): Choice {
+    const state = this.state(route);
     const probe = state.ejectedUntil !== 0;
     if (probe) state.probing = true;
     return { route, state, probe };
@@ -471,10 +466,10 @@ export class Balancer {
   }
 }
 
-/** Rendezvous order: the higher score first; equal scores by replica key. */
 /** A candidate of `pickAffine`, with its rendezvous score and its load. */
 type Ranked = { route: RouteEntry; state: ReplicaState; score: number; load: number };
 
+/** Rendezvous order: the higher score first; equal scores by replica key. */
 function ranksBefore(a: Ranked, b: Ranked): boolean {
   return a.score !== b.score ? a.score > b.score : a.state.key < b.state.key;
 }

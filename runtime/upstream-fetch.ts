@@ -19,10 +19,10 @@ export type UpstreamClient = "auto" | "fetch" | "http1";
  * - `auto` (the default): Bun's `fetch` for non-streamed requests, whose socket work runs on
  *   Bun's HTTP thread (measured well ahead of the hand-written client at 64 connections),
  *   and runtime/http1-fetch.ts for streams, which holds less memory at 1,000 open streams
- *   and has a real connect timeout (figures in docs/benchmarks.md, "Gateway"). Bun's `fetch` keeps at most
- *   BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight, read only when the process starts; when
- *   it is not set (Bun's default, 256) every request goes through the HTTP/1.1 client
- *   rather than queue inside the router.
+ *   and has a real connect timeout (figures in docs/benchmarks.md, "Gateway"). Bun's
+ *   `fetch` keeps at most BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight, read only when
+ *   the process starts; when it is not set (Bun's default, 256) every request goes through
+ *   the HTTP/1.1 client rather than queue inside the router.
  * - `http1`: the hand-written client for everything.
  * - `fetch`: Bun's own for everything, its 5-minute idle timeout off (the router's own
  *   first-byte and idle timeouts govern); no connect timeout.

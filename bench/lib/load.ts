@@ -62,13 +62,13 @@ export type StreamResult = {
   gapMs: Percentiles;
 };
 
-/** Percentiles of `values` (sorted in place). */
 /** The middle item by `key` (the upper middle of an even count). */
 export function median<T>(items: T[], key: (item: T) => number): T {
   const sorted = [...items].sort((x, y) => key(x) - key(y));
   return sorted[Math.floor(sorted.length / 2)] as T;
 }
 
+/** Percentiles of `values` (sorted in place). */
 export function percentiles(values: number[] | Float64Array): Percentiles {
   const sorted = Float64Array.from(values).sort();
   const n = sorted.length;

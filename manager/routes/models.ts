@@ -14,7 +14,7 @@ import {
 } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
 import { agentAddressColumns } from "../services/agent-client.ts";
-import { deleteModel, loadModelInfo, registerModel } from "../services/models.ts";
+import { deleteModel, loadModelInfo, registerModel, routesCaughtUp } from "../services/models.ts";
 import { modelStatus } from "../services/wire.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
@@ -235,6 +235,7 @@ export async function listModels(ctx: ManagerContext): Promise<OpenAiModelList> 
     ctx.db.select().from(schema.models).orderBy(asc(schema.models.alias)),
     ctx.db.select().from(schema.instances),
   ]);
+  await routesCaughtUp(ctx, instances);
   return {
     object: "list",
     data: models.map((m) => {

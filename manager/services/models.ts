@@ -4,6 +4,7 @@
  */
 import { asc, eq } from "drizzle-orm";
 import { schema } from "../../db/index.ts";
+import type { InstanceRow } from "../../db/schema/index.ts";
 import { AppError } from "../../kit/errors.ts";
 import type { ModelInfo, ModelRegistration } from "../../protocol/index.ts";
 import type { ManagerContext } from "../context.ts";
@@ -122,6 +123,7 @@ export async function loadModelInfo(
       .where(eq(schema.routes.alias, alias))
       .orderBy(asc(schema.routes.workerId)),
   ]);
+  await routesCaughtUp(ctx, instances);
   const progress = await progressReader(
     db,
     instances.map((row) => ({ row, modelName: model.modelName })),
@@ -131,6 +133,30 @@ export async function loadModelInfo(
     progress,
     retryDelayMs: (failures) => retryDelayMs(ctx, failures),
   });
+}
+
+/**
+ * Returns once every `ready` instance among `instances` is served by this process's router,
+ * as far as the database allows: the route snapshot is reloaded when one is missing from it.
+ * The database says `ready` first, in the moment between a transition's commit and the
+ * snapshot's reload, and until the next poll after another manager replica's write; a client
+ * that sends its first request on the word `ready` (`fleet models wait`) would get a 503. A
+ * reload is one version check when nothing moved (an instance whose worker is not online
+ * stays out of the snapshot, so every read of it pays that check); standalone routers follow
+ * on their own poll (docs/manager.md "Route snapshot").
+ */
+export async function routesCaughtUp(
+  ctx: ManagerContext,
+  instances: readonly InstanceRow[],
+): Promise<void> {
+  const ready = instances.filter((instance) => instance.status === "ready");
+  if (ready.length === 0) return;
+  const served = new Set<string>();
+  for (const route of ctx.routes.current()?.routes ?? []) {
+    if (route.ready) served.add(route.instance_id);
+  }
+  if (ready.every((instance) => served.has(instance.id))) return;
+  await ctx.routes.refresh();
 }
 
 /**

@@ -1,7 +1,10 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
+import { silentLogger } from "../../../kit/log.ts";
+import { createApp } from "../../../manager/app.ts";
+import { defaultConfig } from "../../../manager/env.ts";
 import type { ModelInfo, RouteSnapshot } from "../../../protocol/index.ts";
-import { FLEET, gpu } from "../helpers.ts";
+import { ADMIN, FLEET, gpu } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -177,5 +180,58 @@ describeApi("manager API: models", (api) => {
     const routes = await t.json<RouteSnapshot>("GET", "/v1/routes");
     expect(routes.body.routes).toEqual([]);
     expect((await t.call("DELETE", "/v1/models/listed")).status).toBe(404);
+  });
+
+  test("a model reads ready only once this process's router serves it (the snapshot catches up first)", async () => {
+    const t = await api.manager();
+    const a = api.agent();
+    await api.register(a, "w1", [gpu(0)]);
+    expect((await api.model({ alias: "m", gpu_memory_utilization: 0.5 })).status).toBe(201);
+    // A second manager replica on the same database, its snapshot loaded now and never
+    // polled again: only a read that catches it up can make it serve what the other wrote.
+    const other = createApp({
+      db: t.db,
+      config: defaultConfig({ adminToken: ADMIN, fleetToken: FLEET, routesPollMs: 3_600_000 }),
+      log: silentLogger,
+    });
+    try {
+      await other.context.routes.refresh();
+      const served = (alias: string) =>
+        (other.routes.current()?.routes ?? []).filter((r) => r.alias === alias && r.ready).length;
+      expect(served("m")).toBe(0);
+      // The first manager takes the engine's ready report.
+      a.markReady("m");
+      const beat = await t.heartbeat("w1", {
+        gpu_info: { gpus: [gpu(0)], warning: null },
+        instances: a.reports(),
+      });
+      expect(beat.status).toBe(200);
+      expect(served("m")).toBe(0);
+      const read = await other.app.request("/v1/models/m", {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      expect(((await read.json()) as ModelInfo).status).toBe("ready");
+      expect(served("m")).toBe(1);
+
+      // The list says ready on the same terms.
+      expect((await api.model({ alias: "n", gpu_memory_utilization: 0.4 })).status).toBe(201);
+      a.markReady("n");
+      await t.heartbeat("w1", {
+        gpu_info: { gpus: [gpu(0)], warning: null },
+        instances: a.reports(),
+      });
+      expect(served("n")).toBe(0);
+      const list = await other.app.request("/v1/models", {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      const listed = ((await list.json()) as { data: { id: string; status: string }[] }).data;
+      expect(listed.map(({ id, status }) => ({ id, status }))).toEqual([
+        { id: "m", status: "ready" },
+        { id: "n", status: "ready" },
+      ]);
+      expect(served("n")).toBe(1);
+    } finally {
+      await other.close();
+    }
   });
 });

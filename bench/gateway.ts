@@ -63,6 +63,12 @@ if (process.argv[2] === "bare-proxy") {
 
 type Client = "auto" | "fetch" | "http1";
 
+/** This process's CPU time (user and system), in ms. */
+function ownCpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
 function percent(x: number): string {
   return `${(x * 100).toFixed(0)}%`;
 }
@@ -301,7 +307,11 @@ async function main() {
 
   // The machine is shared and noisy: paths are measured in interleaved rounds and each
   // figure is the median round, so every path sees the same background load.
-  const measureAll = async (paths: Path[]): Promise<Map<string, Throughput>> => {
+  const measureAll = async (
+    paths: Path[],
+    /** Other processes whose CPU per request at c=64 is reported beside the hop's. */
+    elsewhere: { name: string; cpuMs(): number | null }[] = [],
+  ): Promise<Map<string, Throughput>> => {
     const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
     const roundMs = Math.max(1000, (seconds * 1000) / rounds);
     const c1: LoadResult[][] = paths.map(() => []);
@@ -309,6 +319,7 @@ async function main() {
     const ttfb: number[][] = paths.map(() => []);
     const cpu: number[][] = paths.map(() => []);
     const mainCpu: number[][] = paths.map(() => []);
+    const elsewhereCpu: number[][][] = paths.map(() => elsewhere.map(() => []));
     for (const path of paths) {
       await runLoad({
         url: `${path.url}/v1/chat/completions`,
@@ -325,6 +336,7 @@ async function main() {
         );
         const cpuBefore = path.proc?.cpuMs() ?? null;
         const mainBefore = path.proc?.mainThreadCpuMs() ?? null;
+        const elsewhereBefore = elsewhere.map((other) => other.cpuMs());
         const loaded = await runLoad({
           url: target,
           body: chat,
@@ -345,6 +357,11 @@ async function main() {
         }
         if (mainBefore !== null && mainAfter !== null && loaded.requests > 0) {
           mainCpu[index]?.push(((mainAfter - mainBefore) * 1000) / loaded.requests);
+        }
+        for (const [which, other] of elsewhere.entries()) {
+          const [before, after] = [elsewhereBefore[which], other.cpuMs()];
+          if (before === null || before === undefined || after === null) continue;
+          elsewhereCpu[index]?.[which]?.push(((after - before) * 1000) / loaded.requests);
         }
         const streams = await runStreams({
           url: target,
@@ -376,6 +393,12 @@ async function main() {
           `  CPU of the hop's process at c=64: ${r.cpuUsPerRequest.toFixed(0)} µs/request (main thread ${r.mainCpuUsPerRequest?.toFixed(0) ?? "-"})`,
         );
       }
+      const others = elsewhere.flatMap((other, which) => {
+        const rounds = elsewhereCpu[index]?.[which] ?? [];
+        return rounds.length ? [`${other.name} ${median(rounds, (x) => x).toFixed(0)}`] : [];
+      });
+      if (others.length > 0)
+        console.log(`  CPU elsewhere at c=64, µs/request: ${others.join(", ")}`);
       results.set(path.key, r);
     }
     return results;
@@ -517,7 +540,12 @@ async function main() {
         proc: agent.server,
       });
     }
-    return measureAll(paths);
+    // The load generator shares its process with the stub manager, which takes the
+    // standalone routers' usage batches: both are on the same two cores as the hop.
+    return measureAll(paths, [
+      { name: "load generator and stub manager", cpuMs: ownCpuMs },
+      { name: "simulator", cpuMs: () => sim.server.cpuMs() },
+    ]);
   };
 
   // Router memory with 1,000 concurrent streams (simulator: 10 ms per token, no batch cap).

@@ -1,7 +1,7 @@
 import { errorResponse } from "../kit/errors.ts";
 import type { RouteEntry } from "../protocol/index.ts";
 import { type AttemptResult, attempt, type Failure } from "./attempt.ts";
-import { authorizeFor, downstreamHeaders, upstreamHeaders } from "./headers.ts";
+import { authorizeFor, downstreamResponse, upstreamHeaders } from "./headers.ts";
 import {
   clientClosed,
   type ForwardRequest,
@@ -185,12 +185,14 @@ function noReplicaAnswered(
     workerId: last.workerId,
   });
   if (last.reply) {
-    const replyHeaders = downstreamHeaders(last.reply.headers, true);
-    replyHeaders.set("x-request-id", request.requestId);
-    if (last.reply.status === 503 && !replyHeaders.has("retry-after")) {
-      replyHeaders.set("retry-after", "1");
+    const reply = downstreamResponse(last.reply.text, last.reply.status, last.reply.headers, {
+      bodyRewritten: true,
+      set: requestIdHeader,
+    });
+    if (reply.status === 503 && !reply.headers.has("retry-after")) {
+      reply.headers.set("retry-after", "1");
     }
-    return new Response(last.reply.text, { status: last.reply.status, headers: replyHeaders });
+    return reply;
   }
   if (last.reason === "timeout") {
     return errorResponse("upstream_timeout", `model \`${alias}\` did not start answering in time`, {

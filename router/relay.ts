@@ -1,6 +1,6 @@
 import type { RouteEntry } from "../protocol/index.ts";
 import type { Committed, ReadResult } from "./attempt.ts";
-import { downstreamHeaders } from "./headers.ts";
+import { downstreamResponse } from "./headers.ts";
 import type { OpenStream } from "./open-streams.ts";
 import {
   clientClosed,
@@ -47,8 +47,6 @@ function respondWhole(
   done: Done,
 ): Response {
   const { response } = committed;
-  const headers = downstreamHeaders(response.headers, false);
-  headers.set("x-request-id", request.requestId);
   const { usage, rejected } = checked(usageInJsonBody(bytes), committed.attempt.route, request);
   done({
     status: response.status,
@@ -57,7 +55,10 @@ function respondWhole(
     rejected,
     workerId: committed.attempt.route.worker_id,
   });
-  return new Response(bytes.byteLength ? bytes : null, { status: response.status, headers });
+  return downstreamResponse(bytes.byteLength ? bytes : null, response.status, response.headers, {
+    bodyRewritten: false,
+    set: { "x-request-id": request.requestId },
+  });
 }
 
 function relayStream(
@@ -76,15 +77,20 @@ function relayStream(
   // The router frames what it relays itself (chunked): the agent's Content-Length is checked
   // against the bytes that came (below), never repeated to the client, where a lying one
   // would promise bytes that never come.
-  const headers = downstreamHeaders(response.headers, true);
+  const answer = (body: ReadableStream<Uint8Array> | null) =>
+    downstreamResponse(body, status, response.headers, {
+      bodyRewritten: true,
+      set: isSse
+        ? {
+            "x-request-id": request.requestId,
+            "x-accel-buffering": "no",
+            "cache-control": "no-cache",
+          }
+        : { "x-request-id": request.requestId },
+    });
   const declaredHeader = response.headers.get("content-length");
   const declared = declaredHeader === null ? null : Number(declaredHeader);
   let received = 0;
-  headers.set("x-request-id", request.requestId);
-  if (isSse) {
-    headers.set("x-accel-buffering", "no");
-    headers.set("cache-control", "no-cache");
-  }
 
   let watchdog: ReturnType<typeof setInterval> | undefined;
   /** This response in the router's open streams, which a shutdown ends (open-streams.ts). */
@@ -104,7 +110,7 @@ function relayStream(
   if (!reader || !first || first.done) {
     completed();
     done(stop(status));
-    return new Response(null, { status, headers });
+    return answer(null);
   }
 
   const pass = (chunk: Uint8Array): Uint8Array | undefined => {
@@ -260,7 +266,7 @@ function relayStream(
     },
   };
   config.streams.add(open);
-  return new Response(body, { status, headers });
+  return answer(body);
 }
 
 const encoder = new TextEncoder();

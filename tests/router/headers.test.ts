@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { authorizeFor, downstreamHeaders, upstreamHeaders } from "../../router/headers.ts";
+import { authorizeFor, downstreamResponse, upstreamHeaders } from "../../router/headers.ts";
 
 /** Everything a hostile or careless client might send along with a chat request. */
 const clientHeaders = () =>
@@ -106,7 +106,13 @@ describe("authorizeFor: each attempt carries its own worker's agent credential",
   });
 });
 
-describe("downstreamHeaders: what the client gets back from an agent", () => {
+describe("downstreamResponse: what the client gets back from an agent", () => {
+  const downstreamHeaders = (
+    upstream: Headers,
+    bodyRewritten: boolean,
+    set: Record<string, string> = {},
+  ) => downstreamResponse(null, 200, upstream, { bodyRewritten, set }).headers;
+
   const agentHeaders = () =>
     new Headers({
       "content-type": "application/json",
@@ -136,6 +142,22 @@ describe("downstreamHeaders: what the client gets back from an agent", () => {
 
   test("drops Content-Length when the router rewrites the body (a hidden usage event)", () => {
     expect(downstreamHeaders(agentHeaders(), true).has("content-length")).toBe(false);
+  });
+
+  test("adds the router's own headers over the agent's, and leaves the agent's untouched", () => {
+    const upstream = agentHeaders();
+    const response = downstreamResponse("{}", 201, upstream, {
+      bodyRewritten: false,
+      set: { "x-request-id": "req-router", "cache-control": "no-cache" },
+    });
+    expect(response.status).toBe(201);
+    expect(response.headers.get("x-request-id")).toBe("req-router");
+    expect(response.headers.get("cache-control")).toBe("no-cache");
+    expect(response.headers.has("x-fleet-load")).toBe(false);
+    // Trimmed on the response's own copy: the agent's headers are as they came.
+    expect(upstream.get("x-request-id")).toBe("req-1");
+    expect(upstream.get("x-fleet-load")).toBe("r=3;w=0;kv=0.42");
+    expect(upstream.get("set-cookie")).toBe("agent=1");
   });
 
   test("drops Content-Encoding and the encoded length: fetch hands over decoded bytes", () => {

@@ -146,7 +146,10 @@ describe.each(["bun", "node"] as const)("slow clients against the %s router", (r
     figures.push(
       `RSS ${before.toFixed(0)} MiB before, ${held.toFixed(0)} MiB with 2 × 30 MiB bodies held and 6 refused (cap 64 MiB)`,
     );
-    expect(held - before).toBeLessThan(limits.MAX_BODY_MEMORY_BYTES / MiB + 48);
+    // The two held bodies (60 MiB) and the runtime's own buffers and slack (Bun's RSS grew by
+    // 90-112 MiB here in repeated runs): far from the 240 MiB the eight bodies would take
+    // uncapped, and the bound keeps that margin rather than Bun's allocator's exact habits.
+    expect(held - before).toBeLessThan(limits.MAX_BODY_MEMORY_BYTES / MiB + 64);
     // The held bodies time out in their turn, and the memory they took comes back.
     for (const client of holders) {
       await client.closedAfterMs;

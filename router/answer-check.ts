@@ -10,36 +10,52 @@
  * Bun that client enforces the same numbers while parsing (runtime/http1-parser.ts),
  * before a flood is even buffered.
  */
+import { droppedDownstream } from "./headers.ts";
 
 /** Most header fields an agent's answer may carry. */
 export const maxAnswerHeaders = 100;
 /** Most bytes of header names and values an agent's answer may carry (64 KiB). */
 export const maxAnswerHeaderBytes = 64 * 1024;
 
-/** Why the head of an agent's answer is refused, or undefined when it is sane. */
-export function headProblem(response: Response): string | undefined {
+/**
+ * The head of an agent's answer, read once: why it is refused, or else the header fields
+ * that never reach the client (headers.ts `droppedDownstream`), which the response to the
+ * client then drops without looking each one up.
+ */
+export type HeadCheck =
+  | { problem: string; dropped?: undefined }
+  | { problem?: undefined; dropped: readonly string[] };
+
+const nothingDropped: HeadCheck = { dropped: [] };
+
+export function checkHead(response: Response): HeadCheck {
   const { status } = response;
   // A fetch never hands over a 1xx: informational heads are skipped before the final one.
   if (!Number.isInteger(status) || status < 200 || status > 599) {
-    return `status ${status} outside 200-599`;
+    return { problem: `status ${status} outside 200-599` };
   }
   let count = 0;
   let bytes = 0;
+  let dropped: string[] | undefined;
   for (const [name, value] of response.headers) {
     count++;
     bytes += name.length + value.length;
+    if (droppedDownstream(name)) {
+      dropped ??= [];
+      dropped.push(name);
+    }
   }
   if (count > maxAnswerHeaders) {
-    return `${count} header fields (at most ${maxAnswerHeaders})`;
+    return { problem: `${count} header fields (at most ${maxAnswerHeaders})` };
   }
   if (bytes > maxAnswerHeaderBytes) {
-    return `${bytes} bytes of header fields (at most ${maxAnswerHeaderBytes})`;
+    return { problem: `${bytes} bytes of header fields (at most ${maxAnswerHeaderBytes})` };
   }
   const length = response.headers.get("content-length");
   if (length !== null && !/^\d{1,15}$/.test(length)) {
-    return `Content-Length ${JSON.stringify(length.slice(0, 64))} is not a length`;
+    return { problem: `Content-Length ${JSON.stringify(length.slice(0, 64))} is not a length` };
   }
-  return undefined;
+  return dropped ? { dropped } : nothingDropped;
 }
 
 /**

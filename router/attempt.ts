@@ -1,5 +1,5 @@
 import { LOAD_HEADER, type RouteEntry } from "../protocol/index.ts";
-import { headProblem, malformedAnswer } from "./answer-check.ts";
+import { checkHead, malformedAnswer } from "./answer-check.ts";
 import type { Choice, ReplicaState } from "./balancer.ts";
 import type { ForwardRequest, ProxyConfig } from "./proxy-types.ts";
 
@@ -91,6 +91,8 @@ export class Attempt {
    * (the abort that follows is ours, and the replica is ejected at once).
    */
   unresponsive: string | undefined;
+  /** The answer's header fields that never reach the client (answer-check.ts `checkHead`). */
+  dropped: readonly string[] | undefined;
   private released = false;
   /** Committed or failed: a check that settles later changes nothing. */
   private settled = false;
@@ -214,11 +216,12 @@ export class Attempt {
   private answered(response: Response): void {
     try {
       this.config.balancer.observe(this.state, response.headers.get(LOAD_HEADER), this.sent);
-      const problem = headProblem(response);
-      if (problem) {
-        this.afterDiscarding(response, "malformed", problem);
+      const head = checkHead(response);
+      if (head.problem !== undefined) {
+        this.afterDiscarding(response, "malformed", head.problem);
         return;
       }
+      this.dropped = head.dropped;
       // An agent only ever answers /proxy itself: a redirect would send the prompt and the
       // agent's credential elsewhere, so it is never followed (every client here is asked for
       // `redirect: "manual"`) and the replica counts as failed.

@@ -62,35 +62,68 @@ export function authorizeFor(
 }
 
 /** Never passed back: the body is relayed decoded, cookies are the agent's, loads the fleet's. */
-const droppedResponseHeaders = [...hopByHopHeaders, "content-encoding", "set-cookie", LOAD_HEADER];
+const droppedResponseHeaders: ReadonlySet<string> = new Set([
+  ...hopByHopHeaders,
+  "content-encoding",
+  "set-cookie",
+  LOAD_HEADER,
+]);
+
+/** Whether the agent's response header `name` (lower case) never reaches the client. */
+export function droppedDownstream(name: string): boolean {
+  return droppedResponseHeaders.has(name);
+}
+
+const none: readonly string[] = [];
+
+/** The agent's response headers that never reach the client (`droppedDownstream`). */
+export function droppedFields(upstream: Headers): readonly string[] {
+  let dropped: string[] | undefined;
+  for (const name of upstream.keys()) {
+    if (!droppedDownstream(name)) continue;
+    dropped ??= [];
+    dropped.push(name);
+  }
+  return dropped ?? none;
+}
 
 /**
  * The client's response: `body` under the agent's response headers minus hop-by-hop ones,
  * those `Connection` names, cookies and `x-fleet-load` (the engine's load is the fleet's
  * business, not the client's), plus `set` (the request id, a relayed stream's own headers).
  * The response copies the agent's headers once and the copy is trimmed in place: a separate
- * filtered `Headers` handed to the constructor would be copied again (half the cost of a
- * whole answer's response, measured in docs/benchmarks.md "Fifth round").
+ * filtered `Headers` handed to the constructor would be copied again. `dropped` is
+ * `droppedFields(upstream)` when the caller has it already (the answer check reads every
+ * field once: answer-check.ts), so that no field is looked up by name (measured in
+ * docs/benchmarks.md "Fifth round").
  */
 export function downstreamResponse(
   body: BodyInit | null,
   status: number,
   upstream: Headers,
-  options: { bodyRewritten: boolean; set: Readonly<Record<string, string>> },
+  options: {
+    bodyRewritten: boolean;
+    set: Readonly<Record<string, string>>;
+    dropped?: readonly string[];
+  },
 ): Response {
   const response = new Response(body, { status, headers: upstream });
   const { headers } = response;
-  if (options.bodyRewritten || upstream.has("content-encoding")) headers.delete("content-length");
-  for (const name of droppedResponseHeaders) if (headers.has(name)) headers.delete(name);
-  if (upstream.has("connection")) {
-    for (const name of connectionNamedHeaders(upstream)) {
+  let lengthStale = options.bodyRewritten;
+  for (const name of options.dropped ?? droppedFields(upstream)) {
+    headers.delete(name);
+    // Fetch hands over decoded bytes: the encoded length no longer describes them.
+    if (name === "content-encoding") lengthStale = true;
+    if (name !== "connection") continue;
+    for (const named of connectionNamedHeaders(upstream)) {
       try {
-        headers.delete(name);
+        headers.delete(named);
       } catch {
         // Not a valid header name, so no field by that name to drop.
       }
     }
   }
+  if (lengthStale) headers.delete("content-length");
   for (const name in options.set) {
     const value = options.set[name];
     if (value !== undefined) headers.set(name, value);

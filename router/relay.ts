@@ -58,6 +58,7 @@ function respondWhole(
   return downstreamResponse(bytes.byteLength ? bytes : null, response.status, response.headers, {
     bodyRewritten: false,
     set: { "x-request-id": request.requestId },
+    dropped: committed.attempt.dropped,
   });
 }
 
@@ -80,6 +81,7 @@ function relayStream(
   const answer = (body: ReadableStream<Uint8Array> | null) =>
     downstreamResponse(body, status, response.headers, {
       bodyRewritten: true,
+      dropped: attempt.dropped,
       set: isSse
         ? {
             "x-request-id": request.requestId,

@@ -1,5 +1,11 @@
 import { describe, expect, test } from "bun:test";
-import { authorizeFor, downstreamResponse, upstreamHeaders } from "../../router/headers.ts";
+import { checkHead } from "../../router/answer-check.ts";
+import {
+  authorizeFor,
+  downstreamResponse,
+  droppedFields,
+  upstreamHeaders,
+} from "../../router/headers.ts";
 
 /** Everything a hostile or careless client might send along with a chat request. */
 const clientHeaders = () =>
@@ -158,6 +164,34 @@ describe("downstreamResponse: what the client gets back from an agent", () => {
     expect(upstream.get("x-request-id")).toBe("req-1");
     expect(upstream.get("x-fleet-load")).toBe("r=3;w=0;kv=0.42");
     expect(upstream.get("set-cookie")).toBe("agent=1");
+  });
+
+  test("the answer check's one pass finds the same fields to drop, and the response drops them alike", () => {
+    const agent = new Response("{}", { status: 200, headers: agentHeaders() });
+    const head = checkHead(agent);
+    expect(head.problem).toBeUndefined();
+    expect([...(head.dropped ?? [])].sort()).toEqual([
+      "connection",
+      "keep-alive",
+      "proxy-authenticate",
+      "set-cookie",
+      "trailer",
+      "x-fleet-load",
+    ]);
+    expect(head.dropped).toEqual(droppedFields(agent.headers));
+    const viaCheck = downstreamResponse(null, 200, agent.headers, {
+      bodyRewritten: false,
+      set: {},
+      dropped: head.dropped,
+    });
+    expect(Object.fromEntries(viaCheck.headers)).toEqual(
+      Object.fromEntries(downstreamHeaders(agentHeaders(), false)),
+    );
+    // A head with nothing to drop hands back the shared empty list.
+    const plain = checkHead(
+      new Response("{}", { headers: { "content-type": "application/json" } }),
+    );
+    expect(plain.dropped).toEqual([]);
   });
 
   test("drops Content-Encoding and the encoded length: fetch hands over decoded bytes", () => {

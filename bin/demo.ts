@@ -45,6 +45,14 @@ async function shutdown(code: number): Promise<never> {
 process.on("SIGINT", () => void shutdown(0));
 process.on("SIGTERM", () => void shutdown(0));
 
+/**
+ * Bun's fetch reads its in-flight cap only at startup: the children get what `npm start` and
+ * `npm run agent` give theirs (package.json), unless the caller set one.
+ */
+function fetchCap(scriptDefault: string): string {
+  return process.env.BUN_CONFIG_MAX_HTTP_REQUESTS || scriptDefault;
+}
+
 function start(name: string, argv: string[], childEnv: Record<string, string>) {
   const proc = Bun.spawn(argv, {
     cwd: root,
@@ -119,6 +127,7 @@ start("manager", [process.execPath, "manager/main.ts"], {
   PORT: String(managerPort),
   FLEET_DATA_DIR: dataDir,
   DATABASE_URL: "",
+  BUN_CONFIG_MAX_HTTP_REQUESTS: fetchCap("65000"),
 });
 await waitFor(`${manager}/health`, 60_000).catch(async (error) => {
   console.error(String(error));
@@ -134,6 +143,7 @@ start("agent", [process.execPath, "agent/main.ts"], {
   // The simulated nvidia-smi: one 24 GiB GPU.
   PATH: `${join(root, "agent/sim")}:${process.env.PATH ?? ""}`,
   SIM_STARTUP_DELAY_MS: "1500",
+  BUN_CONFIG_MAX_HTTP_REQUESTS: fetchCap("4096"),
 });
 
 // Wait until the worker has registered, then register the model.

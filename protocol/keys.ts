@@ -23,3 +23,16 @@ export type ApiKeyCreated = z.infer<typeof apiKeyCreatedSchema>;
 /** `GET /v1/keys` (admin): every key, revoked ones included, never the key itself. */
 export const apiKeyListSchema = z.object({ keys: z.array(apiKeyInfoSchema) });
 export type ApiKeyList = z.infer<typeof apiKeyListSchema>;
+
+/**
+ * The path of `DELETE /v1/keys/{id}`: a key id as `POST /v1/keys` returns it (`key_` and
+ * URL-safe base64). Anything else is refused before it reaches the database.
+ */
+export const apiKeyIdParamsSchema = z.object({
+  id: z
+    .string()
+    .regex(
+      /^key_[\w-]{1,64}$/,
+      "an API key id is `key_` and letters, digits, '_' or '-' (GET /v1/keys lists them)",
+    ),
+});

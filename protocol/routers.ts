@@ -35,3 +35,16 @@ export type RouterCreated = z.infer<typeof routerCreatedSchema>;
 /** `GET /v1/routers` (admin): every credential, revoked ones included, never the token. */
 export const routerListSchema = z.object({ routers: z.array(routerInfoSchema) });
 export type RouterList = z.infer<typeof routerListSchema>;
+
+/**
+ * The path of `DELETE /v1/routers/{id}`: a credential id as `POST /v1/routers` returns it
+ * (`rtr_` and URL-safe base64). Anything else is refused before it reaches the database.
+ */
+export const routerIdParamsSchema = z.object({
+  id: z
+    .string()
+    .regex(
+      /^rtr_[\w-]{1,64}$/,
+      "a router credential id is `rtr_` and letters, digits, '_' or '-' (GET /v1/routers lists them)",
+    ),
+});

@@ -87,7 +87,7 @@ export type Access = Record<
 export function accessFor(ctx: AuthContext): Access {
   const entry = (scope: Scope) => ({
     security: securityOf[scope],
-    middleware: [requireScope(ctx, scope), readJsonBody],
+    middleware: [requireScope(ctx, scope), jsonBodyReader(nulCharactersOf[scope])],
   });
   return { admin: entry("admin"), router: entry("router") };
 }
@@ -100,38 +100,107 @@ export function checkedBy(
   security: Record<string, string[]>[],
   check: MiddlewareHandler,
 ): Access[Scope] {
-  return { security, middleware: [check, readJsonBody] };
+  return { security, middleware: [check, jsonBodyReader("replace")] };
 }
 
 /**
- * Reads a JSON body before the route's validator does, so that a malformed one is 400
- * `invalid_json` (not a validation error), an empty one reads as `{}`, and a body sent
- * as something other than JSON gets a message that says what to send.
+ * What the NUL characters (U+0000) in a JSON body become. Postgres text and jsonb cannot hold
+ * them, so one that reached a query would fail it with a 500.
+ * - `refuse`: 400 naming the field, for what people and the CLI send (an admin's input), where
+ *   a NUL is a mistake to report.
+ * - `replace`: U+FFFD in their place, for what agents report (`checkedBy`: registrations,
+ *   heartbeats, drains): an engine's log line may carry anything, and must not cost the
+ *   worker its heartbeats.
+ * - `keep`: for the routers' routes: `POST /v1/usage` sets a record it cannot store aside as
+ *   a dead letter, one record at a time (docs/manager.md "Route snapshot").
  */
-const readJsonBody: MiddlewareHandler = async (c, next) => {
-  if (c.req.method !== "POST") return next();
-  const type = c.req.header("content-type");
-  const text = await c.req.text();
-  if (type === undefined && text.trim() === "") return next(); // validated as `{}`
-  if (type === undefined || !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
-    throw new AppError(
-      "invalid_request",
-      `the request body must be JSON, sent with Content-Type: application/json (got ${type === undefined ? "no Content-Type" : quote(type)})`,
-    );
-  }
-  if (text.trim() === "") {
-    // The validator parses the cached text, so an empty body becomes an empty object.
-    // (Hono's cache holds promises at run time; its type says the values themselves.)
-    (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve("{}");
-  } else {
+type NulCharacters = "refuse" | "replace" | "keep";
+
+const nulCharactersOf: Record<Scope, NulCharacters> = { admin: "refuse", router: "keep" };
+
+/**
+ * Reads a JSON body before the route's validator does, so that a malformed one is 400
+ * `invalid_json` (not a validation error), an empty one reads as `{}`, a body sent as
+ * something other than JSON gets a message that says what to send, and NUL characters are
+ * dealt with as `nul` says.
+ */
+const jsonBodyReader =
+  (nul: NulCharacters): MiddlewareHandler =>
+  async (c, next) => {
+    if (c.req.method !== "POST") return next();
+    const type = c.req.header("content-type");
+    const text = await c.req.text();
+    if (type === undefined && text.trim() === "") return next(); // validated as `{}`
+    if (type === undefined || !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
+      throw new AppError(
+        "invalid_request",
+        `the request body must be JSON, sent with Content-Type: application/json (got ${type === undefined ? "no Content-Type" : quote(type)})`,
+      );
+    }
+    if (text.trim() === "") {
+      // The validator parses the cached text, so an empty body becomes an empty object.
+      // (Hono's cache holds promises at run time; its type says the values themselves.)
+      (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve("{}");
+      return next();
+    }
+    let body: unknown;
     try {
-      JSON.parse(text);
+      body = JSON.parse(text);
     } catch {
       throw new AppError("invalid_json", "request body is not valid JSON");
     }
+    // JSON carries a NUL only as the escape `\u0000` (a raw one is not valid JSON): a body
+    // without that text has none, and most bodies are not walked at all.
+    if (nul !== "keep" && text.includes("\\u0000")) {
+      if (nul === "refuse") {
+        const at = nulAt(body, []);
+        if (at) {
+          const param = at.join(".");
+          throw new AppError(
+            "invalid_request",
+            `${param === "" ? "body" : param}: must not contain NUL characters (U+0000)`,
+            { param: param === "" ? null : param },
+          );
+        }
+      } else {
+        const cleaned = JSON.stringify(withoutNul(body));
+        (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve(cleaned);
+      }
+    }
+    return next();
+  };
+
+/** The path of the first string (or key) in `value` with a NUL character, if any. */
+function nulAt(value: unknown, path: (string | number)[]): (string | number)[] | undefined {
+  if (typeof value === "string") return value.includes("\u0000") ? path : undefined;
+  if (Array.isArray(value)) {
+    for (const [index, item] of value.entries()) {
+      const found = nulAt(item, [...path, index]);
+      if (found) return found;
+    }
+    return undefined;
   }
-  return next();
-};
+  if (typeof value !== "object" || value === null) return undefined;
+  for (const [key, item] of Object.entries(value)) {
+    if (key.includes("\u0000")) return [...path, key];
+    const found = nulAt(item, [...path, key]);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/** `value` with every NUL character in its strings and keys replaced by U+FFFD. */
+function withoutNul(value: unknown): unknown {
+  if (typeof value === "string") return value.replaceAll("\u0000", "\ufffd");
+  if (Array.isArray(value)) return value.map(withoutNul);
+  if (typeof value !== "object" || value === null) return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([key, item]) => [
+      key.replaceAll("\u0000", "\ufffd"),
+      withoutNul(item),
+    ]),
+  );
+}
 
 /** A required JSON request body validated by `schema`. */
 export function jsonBody<S extends z.ZodType>(schema: S, description?: string) {

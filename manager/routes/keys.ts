@@ -1,6 +1,5 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { asc, eq, sql } from "drizzle-orm";
-import { z } from "zod";
 import { schema } from "../../db/index.ts";
 import { randomToken, sha256Hex } from "../../kit/crypto.ts";
 import { AppError } from "../../kit/errors.ts";
@@ -8,6 +7,7 @@ import {
   type ApiKeyInfo,
   apiKeyCreatedSchema,
   apiKeyCreateSchema,
+  apiKeyIdParamsSchema,
   apiKeyInfoSchema,
   apiKeyListSchema,
 } from "../../protocol/index.ts";
@@ -83,10 +83,10 @@ export function keysRoutes(ctx: ManagerContext): OpenAPIHono {
       tags,
       summary: "Revoke an API key (idempotent); routers stop accepting it with the next snapshot",
       ...access.admin,
-      request: { params: z.object({ id: z.string().min(1) }) },
+      request: { params: apiKeyIdParamsSchema },
       responses: {
         200: json(apiKeyInfoSchema, "the key's record with `revoked_at` set"),
-        ...errors(401, [404, "`not_found`: no key with that id"]),
+        ...errors(400, 401, [404, "`not_found`: no key with that id"]),
       },
     }),
     async (c) => {

@@ -1,8 +1,8 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import { z } from "zod";
 import {
   routerCreatedSchema,
   routerCreateSchema,
+  routerIdParamsSchema,
   routerInfoSchema,
   routerListSchema,
 } from "../../protocol/index.ts";
@@ -62,10 +62,11 @@ export function routersRoutes(ctx: ManagerContext): OpenAPIHono {
       tags,
       summary: "Revoke a router credential; the next request that presents it is refused",
       ...access.admin,
-      request: { params: z.object({ id: z.string().min(1) }) },
+      request: { params: routerIdParamsSchema },
       responses: {
         200: json(routerInfoSchema, "the credential's record with `revoked_at` set"),
         ...errors(
+          400,
           401,
           [404, "`not_found`: no credential with that id"],
           [409, "`conflict`: already revoked"],

@@ -2,12 +2,14 @@ import { expect, test } from "bun:test";
 import {
   apiKeyCreateSchema,
   heartbeatSchema,
+  type ModelInfo,
   modelRegistrationSchema,
   type OpenAiError,
   usageBatchSchema,
+  type WorkerInfo,
   workerRegistrationSchema,
 } from "../../../protocol/index.ts";
-import { ADMIN, FLEET, registration } from "../helpers.ts";
+import { ADMIN, FLEET, gpu, registration } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
 /**
@@ -102,6 +104,49 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
     });
     expect(notJson.status).toBe(400);
     expect(notJson.body.error.code).toBe("invalid_json");
+  });
+
+  test("a NUL character (which Postgres cannot store) is refused in an admin's body, naming the field, and replaced in what an agent reports", async () => {
+    const t = await api.manager();
+    const a = api.agent();
+    const refused: [string, unknown, string][] = [
+      ["/v1/keys", { name: "ci\u0000" }, "name"],
+      ["/v1/routers", { name: "edge\u0000" }, "name"],
+      ["/v1/models/register", { alias: "m", model_name: "org/m\u0000" }, "model_name"],
+      [
+        "/v1/models/register",
+        { alias: "m", model_name: "org/m", extra_args: ["--x\u0000"] },
+        "extra_args.0",
+      ],
+      ["/v1/workers/install-command", { "\u0000": 1 }, "\u0000"],
+    ];
+    for (const [path, body, param] of refused) {
+      const { status, body: reply } = await t.json<OpenAiError>("POST", path, { body });
+      expect({ path, status }).toEqual({ path, status: 400 });
+      expect(reply.error).toMatchObject({ code: "invalid_request", param });
+      expect(reply.error.message).toContain("NUL");
+    }
+    // Nothing was written by the refused calls.
+    expect((await t.json<{ keys: unknown[] }>("GET", "/v1/keys")).body.keys).toEqual([]);
+    expect((await t.call("GET", "/v1/models/m")).status).toBe(404);
+
+    // An agent's report: a GPU name and an engine's last error, as the hardware and engine printed them.
+    const gpu0 = { ...gpu(0), name: "NVIDIA A100\u0000" };
+    expect((await api.register(a, "w1", [gpu0])).status).toBe(200);
+    expect((await api.model({ alias: "m", gpu_memory_utilization: 0.5 })).status).toBe(201);
+    const [report] = a.reports();
+    if (!report) throw new Error("the stub agent launched nothing");
+    const beat = await t.heartbeat("w1", {
+      gpu_info: { gpus: [gpu0], warning: null },
+      instances: [
+        { ...report, status: "failed", last_error: "engine exited: \u0000\u0000core dumped" },
+      ],
+    });
+    expect(beat.status).toBe(200);
+    const worker = await t.json<WorkerInfo>("GET", "/v1/workers/w1");
+    expect(worker.body.gpu_info.gpus[0]?.name).toBe("NVIDIA A100\ufffd");
+    const model = await t.json<ModelInfo>("GET", "/v1/models/m");
+    expect(model.body.instances[0]?.last_error).toBe("engine exited: \ufffd\ufffdcore dumped");
   });
 
   test("unknown paths and models answer 404 in OpenAI's shape", async () => {

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import type { ApiKeyCreated, RouteSnapshot } from "../../../protocol/index.ts";
+import type { ApiKeyCreated, OpenAiError, RouteSnapshot } from "../../../protocol/index.ts";
 import { createRouterToken } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
@@ -33,6 +33,12 @@ describeApi("manager API: API keys", (api) => {
     const after = await t.json<RouteSnapshot>("GET", "/v1/routes", { token: router });
     expect(after.body.api_keys).toEqual([]);
     expect((await t.call("DELETE", "/v1/keys/key_missing")).status).toBe(404);
+    // An id that is not one (a NUL, a path trick, a router's) is refused before the database.
+    for (const id of ["%00", "key_%00", "..%2Fkeys", "rtr_abc", "x".repeat(300)]) {
+      const bad = await t.json<OpenAiError>("DELETE", `/v1/keys/${id}`);
+      expect(bad.status).toBe(400);
+      expect(bad.body.error).toMatchObject({ code: "invalid_request", param: "id" });
+    }
     expect((await t.call("POST", "/v1/keys", { body: "" })).status).toBe(201);
   });
 });

@@ -202,6 +202,11 @@ describeApi("manager API: router credentials", (api) => {
     expect(twice.status).toBe(409);
     expect(twice.body.error.message).toContain("already revoked");
     expect((await t.call("DELETE", "/v1/routers/rtr_missing")).status).toBe(404);
+    for (const id of ["%00", "rtr_%00", "key_abc", "x".repeat(300)]) {
+      const bad = await t.json<OpenAiError>("DELETE", `/v1/routers/${id}`);
+      expect(bad.status).toBe(400);
+      expect(bad.body.error).toMatchObject({ code: "invalid_request", param: "id" });
+    }
     expect((await t.call("DELETE", `/v1/routers/${other.id}`, { token: FLEET })).status).toBe(401);
     expect((await t.call("DELETE", `/v1/routers/${other.id}`, { token: other.token })).status).toBe(
       401,

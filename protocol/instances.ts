@@ -15,10 +15,18 @@ import { engineLoadSchema } from "./load.ts";
  */
 export const reservedEngineFlags = ["--host", "--port", "--served-model-name"] as const;
 
+/** The operating system refuses an argument with a NUL character in it. */
+const withoutNul = (text: string) => !text.includes("\0");
+const nulMessage = "must not contain NUL characters (U+0000)";
+
+/** The model a `vllm serve` command line names: the hub id or a local path. */
+export const modelNameSchema = z.string().min(1).max(512).refine(withoutNul, nulMessage);
+
 /** One extra `vllm serve` argument, passed through verbatim (no shell is ever involved). */
 export const extraArgSchema = z
   .string()
   .max(4096)
+  .refine(withoutNul, nulMessage)
   .refine(
     (arg) => !reservedEngineFlags.some((flag) => arg === flag || arg.startsWith(`${flag}=`)),
     "extra_args may not set --host, --port or --served-model-name",
@@ -27,7 +35,7 @@ export const extraArgSchema = z
 /** Manager → agent: `POST /v1/instances`. Optional engine options may be absent. */
 export const instanceSpecSchema = z.strictObject({
   alias: aliasSchema,
-  model_name: z.string().min(1).max(512),
+  model_name: modelNameSchema,
   max_model_len: z.number().int().min(1).max(maxContextTokens).optional(),
   gpu_memory_utilization: z.number().gt(0).lte(1).optional(),
   tensor_parallel_size: z.number().int().min(1).max(64).optional(),

@@ -8,7 +8,7 @@ import {
   portSchema,
   workerIdSchema,
 } from "./common.ts";
-import { extraArgSchema, instanceProgressSchema } from "./instances.ts";
+import { extraArgSchema, instanceProgressSchema, modelNameSchema } from "./instances.ts";
 import { routingPolicySchema, routingRecordSchema } from "./routes.ts";
 
 export const placementStrategySchema = z.enum(["binpack", "spread"]);
@@ -17,7 +17,7 @@ export type PlacementStrategy = z.infer<typeof placementStrategySchema>;
 /** `POST /v1/models/register` on the manager. */
 export const modelRegistrationSchema = z.strictObject({
   alias: aliasSchema,
-  model_name: z.string().min(1).max(512),
+  model_name: modelNameSchema,
   max_model_len: z.number().int().min(1).max(maxContextTokens).optional(),
   gpu_memory_utilization: z.number().gt(0).lte(1).default(0.9),
   tensor_parallel_size: z.number().int().min(1).max(64).default(1),

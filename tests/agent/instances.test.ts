@@ -346,6 +346,13 @@ describe("agent instance API", () => {
         { alias: "ok", model_name: "m", extra_args: ["--po", "80"] },
         "extra_args.0",
       ],
+      // The OS refuses a NUL in an argument: refused here, not a failed launch.
+      ["NUL in model_name", { alias: "ok", model_name: "org/m\u0000x" }, "model_name"],
+      [
+        "NUL in extra_args",
+        { alias: "ok", model_name: "m", extra_args: ["--x\u0000"] },
+        "extra_args.0",
+      ],
       [
         "tp above GPU count",
         { alias: "ok", model_name: "m", gpu_ids: [0], tensor_parallel_size: 2 },

@@ -107,7 +107,13 @@ export function downstreamResponse(
     dropped?: readonly string[];
   },
 ): Response {
-  const response = new Response(body, { status, headers: upstream });
+  let response = new Response(body, { status, headers: upstream });
+  if (response.headers === upstream) {
+    // @hono/node-server's Response (the manager and router on Node) keeps the Headers it is
+    // given instead of copying them: it gets a copy of its own, or the agent's answer (whose
+    // headers a fetch made immutable) would be trimmed in place.
+    response = new Response(body, { status, headers: new Headers(upstream) });
+  }
   const { headers } = response;
   let lengthStale = options.bodyRewritten;
   for (const name of options.dropped ?? droppedFields(upstream)) {

@@ -6,7 +6,7 @@ import { AppError, quote, renderError } from "../kit/errors.ts";
 import type { Metrics } from "../kit/metrics.ts";
 import { checkMetricsAccess } from "../kit/metrics-access.ts";
 import { openAiModelListSchema } from "../protocol/index.ts";
-import { routerRoutes } from "../router/routes.ts";
+import { inferenceRoutes, routerRoutes } from "../router/routes.ts";
 import type { RouteSource } from "../router/types.ts";
 import { isAuthorized, managerMetricsAccess } from "./auth.ts";
 import { consoleRoutes } from "./console/routes.tsx";
@@ -181,6 +181,20 @@ export function createApp(deps: ManagerDeps): Manager {
     app.openAPIRegistry.registerPath(route);
     app.on(route.method.toUpperCase(), route.path, toRouter);
   }
+  // Browsers ask before a cross-origin POST with JSON or a key: the router answers for the
+  // OpenAI surface (CORS_ORIGINS, kit/cors.ts).
+  for (const { path } of [...inferenceRoutes, routerRoutes.models]) {
+    app.openAPIRegistry.registerPath({
+      method: "options",
+      path,
+      tags: ["OpenAI"],
+      summary: "CORS preflight: what a web page on another origin may send here",
+      description:
+        "Answered for the origins CORS_ORIGINS allows (every one by default, as vLLM): 204 with Access-Control-Allow-Origin, -Methods, -Headers (the ones asked for) and -Max-Age. Another origin gets 204 without them; with CORS_ORIGINS=none, 404.",
+      responses: { 204: { description: "the permissions, or none for an origin not allowed" } },
+    });
+    app.options(path, toRouter);
+  }
 
   // `GET /v1/models` is the manager's list for an admin and the router's for anyone else.
   app.openapi(
@@ -199,7 +213,10 @@ export function createApp(deps: ManagerDeps): Manager {
     }),
     async (c) => {
       if (isAuthorized(ctx.config, c.req.header("authorization"), "admin")) {
-        return c.json(await listModels(ctx), 200);
+        const list = c.json(await listModels(ctx), 200);
+        const { cors } = ctx.config;
+        const origin = c.req.header("origin");
+        return cors && origin ? cors.decorate(list, origin) : list;
       }
       if (!router) {
         throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");

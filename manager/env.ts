@@ -5,6 +5,7 @@ import {
   clientLimitsEnvShape,
   clientLimitsFromEnv,
 } from "../kit/client-limits.ts";
+import { type Cors, corsOriginsSchema } from "../kit/cors.ts";
 import { logLevelSchema, shutdownTimeoutSchema } from "../kit/env.ts";
 import { type HostAllowlist, parseHostAllowlist } from "../kit/host-allowlist.ts";
 import { isLoopbackHost } from "../kit/net.ts";
@@ -109,6 +110,12 @@ export const managerEnvSchema = z.object({
   ROUTES_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Bun: full GC when resident memory grew this much since the last one; 0 = off. */
   GC_GROWTH_MB: z.coerce.number().int().min(0).default(16),
+  /**
+   * Web pages that may read the mounted router's answers (kit/cors.ts): `*` (every origin,
+   * as vLLM), `none`, or a comma-separated list of origins. The manager's own API is never
+   * offered cross-origin, except the OpenAI model list.
+   */
+  CORS_ORIGINS: corsOriginsSchema,
   /** Slow clients, for the whole port and the mounted router's bodies (docs/operations.md). */
   ...clientLimitsEnvShape,
   /**
@@ -168,6 +175,8 @@ export type ManagerConfig = {
   clientLimits: ClientLimits;
   /** `MANAGER_PUBLIC_URL`: where GPU hosts reach this manager; undefined: as each request came. */
   publicUrl: string | undefined;
+  /** `CORS_ORIGINS`: which web pages may read the OpenAI surface; undefined: none. */
+  cors: Cors | undefined;
 };
 
 export function configFromEnv(env: ManagerEnv): ManagerConfig {
@@ -195,6 +204,7 @@ export function configFromEnv(env: ManagerEnv): ManagerConfig {
     workerUrlAllow: env.WORKER_URL_ALLOW,
     clientLimits: clientLimitsFromEnv(env),
     publicUrl: env.MANAGER_PUBLIC_URL,
+    cors: env.CORS_ORIGINS,
   };
 }
 

@@ -244,6 +244,7 @@ function mountRouter(
     bodyTimeoutMs: config.clientLimits.bodyTimeoutMs,
     maxBodyMemoryBytes: config.clientLimits.maxBodyMemoryBytes,
     idleTimer: runtime.idleTimer,
+    cors: config.cors,
     timeouts: {
       firstByteProbeMs: config.firstByteProbe.afterMs,
       probeTimeoutMs: config.firstByteProbe.timeoutMs,

@@ -1,5 +1,6 @@
 import { type Context, Hono } from "hono";
 import { isoTimestamps, type MonotonicClock, monotonicClock } from "../kit/clock.ts";
+import type { Cors } from "../kit/cors.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
@@ -92,6 +93,11 @@ export type AppDeps = {
     cooldownMs?: number;
     maxCooldownMs?: number;
   };
+  /**
+   * Which web pages may read the OpenAI surface's answers (CORS_ORIGINS, kit/cors.ts): the
+   * entries pass every origin by default, as vLLM does; absent, no cross-origin access.
+   */
+  cors?: Cors;
   /** The client's address for X-Forwarded-For (runtime-specific; entries supply it). */
   clientAddress?: (c: Context) => string | undefined;
   /**
@@ -130,15 +136,25 @@ export function createApp(deps: AppDeps): Hono {
   };
   const requireApiKey = deps.requireApiKey ?? false;
 
+  const { cors } = deps;
+  /** A response a web page at the request's origin may read, when CORS_ORIGINS lets it. */
+  const readable = (c: Context, response: Response) => {
+    const origin = cors && c.req.header("origin");
+    return origin ? cors.decorate(response, origin) : response;
+  };
+
   const app = new Hono();
-  app.onError((error, c) => renderError(error, { log, path: c.req.path }));
-  app.notFound(() => errorResponse("not_found", "no such endpoint on this gateway"));
+  app.onError((error, c) => readable(c, renderError(error, { log, path: c.req.path })));
+  app.notFound((c) => readable(c, errorResponse("not_found", "no such endpoint on this gateway")));
 
   app.get(routerRoutes.models.path, async (c) => {
     const view = currentView();
     if (!view) throw notLoaded();
     await authenticate(view.keys, requireApiKey, c.req.raw.headers);
-    return new Response(view.modelsBody, { headers: { "content-type": "application/json" } });
+    return readable(
+      c,
+      new Response(view.modelsBody, { headers: { "content-type": "application/json" } }),
+    );
   });
   const metricsAccess = deps.metricsAccess ?? { open: true };
   app.get(routerRoutes.metrics.path, async (c) => {
@@ -179,7 +195,19 @@ export function createApp(deps: AppDeps): Hono {
     },
     requireApiKey,
   });
-  for (const { path } of inferenceRoutes) app.post(path, (c) => inference(c, path));
+  for (const { path } of inferenceRoutes) {
+    app.post(path, (c) => {
+      const answer = inference(c, path);
+      // Only a browser's request carries Origin: every other one takes the promise as is.
+      const origin = cors && c.req.header("origin");
+      return origin ? answer.then((response) => cors.decorate(response, origin)) : answer;
+    });
+  }
+  if (cors) {
+    for (const path of [...inferenceRoutes.map((route) => route.path), routerRoutes.models.path]) {
+      app.options(path, (c) => cors.preflight(c.req.raw));
+    }
+  }
   return app;
 }
 

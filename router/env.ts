@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { clientLimitsEnvShape, clientLimitsProblem } from "../kit/client-limits.ts";
+import { corsOriginsSchema } from "../kit/cors.ts";
 import { EnvError, logLevelSchema, parseEnv, shutdownTimeoutSchema } from "../kit/env.ts";
 import { baseUrlSchema } from "../protocol/index.ts";
 
@@ -39,6 +40,11 @@ export const routerEnvSchema = z.object({
   PORT: z.coerce.number().int().min(0).max(65535).default(18080),
   /** Header, body and keep-alive timeouts; body size and the memory all bodies may hold. */
   ...clientLimitsEnvShape,
+  /**
+   * Web pages that may read the OpenAI surface's answers (kit/cors.ts): `*` (every origin,
+   * as vLLM), `none`, or a comma-separated list of origins.
+   */
+  CORS_ORIGINS: corsOriginsSchema,
   /** Require `Authorization: Bearer <key>` even with no key defined (default: when HOST is not loopback). */
   REQUIRE_API_KEY: flag,
   CONNECT_TIMEOUT_MS: ms(5000),

@@ -85,6 +85,7 @@ export function createStandaloneRouter(options: {
       maxCooldownMs: Math.max(60_000, env.EJECT_COOLDOWN_MS),
     },
     clientAddress: options.clientAddress,
+    cors: env.CORS_ORIGINS,
     streams,
     waitUntil: options.flushUnderWaitUntil
       ? (c, task) => c.executionCtx.waitUntil(task.then(() => usage.flushSoon()))

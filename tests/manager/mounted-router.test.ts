@@ -175,6 +175,43 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
       expect(last?.headers.get("x-forwarded-host")).toBe(new URL(url).host);
     });
 
+    test("a web page on another origin may call the OpenAI surface (CORS_ORIGINS defaults to every origin)", async () => {
+      const page = "https://playground.example";
+      const preflight = await fetch(`${url}/v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: {
+          origin: page,
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization, content-type",
+        },
+      });
+      expect(preflight.status).toBe(204);
+      expect(preflight.headers.get("access-control-allow-origin")).toBe("*");
+      expect(preflight.headers.get("access-control-allow-headers")).toBe(
+        "authorization, content-type",
+      );
+      const reply = await eventually(
+        async () => {
+          const response = await fetch(`${url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json", origin: page },
+            body: JSON.stringify({ model: "rec", messages: [{ role: "user", content: "hi" }] }),
+          });
+          return response.status === 200 ? response : undefined;
+        },
+        { what: "the mounted router to serve rec" },
+      );
+      await reply.text();
+      expect(reply.headers.get("access-control-allow-origin")).toBe("*");
+      // The model list too: the manager's own (the admin API is open here) and the router's.
+      const models = await fetch(`${url}/v1/models`, { headers: { origin: page } });
+      expect(models.status).toBe(200);
+      expect(models.headers.get("access-control-allow-origin")).toBe("*");
+      // The manager's own API is not offered to other origins.
+      const workers = await fetch(`${url}/v1/workers`, { headers: { origin: page } });
+      expect(workers.headers.has("access-control-allow-origin")).toBe(false);
+    });
+
     test("on SIGTERM an open stream ends with an error event and [DONE], and the manager exits 0", async () => {
       const response = await fetch(`${url}/v1/chat/completions`, {
         method: "POST",

@@ -4,6 +4,7 @@ import { parseServeArgs } from "../../agent/sim/config.ts";
 import { metric } from "../../devkit/metrics.ts";
 import { eventually } from "../../devkit/net.ts";
 import { sseData as events } from "../../devkit/sse.ts";
+import { Cors } from "../../kit/cors.ts";
 import { Metrics } from "../../kit/metrics.ts";
 import type { RouteEntry, RouteSnapshot, UsageRecord } from "../../protocol/index.ts";
 import { type AppDeps, createApp } from "../../router/app.ts";
@@ -681,5 +682,75 @@ describe("router app: a conversation's opening under prefix_affinity", () => {
     expect(served[2]).toBe(home);
     release();
     expect(await held).toBe(200);
+  });
+});
+
+describe("router app: web pages on other origins (CORS_ORIGINS)", () => {
+  const page = "https://playground.example";
+
+  test("with every origin allowed, a page's preflight is granted and its answers, streamed or not, are readable", async () => {
+    const { app, post } = router({ deps: { cors: new Cors("*") } });
+    for (const path of [
+      "/v1/chat/completions",
+      "/v1/completions",
+      "/v1/embeddings",
+      "/v1/models",
+    ]) {
+      const preflight = await app.request(path, {
+        method: "OPTIONS",
+        headers: {
+          origin: page,
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization, content-type",
+        },
+      });
+      expect({ path, status: preflight.status }).toEqual({ path, status: 204 });
+      expect(preflight.headers.get("access-control-allow-origin")).toBe("*");
+      expect(preflight.headers.get("access-control-allow-headers")).toBe(
+        "authorization, content-type",
+      );
+    }
+    const whole = await post("/v1/chat/completions", chat(), { origin: page });
+    expect(whole.status).toBe(200);
+    expect(whole.headers.get("access-control-allow-origin")).toBe("*");
+    expect(whole.headers.get("access-control-expose-headers")).toContain("x-request-id");
+    const streamed = await post("/v1/chat/completions", chat({ stream: true }), { origin: page });
+    expect(streamed.headers.get("access-control-allow-origin")).toBe("*");
+    expect(events(await streamed.text()).at(-1)).toBe("[DONE]");
+    // Errors too, or the page could not read why it was refused.
+    const unknown = await post("/v1/chat/completions", chat({ model: "nope" }), { origin: page });
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get("access-control-allow-origin")).toBe("*");
+    const models = await app.request("/v1/models", { headers: { origin: page } });
+    expect(models.headers.get("access-control-allow-origin")).toBe("*");
+    const nowhere = await app.request("/v1/nowhere", { headers: { origin: page } });
+    expect(nowhere.status).toBe(404);
+    expect(nowhere.headers.get("access-control-allow-origin")).toBe("*");
+    // A request without Origin (not a browser's) is answered as before.
+    const plain = await post("/v1/chat/completions", chat());
+    expect(plain.status).toBe(200);
+    expect(plain.headers.has("access-control-allow-origin")).toBe(false);
+  });
+
+  test("with a list, only the listed origins may read; without CORS, no preflight is answered", async () => {
+    const listed = router({ deps: { cors: new Cors(new Set([page])) } });
+    const mine = await listed.post("/v1/chat/completions", chat(), { origin: page });
+    expect(mine.headers.get("access-control-allow-origin")).toBe(page);
+    expect(mine.headers.get("vary")).toContain("origin");
+    const theirs = await listed.post("/v1/chat/completions", chat(), {
+      origin: "https://elsewhere.example",
+    });
+    expect(theirs.status).toBe(200);
+    expect(theirs.headers.has("access-control-allow-origin")).toBe(false);
+
+    const closed = router();
+    const preflight = await closed.app.request("/v1/chat/completions", {
+      method: "OPTIONS",
+      headers: { origin: page, "access-control-request-method": "POST" },
+    });
+    expect(preflight.status).toBe(404);
+    expect(preflight.headers.has("access-control-allow-origin")).toBe(false);
+    const answer = await closed.post("/v1/chat/completions", chat(), { origin: page });
+    expect(answer.headers.has("access-control-allow-origin")).toBe(false);
   });
 });

@@ -194,6 +194,32 @@ for (const runtime of runtimes) {
       expect(text.trimEnd().endsWith("data: [DONE]")).toBe(true);
     });
 
+    test("lets a web page on another origin call it: preflight, then a readable answer", async () => {
+      const page = "https://playground.example";
+      const preflight = await fetch(`${url}/v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: {
+          origin: page,
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization, content-type",
+        },
+      });
+      expect(preflight.status).toBe(204);
+      expect(preflight.headers.get("access-control-allow-origin")).toBe("*");
+      expect(preflight.headers.get("access-control-allow-headers")).toBe(
+        "authorization, content-type",
+      );
+      const response = await post(
+        "/v1/chat/completions",
+        JSON.stringify({ model: "qwen", messages: [{ role: "user", content: "hi" }] }),
+        { origin: page },
+      );
+      expect(response.status).toBe(200);
+      expect(response.headers.get("access-control-allow-origin")).toBe("*");
+      expect(response.headers.get("access-control-expose-headers")).toContain("x-request-id");
+      await response.text();
+    });
+
     test("answers completions and embeddings", async () => {
       const completion = await client.completions.create({
         model: "qwen",

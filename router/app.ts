@@ -24,7 +24,7 @@ import { OpenStreams } from "./open-streams.ts";
 import { affinityKey, opensConversation } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
-import { type InferencePath, inferenceRoutes, routerRoutes } from "./routes.ts";
+import { type InferencePath, inferenceRoutes, routerRoutes, streamingPaths } from "./routes.ts";
 import type {
   ClientIdleTimer,
   FetchLike,
@@ -263,7 +263,7 @@ function inferenceHandler(parts: {
         param: "model",
       });
     }
-    const stream = body.stream === true && path !== "/v1/embeddings";
+    const stream = body.stream === true && streamingPaths.has(path);
     const hideUsage = stream && !clientAskedForUsage(body.stream_options);
     const series = instruments.seriesFor(alias);
     const settle = holdOpen(c, deps.waitUntil);

@@ -322,16 +322,26 @@ export function clientAskedForUsage(streamOptions: unknown): boolean {
 /**
  * How many prompts and choices one request asks for, which bound its token counts
  * (usage-scan.ts `checkUsage`): a batch of completion prompts or embedding inputs counts each
- * (a flat list of token ids is one prompt), and `n` completions per prompt.
+ * (a flat list of token ids is one prompt), a rerank each document and a score each pair (each
+ * is read with the query, or its partner, as one input), and `n` completions per prompt.
  */
 export function requestShape(
   json: Record<string, unknown>,
   path: string,
 ): { inputs: number; choices: number } {
+  if (path === "/v1/rerank") return { inputs: listLength(json.documents), choices: 1 };
+  if (path === "/v1/score") {
+    return { inputs: Math.max(listLength(json.text_1), listLength(json.text_2)), choices: 1 };
+  }
   const batch = path === "/v1/embeddings" ? json.input : json.prompt;
   const inputs =
     Array.isArray(batch) && batch.length > 0 && typeof batch[0] !== "number" ? batch.length : 1;
   const n = json.n;
   const choices = typeof n === "number" && Number.isInteger(n) && n > 1 ? n : 1;
   return { inputs, choices };
+}
+
+/** A list's length, at least 1 (a single value, or anything else, is one). */
+function listLength(value: unknown): number {
+  return Array.isArray(value) && value.length > 0 ? value.length : 1;
 }

@@ -9,7 +9,8 @@ import type { RoutingPolicy } from "../protocol/index.ts";
  *   first `MESSAGE_KEY_CHARS`), the same in every turn of one conversation and different
  *   between conversations however long the shared system prompt; or the first
  *   `PREFIX_CHARS` characters of a completion prompt or embedding input. A request with no
- *   such text (token ids only) falls back to its session, then to least loaded.
+ *   such text (token ids only, a rerank or score) falls back to its session, then to least
+ *   loaded.
  * - `session`: `x-session-id`, else the body's `user`; none: least loaded.
  * - `least_loaded`: none.
  * - `round_robin`: `ROUND_ROBIN`, the balancer's turn-taking (a load-blind baseline).
@@ -66,6 +67,9 @@ export function opensConversation(json: Record<string, unknown>, path: string): 
 
 export function prefixKey(json: Record<string, unknown>, path: string): string | undefined {
   if (path === "/v1/chat/completions") return chatPrefix(json.messages);
+  // A reranker reads each document with the query as one short input: nothing worth keeping
+  // warm, so rerank and score go by load.
+  if (path !== "/v1/completions" && path !== "/v1/embeddings") return undefined;
   const input = path === "/v1/embeddings" ? json.input : json.prompt;
   const first = Array.isArray(input) ? input[0] : input;
   if (typeof first !== "string" || first.length === 0) return undefined;

@@ -108,6 +108,27 @@ export const embeddingRequestSchema = inferenceBodySchema
   })
   .describe(`\`model\` is the alias of an embedding model. ${passthrough}`);
 
+/** vLLM's rerank (Jina's and Cohere's shape): the documents ordered by relevance to the query. */
+export const rerankRequestSchema = inferenceBodySchema
+  .omit({ stream: true, stream_options: true })
+  .extend({
+    query: z.string(),
+    documents: z.array(z.union([z.string(), z.looseObject({ text: z.string() })])).min(1),
+    top_n: z.number().int().min(0).nullish().describe("the best this many; 0 or absent: all"),
+  })
+  .describe(`\`model\` is the alias of a reranker (a cross-encoder). ${passthrough}`);
+
+/** vLLM's score: a relevance score for each pair of texts. */
+export const scoreRequestSchema = inferenceBodySchema
+  .omit({ stream: true, stream_options: true })
+  .extend({
+    text_1: z
+      .union([z.string(), z.array(z.string()).min(1)])
+      .describe("one text, scored against each of text_2, or as many as text_2, pair by pair"),
+    text_2: z.union([z.string(), z.array(z.string()).min(1)]),
+  })
+  .describe(`\`model\` is the alias of a reranker (a cross-encoder). ${passthrough}`);
+
 const chatCompletionSchema = z.looseObject({
   id: z.string(),
   object: z.literal("chat.completion"),
@@ -153,6 +174,29 @@ const embeddingListSchema = z.looseObject({
       index: z.number().int(),
       embedding: z.union([z.array(z.number()), z.string()]),
     }),
+  ),
+  usage: usageSchema,
+});
+
+const rerankResultSchema = z.looseObject({
+  id: z.string(),
+  model: z.string(),
+  usage: z.looseObject({ total_tokens: z.number().int() }),
+  results: z.array(
+    z.looseObject({
+      index: z.number().int().describe("the document's position in the request"),
+      document: z.looseObject({ text: z.string() }).nullish(),
+      relevance_score: z.number(),
+    }),
+  ),
+});
+
+const scoreListSchema = z.looseObject({
+  id: z.string(),
+  object: z.literal("list"),
+  model: z.string(),
+  data: z.array(
+    z.looseObject({ index: z.number().int(), object: z.literal("score"), score: z.number() }),
   ),
   usage: usageSchema,
 });
@@ -225,6 +269,43 @@ const embeddings = {
     200: {
       description: "vLLM's answer, byte for byte",
       content: { "application/json": { schema: embeddingListSchema } },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+const rerank = {
+  method: "post",
+  path: "/v1/rerank",
+  tags: ["OpenAI"],
+  summary:
+    "Rerank documents for a query (vLLM's rerank), forwarded to a ready replica of the alias",
+  security: apiKey,
+  request: {
+    body: { required: true, content: { "application/json": { schema: rerankRequestSchema } } },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: { "application/json": { schema: rerankResultSchema } },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+const score = {
+  method: "post",
+  path: "/v1/score",
+  tags: ["OpenAI"],
+  summary: "Score pairs of texts (vLLM's score), forwarded to a ready replica of the alias",
+  security: apiKey,
+  request: {
+    body: { required: true, content: { "application/json": { schema: scoreRequestSchema } } },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: { "application/json": { schema: scoreListSchema } },
     },
     ...inferenceErrors,
   },
@@ -316,8 +397,23 @@ const healthz = {
 } satisfies RouteConfig;
 
 /** Every route of the router, by name. */
-export const routerRoutes = { chatCompletions, completions, embeddings, models, metrics, healthz };
+export const routerRoutes = {
+  chatCompletions,
+  completions,
+  embeddings,
+  rerank,
+  score,
+  models,
+  metrics,
+  healthz,
+};
 
 /** The routes that proxy a request body to an engine. */
-export const inferenceRoutes = [chatCompletions, completions, embeddings] as const;
+export const inferenceRoutes = [chatCompletions, completions, embeddings, rerank, score] as const;
 export type InferencePath = (typeof inferenceRoutes)[number]["path"];
+
+/** The paths whose answer may be an event stream (`"stream": true`); the others never are. */
+export const streamingPaths: ReadonlySet<InferencePath> = new Set([
+  chatCompletions.path,
+  completions.path,
+]);

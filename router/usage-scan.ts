@@ -6,7 +6,8 @@
  * behalf), that one event is removed; every other byte passes through untouched, and the
  * upstream chunk itself is forwarded whenever nothing in it changes.
  *
- * JSON bodies: vLLM serialises `usage` last, so keeping the tail of the body is enough.
+ * JSON bodies: vLLM serialises `usage` last, so keeping the tail of the body is enough (a
+ * whole body without it in its tail, a rerank answer, is read whole).
  */
 
 import { maxContextTokens, maxTokensPerRequest } from "../protocol/index.ts";
@@ -226,25 +227,34 @@ export class JsonUsageTail {
 
 /**
  * The usage in a JSON body held whole, read from its last ~16 KiB as `JsonUsageTail` reads
- * it (without copying them out).
+ * it (without copying them out). A body whose tail has none is read whole once: vLLM's rerank
+ * answer puts `usage` before its results, which may run long.
  */
 export function usageInJsonBody(body: Uint8Array): RawUsage | undefined {
   if (body.byteLength === 0) return undefined;
-  return usageInJson(body, Math.max(0, body.byteLength - tailBytes));
+  const tailFrom = Math.max(0, body.byteLength - tailBytes);
+  return usageInJson(body, tailFrom) ?? (tailFrom > 0 ? usageInJson(body, 0) : undefined);
 }
 
-/** `usage` from `bytes[from..]`. */
+/**
+ * `usage` from `bytes[from..]`. A usage with `total_tokens` alone (vLLM's rerank: a reranker
+ * reads, it writes nothing) counts them as prompt tokens.
+ */
 function usageInJson(bytes: Uint8Array, from: number): RawUsage | undefined {
   // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
   // Searched as bytes from the end: no decoding, no regular expressions.
   const prompt = lastValueAfter(bytes, promptKey, from);
   const completion = lastValueAfter(bytes, completionKey, from);
-  if (prompt === null && completion === null) return undefined;
-  return { promptTokens: prompt, completionTokens: completion };
+  if (prompt !== null || completion !== null) {
+    return { promptTokens: prompt, completionTokens: completion };
+  }
+  const total = lastValueAfter(bytes, totalKey, from);
+  return total === null ? undefined : { promptTokens: total, completionTokens: null };
 }
 
 const promptKey = encoder.encode('"prompt_tokens"');
 const completionKey = encoder.encode('"completion_tokens"');
+const totalKey = encoder.encode('"total_tokens"');
 
 const isSpace = (byte: number | undefined) =>
   byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d;

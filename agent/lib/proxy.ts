@@ -10,6 +10,9 @@ const allowed: Record<string, string> = {
   "chat/completions": "POST",
   completions: "POST",
   embeddings: "POST",
+  // vLLM's pooling endpoints for rerankers (cross-encoders).
+  rerank: "POST",
+  score: "POST",
   models: "GET",
 };
 

@@ -8,6 +8,8 @@ import {
   chatRequestSchema,
   completionRequestSchema,
   embeddingRequestSchema,
+  rerankRequestSchema,
+  scoreRequestSchema,
   tokenizeRequestSchema,
 } from "./schemas.ts";
 import {
@@ -18,6 +20,7 @@ import {
   fillerTokens,
   hash32,
   prng,
+  relevance,
   splitTokens,
 } from "./text.ts";
 
@@ -540,6 +543,95 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     );
   };
 
+  /**
+   * Pairs read as one input each (a rerank's query with each document, a score's pairs): the
+   * tokens of each, or the 400 vLLM answers when one is over the context.
+   */
+  const pairTokens = (pairs: [string, string][]): number[] | Response => {
+    const tokens: number[] = [];
+    for (const [first, second] of pairs) {
+      const count = countTokens(first) + countTokens(second);
+      const tooLong = contextCheck(count, null);
+      if (tooLong) return tooLong;
+      tokens.push(count);
+    }
+    return tokens;
+  };
+  const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+
+  const rerank = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, rerankRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    const texts = body.documents.map((document) =>
+      typeof document === "string" ? document : document.text,
+    );
+    const tokens = pairTokens(texts.map((text) => [body.query, text]));
+    if (tokens instanceof Response) return tokens;
+    const failure = injected(request);
+    if (failure) return failure;
+    const total = sum(tokens);
+    const ranked = texts
+      .map((text, index) => ({
+        index,
+        document: { text },
+        relevance_score: relevance(body.query, text),
+      }))
+      .sort((a, b) => b.relevance_score - a.relevance_score || a.index - b.index);
+    const topN = body.top_n ? Math.min(body.top_n, ranked.length) : ranked.length;
+    return runToEnd(request, newSeq(total, [], "stop", false), () =>
+      // vLLM's RerankResponse: `usage` (total_tokens alone) comes before the results.
+      json({
+        id: `rerank-${randomId()}`,
+        model: modelName,
+        usage: { total_tokens: total },
+        results: ranked.slice(0, topN),
+      }),
+    );
+  };
+
+  const score = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, scoreRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    const seconds = typeof body.text_2 === "string" ? [body.text_2] : body.text_2;
+    let pairs: [string, string][];
+    if (typeof body.text_1 === "string") {
+      const first = body.text_1;
+      pairs = seconds.map((second) => [first, second]);
+    } else if (body.text_1.length === seconds.length) {
+      pairs = body.text_1.map((first, index) => [first, seconds[index] as string]);
+    } else {
+      return vllmError(
+        400,
+        `text_1 has ${body.text_1.length} texts and text_2 ${seconds.length}: a list of text_1 is scored pair by pair, so the two lists must be as long`,
+      );
+    }
+    const tokens = pairTokens(pairs);
+    if (tokens instanceof Response) return tokens;
+    const failure = injected(request);
+    if (failure) return failure;
+    const total = sum(tokens);
+    return runToEnd(request, newSeq(total, [], "stop", false), () =>
+      json({
+        id: `score-${randomId()}`,
+        object: "list",
+        created: Math.floor(Date.now() / 1000),
+        model: modelName,
+        data: pairs.map(([first, second], index) => ({
+          index,
+          object: "score",
+          score: relevance(first, second),
+        })),
+        usage: usage(total, 0),
+      }),
+    );
+  };
+
   const tokenize = async (request: Request): Promise<Response> => {
     const parsed = await readBody(request, tokenizeRequestSchema);
     if (!parsed.ok) return parsed.response;
@@ -635,6 +727,10 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
         return method === "POST" ? completions(request) : methodNotAllowed();
       case "/v1/embeddings":
         return method === "POST" ? embeddings(request) : methodNotAllowed();
+      case "/v1/rerank":
+        return method === "POST" ? rerank(request) : methodNotAllowed();
+      case "/v1/score":
+        return method === "POST" ? score(request) : methodNotAllowed();
       case "/v1/models":
         return method === "GET" ? models() : methodNotAllowed();
       default:

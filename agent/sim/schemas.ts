@@ -60,6 +60,22 @@ export const embeddingRequestSchema = z.looseObject({
 });
 export type EmbeddingRequest = z.infer<typeof embeddingRequestSchema>;
 
+/** vLLM's `POST /v1/rerank` (Jina's and Cohere's shape). */
+export const rerankRequestSchema = z.looseObject({
+  model: z.string().nullable().optional(),
+  query: z.string(),
+  documents: z.array(z.union([z.string(), z.looseObject({ text: z.string() })])).min(1),
+  top_n: z.number().int().min(0).nullable().optional(),
+});
+
+const scoreTexts = z.union([z.string(), z.array(z.string()).min(1)]);
+/** vLLM's `POST /v1/score`: `text_1` against each `text_2`, or pair by pair. */
+export const scoreRequestSchema = z.looseObject({
+  model: z.string().nullable().optional(),
+  text_1: scoreTexts,
+  text_2: scoreTexts,
+});
+
 export const tokenizeRequestSchema = z.union([
   z.looseObject({ model: z.string().nullable().optional(), prompt: z.string() }),
   z.looseObject({ model: z.string().nullable().optional(), messages: z.array(message).min(1) }),

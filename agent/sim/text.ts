@@ -89,3 +89,18 @@ export function embed(text: string, dim: number): number[] {
   for (let i = 0; i < dim; i++) vector[i] = (vector[i] as number) / norm;
   return vector;
 }
+
+/**
+ * A relevance score in [0, 1] for a reranker's query and document: the share of words the two
+ * have in common (Jaccard, case-insensitive). _Simulator-only_: a cross-encoder's logit is
+ * nothing like it, but a document that repeats the query's words ranks first, as a test
+ * expects.
+ */
+export function relevance(query: string, document: string): number {
+  const words = (text: string) => new Set(text.toLowerCase().match(/[\p{L}\p{N}]+/gu) ?? []);
+  const [a, b] = [words(query), words(document)];
+  if (a.size === 0 || b.size === 0) return 0;
+  let shared = 0;
+  for (const word of a) if (b.has(word)) shared++;
+  return shared / (a.size + b.size - shared);
+}

@@ -77,6 +77,7 @@ function router(
       if (host === "down.test") throw new TypeError("fetch failed: connection refused");
       if (host === "short.test") return shortAnswer(new URL(request.url).pathname);
       if (host === "endless.test") return endlessAnswer(request.signal);
+      if (host === "framed.test") return framed(await sim.fetch(request));
       if (host === "sick.test") {
         return Response.json(
           { error: { message: "engine not ready", type: "server_error", param: null, code: 503 } },
@@ -94,6 +95,14 @@ function router(
       body: typeof body === "string" ? body : JSON.stringify(body),
     });
   return { app, usage, upstream, post };
+}
+
+/** The simulator's answer with its Content-Length, as it comes over HTTP (then read whole). */
+async function framed(answer: Response): Promise<Response> {
+  const bytes = await answer.bytes();
+  const headers = new Headers(answer.headers);
+  headers.set("content-length", String(bytes.byteLength));
+  return new Response(bytes, { status: answer.status, headers });
 }
 
 const chat = (extra: Record<string, unknown> = {}) => ({
@@ -754,3 +763,97 @@ describe("router app: web pages on other origins (CORS_ORIGINS)", () => {
     expect(answer.headers.has("access-control-allow-origin")).toBe(false);
   });
 });
+
+describe("router app: rerank and score (vLLM's pooling endpoints)", () => {
+  const documents = [
+    "The weather in Lisbon is mild in winter.",
+    "Paris is the capital of France.",
+    "The capital of Spain is Madrid.",
+  ];
+
+  test("a rerank is forwarded as it came and answered in vLLM's shape; its tokens are recorded as prompt tokens", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post("/v1/rerank", {
+      model: "qwen",
+      query: "What is the capital of France?",
+      documents,
+      top_n: 2,
+      // Not a streaming endpoint: a stray flag changes nothing.
+      stream: true,
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toContain("application/json");
+    const body = (await response.json()) as {
+      usage: { total_tokens: number };
+      results: { index: number; document: { text: string }; relevance_score: number }[];
+    };
+    expect(body.results.map((result) => result.index)).toEqual([1, 2]);
+    expect(body.results[0]?.document.text).toBe(documents[1]);
+    expect(upstream.map((u) => u.url)).toEqual(["http://live.test/proxy/qwen/v1/rerank"]);
+    expect(JSON.parse(upstream[0]?.body ?? "{}")).toMatchObject({ top_n: 2, stream: true });
+    expect(usage).toEqual([
+      expect.objectContaining({
+        alias: "qwen",
+        status: 200,
+        stream: false,
+        prompt_tokens: body.usage.total_tokens,
+        completion_tokens: null,
+      }),
+    ]);
+    expect(body.usage.total_tokens).toBeGreaterThan(0);
+  });
+
+  test("a rerank answer read whole whose results run past the tail still has its usage read (vLLM puts it first)", async () => {
+    const { post, usage } = router({
+      routes: [
+        route({ alias: "qwen", workerId: "live", url: "http://framed.test", maxModelLen: 100_000 }),
+      ],
+    });
+    const long = Array.from({ length: 40 }, (_, i) => `document ${i} ${"words ".repeat(100)}`);
+    const response = await post("/v1/rerank", {
+      model: "qwen",
+      query: "document 7",
+      documents: long,
+    });
+    const text = await response.text();
+    expect(response.status).toBe(200);
+    expect(text.length).toBeGreaterThan(16 * 1024);
+    const { usage: reported } = JSON.parse(text) as { usage: { total_tokens: number } };
+    expect(usage[0]?.prompt_tokens).toBe(reported.total_tokens);
+  });
+
+  test("a score is answered in vLLM's shape, its prompt tokens recorded; mismatched lists are the engine's 400", async () => {
+    const { post, usage } = router();
+    const response = await post("/v1/score", {
+      model: "qwen",
+      text_1: "capital of France",
+      text_2: documents,
+    });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      object: string;
+      data: { index: number; score: number }[];
+      usage: { prompt_tokens: number; completion_tokens: number };
+    };
+    expect(body.object).toBe("list");
+    expect(body.data.map((item) => item.index)).toEqual([0, 1, 2]);
+    // "capital of France" reads best with the document that says it.
+    const best = [...body.data].sort((a, b) => b.score - a.score)[0];
+    expect(best?.index).toBe(1);
+    expect(usage[0]).toMatchObject({
+      prompt_tokens: body.usage.prompt_tokens,
+      completion_tokens: 0,
+    });
+    const mismatched = await post("/v1/score", {
+      model: "qwen",
+      text_1: ["a", "b"],
+      text_2: ["c"],
+    });
+    expect(mismatched.status).toBe(400);
+    expect(((await mismatched.json()) as OpenAiErrorBody).error.message).toContain("text_1");
+    const unknown = await post("/v1/rerank", { model: "nope", query: "q", documents: ["d"] });
+    expect(unknown.status).toBe(404);
+  });
+});
+
+type OpenAiErrorBody = { error: { message: string } };

@@ -87,6 +87,34 @@ describe("router → agent → engine", () => {
     expect(records.find((r) => r.stream)?.completion_tokens).toBeGreaterThan(0);
   });
 
+  test("a rerank reaches the engine through the agent, and its tokens are recorded", async () => {
+    const before = (await manager.usage()).length;
+    const response = await fetch(`${router.url}/v1/rerank`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer client-key" },
+      body: JSON.stringify({
+        model: "qwen",
+        query: "where do rerankers run",
+        documents: ["on the GPU hosts", "rerankers run where the fleet runs them"],
+      }),
+    });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      usage: { total_tokens: number };
+      results: { index: number }[];
+    };
+    expect(body.results[0]?.index).toBe(1);
+    const records = await eventually(async () => {
+      const rows = await manager.usage();
+      return rows.length > before ? rows : undefined;
+    });
+    expect(records.at(-1)).toMatchObject({
+      status: 200,
+      worker_id: "full-path",
+      prompt_tokens: body.usage.total_tokens,
+    });
+  });
+
   test("the agent refuses the same request with the client's key or the join token", async () => {
     for (const token of ["client-key", fleetToken]) {
       const response = await fetch(`${agentUrl}/proxy/qwen/v1/chat/completions`, {

@@ -94,8 +94,6 @@ describe("usageInJsonBody", () => {
       '{"usage": {\n  "prompt_tokens" :\t7,\n  "completion_tokens": null\n}}',
       '{"object":"list","data":[]}',
       "",
-      // The key before the last 16 KiB is out of sight for both.
-      `{"usage":{"prompt_tokens":5},"data":"${"x".repeat(20_000)}"}`,
       `{"data":"${"x".repeat(20_000)}","usage":{"prompt_tokens":5,"completion_tokens":6}}`,
     ];
     for (const text of bodies) {
@@ -104,6 +102,20 @@ describe("usageInJsonBody", () => {
       tail.push(bytes.subarray(Math.max(0, bytes.byteLength - 16 * 1024)));
       expect(usageInJsonBody(bytes)).toEqual(tail.usage());
     }
+    // A usage before the last 16 KiB is out of a stream's sight, but a whole body with none in
+    // its tail is read whole (vLLM's rerank puts usage before its results).
+    const early = encoder.encode(`{"usage":{"prompt_tokens":5},"data":"${"x".repeat(20_000)}"}`);
+    const tail = new JsonUsageTail();
+    tail.push(early.subarray(early.byteLength - 16 * 1024));
+    expect(tail.usage()).toBeUndefined();
+    expect(usageInJsonBody(early)).toEqual({ promptTokens: 5, completionTokens: null });
+    // A usage of total_tokens alone (a reranker reads, it writes nothing) is prompt tokens.
+    expect(
+      usageInJsonBody(encoder.encode('{"id":"r","usage":{"total_tokens":42},"results":[]}')),
+    ).toEqual({
+      promptTokens: 42,
+      completionTokens: null,
+    });
     expect(usageInJsonBody(encoder.encode(body("0", "007")))).toEqual({
       promptTokens: 0,
       completionTokens: "007",

@@ -151,6 +151,65 @@ describe("engine simulator: OpenAI surface", () => {
     expect(norm).toBeCloseTo(1, 5);
   });
 
+  test("rerank and score answer in vLLM's shapes: usage first for rerank, pairs in order for score", async () => {
+    const post = (path: string, body: unknown) =>
+      fetch(`${sim.base}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const documents = ["cats purr", { text: "dogs bark loudly at night" }, "the dogs bark"];
+    const reranked = await post("/v1/rerank", {
+      model: "chat-a",
+      query: "why do dogs bark",
+      documents,
+      top_n: 2,
+    });
+    expect(reranked.status).toBe(200);
+    const text = await reranked.text();
+    expect(Object.keys(JSON.parse(text))).toEqual(["id", "model", "usage", "results"]);
+    const rerank = JSON.parse(text) as {
+      id: string;
+      model: string;
+      usage: { total_tokens: number };
+      results: { index: number; document: { text: string }; relevance_score: number }[];
+    };
+    expect(rerank.id).toStartWith("rerank-");
+    expect(rerank.model).toBe("chat-a");
+    expect(rerank.results.map((result) => result.index)).toEqual([2, 1]);
+    expect(rerank.results[1]?.document.text).toBe("dogs bark loudly at night");
+    expect(rerank.usage.total_tokens).toBeGreaterThan(0);
+
+    const scored = await post("/v1/score", {
+      model: "chat-a",
+      text_1: ["dogs bark", "cats purr"],
+      text_2: ["the dogs bark", "dogs bark"],
+    });
+    const score = (await scored.json()) as {
+      object: string;
+      data: { index: number; object: string; score: number }[];
+      usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+    };
+    expect(score.object).toBe("list");
+    expect(score.data.map((item) => [item.index, item.object])).toEqual([
+      [0, "score"],
+      [1, "score"],
+    ]);
+    expect(score.data[0]?.score).toBeGreaterThan(score.data[1]?.score ?? 1);
+    expect(score.usage.completion_tokens).toBe(0);
+    expect(score.usage.total_tokens).toBe(score.usage.prompt_tokens);
+
+    // Lists of different lengths, a missing query, a pair over the context: vLLM's 400s.
+    const mismatched = await post("/v1/score", { text_1: ["a", "b"], text_2: ["c"] });
+    expect(mismatched.status).toBe(400);
+    expect((await post("/v1/rerank", { documents: ["d"] })).status).toBe(400);
+    const long = await post("/v1/rerank", { query: "q", documents: ["word ".repeat(400)] });
+    expect(long.status).toBe(400);
+    expect(((await long.json()) as { error: { message: string } }).error.message).toContain(
+      "maximum context length",
+    );
+  });
+
   test("unknown model is a 404 NotFoundError naming the model", async () => {
     const error = await client.chat.completions
       .create({ model: "nope", messages: [{ role: "user", content: "x" }] })

@@ -204,7 +204,7 @@ export function createApp(deps: ManagerDeps): Manager {
       tags: ["OpenAI"],
       summary: "OpenAI model list: every registered model for an admin, served ones otherwise",
       description:
-        "With ADMIN_TOKEN (or when the admin API is open) every registered model, ready or not, with `model_name`, `status`, `replicas` and `ready_replicas`. Any other caller is answered by the mounted router: the aliases with a ready replica, behind API keys as for inference.",
+        "With ADMIN_TOKEN (or when the admin API is open) every registered model, ready or not, with `model_name`, `status`, `replicas`, `ready_replicas` and `max_model_len`. Any other caller is answered by the mounted router: the aliases with a ready replica, behind API keys as for inference.",
       security: [{ adminToken: [] }, { apiKey: [] }],
       responses: {
         200: json(openAiModelListSchema, "the model list"),

@@ -321,6 +321,13 @@ export const servedModelListSchema = z.object({
       owned_by: z.string(),
       root: z.string().describe("the model name vLLM serves"),
       parent: z.null(),
+      max_model_len: z
+        .number()
+        .int()
+        .optional()
+        .describe(
+          "the context length, as vLLM's card says it, when the model was registered with one",
+        ),
     }),
   ),
 });

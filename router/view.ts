@@ -37,14 +37,20 @@ export function buildView(snapshot: RouteSnapshot): RouteView {
   const data = [...aliases.entries()]
     .filter(([, entry]) => entry.ready.length > 0)
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([alias, entry]) => ({
-      id: alias,
-      object: "model",
-      created: Math.floor(entry.createdAt / 1000),
-      owned_by: "vllm-fleet",
-      root: entry.ready[0]?.model_name ?? alias,
-      parent: null,
-    }));
+    .map(([alias, entry]) => {
+      const maxModelLen = entry.ready[0]?.max_model_len;
+      return {
+        id: alias,
+        object: "model",
+        created: Math.floor(entry.createdAt / 1000),
+        owned_by: "vllm-fleet",
+        root: entry.ready[0]?.model_name ?? alias,
+        parent: null,
+        // As vLLM's own card says it, when the model was registered with one; clients size
+        // their prompts by it.
+        ...(typeof maxModelLen === "number" ? { max_model_len: maxModelLen } : {}),
+      };
+    });
   return {
     snapshot,
     aliases,

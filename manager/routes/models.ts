@@ -250,6 +250,7 @@ export async function listModels(ctx: ManagerContext): Promise<OpenAiModelList> 
         status: modelStatus(m, mine),
         replicas: m.replicas,
         ready_replicas: mine.filter((i) => i.status === "ready").length,
+        max_model_len: m.maxModelLen,
       };
     }),
   };

@@ -532,12 +532,24 @@ describe("router app: what it refuses before any replica is asked", () => {
     expect(usage.map((r) => [r.alias, r.status, r.worker_id])).toEqual([["loading", 503, null]]);
   });
 
-  test("/v1/models lists only aliases with a ready replica", async () => {
-    const { app } = router();
+  test("/v1/models lists only aliases with a ready replica, with max_model_len as vLLM's card has it", async () => {
+    const { app } = router({
+      routes: [
+        route({ alias: "qwen", workerId: "live", url: "http://live.test", maxModelLen: 8192 }),
+        route({ alias: "bare", workerId: "live", url: "http://live.test" }),
+        route({ alias: "loading", workerId: "live", url: "http://live.test", ready: false }),
+      ],
+    });
     const response = await app.request("/v1/models");
-    const body = (await response.json()) as { object: string; data: { id: string }[] };
+    const body = (await response.json()) as {
+      object: string;
+      data: { id: string; max_model_len?: number }[];
+    };
     expect(body.object).toBe("list");
-    expect(body.data.map((model) => model.id)).toEqual(["qwen"]);
+    expect(body.data.map((model) => model.id)).toEqual(["bare", "qwen"]);
+    expect(body.data.find((model) => model.id === "qwen")?.max_model_len).toBe(8192);
+    // Registered without one: the engine's own default, which the router does not know.
+    expect(body.data.find((model) => model.id === "bare")).not.toHaveProperty("max_model_len");
   });
 });
 

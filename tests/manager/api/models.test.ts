@@ -165,6 +165,8 @@ describeApi("manager API: models", (api) => {
         owned_by: "vllm-fleet",
         status: "starting",
         model_name: "Qwen/Qwen2.5-0.5B",
+        // Registered without one: null (the engine's default, not known here).
+        max_model_len: null,
       }),
     ]);
     expect((await t.call("GET", "/v1/models", { token: FLEET })).status).toBe(401);

@@ -9,6 +9,7 @@ import {
   completionRequestSchema,
   embeddingRequestSchema,
   rerankRequestSchema,
+  responsesRequestSchema,
   scoreRequestSchema,
   tokenizeRequestSchema,
 } from "./schemas.ts";
@@ -257,6 +258,8 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     first: string;
     chunk: (index: number, finishReason: FinishReason | null) => string;
     tail: () => string;
+    /** What ends the stream after the tail (chat and completions: `data: [DONE]`). */
+    end?: string;
   }): Response => {
     const { request, seq } = options;
     // Bun's "direct" stream writes strings straight to the socket: no per-chunk encoding
@@ -282,7 +285,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
         push(text);
       },
       done: () => {
-        push(`${options.tail()}data: [DONE]\n\n`);
+        push(`${options.tail()}${options.end ?? "data: [DONE]\n\n"}`);
         ended = true;
         if (controller) {
           controller.close();
@@ -406,6 +409,117 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       chunk: (index, reason) =>
         `${head}{"index":0,"delta":{"content":${JSON.stringify(output[index])}},"logprobs":null,"finish_reason":${reason ? `"${reason}","stop_reason":null` : "null"}}]${withUsage(index + 1)}}\n\n`,
       tail: () => (includeUsage ? `${head}],"usage":${usageJson(output.length)}}\n\n` : ""),
+    });
+  };
+
+  /**
+   * OpenAI's Responses API as vLLM serves it without its response store: `input` (a string or
+   * message items) after `instructions`, one message of output text, `usage` with input and
+   * output tokens. A stream is `event:`/`data:` pairs from `response.created` to
+   * `response.completed` (which carries the usage), with no `[DONE]`.
+   */
+  const responses = async (request: Request): Promise<Response> => {
+    const parsed = await readBody(request, responsesRequestSchema);
+    if (!parsed.ok) return parsed.response;
+    const body = parsed.value;
+    const wrongModel = modelCheck(body.model);
+    if (wrongModel) return wrongModel;
+    const messages =
+      typeof body.input === "string"
+        ? [{ role: "user", content: body.input }]
+        : body.input.filter((item) => item.type === undefined || item.type === "message");
+    if (body.instructions) messages.unshift({ role: "system", content: body.instructions });
+    let promptTokens = CHAT_TOKENS_PER_PROMPT;
+    let promptText = "";
+    let echoText = "";
+    for (const message of messages) {
+      const text = contentText(message.content ?? null);
+      promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
+      promptText += text;
+      if (message.role === "user") echoText = text;
+    }
+    const requested = body.max_output_tokens ?? null;
+    const tooLong = contextCheck(promptTokens, requested);
+    if (tooLong) return tooLong;
+    const failure = injected(request);
+    if (failure) return failure;
+    const maxTokens = requested ?? config.maxModelLen - promptTokens;
+    const { output, finishReason } = generate({
+      echoText,
+      promptText,
+      maxTokens,
+      ignoreEos: false,
+      seed: body.seed,
+    });
+    const id = `resp_${randomId()}`;
+    const itemId = `msg_${randomId()}`;
+    const createdAt = Math.floor(Date.now() / 1000);
+    const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
+    const text = output.join("");
+    const usageOf = (outputTokens: number) => ({
+      input_tokens: promptTokens,
+      input_tokens_details: { cached_tokens: 0 },
+      output_tokens: outputTokens,
+      output_tokens_details: { reasoning_tokens: 0 },
+      total_tokens: promptTokens + outputTokens,
+    });
+    const message = (status: "in_progress" | "completed", parts: unknown[]) => ({
+      id: itemId,
+      type: "message",
+      role: "assistant",
+      status,
+      content: parts,
+    });
+    const part = (partText: string) => ({ type: "output_text", text: partText, annotations: [] });
+    const incomplete = finishReason === "length";
+    const response = (status: "in_progress" | "completed" | "incomplete", done: boolean) => ({
+      id,
+      object: "response",
+      created_at: createdAt,
+      status,
+      incomplete_details: status === "incomplete" ? { reason: "max_output_tokens" } : null,
+      instructions: body.instructions ?? null,
+      max_output_tokens: requested,
+      model: modelName,
+      output: done ? [message("completed", [part(text)])] : [],
+      parallel_tool_calls: true,
+      previous_response_id: null,
+      temperature: 1,
+      tool_choice: "auto",
+      tools: [],
+      top_p: 1,
+      truncation: "disabled",
+      usage: done ? usageOf(output.length) : null,
+      user: null,
+    });
+    const final = incomplete ? "incomplete" : "completed";
+    if (body.stream !== true) return runToEnd(request, seq, () => json(response(final, true)));
+    let sequence = 0;
+    const event = (type: string, fields: Record<string, unknown>) =>
+      `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence++, ...fields })}\n\n`;
+    const at = { item_id: itemId, output_index: 0, content_index: 0 };
+    return streamSeq({
+      request,
+      seq,
+      first:
+        event("response.created", { response: response("in_progress", false) }) +
+        event("response.in_progress", { response: response("in_progress", false) }) +
+        event("response.output_item.added", {
+          output_index: 0,
+          item: message("in_progress", []),
+        }) +
+        event("response.content_part.added", { ...at, part: part("") }),
+      chunk: (index) =>
+        event("response.output_text.delta", { ...at, delta: output[index], logprobs: [] }),
+      tail: () =>
+        event("response.output_text.done", { ...at, text, logprobs: [] }) +
+        event("response.content_part.done", { ...at, part: part(text) }) +
+        event("response.output_item.done", {
+          output_index: 0,
+          item: message("completed", [part(text)]),
+        }) +
+        event(`response.${final}`, { response: response(final, true) }),
+      end: "",
     });
   };
 
@@ -727,6 +841,8 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
         return method === "POST" ? completions(request) : methodNotAllowed();
       case "/v1/embeddings":
         return method === "POST" ? embeddings(request) : methodNotAllowed();
+      case "/v1/responses":
+        return method === "POST" ? responses(request) : methodNotAllowed();
       case "/v1/rerank":
         return method === "POST" ? rerank(request) : methodNotAllowed();
       case "/v1/score":

@@ -60,6 +60,27 @@ export const embeddingRequestSchema = z.looseObject({
 });
 export type EmbeddingRequest = z.infer<typeof embeddingRequestSchema>;
 
+/** One item of a Responses `input` list: a message (other item types carry no prompt text here). */
+const responseItem = z.looseObject({
+  type: z.string().optional(),
+  role: z.string().optional(),
+  content: z.union([z.string(), z.array(contentPart), z.null()]).optional(),
+});
+
+/** vLLM's `POST /v1/responses` (OpenAI's Responses API), stateless: no stored responses. */
+export const responsesRequestSchema = z.looseObject({
+  model: z.string().nullable().optional(),
+  input: z.union([z.string(), z.array(responseItem).min(1)]),
+  instructions: z.string().nullable().optional(),
+  max_output_tokens: positive,
+  stream: z.boolean().nullable().optional(),
+  previous_response_id: z
+    .null({ error: "previous_response_id needs the response store (off, as vLLM's default)" })
+    .optional(),
+  seed: z.number().int().nullable().optional(),
+});
+export type ResponsesRequest = z.infer<typeof responsesRequestSchema>;
+
 /** vLLM's `POST /v1/rerank` (Jina's and Cohere's shape). */
 export const rerankRequestSchema = z.looseObject({
   model: z.string().nullable().optional(),

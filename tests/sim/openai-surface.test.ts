@@ -151,6 +151,48 @@ describe("engine simulator: OpenAI surface", () => {
     expect(norm).toBeCloseTo(1, 5);
   });
 
+  test("the Responses API answers whole and streamed, as the official client reads it", async () => {
+    const whole = await client.responses.create({
+      model: "chat-a",
+      instructions: "Answer briefly.",
+      input: [{ role: "user", content: "echo this back" }],
+    });
+    expect(whole.object).toBe("response");
+    expect(whole.status).toBe("completed");
+    expect(whole.output_text).toBe("echo this back");
+    expect(whole.usage?.output_tokens).toBeGreaterThan(0);
+    expect(whole.usage?.total_tokens).toBe(
+      (whole.usage?.input_tokens ?? 0) + (whole.usage?.output_tokens ?? 0),
+    );
+
+    const stream = await client.responses.create({
+      model: "chat-a",
+      input: "stream this",
+      stream: true,
+    });
+    const types: string[] = [];
+    let text = "";
+    let usage: { input_tokens: number; output_tokens: number } | null | undefined;
+    for await (const event of stream) {
+      types.push(event.type);
+      if (event.type === "response.output_text.delta") text += event.delta;
+      if (event.type === "response.completed") usage = event.response.usage;
+    }
+    expect(text).toBe("stream this");
+    expect(types[0]).toBe("response.created");
+    expect(types.at(-1)).toBe("response.completed");
+    expect(usage?.output_tokens).toBeGreaterThan(0);
+
+    // Capped by max_output_tokens: incomplete, and says why.
+    const capped = await client.responses.create({
+      model: "chat-a",
+      input: "one two three four five",
+      max_output_tokens: 2,
+    });
+    expect(capped.status).toBe("incomplete");
+    expect(capped.incomplete_details?.reason).toBe("max_output_tokens");
+  });
+
   test("rerank and score answer in vLLM's shapes: usage first for rerank, pairs in order for score", async () => {
     const post = (path: string, body: unknown) =>
       fetch(`${sim.base}${path}`, {

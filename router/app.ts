@@ -24,7 +24,13 @@ import { OpenStreams } from "./open-streams.ts";
 import { affinityKey, opensConversation } from "./policy.ts";
 import { forward, type ProxyConfig } from "./proxy.ts";
 import { ReplicaChecker } from "./replica-check.ts";
-import { type InferencePath, inferenceRoutes, routerRoutes, streamingPaths } from "./routes.ts";
+import {
+  type InferencePath,
+  includeUsagePaths,
+  inferenceRoutes,
+  routerRoutes,
+  streamingPaths,
+} from "./routes.ts";
 import type {
   ClientIdleTimer,
   FetchLike,
@@ -264,7 +270,8 @@ function inferenceHandler(parts: {
       });
     }
     const stream = body.stream === true && streamingPaths.has(path);
-    const hideUsage = stream && !clientAskedForUsage(body.stream_options);
+    const hideUsage =
+      stream && includeUsagePaths.has(path) && !clientAskedForUsage(body.stream_options);
     const series = instruments.seriesFor(alias);
     const settle = holdOpen(c, deps.waitUntil);
 

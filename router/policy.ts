@@ -7,8 +7,9 @@ import type { RoutingPolicy } from "../protocol/index.ts";
  * - `prefix_affinity`: the conversation's stable prefix — its leading system/developer
  *   messages (their first `SYSTEM_KEY_CHARS` characters) and its first user message (its
  *   first `MESSAGE_KEY_CHARS`), the same in every turn of one conversation and different
- *   between conversations however long the shared system prompt; or the first
- *   `PREFIX_CHARS` characters of a completion prompt or embedding input. A request with no
+ *   between conversations however long the shared system prompt (a Responses request's
+ *   `instructions` stand for its system message, its input items for the messages); or the
+ *   first `PREFIX_CHARS` characters of a completion prompt or embedding input. A request with no
  *   such text (token ids only, a rerank or score) falls back to its session, then to least
  *   loaded.
  * - `session`: `x-session-id`, else the body's `user`; none: least loaded.
@@ -54,6 +55,19 @@ export function affinityKey(
  * cache it cannot use. Completions and embeddings carry no turns: never an opening.
  */
 export function opensConversation(json: Record<string, unknown>, path: string): boolean {
+  if (path === "/v1/responses") {
+    // A Responses turn that continues a stored one, or carries earlier output, is not one.
+    if (typeof json.previous_response_id === "string") return false;
+    if (typeof json.input === "string") return true;
+    if (!Array.isArray(json.input)) return false;
+    return !json.input.some(
+      (item) =>
+        typeof item === "object" &&
+        item !== null &&
+        ((item as { role?: unknown }).role === "assistant" ||
+          (item as { type?: unknown }).type === "function_call"),
+    );
+  }
   if (path !== "/v1/chat/completions") return false;
   const { messages } = json;
   if (!Array.isArray(messages)) return false;
@@ -67,6 +81,7 @@ export function opensConversation(json: Record<string, unknown>, path: string): 
 
 export function prefixKey(json: Record<string, unknown>, path: string): string | undefined {
   if (path === "/v1/chat/completions") return chatPrefix(json.messages);
+  if (path === "/v1/responses") return chatPrefix(responseMessages(json));
   // A reranker reads each document with the query as one short input: nothing worth keeping
   // warm, so rerank and score go by load.
   if (path !== "/v1/completions" && path !== "/v1/embeddings") return undefined;
@@ -110,4 +125,20 @@ function textOf(content: unknown): string {
     }
   }
   return text;
+}
+
+/**
+ * A Responses request as chat messages, for its key: `instructions` is the system message,
+ * a string `input` one user message, and input items stand as they are (messages have `role`
+ * and `content`; other items end the prefix, as a non-message does in chat).
+ */
+function responseMessages(json: Record<string, unknown>): unknown {
+  const { instructions, input } = json;
+  const system =
+    typeof instructions === "string" && instructions !== ""
+      ? [{ role: "system", content: instructions }]
+      : [];
+  if (typeof input === "string") return [...system, { role: "user", content: input }];
+  if (!Array.isArray(input)) return undefined;
+  return [...system, ...input];
 }

@@ -108,6 +108,24 @@ export const embeddingRequestSchema = inferenceBodySchema
   })
   .describe(`\`model\` is the alias of an embedding model. ${passthrough}`);
 
+/** OpenAI's Responses API, as vLLM serves it (stateless unless its response store is on). */
+export const responsesRequestSchema = inferenceBodySchema
+  .omit({ stream_options: true })
+  .extend({
+    input: z
+      .union([z.string(), z.array(z.looseObject({ type: z.string().optional() }))])
+      .describe("a prompt, or input items (messages with `role` and `content`, tool results)"),
+    instructions: z.string().nullish().describe("the system message"),
+    max_output_tokens: z.number().int().min(1).nullish(),
+    temperature: z.number().min(0).nullish(),
+    top_p: z.number().gt(0).lte(1).nullish(),
+    previous_response_id: z
+      .string()
+      .nullish()
+      .describe("needs vLLM's response store, which is per engine: see docs/router.md"),
+  })
+  .describe(`\`model\` is the alias registered with the manager. ${passthrough}`);
+
 /** vLLM's rerank (Jina's and Cohere's shape): the documents ordered by relevance to the query. */
 export const rerankRequestSchema = inferenceBodySchema
   .omit({ stream: true, stream_options: true })
@@ -176,6 +194,22 @@ const embeddingListSchema = z.looseObject({
     }),
   ),
   usage: usageSchema,
+});
+
+const responseSchema = z.looseObject({
+  id: z.string(),
+  object: z.literal("response"),
+  created_at: z.number().int(),
+  status: z.string(),
+  model: z.string(),
+  output: z.array(z.looseObject({ type: z.string() })),
+  usage: z
+    .looseObject({
+      input_tokens: z.number().int(),
+      output_tokens: z.number().int(),
+      total_tokens: z.number().int(),
+    })
+    .nullish(),
 });
 
 const rerankResultSchema = z.looseObject({
@@ -269,6 +303,33 @@ const embeddings = {
     200: {
       description: "vLLM's answer, byte for byte",
       content: { "application/json": { schema: embeddingListSchema } },
+    },
+    ...inferenceErrors,
+  },
+} satisfies RouteConfig;
+
+const responses = {
+  method: "post",
+  path: "/v1/responses",
+  tags: ["OpenAI"],
+  summary: "A model response (OpenAI's Responses API), forwarded to a ready replica of the alias",
+  security: apiKey,
+  request: {
+    body: { required: true, content: { "application/json": { schema: responsesRequestSchema } } },
+  },
+  responses: {
+    200: {
+      description: "vLLM's answer, byte for byte",
+      content: {
+        "application/json": { schema: responseSchema },
+        "text/event-stream": {
+          schema: z
+            .string()
+            .describe(
+              'With `"stream": true`: `event:`/`data:` pairs from `response.created` to `response.completed` (which carries the usage), flushed as the engine writes them.',
+            ),
+        },
+      },
     },
     ...inferenceErrors,
   },
@@ -408,6 +469,7 @@ export const routerRoutes = {
   chatCompletions,
   completions,
   embeddings,
+  responses,
   rerank,
   score,
   models,
@@ -416,11 +478,28 @@ export const routerRoutes = {
 };
 
 /** The routes that proxy a request body to an engine. */
-export const inferenceRoutes = [chatCompletions, completions, embeddings, rerank, score] as const;
+export const inferenceRoutes = [
+  chatCompletions,
+  completions,
+  embeddings,
+  responses,
+  rerank,
+  score,
+] as const;
 export type InferencePath = (typeof inferenceRoutes)[number]["path"];
 
 /** The paths whose answer may be an event stream (`"stream": true`); the others never are. */
 export const streamingPaths: ReadonlySet<InferencePath> = new Set([
+  chatCompletions.path,
+  completions.path,
+  responses.path,
+]);
+
+/**
+ * The streams that carry usage only when `stream_options.include_usage` asks (the router asks
+ * on a client's behalf and hides it again); a Responses stream always ends with it.
+ */
+export const includeUsagePaths: ReadonlySet<InferencePath> = new Set([
   chatCompletions.path,
   completions.path,
 ]);

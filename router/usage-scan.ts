@@ -27,12 +27,29 @@ const encoder = new TextEncoder();
 const eventBoundary = /\r?\n\r?\n/g;
 const maxPendingChars = 4 * 1024 * 1024;
 
+/**
+ * The usage an event carries: a chat or completion chunk's `usage`, or the `response.usage`
+ * of a Responses event (`response.completed`), whose counts are named `input_tokens` and
+ * `output_tokens`.
+ */
 function usageFrom(value: unknown): RawUsage | undefined {
   if (typeof value !== "object" || value === null) return undefined;
-  const usage = (value as { usage?: unknown }).usage;
+  let usage = (value as { usage?: unknown }).usage;
+  if (usage === undefined) {
+    const response = (value as { response?: unknown }).response;
+    if (typeof response === "object" && response !== null) {
+      usage = (response as { usage?: unknown }).usage;
+    }
+  }
   if (typeof usage !== "object" || usage === null) return undefined;
-  const { prompt_tokens, completion_tokens } = usage as Record<string, unknown>;
-  return { promptTokens: prompt_tokens ?? null, completionTokens: completion_tokens ?? null };
+  const { prompt_tokens, completion_tokens, input_tokens, output_tokens } = usage as Record<
+    string,
+    unknown
+  >;
+  return {
+    promptTokens: prompt_tokens ?? input_tokens ?? null,
+    completionTokens: completion_tokens ?? output_tokens ?? null,
+  };
 }
 
 /**
@@ -237,8 +254,9 @@ export function usageInJsonBody(body: Uint8Array): RawUsage | undefined {
 }
 
 /**
- * `usage` from `bytes[from..]`. A usage with `total_tokens` alone (vLLM's rerank: a reranker
- * reads, it writes nothing) counts them as prompt tokens.
+ * `usage` from `bytes[from..]`: prompt and completion tokens, else a Responses answer's input
+ * and output tokens, else `total_tokens` alone (vLLM's rerank: a reranker reads, it writes
+ * nothing) as prompt tokens.
  */
 function usageInJson(bytes: Uint8Array, from: number): RawUsage | undefined {
   // Inside JSON strings a quote is escaped, so `"prompt_tokens"` only matches real keys.
@@ -248,12 +266,18 @@ function usageInJson(bytes: Uint8Array, from: number): RawUsage | undefined {
   if (prompt !== null || completion !== null) {
     return { promptTokens: prompt, completionTokens: completion };
   }
+  // A Responses answer names them input and output tokens.
+  const input = lastValueAfter(bytes, inputKey, from);
+  const output = lastValueAfter(bytes, outputKey, from);
+  if (input !== null || output !== null) return { promptTokens: input, completionTokens: output };
   const total = lastValueAfter(bytes, totalKey, from);
   return total === null ? undefined : { promptTokens: total, completionTokens: null };
 }
 
 const promptKey = encoder.encode('"prompt_tokens"');
 const completionKey = encoder.encode('"completion_tokens"');
+const inputKey = encoder.encode('"input_tokens"');
+const outputKey = encoder.encode('"output_tokens"');
 const totalKey = encoder.encode('"total_tokens"');
 
 const isSpace = (byte: number | undefined) =>

@@ -10,6 +10,7 @@ const allowed: Record<string, string> = {
   "chat/completions": "POST",
   completions: "POST",
   embeddings: "POST",
+  responses: "POST",
   // vLLM's pooling endpoints for rerankers (cross-encoders).
   rerank: "POST",
   score: "POST",

@@ -869,3 +869,62 @@ describe("router app: rerank and score (vLLM's pooling endpoints)", () => {
 });
 
 type OpenAiErrorBody = { error: { message: string } };
+
+describe("router app: the Responses API", () => {
+  test("a whole response is forwarded and its input and output tokens recorded", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post("/v1/responses", {
+      model: "qwen",
+      instructions: "Be brief.",
+      input: [{ role: "user", content: "say this" }],
+    });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      object: string;
+      output: { content: { text: string }[] }[];
+      usage: { input_tokens: number; output_tokens: number };
+    };
+    expect(body.object).toBe("response");
+    expect(body.output[0]?.content[0]?.text).toBe("say this");
+    expect(upstream.map((u) => u.url)).toEqual(["http://live.test/proxy/qwen/v1/responses"]);
+    expect(usage).toEqual([
+      expect.objectContaining({
+        status: 200,
+        stream: false,
+        prompt_tokens: body.usage.input_tokens,
+        completion_tokens: body.usage.output_tokens,
+      }),
+    ]);
+  });
+
+  test("a streamed response passes through event for event (no stream_options added), its usage read from response.completed", async () => {
+    const { post, usage, upstream } = router();
+    const response = await post("/v1/responses", {
+      model: "qwen",
+      input: "stream me",
+      stream: true,
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toContain("text/event-stream");
+    const text = await response.text();
+    // Sent as the client wrote it: the Responses API has no stream_options.
+    expect(JSON.parse(upstream[0]?.body ?? "{}")).not.toHaveProperty("stream_options");
+    const types = [...text.matchAll(/^event: (\S+)$/gm)].map((match) => match[1]);
+    expect(types[0]).toBe("response.created");
+    expect(types.at(-1)).toBe("response.completed");
+    expect(text).not.toContain("[DONE]");
+    const completed = text
+      .split("\n\n")
+      .find((event) => event.startsWith("event: response.completed"));
+    const data = JSON.parse(completed?.split("\ndata: ")[1] ?? "{}") as {
+      response: { usage: { input_tokens: number; output_tokens: number } };
+    };
+    await eventually(() => usage.length === 1);
+    expect(usage[0]).toMatchObject({
+      status: 200,
+      stream: true,
+      prompt_tokens: data.response.usage.input_tokens,
+      completion_tokens: data.response.usage.output_tokens,
+    });
+  });
+});

@@ -87,6 +87,25 @@ describe("router → agent → engine", () => {
     expect(records.find((r) => r.stream)?.completion_tokens).toBeGreaterThan(0);
   });
 
+  test("the Responses API reaches the engine through the agent, whole and streamed", async () => {
+    const client = new OpenAI({ baseURL: `${router.url}/v1`, apiKey: "client-key", maxRetries: 0 });
+    const whole = await client.responses.create({
+      model: "qwen",
+      input: "responses via the agent",
+    });
+    expect(whole.output_text).toBe("responses via the agent");
+    const stream = await client.responses.create({
+      model: "qwen",
+      input: "and streamed",
+      stream: true,
+    });
+    let text = "";
+    for await (const event of stream) {
+      if (event.type === "response.output_text.delta") text += event.delta;
+    }
+    expect(text).toBe("and streamed");
+  });
+
   test("a rerank reaches the engine through the agent, and its tokens are recorded", async () => {
     const before = (await manager.usage()).length;
     const response = await fetch(`${router.url}/v1/rerank`, {

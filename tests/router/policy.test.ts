@@ -128,6 +128,38 @@ describe("routing policy keys", () => {
     expect(opensConversation({ input: "hi" }, "/v1/embeddings")).toBe(false);
   });
 
+  test("a Responses request keys as the chat it stands for; its later turns open nothing", () => {
+    const responses = "/v1/responses";
+    const user = { role: "user", content: "hi" };
+    // instructions + input is the chat of system + user: the same home for both APIs.
+    expect(prefixKey({ instructions: system.content, input: [user] }, responses)).toBe(
+      prefixKey({ messages: [system, user] }, chat) as string,
+    );
+    expect(prefixKey({ input: "hi" }, responses)).toBe(
+      prefixKey({ messages: [user] }, chat) as string,
+    );
+    // Every turn of one conversation keys alike: the assistant's output and tool results follow.
+    const later = {
+      instructions: system.content,
+      input: [
+        user,
+        { type: "message", role: "assistant", content: [{ type: "output_text", text: "hello" }] },
+        { type: "function_call_output", call_id: "c1", output: "42" },
+      ],
+    };
+    expect(prefixKey(later, responses)).toBe(
+      prefixKey({ instructions: system.content, input: [user] }, responses) as string,
+    );
+    expect(opensConversation({ input: "hi" }, responses)).toBe(true);
+    expect(opensConversation({ input: [user] }, responses)).toBe(true);
+    expect(opensConversation(later, responses)).toBe(false);
+    expect(opensConversation({ input: "next", previous_response_id: "resp_1" }, responses)).toBe(
+      false,
+    );
+    // Rerank and score have no prefix key.
+    expect(prefixKey({ query: "q", documents: ["d"], prompt: "p" }, "/v1/rerank")).toBeUndefined();
+  });
+
   test("policies: least_loaded none, session its header or user, prefix falls back to session", () => {
     const body = { messages: [system] };
     expect(affinityKey("least_loaded", "s1", body, chat)).toBeUndefined();

@@ -245,132 +245,83 @@ const eventStream = (chunk: string) => ({
   },
 });
 
-const chatCompletions = {
-  method: "post",
-  path: "/v1/chat/completions",
-  tags: ["OpenAI"],
-  summary: "Chat completion, forwarded to a ready replica of the alias named in model",
-  security: apiKey,
-  request: {
-    body: {
-      required: true,
-      content: { "application/json": { schema: chatCompletionRequestSchema } },
+/**
+ * A route that forwards a JSON body to a ready replica of the alias in `model`: its request
+ * schema and what a 200 carries (vLLM's answer, byte for byte), behind an API key.
+ */
+function inferenceRoute<const P extends string>(
+  path: P,
+  summary: string,
+  body: z.ZodType,
+  answer: Record<string, { schema: z.ZodType }>,
+) {
+  return {
+    method: "post",
+    path,
+    tags: ["OpenAI"],
+    summary,
+    security: apiKey,
+    request: { body: { required: true, content: { "application/json": { schema: body } } } },
+    responses: {
+      200: { description: "vLLM's answer, byte for byte", content: answer },
+      ...inferenceErrors,
     },
-  },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: {
-        "application/json": { schema: chatCompletionSchema },
-        ...eventStream("chat.completion.chunk"),
-      },
-    },
-    ...inferenceErrors,
-  },
-} satisfies RouteConfig;
+  } as const satisfies RouteConfig;
+}
 
-const completions = {
-  method: "post",
-  path: "/v1/completions",
-  tags: ["OpenAI"],
-  summary: "Text completion, forwarded to a ready replica of the alias named in model",
-  security: apiKey,
-  request: {
-    body: { required: true, content: { "application/json": { schema: completionRequestSchema } } },
+const chatCompletions = inferenceRoute(
+  "/v1/chat/completions",
+  "Chat completion, forwarded to a ready replica of the alias named in model",
+  chatCompletionRequestSchema,
+  {
+    "application/json": { schema: chatCompletionSchema },
+    ...eventStream("chat.completion.chunk"),
   },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: {
-        "application/json": { schema: completionSchema },
-        ...eventStream("text_completion"),
-      },
-    },
-    ...inferenceErrors,
-  },
-} satisfies RouteConfig;
+);
 
-const embeddings = {
-  method: "post",
-  path: "/v1/embeddings",
-  tags: ["OpenAI"],
-  summary: "Embeddings, forwarded to a ready replica of the alias named in model",
-  security: apiKey,
-  request: {
-    body: { required: true, content: { "application/json": { schema: embeddingRequestSchema } } },
-  },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: { "application/json": { schema: embeddingListSchema } },
-    },
-    ...inferenceErrors,
-  },
-} satisfies RouteConfig;
+const completions = inferenceRoute(
+  "/v1/completions",
+  "Text completion, forwarded to a ready replica of the alias named in model",
+  completionRequestSchema,
+  { "application/json": { schema: completionSchema }, ...eventStream("text_completion") },
+);
 
-const responses = {
-  method: "post",
-  path: "/v1/responses",
-  tags: ["OpenAI"],
-  summary: "A model response (OpenAI's Responses API), forwarded to a ready replica of the alias",
-  security: apiKey,
-  request: {
-    body: { required: true, content: { "application/json": { schema: responsesRequestSchema } } },
-  },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: {
-        "application/json": { schema: responseSchema },
-        "text/event-stream": {
-          schema: z
-            .string()
-            .describe(
-              'With `"stream": true`: `event:`/`data:` pairs from `response.created` to `response.completed` (which carries the usage), flushed as the engine writes them.',
-            ),
-        },
-      },
-    },
-    ...inferenceErrors,
-  },
-} satisfies RouteConfig;
+const embeddings = inferenceRoute(
+  "/v1/embeddings",
+  "Embeddings, forwarded to a ready replica of the alias named in model",
+  embeddingRequestSchema,
+  { "application/json": { schema: embeddingListSchema } },
+);
 
-const rerank = {
-  method: "post",
-  path: "/v1/rerank",
-  tags: ["OpenAI"],
-  summary:
-    "Rerank documents for a query (vLLM's rerank), forwarded to a ready replica of the alias",
-  security: apiKey,
-  request: {
-    body: { required: true, content: { "application/json": { schema: rerankRequestSchema } } },
-  },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: { "application/json": { schema: rerankResultSchema } },
+const responses = inferenceRoute(
+  "/v1/responses",
+  "A model response (OpenAI's Responses API), forwarded to a ready replica of the alias",
+  responsesRequestSchema,
+  {
+    "application/json": { schema: responseSchema },
+    "text/event-stream": {
+      schema: z
+        .string()
+        .describe(
+          'With `"stream": true`: `event:`/`data:` pairs from `response.created` to `response.completed` (which carries the usage), flushed as the engine writes them.',
+        ),
     },
-    ...inferenceErrors,
   },
-} satisfies RouteConfig;
+);
 
-const score = {
-  method: "post",
-  path: "/v1/score",
-  tags: ["OpenAI"],
-  summary: "Score pairs of texts (vLLM's score), forwarded to a ready replica of the alias",
-  security: apiKey,
-  request: {
-    body: { required: true, content: { "application/json": { schema: scoreRequestSchema } } },
-  },
-  responses: {
-    200: {
-      description: "vLLM's answer, byte for byte",
-      content: { "application/json": { schema: scoreListSchema } },
-    },
-    ...inferenceErrors,
-  },
-} satisfies RouteConfig;
+const rerank = inferenceRoute(
+  "/v1/rerank",
+  "Rerank documents for a query (vLLM's rerank), forwarded to a ready replica of the alias",
+  rerankRequestSchema,
+  { "application/json": { schema: rerankResultSchema } },
+);
+
+const score = inferenceRoute(
+  "/v1/score",
+  "Score pairs of texts (vLLM's score), forwarded to a ready replica of the alias",
+  scoreRequestSchema,
+  { "application/json": { schema: scoreListSchema } },
+);
 
 export const servedModelListSchema = z.object({
   object: z.literal("list"),

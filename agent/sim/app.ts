@@ -98,7 +98,9 @@ async function readBody<T>(request: Request, schema: z.ZodType<T>): Promise<Pars
   return { ok: false, response: vllmError(400, message, param) };
 }
 
-function contentText(content: ChatRequest["messages"][number]["content"]): string {
+type ChatContent = ChatRequest["messages"][number]["content"];
+
+function contentText(content: ChatContent): string {
   if (typeof content === "string") return content;
   if (!content) return "";
   let text = "";
@@ -323,37 +325,65 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
     return new Response(body, { headers: SSE_HEADERS });
   };
 
+  /**
+   * What every generating request goes through before it is queued: the context check (its
+   * prompt and the output it asks for, `requested`, or the rest of the context when null),
+   * failure injection, then its output. A Response when it is refused.
+   */
+  const admit = (
+    request: Request,
+    prompt: { promptTokens: number; promptText: string; echoText: string },
+    options: { requested: number | null; ignoreEos: boolean; seed: number | null | undefined },
+  ): Response | { output: string[]; finishReason: FinishReason } => {
+    const { promptTokens } = prompt;
+    const tooLong = contextCheck(promptTokens, options.requested);
+    if (tooLong) return tooLong;
+    const failure = injected(request);
+    if (failure) return failure;
+    return generate({
+      echoText: prompt.echoText,
+      promptText: prompt.promptText,
+      maxTokens: options.requested ?? config.maxModelLen - promptTokens,
+      ignoreEos: options.ignoreEos,
+      seed: options.seed,
+    });
+  };
+
+  /**
+   * A conversation as the engine reads it: its tokens (the template's overhead included), its
+   * text (the seed of filler output), the last user message (what echo mode answers) and, with
+   * the prefix cache on, the template as text (kv-cache.ts renderMessage).
+   */
+  const chatPrompt = (messages: { role?: string; content?: ChatContent }[]) => {
+    let promptTokens = CHAT_TOKENS_PER_PROMPT;
+    let promptText = "";
+    let echoText = "";
+    let rendered = "";
+    for (const message of messages) {
+      const text = contentText(message.content ?? null);
+      promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
+      promptText += text;
+      if (engine.cache) rendered += renderMessage(message.role ?? "user", text);
+      if (message.role === "user") echoText = text;
+    }
+    return { promptTokens, promptText, echoText, rendered };
+  };
+
   const chat = async (request: Request): Promise<Response> => {
     const parsed = await readBody(request, chatRequestSchema);
     if (!parsed.ok) return parsed.response;
     const body = parsed.value;
     const wrongModel = modelCheck(body.model);
     if (wrongModel) return wrongModel;
-    let promptTokens = CHAT_TOKENS_PER_PROMPT;
-    let promptText = "";
-    let echoText = "";
-    // The template as text, for prefix-cache keys (kv-cache.ts renderMessage).
-    let rendered = "";
-    for (const message of body.messages) {
-      const text = contentText(message.content);
-      promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
-      promptText += text;
-      if (engine.cache) rendered += renderMessage(message.role, text);
-      if (message.role === "user") echoText = text;
-    }
-    const requested = body.max_completion_tokens ?? body.max_tokens ?? null;
-    const tooLong = contextCheck(promptTokens, requested);
-    if (tooLong) return tooLong;
-    const failure = injected(request);
-    if (failure) return failure;
-    const maxTokens = requested ?? config.maxModelLen - promptTokens;
-    const { output, finishReason } = generate({
-      echoText,
-      promptText,
-      maxTokens,
+    const prompt = chatPrompt(body.messages);
+    const { promptTokens, rendered } = prompt;
+    const generated = admit(request, prompt, {
+      requested: body.max_completion_tokens ?? body.max_tokens ?? null,
       ignoreEos: body.ignore_eos === true,
       seed: body.seed,
     });
+    if (generated instanceof Response) return generated;
+    const { output, finishReason } = generated;
     const id = `chatcmpl-${randomId()}`;
     const created = Math.floor(Date.now() / 1000);
     const seq = newSeq(promptTokens, output, finishReason, body.stream === true);
@@ -429,28 +459,12 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
         ? [{ role: "user", content: body.input }]
         : body.input.filter((item) => item.type === undefined || item.type === "message");
     if (body.instructions) messages.unshift({ role: "system", content: body.instructions });
-    let promptTokens = CHAT_TOKENS_PER_PROMPT;
-    let promptText = "";
-    let echoText = "";
-    for (const message of messages) {
-      const text = contentText(message.content ?? null);
-      promptTokens += CHAT_TOKENS_PER_MESSAGE + countTokens(text);
-      promptText += text;
-      if (message.role === "user") echoText = text;
-    }
+    const prompt = chatPrompt(messages);
+    const { promptTokens } = prompt;
     const requested = body.max_output_tokens ?? null;
-    const tooLong = contextCheck(promptTokens, requested);
-    if (tooLong) return tooLong;
-    const failure = injected(request);
-    if (failure) return failure;
-    const maxTokens = requested ?? config.maxModelLen - promptTokens;
-    const { output, finishReason } = generate({
-      echoText,
-      promptText,
-      maxTokens,
-      ignoreEos: false,
-      seed: body.seed,
-    });
+    const generated = admit(request, prompt, { requested, ignoreEos: false, seed: body.seed });
+    if (generated instanceof Response) return generated;
+    const { output, finishReason } = generated;
     const id = `resp_${randomId()}`;
     const itemId = `msg_${randomId()}`;
     const createdAt = Math.floor(Date.now() / 1000);
@@ -542,18 +556,13 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       promptTokens = ids.length;
     }
     // vLLM's completions default is 16 output tokens, not "the rest of the context".
-    const requested = body.max_tokens ?? 16;
-    const tooLong = contextCheck(promptTokens, requested);
-    if (tooLong) return tooLong;
-    const failure = injected(request);
-    if (failure) return failure;
-    const { output, finishReason } = generate({
-      echoText: promptText,
-      promptText,
-      maxTokens: requested,
-      ignoreEos: body.ignore_eos === true,
-      seed: body.seed,
-    });
+    const generated = admit(
+      request,
+      { promptTokens, promptText, echoText: promptText },
+      { requested: body.max_tokens ?? 16, ignoreEos: body.ignore_eos === true, seed: body.seed },
+    );
+    if (generated instanceof Response) return generated;
+    const { output, finishReason } = generated;
     const echoPrefix = body.echo === true ? promptText : "";
     const id = `cmpl-${randomId()}`;
     const created = Math.floor(Date.now() / 1000);

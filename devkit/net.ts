@@ -57,3 +57,18 @@ export async function eventually<T>(
   const why = lastError instanceof Error ? `: ${lastError.message}` : "";
   throw new Error(`timed out waiting for ${options.what ?? "condition"}${why}`);
 }
+
+/**
+ * A browser's CORS preflight for a cross-origin POST with JSON and a key, from `origin`
+ * (what a web page's `fetch` sends before the request itself).
+ */
+export function corsPreflight(url: string, origin: string): Promise<Response> {
+  return fetch(url, {
+    method: "OPTIONS",
+    headers: {
+      origin,
+      "access-control-request-method": "POST",
+      "access-control-request-headers": "authorization, content-type",
+    },
+  });
+}

@@ -60,6 +60,18 @@ export class Cors {
   }
 }
 
+/**
+ * `response` made readable to the page at `origin` (the request's `Origin`) when `cors` lets
+ * it; unchanged for a request without one (not a browser's) or without CORS.
+ */
+export function readableBy(
+  cors: Cors | undefined,
+  origin: string | undefined,
+  response: Response,
+): Response {
+  return cors && origin ? cors.decorate(response, origin) : response;
+}
+
 /** A preflight is cached this long (Starlette's default, which vLLM serves). */
 const preflightMaxAgeS = 600;
 /** What a page's script may read of an answer beyond the safelisted headers. */

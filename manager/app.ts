@@ -2,6 +2,7 @@ import { createRoute, type OpenAPIHono, type RouteConfig } from "@hono/zod-opena
 import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
+import { readableBy } from "../kit/cors.ts";
 import { AppError, quote, renderError } from "../kit/errors.ts";
 import type { Metrics } from "../kit/metrics.ts";
 import { checkMetricsAccess } from "../kit/metrics-access.ts";
@@ -214,9 +215,7 @@ export function createApp(deps: ManagerDeps): Manager {
     async (c) => {
       if (isAuthorized(ctx.config, c.req.header("authorization"), "admin")) {
         const list = c.json(await listModels(ctx), 200);
-        const { cors } = ctx.config;
-        const origin = c.req.header("origin");
-        return cors && origin ? cors.decorate(list, origin) : list;
+        return readableBy(ctx.config.cors, c.req.header("origin"), list);
       }
       if (!router) {
         throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer ADMIN_TOKEN");

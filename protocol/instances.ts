@@ -16,17 +16,17 @@ import { engineLoadSchema } from "./load.ts";
 export const reservedEngineFlags = ["--host", "--port", "--served-model-name"] as const;
 
 /** The operating system refuses an argument with a NUL character in it. */
-const withoutNul = (text: string) => !text.includes("\0");
+const hasNoNul = (text: string) => !text.includes("\0");
 const nulMessage = "must not contain NUL characters (U+0000)";
 
 /** The model a `vllm serve` command line names: the hub id or a local path. */
-export const modelNameSchema = z.string().min(1).max(512).refine(withoutNul, nulMessage);
+export const modelNameSchema = z.string().min(1).max(512).refine(hasNoNul, nulMessage);
 
 /** One extra `vllm serve` argument, passed through verbatim (no shell is ever involved). */
 export const extraArgSchema = z
   .string()
   .max(4096)
-  .refine(withoutNul, nulMessage)
+  .refine(hasNoNul, nulMessage)
   .refine(
     (arg) => !reservedEngineFlags.some((flag) => arg === flag || arg.startsWith(`${flag}=`)),
     "extra_args may not set --host, --port or --served-model-name",

@@ -1,6 +1,6 @@
 import { type Context, Hono } from "hono";
 import { isoTimestamps, type MonotonicClock, monotonicClock } from "../kit/clock.ts";
-import type { Cors } from "../kit/cors.ts";
+import { type Cors, readableBy } from "../kit/cors.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
 import { type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
@@ -144,10 +144,8 @@ export function createApp(deps: AppDeps): Hono {
 
   const { cors } = deps;
   /** A response a web page at the request's origin may read, when CORS_ORIGINS lets it. */
-  const readable = (c: Context, response: Response) => {
-    const origin = cors && c.req.header("origin");
-    return origin ? cors.decorate(response, origin) : response;
-  };
+  const originOf = (c: Context) => (cors ? c.req.header("origin") : undefined);
+  const readable = (c: Context, response: Response) => readableBy(cors, originOf(c), response);
 
   const app = new Hono();
   app.onError((error, c) => readable(c, renderError(error, { log, path: c.req.path })));
@@ -205,8 +203,8 @@ export function createApp(deps: AppDeps): Hono {
     app.post(path, (c) => {
       const answer = inference(c, path);
       // Only a browser's request carries Origin: every other one takes the promise as is.
-      const origin = cors && c.req.header("origin");
-      return origin ? answer.then((response) => cors.decorate(response, origin)) : answer;
+      const origin = originOf(c);
+      return origin ? answer.then((response) => readableBy(cors, origin, response)) : answer;
     });
   }
   if (cors) {

@@ -485,7 +485,6 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       content: parts,
     });
     const part = (partText: string) => ({ type: "output_text", text: partText, annotations: [] });
-    const incomplete = finishReason === "length";
     const response = (status: "in_progress" | "completed" | "incomplete", done: boolean) => ({
       id,
       object: "response",
@@ -506,7 +505,7 @@ export function createSimApp(config: SimConfig, deps: SimDeps = {}): SimApp {
       usage: done ? usageOf(output.length) : null,
       user: null,
     });
-    const final = incomplete ? "incomplete" : "completed";
+    const final = finishReason === "length" ? "incomplete" : "completed";
     if (body.stream !== true) return runToEnd(request, seq, () => json(response(final, true)));
     let sequence = 0;
     const event = (type: string, fields: Record<string, unknown>) =>

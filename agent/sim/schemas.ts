@@ -79,7 +79,6 @@ export const responsesRequestSchema = z.looseObject({
     .optional(),
   seed: z.number().int().nullable().optional(),
 });
-export type ResponsesRequest = z.infer<typeof responsesRequestSchema>;
 
 /** vLLM's `POST /v1/rerank` (Jina's and Cohere's shape). */
 export const rerankRequestSchema = z.looseObject({

@@ -6,7 +6,7 @@
  * `/openapi.json`, so the three cannot drift apart.
  */
 import { OpenAPIHono } from "@hono/zod-openapi";
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import type { z } from "zod";
 import { AppError, quote, validationError } from "../../kit/errors.ts";
 import { openAiErrorSchema } from "../../protocol/index.ts";
@@ -138,9 +138,8 @@ const jsonBodyReader =
       );
     }
     if (text.trim() === "") {
-      // The validator parses the cached text, so an empty body becomes an empty object.
-      // (Hono's cache holds promises at run time; its type says the values themselves.)
-      (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve("{}");
+      // An empty body is validated as an empty object.
+      validateAs(c, "{}");
       return next();
     }
     let body: unknown;
@@ -163,12 +162,19 @@ const jsonBodyReader =
           );
         }
       } else {
-        const cleaned = JSON.stringify(withoutNul(body));
-        (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve(cleaned);
+        validateAs(c, JSON.stringify(withoutNul(body)));
       }
     }
     return next();
   };
+
+/**
+ * Makes the route's validator read `text` as the body: it parses the cached text (Hono's
+ * cache holds promises at run time; its type says the values themselves).
+ */
+function validateAs(c: Context, text: string): void {
+  (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve(text);
+}
 
 /** The path of the first string (or key) in `value` with a NUL character, if any. */
 function nulAt(value: unknown, path: (string | number)[]): (string | number)[] | undefined {

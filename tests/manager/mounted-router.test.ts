@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import type { Server } from "bun";
 import { createTestDatabase, serviceDbTarget, type TestDatabase } from "../../devkit/db.ts";
-import { eventually, freePort, waitForHttp } from "../../devkit/net.ts";
+import { corsPreflight, eventually, freePort, waitForHttp } from "../../devkit/net.ts";
 import { bunBin, type Service, startProcess, stopAll } from "../../devkit/proc.ts";
 import { sseData, streamText } from "../../devkit/sse.ts";
 import type { InstanceReport, InstanceSpec } from "../../protocol/index.ts";
@@ -177,14 +177,7 @@ for (const [runtime, argv] of Object.entries(runtimes)) {
 
     test("a web page on another origin may call the OpenAI surface (CORS_ORIGINS defaults to every origin)", async () => {
       const page = "https://playground.example";
-      const preflight = await fetch(`${url}/v1/chat/completions`, {
-        method: "OPTIONS",
-        headers: {
-          origin: page,
-          "access-control-request-method": "POST",
-          "access-control-request-headers": "authorization, content-type",
-        },
-      });
+      const preflight = await corsPreflight(`${url}/v1/chat/completions`, page);
       expect(preflight.status).toBe(204);
       expect(preflight.headers.get("access-control-allow-origin")).toBe("*");
       expect(preflight.headers.get("access-control-allow-headers")).toBe(

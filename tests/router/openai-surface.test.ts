@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Miniflare } from "miniflare";
 import OpenAI, { APIError } from "openai";
 import { type OpenTestDb, openFreshDb } from "../../devkit/db.ts";
-import { eventually } from "../../devkit/net.ts";
+import { corsPreflight, eventually } from "../../devkit/net.ts";
 import { bunBin, repoRoot, stopAll } from "../../devkit/proc.ts";
 import type { ApiKeyCreated, OpenAiError } from "../../protocol/index.ts";
 import wrangler from "../../router/wrangler.toml";
@@ -196,14 +196,7 @@ for (const runtime of runtimes) {
 
     test("lets a web page on another origin call it: preflight, then a readable answer", async () => {
       const page = "https://playground.example";
-      const preflight = await fetch(`${url}/v1/chat/completions`, {
-        method: "OPTIONS",
-        headers: {
-          origin: page,
-          "access-control-request-method": "POST",
-          "access-control-request-headers": "authorization, content-type",
-        },
-      });
+      const preflight = await corsPreflight(`${url}/v1/chat/completions`, page);
       expect(preflight.status).toBe(204);
       expect(preflight.headers.get("access-control-allow-origin")).toBe("*");
       expect(preflight.headers.get("access-control-allow-headers")).toBe(

@@ -133,7 +133,7 @@ async function main() {
   });
   cleanups.push(() => stubManager.stop(true));
   const managerUrl = `http://127.0.0.1:${stubManager.port}`;
-  const route = (workerId: string, url: string) => ({
+  const route = (workerId: string, url: string, routing?: "round_robin") => ({
     alias,
     model_name: `org/${alias}`,
     worker_id: workerId,
@@ -143,6 +143,7 @@ async function main() {
     instance_id: `${workerId}-1`,
     ready: true,
     agent_token: agentToken,
+    ...(routing ? { routing } : {}),
   });
 
   let tableCount = 0;
@@ -632,7 +633,13 @@ async function main() {
     const rows: ConnectRow[] = [];
     for (const [hole, holeUrl] of holes) {
       for (const client of ["auto", "fetch", "http1"] as const) {
-        const router = await spawnRouter(client, [route("hole", holeUrl), route("live", sim.url)], {
+        // Round robin: the same prompt twelve times would otherwise be placed by load alone,
+        // the same way each time, and try the hole always or never.
+        const replicas = [
+          route("hole", holeUrl, "round_robin"),
+          route("live", sim.url, "round_robin"),
+        ];
+        const router = await spawnRouter(client, replicas, {
           CONNECT_TIMEOUT_MS: "500",
           FIRST_BYTE_TIMEOUT_MS: "5000",
           // Keep the hole in rotation: every request that picks it shows the cost again.
@@ -640,7 +647,7 @@ async function main() {
         });
         const latencies: number[] = [];
         const statuses = new Map<number, number>();
-        // Each request is sent alone; p2c picks among two replicas, so about half try the hole.
+        // Each request is sent alone, and every other one tries the hole first.
         for (let index = 0; index < 12; index++) {
           const started = performance.now();
           const response = await fetch(`${router.url}/v1/chat/completions`, {

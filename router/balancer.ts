@@ -324,7 +324,13 @@ export class Balancer {
     return this.claim(chosen);
   }
 
-  /** The next available replica after the last one this router chose in turn. */
+  /**
+   * The next available replica in turn. Only a request's first pick moves the turn on: a
+   * retry takes the next replica it has not tried and leaves the turn where it was, so a
+   * failing replica costs each request that meets it one retry, and is not met first by
+   * every request (with two replicas and one failing, a turn moved by each retry would send
+   * every request to the failing one first).
+   */
   private pickInTurn(
     candidates: readonly RouteEntry[],
     exclude: ReadonlySet<string>,
@@ -335,7 +341,7 @@ export class Balancer {
       const route = candidates[(this.turn + step) % count] as RouteEntry;
       const state = this.state(route);
       if (exclude.has(state.key) || !this.available(state, now)) continue;
-      this.turn = (this.turn + step + 1) % count;
+      if (exclude.size === 0) this.turn = (this.turn + step + 1) % count;
       return this.claim(route);
     }
     return undefined;

@@ -301,6 +301,22 @@ describe("bounded-load rendezvous hashing", () => {
     expect(b.pick(replicas, tried, ROUND_ROBIN)?.route.worker_id).toBe("w2");
   });
 
+  test("round robin: a retry leaves the turn, so a failing replica is not every request's first", () => {
+    const { b } = balancer(1);
+    const two = replicas.slice(0, 2);
+    const firsts: string[] = [];
+    for (let request = 0; request < 6; request++) {
+      const first = b.pick(two, none, ROUND_ROBIN);
+      firsts.push(first?.route.worker_id ?? "none");
+      // w1 fails every time it is tried (below its ejection threshold): retry on the other.
+      if (first?.route.worker_id === "w1") {
+        const retry = b.pick(two, new Set([first.state.key]), ROUND_ROBIN);
+        expect(retry?.route.worker_id).toBe("w2");
+      }
+    }
+    expect(firsts).toEqual(["w1", "w2", "w1", "w2", "w1", "w2"]);
+  });
+
   test("least loaded counts the engine's running and waiting, not only this router's", () => {
     const { b } = balancer(3);
     const two = replicas.slice(0, 2);

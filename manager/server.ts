@@ -297,7 +297,7 @@ export function startupHelp(
   ];
   if (loopback) {
     return [
-      `  OpenAI API   ${base}/v1  (chat/completions, completions, embeddings, models)`,
+      `  OpenAI API   ${base}/v1  (chat/completions, completions, embeddings, responses, rerank, score, models)`,
       `  API docs     ${base}/docs  (OpenAPI: ${base}/openapi.json)`,
       "  add a GPU host on this machine (for other hosts, start with HOST=0.0.0.0 and both tokens):",
       `    ${line}`,
@@ -309,7 +309,7 @@ export function startupHelp(
     ].join("\n");
   }
   return [
-    `  OpenAI API   ${reach}/v1  (chat/completions, completions, embeddings, models)`,
+    `  OpenAI API   ${reach}/v1  (chat/completions, completions, embeddings, responses, rerank, score, models)`,
     `  API docs     ${reach}/docs  (OpenAPI: ${reach}/openapi.json)`,
     "  add a GPU host: on that host, through its port mapping (WORKER_URL=http://<its address>:6006 instead on this network):",
     `    ${line}`,

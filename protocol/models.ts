@@ -9,7 +9,7 @@ import {
   workerIdSchema,
 } from "./common.ts";
 import { extraArgSchema, instanceProgressSchema, modelNameSchema } from "./instances.ts";
-import { routingPolicySchema, routingRecordSchema } from "./routes.ts";
+import { modelRouteSchema, routingPolicySchema } from "./routes.ts";
 
 export const placementStrategySchema = z.enum(["binpack", "spread"]);
 export type PlacementStrategy = z.infer<typeof placementStrategySchema>;
@@ -125,7 +125,7 @@ export const modelInfoSchema = z.object({
   routing: routingPolicySchema,
   created_at: isoTimeSchema,
   instances: z.array(instanceRecordSchema),
-  routes: z.array(routingRecordSchema),
+  routes: z.array(modelRouteSchema),
 });
 export type ModelInfo = z.infer<typeof modelInfoSchema>;
 

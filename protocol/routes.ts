@@ -16,6 +16,14 @@ export const routingRecordSchema = z.strictObject({
 export type RoutingRecord = z.infer<typeof routingRecordSchema>;
 
 /**
+ * A model's route as `GET /v1/models/{alias}` lists it: the record plus whether routers may
+ * send it traffic (its instance ready, its worker online and the routed path not known to
+ * be unreachable). A model can be `ready` with a route that is not: its public URL is down.
+ */
+export const modelRouteSchema = routingRecordSchema.extend({ ready: z.boolean() });
+export type ModelRoute = z.infer<typeof modelRouteSchema>;
+
+/**
  * How routers choose among a model's replicas (docs/router.md "Routing policies"):
  * `least_loaded` (router in-flight + the engine's running and waiting, power of two
  * choices), `prefix_affinity` (rendezvous hash of the conversation's stable prefix, walking

@@ -93,7 +93,7 @@ export function modelInfo(
     routing: model.routing,
     created_at: model.createdAt.toISOString(),
     instances: instances.map((row) => instanceRecord(row, extras)),
-    routes: routes.map(routingRecord),
+    routes: routes.map((route) => ({ ...routingRecord(route), ready: route.ready })),
   };
 }
 

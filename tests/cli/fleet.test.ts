@@ -60,8 +60,9 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(output).toMatch(/gpu-box-1: placed on GPU \d/);
     expect(output).toContain("gpu-box-1: ready");
     expect(output).toMatch(/ALIAS\s+MODEL\s+WORKER\s+WORKER URL/);
+    // The route as the manager's router serves it: ready, with the model's policy.
     expect(output).toMatch(
-      /qwen\s+Qwen\/Qwen2-VL-2B-Instruct\s+gpu-box-1\s+http:\/\/127\.0\.0\.1:\d+/,
+      /qwen\s+Qwen\/Qwen2-VL-2B-Instruct\s+gpu-box-1\s+http:\/\/127\.0\.0\.1:\d+\s+\d+\s+yes\s+session\s/,
     );
   });
 

@@ -9,7 +9,7 @@ import { configFromEnv, defaultConfig, managerEnvSchema } from "../../../manager
 import { startupHelp } from "../../../manager/server.ts";
 import { type AgentAddress, AgentClient } from "../../../manager/services/agent-client.ts";
 import { type ProblemInput, workerProblems } from "../../../manager/services/worker-problems.ts";
-import type { RouteSnapshot, WorkerInfo, WorkerList } from "../../../protocol/index.ts";
+import type { ModelInfo, RouteSnapshot, WorkerInfo, WorkerList } from "../../../protocol/index.ts";
 import { ADMIN, FLEET, gpu, manualClock, stubAgent, type TestManager } from "../helpers.ts";
 import { describeApi } from "./harness.ts";
 
@@ -392,10 +392,18 @@ describeApi("manager API: reaching workers", (api) => {
     // Its agent still reports the engine ready: the route stays out while the path is down.
     await beat();
     expect(await served()).toEqual([[mapped.url, false]]);
+    // The model is ready, and its route says it is not served (what `fleet models wait` prints).
+    const model = (await t.json<ModelInfo>("GET", "/v1/models/one")).body;
+    expect([model.status, model.routes.map((r) => [r.worker_url, r.ready])]).toEqual([
+      "ready",
+      [[mapped.url, false]],
+    ]);
 
     mapped.answer(asAgent);
     await t.manager.context.prober.probe("w1");
     expect(await served()).toEqual([[mapped.url, true]]);
+    const back = (await t.json<ModelInfo>("GET", "/v1/models/one")).body;
+    expect(back.routes.map((r) => r.ready)).toEqual([true]);
     expect(await routeEvents()).toEqual([
       ["worker.routes_withdrawn", mapped.url, 1],
       ["worker.routes_restored", mapped.url, 1],

@@ -31,6 +31,8 @@ describeApi("manager API: routes", (api) => {
         worker_url: "https://u1-6006.seetacloud.com:8443",
         vllm_port: expect.any(Number),
         created_at: expect.any(String),
+        // Launched, not ready yet: no router sends it traffic.
+        ready: false,
       },
     ]);
     expect(two.body.routes[0]?.worker_url).toBe(b.url);

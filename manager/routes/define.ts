@@ -87,7 +87,7 @@ export type Access = Record<
 export function accessFor(ctx: AuthContext): Access {
   const entry = (scope: Scope) => ({
     security: securityOf[scope],
-    middleware: [requireScope(ctx, scope), jsonBodyReader(nulCharactersOf[scope])],
+    middleware: [requireScope(ctx, scope), jsonBodyReader(unstorableOf[scope])],
   });
   return { admin: entry("admin"), router: entry("router") };
 }
@@ -104,28 +104,37 @@ export function checkedBy(
 }
 
 /**
- * What the NUL characters (U+0000) in a JSON body become. Postgres text and jsonb cannot hold
- * them, so one that reached a query would fail it with a 500.
+ * What the characters Postgres cannot store become: NUL (U+0000), which neither text nor
+ * jsonb holds, and UTF-16 surrogates without their pair (JSON's `\ud800` alone), which jsonb
+ * refuses (a text column would silently get U+FFFD). One that reached a query would fail it
+ * with a 500.
  * - `refuse`: 400 naming the field, for what people and the CLI send (an admin's input), where
- *   a NUL is a mistake to report.
+ *   such a character is a mistake to report.
  * - `replace`: U+FFFD in their place, for what agents report (`checkedBy`: registrations,
  *   heartbeats, drains): an engine's log line may carry anything, and must not cost the
  *   worker its heartbeats.
  * - `keep`: for the routers' routes: `POST /v1/usage` sets a record it cannot store aside as
  *   a dead letter, one record at a time (docs/manager.md "Route snapshot").
  */
-type NulCharacters = "refuse" | "replace" | "keep";
+type Unstorable = "refuse" | "replace" | "keep";
 
-const nulCharactersOf: Record<Scope, NulCharacters> = { admin: "refuse", router: "keep" };
+const unstorableOf: Record<Scope, Unstorable> = { admin: "refuse", router: "keep" };
+
+/**
+ * JSON carries a NUL or a lone surrogate only as an escape (`\u0000`, `\udXXX`; a raw NUL is
+ * not valid JSON, and bytes that are not UTF-8 were decoded to U+FFFD): a body without such
+ * an escape has neither, and most bodies are not walked at all.
+ */
+const unstorableEscape = /\\u(?:0000|[dD][89a-fA-F])/;
 
 /**
  * Reads a JSON body before the route's validator does, so that a malformed one is 400
  * `invalid_json` (not a validation error), an empty one reads as `{}`, a body sent as
- * something other than JSON gets a message that says what to send, and NUL characters are
- * dealt with as `nul` says.
+ * something other than JSON gets a message that says what to send, and characters Postgres
+ * cannot store are dealt with as `unstorable` says.
  */
 const jsonBodyReader =
-  (nul: NulCharacters): MiddlewareHandler =>
+  (unstorable: Unstorable): MiddlewareHandler =>
   async (c, next) => {
     if (c.req.method !== "POST") return next();
     const type = c.req.header("content-type");
@@ -148,21 +157,17 @@ const jsonBodyReader =
     } catch {
       throw new AppError("invalid_json", "request body is not valid JSON");
     }
-    // JSON carries a NUL only as the escape `\u0000` (a raw one is not valid JSON): a body
-    // without that text has none, and most bodies are not walked at all.
-    if (nul !== "keep" && text.includes("\\u0000")) {
-      if (nul === "refuse") {
-        const at = nulAt(body, []);
+    if (unstorable !== "keep" && unstorableEscape.test(text)) {
+      if (unstorable === "refuse") {
+        const at = unstorableAt(body, []);
         if (at) {
-          const param = at.join(".");
-          throw new AppError(
-            "invalid_request",
-            `${param === "" ? "body" : param}: must not contain NUL characters (U+0000)`,
-            { param: param === "" ? null : param },
-          );
+          const param = at.path.join(".");
+          throw new AppError("invalid_request", `${param === "" ? "body" : param}: ${at.why}`, {
+            param: param === "" ? null : param,
+          });
         }
       } else {
-        validateAs(c, JSON.stringify(withoutNul(body)));
+        validateAs(c, JSON.stringify(storable(body)));
       }
     }
     return next();
@@ -176,35 +181,53 @@ function validateAs(c: Context, text: string): void {
   (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve(text);
 }
 
-/** The path of the first string (or key) in `value` with a NUL character, if any. */
-function nulAt(value: unknown, path: (string | number)[]): (string | number)[] | undefined {
-  if (typeof value === "string") return value.includes("\u0000") ? path : undefined;
+/** Why Postgres cannot store `text`, if it cannot. */
+function unstorableIn(text: string): string | undefined {
+  if (text.includes("\u0000")) return "must not contain NUL characters (U+0000)";
+  if (!text.isWellFormed()) {
+    return "must not contain a UTF-16 surrogate without its pair (such as \\ud800 alone)";
+  }
+  return undefined;
+}
+
+/** The path of the first string (or key) in `value` that Postgres cannot store, and why. */
+function unstorableAt(
+  value: unknown,
+  path: (string | number)[],
+): { path: (string | number)[]; why: string } | undefined {
+  if (typeof value === "string") {
+    const why = unstorableIn(value);
+    return why ? { path, why } : undefined;
+  }
   if (Array.isArray(value)) {
     for (const [index, item] of value.entries()) {
-      const found = nulAt(item, [...path, index]);
+      const found = unstorableAt(item, [...path, index]);
       if (found) return found;
     }
     return undefined;
   }
   if (typeof value !== "object" || value === null) return undefined;
   for (const [key, item] of Object.entries(value)) {
-    if (key.includes("\u0000")) return [...path, key];
-    const found = nulAt(item, [...path, key]);
+    const why = unstorableIn(key);
+    if (why) return { path: [...path, key], why };
+    const found = unstorableAt(item, [...path, key]);
     if (found) return found;
   }
   return undefined;
 }
 
-/** `value` with every NUL character in its strings and keys replaced by U+FFFD. */
-function withoutNul(value: unknown): unknown {
-  if (typeof value === "string") return value.replaceAll("\u0000", "\ufffd");
-  if (Array.isArray(value)) return value.map(withoutNul);
+/** `text` with NUL characters and lone surrogates replaced by U+FFFD. */
+function storableText(text: string): string {
+  return text.toWellFormed().replaceAll("\u0000", "\ufffd");
+}
+
+/** `value` with every string and key made storable (`storableText`). */
+function storable(value: unknown): unknown {
+  if (typeof value === "string") return storableText(value);
+  if (Array.isArray(value)) return value.map(storable);
   if (typeof value !== "object" || value === null) return value;
   return Object.fromEntries(
-    Object.entries(value).map(([key, item]) => [
-      key.replaceAll("\u0000", "\ufffd"),
-      withoutNul(item),
-    ]),
+    Object.entries(value).map(([key, item]) => [storableText(key), storable(item)]),
   );
 }
 

@@ -106,33 +106,52 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
     expect(notJson.body.error.code).toBe("invalid_json");
   });
 
-  test("a NUL character (which Postgres cannot store) is refused in an admin's body, naming the field, and replaced in what an agent reports", async () => {
+  test("a NUL character or a lone surrogate (which Postgres cannot store) is refused in an admin's body, naming the field, and replaced in what an agent reports", async () => {
     const t = await api.manager();
     const a = api.agent();
-    const refused: [string, unknown, string][] = [
-      ["/v1/keys", { name: "ci\u0000" }, "name"],
-      ["/v1/routers", { name: "edge\u0000" }, "name"],
-      ["/v1/models/register", { alias: "m", model_name: "org/m\u0000" }, "model_name"],
+    const nul = "NUL characters";
+    const lone = "surrogate without its pair";
+    const refused: [string, unknown, string, string][] = [
+      ["/v1/keys", { name: "ci\u0000" }, "name", nul],
+      ["/v1/routers", { name: "edge\u0000" }, "name", nul],
+      ["/v1/models/register", { alias: "m", model_name: "org/m\u0000" }, "model_name", nul],
       [
         "/v1/models/register",
         { alias: "m", model_name: "org/m", extra_args: ["--x\u0000"] },
         "extra_args.0",
+        nul,
       ],
-      ["/v1/workers/install-command", { "\u0000": 1 }, "\u0000"],
+      ["/v1/workers/install-command", { "\u0000": 1 }, "\u0000", nul],
+      // JSON.stringify writes a lone surrogate as its escape, as a client's JSON would.
+      ["/v1/keys", { name: "ci\ud800" }, "name", lone],
+      ["/v1/keys", { name: "ci\udfff tail" }, "name", lone],
+      [
+        "/v1/models/register",
+        { alias: "m", model_name: "org/m", extra_args: ["--x", "\ud83d"] },
+        "extra_args.1",
+        lone,
+      ],
     ];
-    for (const [path, body, param] of refused) {
+    for (const [path, body, param, why] of refused) {
       const { status, body: reply } = await t.json<OpenAiError>("POST", path, { body });
       expect({ path, status }).toEqual({ path, status: 400 });
       expect(reply.error).toMatchObject({ code: "invalid_request", param });
-      expect(reply.error.message).toContain("NUL");
+      expect(reply.error.message).toContain(why);
     }
     // Nothing was written by the refused calls.
     expect((await t.json<{ keys: unknown[] }>("GET", "/v1/keys")).body.keys).toEqual([]);
     expect((await t.call("GET", "/v1/models/m")).status).toBe(404);
+    // A whole pair (an emoji) is a character like any other.
+    const emoji = await t.json<{ name: string }>("POST", "/v1/keys", {
+      body: { name: "ci \ud83d\ude80" },
+    });
+    expect([emoji.status, emoji.body.name]).toEqual([201, "ci 🚀"]);
 
     // An agent's report: a GPU name and an engine's last error, as the hardware and engine printed them.
     const gpu0 = { ...gpu(0), name: "NVIDIA A100\u0000" };
-    expect((await api.register(a, "w1", [gpu0])).status).toBe(200);
+    expect((await api.register(a, "w1", [gpu0], { agent_version: "0.1.0-\ud800" })).status).toBe(
+      200,
+    );
     expect((await api.model({ alias: "m", gpu_memory_utilization: 0.5 })).status).toBe(201);
     const [report] = a.reports();
     if (!report) throw new Error("the stub agent launched nothing");
@@ -145,6 +164,7 @@ describeApi("manager API: tokens, errors and the API document", (api) => {
     expect(beat.status).toBe(200);
     const worker = await t.json<WorkerInfo>("GET", "/v1/workers/w1");
     expect(worker.body.gpu_info.gpus[0]?.name).toBe("NVIDIA A100\ufffd");
+    expect(worker.body.agent_version).toBe("0.1.0-\ufffd");
     const model = await t.json<ModelInfo>("GET", "/v1/models/m");
     expect(model.body.instances[0]?.last_error).toBe("engine exited: \ufffd\ufffdcore dumped");
   });

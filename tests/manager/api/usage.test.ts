@@ -128,6 +128,9 @@ describeApi("manager API: usage it cannot write", (api) => {
       "not a record",
       // Valid to the schema, refused by the database: found by splitting the batch.
       usageRecord({ latency_ms: 106, alias: "nul\u0000alias" }),
+      // A lone surrogate: refused by the database too, and by jsonb (the dead letter) unless replaced.
+      usageRecord({ latency_ms: 107, alias: "lone\ud800alias" }),
+      { latency_ms: 108, note: "invalid and \udc00 alone" },
     ];
     const good = Array.from({ length: 300 }, (_, i) => usageRecord({ latency_ms: i + 1 }));
     const records = [...good.slice(0, 150), ...bad, ...good.slice(150)];
@@ -143,16 +146,22 @@ describeApi("manager API: usage it cannot write", (api) => {
       104,
       105,
       null,
+      108,
       106,
+      107,
     ]);
     expect(letters.every((l) => l.source.startsWith("router:"))).toBe(true);
     expect(letters[0]?.reason).toStartWith("invalid: prompt_tokens:");
     expect(letters[2]?.reason).toStartWith("invalid: prompt_tokens:");
     expect(letters[3]?.reason).toStartWith("invalid: completion_tokens:");
     expect(letters[4]?.reason).toStartWith("invalid: alias:");
-    expect(letters[6]?.reason).toStartWith("refused by the database: 22P05");
+    expect(letters[7]?.reason).toStartWith("refused by the database: 22P05");
     // The record is kept, its NUL replaced (jsonb holds none), and no SQL in the reason.
-    expect(letters[6]?.record.alias).toBe("nul\ufffdalias");
+    expect(letters[7]?.record.alias).toBe("nul\ufffdalias");
+    // The same for a lone surrogate, refused or invalid.
+    expect(letters[8]?.reason).toStartWith("refused by the database: 22P02");
+    expect(letters[8]?.record.alias).toBe("lone\ufffdalias");
+    expect(letters[6]?.record.note).toBe("invalid and \ufffd alone");
     expect(letters.some((l) => /insert|select/i.test(l.reason))).toBe(false);
 
     const text = t.manager.metrics.render();
@@ -162,13 +171,13 @@ describeApi("manager API: usage it cannot write", (api) => {
         reason: "invalid",
         source: "router",
       }),
-    ).toBe(6);
+    ).toBe(7);
     expect(
       metric(text, "fleet_manager_usage_dead_letters_total", {
         reason: "refused",
         source: "router",
       }),
-    ).toBe(1);
+    ).toBe(2);
   });
 
   test("docs/operations.md's dead-letter queries run as written; the replay moves the records set aside only for their numbers", async () => {

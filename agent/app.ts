@@ -1,6 +1,7 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import { AppError, errorResponse, parseWith, renderError } from "../kit/errors.ts";
+import { loopbackHostsOnly } from "../kit/host-check.ts";
 import type { Logger } from "../kit/log.ts";
 import type { BoundSeries, Metrics } from "../kit/metrics.ts";
 import {
@@ -57,6 +58,15 @@ export function createApp(deps: AppDeps): Hono {
 
   app.onError((error, c) => renderError(error, { log, path: c.req.path }));
   app.notFound(() => errorResponse("not_found", "no such endpoint on the agent"));
+  if (identity.open) {
+    app.use(
+      "*",
+      loopbackHostsOnly(
+        "agent",
+        "Give it FLEET_TOKEN (it then joins with a credential of its own) to take requests under other names.",
+      ),
+    );
+  }
 
   // Open, and says nothing to strangers. To the manager's probes (which present the agent
   // credential) it says which worker answered, so a path that reaches another host is not

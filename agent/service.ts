@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import type { Server } from "bun";
+import { hostMissing } from "../kit/host-check.ts";
 import { createLogger, type Logger } from "../kit/log.ts";
 import { isLoopbackHost } from "../kit/net.ts";
 import { bunServer, shutDown, within } from "../kit/shutdown.ts";
@@ -195,7 +196,7 @@ export class WorkerService {
     this.#server = Bun.serve({
       hostname: this.listenHost,
       port: this.#options.listenPort ?? 6006,
-      fetch: app.fetch,
+      fetch: (request, server) => hostMissing(request) ?? app.fetch(request, server),
       // Generation can keep a response silent for minutes (long prompts, queued requests).
       idleTimeout: 0,
       // Engine requests carry whole prompts and images; vLLM applies its own limits.

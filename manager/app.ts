@@ -4,6 +4,7 @@ import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import { readableBy } from "../kit/cors.ts";
 import { AppError, quote, renderError } from "../kit/errors.ts";
+import { loopbackHostsOnly } from "../kit/host-check.ts";
 import type { Metrics } from "../kit/metrics.ts";
 import { checkMetricsAccess } from "../kit/metrics-access.ts";
 import { openAiModelListSchema } from "../protocol/index.ts";
@@ -111,6 +112,16 @@ export function createApp(deps: ManagerDeps): Manager {
   app.notFound((c) => {
     throw new AppError("not_found", `no route for ${quote(c.req.method)} ${quote(c.req.path)}`);
   });
+  const { adminToken, fleetToken } = ctx.config;
+  if (!adminToken || !fleetToken) {
+    app.use(
+      "*",
+      loopbackHostsOnly(
+        "manager",
+        "Set ADMIN_TOKEN and FLEET_TOKEN to take requests under other names.",
+      ),
+    );
+  }
 
   // The manager's API, one sub-app per resource.
   const limit = bodyLimit({

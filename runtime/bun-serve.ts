@@ -1,5 +1,6 @@
 import type { Server } from "bun";
 import type { ClientIdleTimer, ClientLimits } from "../kit/client-limits.ts";
+import { hostMissing } from "../kit/host-check.ts";
 import type { Logger } from "../kit/log.ts";
 
 type Handler = (request: Request, server: Server<undefined>) => Response | Promise<Response>;
@@ -22,6 +23,8 @@ type Handler = (request: Request, server: Server<undefined>) => Response | Promi
  * may pause between tokens for longer than any keep-alive) and releases when the response
  * ends. Requests nobody holds run under `busyS` when given (the manager's API, whose
  * handlers may wait on an agent) and go back to the keep-alive timeout when they answer.
+ * A request without a usable Host header is answered 400 before the app sees it
+ * (kit/host-check.ts `hostMissing`).
  */
 export function serveBun(options: { limits: ClientLimits; busyS?: number; log?: Logger }): {
   idleTimer: ClientIdleTimer;
@@ -56,8 +59,10 @@ export function serveBun(options: { limits: ClientLimits; busyS?: number; log?: 
         idleTimeout: keepAliveS,
         fetch:
           busyS === undefined
-            ? fetch
+            ? (request, bunServer) => hostMissing(request) ?? fetch(request, bunServer)
             : async (request, bunServer) => {
+                const refused = hostMissing(request);
+                if (refused) return refused;
                 bunServer.timeout(request, busyS);
                 try {
                   return await fetch(request, bunServer);

@@ -23,7 +23,7 @@ const limits = {
 };
 
 const inferenceHead = (length: number) =>
-  `POST /v1/chat/completions HTTP/1.1\r\nHost: manager\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`;
+  `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`;
 
 async function startNodeManager(database: TestDatabase): Promise<Service & { url: string }> {
   const port = await freePort();
@@ -84,7 +84,7 @@ describe.each(["bun", "node"] as const)("the manager on %s under slow clients", 
   test("connections kept alive after an API request or an inference request are closed once idle", async () => {
     const payload = '{"model":"nothing-here","messages":[]}';
     const requests = [
-      "GET /health HTTP/1.1\r\nHost: manager\r\n\r\n",
+      "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
       `${inferenceHead(payload.length)}${payload}`,
     ];
     for (const request of requests) {

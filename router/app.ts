@@ -2,7 +2,7 @@ import { type Context, Hono } from "hono";
 import { isoTimestamps, type MonotonicClock, monotonicClock } from "../kit/clock.ts";
 import { type Cors, readableBy } from "../kit/cors.ts";
 import { AppError, errorResponse, quote, renderError } from "../kit/errors.ts";
-import { type Logger, silentLogger } from "../kit/log.ts";
+import { describeError, type Logger, silentLogger } from "../kit/log.ts";
 import { LogLimiter } from "../kit/log-limit.ts";
 import { Metrics } from "../kit/metrics.ts";
 import { checkMetricsAccess, type MetricsAccess } from "../kit/metrics-access.ts";
@@ -243,7 +243,7 @@ function inferenceHandler(parts: {
   metrics.declare(
     "fleet_router_body_refusals_total",
     "counter",
-    "Request bodies refused: too large (size), too slow (timeout), no memory left (memory)",
+    "Request bodies refused: too large (size), too slow (timeout), no memory left (memory), broken off by the client (incomplete)",
   );
   const idleTimer = deps.idleTimer;
   const rejectValues = usageRejections(proxy.metrics, log);
@@ -348,6 +348,7 @@ function inferenceHandler(parts: {
             request_id: request.id,
             reason: error.reason,
             body_bytes_held: bodyLimits.budget.held,
+            ...(error.cause === undefined ? {} : { cause: describeError(error.cause) }),
           });
         }
       }

@@ -59,18 +59,27 @@ export type BodyLimits = {
   budget: BodyBudget;
 };
 
-/** Why a body was refused, for the router's `fleet_router_body_refusals_total`. */
-export type BodyRefusal = "size" | "timeout" | "memory";
+/**
+ * Why a body was refused, for the router's `fleet_router_body_refusals_total`. `incomplete`:
+ * it broke off before its end (the client closed its connection mid-upload, or its chunked
+ * framing broke), which no answer reaches and nothing needs to log above debug.
+ */
+export type BodyRefusal = "size" | "timeout" | "memory" | "incomplete";
 
 /** A body refused by `readBody`: the error to answer with, and which limit it hit. */
 export class BodyRefused extends AppError {
   readonly reason: BodyRefusal;
 
-  constructor(reason: BodyRefusal, limits: BodyLimits) {
+  constructor(reason: BodyRefusal, limits: BodyLimits, cause?: unknown) {
     // The rest of the body is never read: the connection closes after the answer, so the
     // runtime neither drains a slow body nor parses its bytes as the next request.
     const close = { connection: "close" };
-    if (reason === "size") {
+    if (reason === "incomplete") {
+      super("invalid_request", "the request body ended before it was complete", {
+        headers: close,
+        cause,
+      });
+    } else if (reason === "size") {
       super("payload_too_large", `request body exceeds the limit of ${limits.maxBytes} bytes`);
     } else if (reason === "timeout") {
       super(
@@ -156,7 +165,7 @@ class WholeRead {
   }
 
   failed(error: unknown): void {
-    if (this.free()) this.reject(error);
+    if (this.free()) this.reject(new BodyRefused("incomplete", this.limits, error));
   }
 
   expired(): void {
@@ -198,7 +207,7 @@ async function readChunked(
         result = await Promise.race([reader.read(), expired]);
       } catch (error) {
         await reader.cancel().catch(() => {});
-        throw error;
+        throw error instanceof BodyRefused ? error : new BodyRefused("incomplete", limits, error);
       }
       if (result.done) break;
       const chunk = result.value;

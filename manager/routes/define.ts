@@ -138,7 +138,16 @@ const jsonBodyReader =
   async (c, next) => {
     if (c.req.method !== "POST") return next();
     const type = c.req.header("content-type");
-    const text = await c.req.text();
+    let text: string;
+    try {
+      text = await c.req.text();
+    } catch (error) {
+      // The client closed its connection mid-upload: nobody reads the answer, and it is no
+      // error of the manager's to log.
+      throw new AppError("invalid_request", "the request body ended before it was complete", {
+        cause: error,
+      });
+    }
     if (type === undefined && text.trim() === "") return next(); // validated as `{}`
     if (type === undefined || !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
       throw new AppError(

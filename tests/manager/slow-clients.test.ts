@@ -40,10 +40,11 @@ async function startNodeManager(database: TestDatabase): Promise<Service & { url
 describe.each(["bun", "node"] as const)("the manager on %s under slow clients", (runtime) => {
   let database: TestDatabase;
   let url: string;
+  let manager: Service & { url: string };
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    const manager =
+    manager =
       runtime === "bun"
         ? await startManager({ database, env: limits })
         : await startNodeManager(database);
@@ -80,6 +81,28 @@ describe.each(["bun", "node"] as const)("the manager on %s under slow clients", 
       error: { code: "request_timeout", type: "invalid_request_error" },
     });
   }, 60_000);
+
+  test("a client that closes mid-upload, to the API or to the mounted router, logs no error", async () => {
+    const heads = [
+      "POST /v1/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+      inferenceHead(1000),
+    ];
+    for (const head of heads) {
+      const client = await openRaw(url);
+      await write(client.socket, `${head}{"name":`);
+      client.socket.destroy();
+    }
+    // The server has seen both go (a request after them on a new connection is answered).
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    await eventually(
+      async () =>
+        (await metricAt(`${url}/metrics`, "fleet_router_body_refusals_total", {
+          reason: "incomplete",
+        })) === 1,
+      { what: "the router's incomplete body counted" },
+    );
+    expect(manager.output()).not.toContain('"level":"error"');
+  });
 
   test("connections kept alive after an API request or an inference request are closed once idle", async () => {
     const payload = '{"model":"nothing-here","messages":[]}';

@@ -102,6 +102,32 @@ describe.each(["bun", "node"] as const)("slow clients against the %s router", (r
     ).toBeGreaterThanOrEqual(1);
   }, 60_000);
 
+  test("a client that closes its connection mid-upload is counted as an incomplete body, and logs no error", async () => {
+    // No series until the first one (NaN): none counted yet.
+    const counted = async () =>
+      (await metricAt(router.metrics, "fleet_router_body_refusals_total", {
+        reason: "incomplete",
+      })) || 0;
+    const before = await counted();
+    for (const head of [postHead(1000), postHead("chunked")]) {
+      const client = await openRaw(router.url);
+      await write(
+        client.socket,
+        head === postHead("chunked") ? `${head}10\r\n{"model":"qwen",` : `${head}{"model":"qwen",`,
+      );
+      // Let the router start reading, then leave.
+      await eventually(async () => (await bodyBytes()) > 0 || head.includes("chunked"), {
+        what: "the body being read",
+      });
+      client.socket.destroy();
+    }
+    await eventually(async () => (await counted()) === before + 2, {
+      what: "two incomplete bodies counted",
+    });
+    await eventually(async () => (await bodyBytes()) === 0, { what: "their bytes given back" });
+    expect(router.output()).not.toContain('"level":"error"');
+  });
+
   test("bodies in flight stay under MAX_BODY_MEMORY_BYTES: past it 503 with Retry-After, a small request still passes, RSS stays bounded", async () => {
     await eventually(async () => (await bodyBytes()) === 0, { what: "no body in flight" });
     const pid = router.proc.pid;

@@ -1,5 +1,5 @@
 import type { MiddlewareHandler } from "hono";
-import { errorResponse, quote } from "./errors.ts";
+import { AppError, errorResponse, quote } from "./errors.ts";
 import { isLoopbackHost } from "./net.ts";
 
 /**
@@ -13,10 +13,23 @@ import { isLoopbackHost } from "./net.ts";
  */
 export function hostMissing(request: Request): Response | undefined {
   if (request.url.charCodeAt(0) !== 47 /* "/" */) return undefined;
-  return errorResponse(
-    "invalid_request",
-    "the request's Host header is missing or malformed: send the host and port the URL names",
-  );
+  return errorResponse("invalid_request", malformedHost);
+}
+
+const malformedHost =
+  "the request's Host header is missing or malformed: send the host and port the URL names";
+
+/**
+ * A request's URL as an object, where a handler needs one (an origin to build links on): 400
+ * when the Host header made it one the URL parser refuses (`x:99999`, `[::`), which Bun
+ * passes on as it is.
+ */
+export function requestUrl(url: string): URL {
+  try {
+    return new URL(url);
+  } catch {
+    throw new AppError("invalid_request", malformedHost);
+  }
 }
 
 /**

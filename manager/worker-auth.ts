@@ -9,6 +9,7 @@
  */
 import { eq, or } from "drizzle-orm";
 import type { Context, MiddlewareHandler } from "hono";
+import { z } from "zod";
 import { schema } from "../db/index.ts";
 import {
   bearerToken,
@@ -17,8 +18,8 @@ import {
   sameSecret,
   sha256Hex,
 } from "../kit/crypto.ts";
-import { AppError } from "../kit/errors.ts";
-import type { WorkerCredentials } from "../protocol/index.ts";
+import { AppError, parseWith } from "../kit/errors.ts";
+import { type WorkerCredentials, workerIdSchema } from "../protocol/index.ts";
 import type { ManagerContext } from "./context.ts";
 
 /** Who is registering. */
@@ -111,13 +112,25 @@ export function requireHeartbeatCaller(ctx: ManagerContext): MiddlewareHandler {
   // (the lookup is skipped when this worker's credential was verified before: see
   // CredentialMemo)
   return async (c, next) => {
+    const workerId = validWorkerId(c.req.param("worker_id"));
     heartbeatCallers.set(
       c.req.raw,
-      await heartbeatCaller(ctx, c.req.param("worker_id") ?? "", c.req.header("authorization")),
+      await heartbeatCaller(ctx, workerId, c.req.header("authorization")),
     );
     await next();
   };
 }
+
+/**
+ * The path's worker id, checked as the route's own validation would check it (the same 400,
+ * naming `worker_id`), whatever the token: the middleware runs first, and an id Postgres
+ * cannot store (a NUL from `%00`) would fail its lookup with a 500.
+ */
+function validWorkerId(raw: string | undefined): string {
+  return parseWith(workerParam, { worker_id: raw ?? "" }, "path").worker_id;
+}
+
+const workerParam = z.object({ worker_id: workerIdSchema });
 
 async function heartbeatCaller(
   ctx: ManagerContext,

@@ -195,5 +195,10 @@ export const installCommandReplySchema = z.object({
   manager_url: z.string(),
   /** Whether the manager has an agent executable to hand out (else: `npm run build:agent`). */
   agent_available: z.boolean(),
+  /**
+   * Present when the worker id has joined already: the line upgrades the agent on its own
+   * host, and a join from any other host is refused until the worker is removed.
+   */
+  warning: z.string().optional(),
 });
 export type InstallCommandReply = z.infer<typeof installCommandReplySchema>;

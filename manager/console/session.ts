@@ -64,7 +64,8 @@ export function consoleAccess(
 
 /** Cookie attributes: HttpOnly, SameSite=Strict, Secure when the page came over HTTPS. */
 export function cookieOptions(c: Context, maxAgeS?: number) {
-  const secure = new URL(c.req.url).protocol === "https:";
+  // Not parsed: a Host the URL parser refuses (`x:99999`) must not fail the page.
+  const secure = c.req.url.startsWith("https:");
   return {
     path: "/",
     httpOnly: true,

@@ -1,5 +1,8 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { eq } from "drizzle-orm";
+import { schema } from "../../db/index.ts";
 import { AppError } from "../../kit/errors.ts";
+import { requestUrl } from "../../kit/host-check.ts";
 import { isLoopbackHost } from "../../kit/net.ts";
 import { fleetVersion } from "../../kit/version.ts";
 import { installCommandReplySchema, installCommandRequestSchema } from "../../protocol/index.ts";
@@ -7,6 +10,7 @@ import type { ManagerContext } from "../context.ts";
 import type { AgentDownload } from "../deps.ts";
 import { installLine } from "../install-line.ts";
 import { installScript, missingAgentScript } from "../install-script.ts";
+import { credentialsRequired } from "../worker-auth.ts";
 import { accessFor, errors, json, jsonBody, routeGroup } from "./define.ts";
 
 const howToBuild =
@@ -44,7 +48,7 @@ export function installRoutes(ctx: ManagerContext, download: AgentDownload | und
         "cache-control": "no-store",
       };
       if (!artifact) return c.body(missingAgentScript(missing()), 200, headers);
-      const base = ctx.config.publicUrl ?? new URL(c.req.url).origin;
+      const base = ctx.config.publicUrl ?? requestUrl(c.req.url).origin;
       return c.body(
         installScript({ base, sha256: artifact.sha256, version: fleetVersion }),
         200,
@@ -91,7 +95,7 @@ export function installRoutes(ctx: ManagerContext, download: AgentDownload | und
       tags: ["Workers"],
       summary: "The line that adds a GPU host, join token included (`fleet workers add`)",
       description:
-        "`curl -fsSL {manager}/install.sh | FLEET_TOKEN=… WORKER_ID=… PUBLIC_URL=… sh` for this worker id, with the join token written out: what `npm start` prints only on a terminal. {manager} is MANAGER_PUBLIC_URL, else the URL this request came to.",
+        "`curl -fsSL {manager}/install.sh | FLEET_TOKEN=… WORKER_ID=… PUBLIC_URL=… sh` for this worker id, with the join token written out: what `npm start` prints only on a terminal. {manager} is MANAGER_PUBLIC_URL, else the URL this request came to. `WORKER_URL` and `PUBLIC_URL` are each in the line when given. For a worker id that has joined already the line is still given (on its own host it upgrades the agent in place), with a `warning`: on another host its join would be refused until the worker is removed.",
       ...accessFor(ctx).admin,
       request: { body: jsonBody(installCommandRequestSchema) },
       responses: {
@@ -101,7 +105,7 @@ export function installRoutes(ctx: ManagerContext, download: AgentDownload | und
     }),
     async (c) => {
       const body = c.req.valid("json");
-      const base = ctx.config.publicUrl ?? new URL(c.req.url).origin;
+      const base = ctx.config.publicUrl ?? requestUrl(c.req.url).origin;
       const command = installLine({
         base,
         fleetToken: ctx.config.fleetToken,
@@ -111,8 +115,37 @@ export function installRoutes(ctx: ManagerContext, download: AgentDownload | und
         loopback: isLoopbackHost(ctx.config.host) && !body.public_url && !body.worker_url,
       });
       const agentAvailable = (await download?.current()) !== undefined;
-      return c.json({ command, manager_url: base, agent_available: agentAvailable }, 200);
+      const warning = await joinedWarning(ctx, body.worker_id);
+      return c.json(
+        {
+          command,
+          manager_url: base,
+          agent_available: agentAvailable,
+          ...(warning ? { warning } : {}),
+        },
+        200,
+      );
     },
   );
   return app;
+}
+
+/**
+ * A worker id that has joined already: the line is still right for its own host (re-running
+ * it upgrades the agent, which keeps presenting its credential), so it is given, not refused;
+ * but on a new or wiped host the join is refused (409), which the operator learns here rather
+ * than from that host's log. In open mode nothing is refused, so nothing is said.
+ */
+async function joinedWarning(ctx: ManagerContext, workerId: string): Promise<string | undefined> {
+  if (!credentialsRequired(ctx)) return undefined;
+  const [worker] = await ctx.db
+    .select({
+      status: schema.workers.status,
+      lastHeartbeat: schema.workers.lastHeartbeat,
+      credentialHash: schema.workers.credentialHash,
+    })
+    .from(schema.workers)
+    .where(eq(schema.workers.workerId, workerId));
+  if (!worker?.credentialHash) return undefined;
+  return `worker ${workerId} has already joined (${worker.status}, last heard from ${worker.lastHeartbeat.toISOString()}). On its own host, where its agent keeps its credential, this line upgrades the agent in place; on another host, or one whose agent data directory is gone, the join is refused (409 already registered): remove the worker first with fleet workers rm ${workerId}, or choose another worker id`;
 }

@@ -53,10 +53,10 @@ export function instanceRecord(row: InstanceRow, extras: InstanceExtras = {}): I
 }
 
 /**
- * ready: every replica ready; degraded: some ready but fewer than asked; starting: none
- * ready yet, some on their way (pending, starting, stopping: restarting, or lost and awaiting
- * a decision);
- * failed: none ready and none on their way.
+ * ready: every replica ready; degraded: some ready but fewer than asked, or none ready or on
+ * their way but some lost (their worker went offline: they await its return or a
+ * replacement); starting: none ready yet, some on their way (pending, starting, stopping:
+ * restarting, or leaving a draining worker); failed: none ready, on their way or lost.
  */
 export function modelStatus(model: ModelRow, instances: InstanceRow[]): ModelStatus {
   const ready = instances.filter((i) => i.status === "ready").length;

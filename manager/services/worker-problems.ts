@@ -12,6 +12,10 @@ import { plainHttpProblemText } from "../../protocol/index.ts";
 /** The columns the checks read. */
 export type ProblemInput = Pick<
   WorkerRow,
+  | "workerId"
+  | "status"
+  | "lastHeartbeat"
+  | "probedAt"
   | "workerUrl"
   | "publicWorkerUrl"
   | "internalReachable"
@@ -22,7 +26,7 @@ export type ProblemInput = Pick<
 
 type Check = (worker: ProblemInput) => string | undefined;
 
-const checks: Check[] = [noPathReaches, publicPathFails, plainHttpProblem];
+const checks: Check[] = [silent, noPathReaches, publicPathFails, plainHttpProblem];
 
 /** The worker's problems, most serious first; empty when nothing needs doing. */
 export function workerProblems(worker: ProblemInput): string[] {
@@ -33,9 +37,21 @@ const setWorkerUrl = "WORKER_URL to an address the manager can dial";
 const checkMapping =
   "check that the port mapping forwards to the agent's WORKER_PORT and that PUBLIC_URL is the mapping's URL";
 
-/** Neither URL answered the last probe: launches, stops and logs cannot reach the agent. */
+/** Offline: no heartbeat for WORKER_TIMEOUT_S, whatever its URLs did before. */
+function silent(worker: ProblemInput): string | undefined {
+  if (worker.status !== "offline") return undefined;
+  return `not heard from since ${worker.lastHeartbeat.toISOString()}: its agent stopped or its host is down. Start the agent again, or remove the worker: fleet workers rm ${worker.workerId}`;
+}
+
+/**
+ * Neither URL answered the last probe: launches, stops and logs cannot reach the agent.
+ * Said of an offline worker only when that probe ran while the agent still heartbeated: one
+ * that failed after the agent went silent says only that it stopped (`silent`), not that a
+ * URL needs changing (offline workers are not probed, so that result stays).
+ */
 function noPathReaches(worker: ProblemInput): string | undefined {
   if (worker.internalReachable !== false) return undefined;
+  if (worker.status === "offline" && !probedWhileHeard(worker)) return undefined;
   const internal = `the manager cannot dial ${worker.workerUrl} (${internalWhy(worker)})`;
   if (worker.publicWorkerUrl === null) {
     return `no path reaches this worker: ${internal}. Set PUBLIC_URL on the agent to its port-forwarding URL, or ${setWorkerUrl}`;
@@ -53,6 +69,11 @@ function publicPathFails(worker: ProblemInput): string | undefined {
   if (worker.internalReachable !== true) return undefined;
   if (worker.publicWorkerUrl === null || worker.publicReachable !== false) return undefined;
   return `the public URL ${worker.publicWorkerUrl} does not answer the manager (${worker.publicProbeError ?? "no answer"}), and routes send requests there. On the agent, ${checkMapping}; leave PUBLIC_URL unset when routers reach the worker on ${worker.workerUrl}`;
+}
+
+/** The last probe began no later than the last heartbeat: the agent was running then. */
+function probedWhileHeard(worker: ProblemInput): boolean {
+  return worker.probedAt !== null && worker.probedAt <= worker.lastHeartbeat;
 }
 
 function internalWhy(worker: ProblemInput): string {

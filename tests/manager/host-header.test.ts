@@ -13,10 +13,10 @@ import { openRaw, parseResponse, write } from "../../devkit/raw-http.ts";
  * and on the agent alike.
  */
 
-/** One request on its own connection, as written; the response as parsed. */
-async function exchange(url: string, head: string) {
+/** One request on its own connection, as written (a head, ended by `end`); the response as parsed. */
+async function exchange(url: string, head: string, end = "\r\n") {
   const client = await openRaw(url);
-  await write(client.socket, `${head}\r\n`);
+  await write(client.socket, `${head}${end}`);
   await client.closedAfterMs;
   return parseResponse(client.received());
 }
@@ -76,4 +76,50 @@ describe("the Host header on an open fleet's Bun servers", () => {
       }
     },
   );
+});
+
+describe("the Host header on a manager with tokens", () => {
+  let database: TestDatabase;
+  let url: string;
+  const admin = "host-check-admin-token";
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const manager = await startManager({
+      database,
+      env: { ADMIN_TOKEN: admin, FLEET_TOKEN: "host-check-fleet-token" },
+    });
+    url = manager.url;
+  });
+  afterAll(async () => {
+    await stopAll();
+    await database?.destroy();
+  });
+
+  test("any name is served; one the URL parser refuses is 400 where a handler builds on it, never 500", async () => {
+    const body = '{"worker_id":"w1"}';
+    const installCommand = (host: string) =>
+      exchange(
+        url,
+        `POST /v1/workers/install-command HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${admin}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+        "",
+      );
+    const named = await installCommand("fleet.example:18000");
+    expect(named.status).toBe(200);
+    expect((named.body as { manager_url: string }).manager_url).toBe("http://fleet.example:18000");
+    for (const host of ["x:99999", "[::"]) {
+      expect({ host, status: (await installCommand(host)).status }).toEqual({ host, status: 400 });
+      for (const path of ["/", "/login"]) {
+        const page = await exchange(
+          url,
+          `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n`,
+        );
+        expect({ host, path, served: page.status > 0 && page.status < 500 }).toEqual({
+          host,
+          path,
+          served: true,
+        });
+      }
+    }
+  });
 });

@@ -269,6 +269,46 @@ describeApi("manager API: reaching workers", (api) => {
     expect((await workerInfo(t, "w1")).problems).toEqual([]);
   });
 
+  test("an agent that stopped is reported as not heard from, not as a URL to change; a URL that failed while its agent heartbeated keeps its advice", async () => {
+    const clock = manualClock();
+    // Probed only when the test says: a round the sweep's tick starts would claim both.
+    const t = await api.manager({ clock, config: { probeIntervalS: 3600 } });
+    const stopped = healthServer(agentAnswer("w1"));
+    await api.register(stopped, "w1");
+    // w2's agent runs and heartbeats, but nothing answers at the URL it advertises.
+    const nowhere = `http://127.0.0.1:${await freePort()}`;
+    await api.register({ url: nowhere }, "w2");
+    await t.manager.context.prober.idle();
+    expect((await workerInfo(t, "w1")).problems).toEqual([]);
+    const heardFrom = (await workerInfo(t, "w1")).last_heartbeat;
+
+    stopped.stop();
+    clock.advance(1000);
+    const beat = { gpu_info: { gpus: [gpu(0)], warning: null }, instances: [] };
+    expect((await t.heartbeat("w2", beat)).status).toBe(200);
+    await t.manager.context.prober.probe("w1");
+    expect((await workerInfo(t, "w1")).paths.internal.reachable).toBe(false);
+    clock.advance((t.manager.context.config.workerTimeoutS + 1) * 1000);
+    expect((await t.manager.tick()).offline.sort()).toEqual(["w1", "w2"]);
+
+    const silent = (id: string, since: string) =>
+      `not heard from since ${since}: its agent stopped or its host is down. Start the agent again, or remove the worker: fleet workers rm ${id}`;
+    const w1 = await workerInfo(t, "w1");
+    expect([w1.status, w1.paths.internal.reachable]).toEqual(["offline", false]);
+    expect(w1.problems).toEqual([silent("w1", heardFrom)]);
+    const w2 = await workerInfo(t, "w2");
+    expect(w2.problems).toEqual([
+      silent("w2", w2.last_heartbeat),
+      `no path reaches this worker: the manager cannot dial ${nowhere} (its loopback: ${w2.paths.internal.error}). Set PUBLIC_URL on the agent to its port-forwarding URL, or WORKER_URL to an address the manager can dial`,
+    ]);
+    // The list says the same.
+    const list = await t.json<WorkerList>("GET", "/v1/workers");
+    expect(list.body.workers.map((w) => [w.worker_id, w.problems])).toEqual([
+      ["w1", w1.problems],
+      ["w2", w2.problems],
+    ]);
+  });
+
   test("rounds probe the online workers that are due, and managers sharing a database split them", async () => {
     const clock = manualClock();
     const t = await api.manager({ clock });
@@ -491,7 +531,12 @@ describe("the management path", () => {
 });
 
 describe("worker problems", () => {
+  const heardAt = new Date("2026-11-26T12:00:00.000Z");
   const base: ProblemInput = {
+    workerId: "w1",
+    status: "online",
+    lastHeartbeat: heardAt,
+    probedAt: null,
     workerUrl: "http://127.0.0.1:6006",
     publicWorkerUrl: null,
     internalReachable: null,
@@ -530,6 +575,30 @@ describe("worker problems", () => {
     ).toEqual([
       "no path reaches this worker: the manager cannot dial http://10.0.0.12:6006 (no answer within 3000 ms (PROBE_TIMEOUT_MS)) nor its public URL https://box.example:8443 (answered HTTP 502). On the agent, check that the port mapping forwards to the agent's WORKER_PORT and that PUBLIC_URL is the mapping's URL, or set WORKER_URL to an address the manager can dial",
     ]);
+  });
+
+  test("offline: not heard from since its last heartbeat; a URL's advice only when its probe failed while the agent still heartbeated", () => {
+    const silent =
+      "not heard from since 2026-11-26T12:00:00.000Z: its agent stopped or its host is down. Start the agent again, or remove the worker: fleet workers rm w1";
+    const after = new Date(heardAt.getTime() + 5000);
+    const before = new Date(heardAt.getTime() - 5000);
+    const failed = { internalReachable: false, internalProbeError: "ECONNREFUSED" };
+    expect(problems({ status: "offline" })).toEqual([silent]);
+    expect(problems({ status: "offline", internalReachable: true, probedAt: before })).toEqual([
+      silent,
+    ]);
+    // Probed after it went silent: the stop explains the failure.
+    expect(problems({ status: "offline", ...failed, probedAt: after })).toEqual([silent]);
+    expect(problems({ status: "offline", ...failed, probedAt: before })).toEqual([
+      silent,
+      "no path reaches this worker: the manager cannot dial http://127.0.0.1:6006 (its loopback: ECONNREFUSED). Set PUBLIC_URL on the agent to its port-forwarding URL, or WORKER_URL to an address the manager can dial",
+    ]);
+    // While it heartbeats (online, or draining), the URL's advice whenever the probe ran.
+    for (const status of ["online", "draining"] as const) {
+      expect(problems({ status, ...failed, probedAt: after })).toEqual([
+        "no path reaches this worker: the manager cannot dial http://127.0.0.1:6006 (its loopback: ECONNREFUSED). Set PUBLIC_URL on the agent to its port-forwarding URL, or WORKER_URL to an address the manager can dial",
+      ]);
+    }
   });
 
   test("a public URL that does not answer while the internal one does: routes go there", () => {

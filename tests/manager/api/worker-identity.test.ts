@@ -141,6 +141,42 @@ describeApi("manager API: worker identity", (api) => {
     expect((await beat(t, "ghost", null)).status).toBe(401);
   });
 
+  test("a path id that is no worker id is a 400 naming worker_id, whatever the token and in open mode alike", async () => {
+    const answers = async (t: TestManager, tokens: (string | null)[]) => {
+      const seen: string[] = [];
+      for (const id of ["%00", "a%00b", "-w1", "x".repeat(300)]) {
+        for (const action of ["heartbeat", "drain"]) {
+          for (const token of tokens) {
+            const { status, body } = await t.json<OpenAiError>(
+              "POST",
+              `/v1/workers/${id}/${action}`,
+              { token, body: action === "drain" ? {} : emptyBeat },
+            );
+            // The route's own 400: the id's rule, in the field's name.
+            const rule = body.error.message.startsWith("worker_id: must be 1-128 characters");
+            seen.push(`${action} ${id.slice(0, 8)}: ${status} ${body.error.param} ${rule}`);
+          }
+        }
+      }
+      return seen;
+    };
+    const expected = (tokens: number) =>
+      ["%00", "a%00b", "-w1", "x".repeat(8)].flatMap((id) =>
+        ["heartbeat", "drain"].flatMap((action) =>
+          Array<string>(tokens).fill(`${action} ${id}: 400 worker_id true`),
+        ),
+      );
+    const t = await api.manager();
+    const own = (await register(t, "w1", FLEET)).body.credentials?.worker_credential ?? null;
+    const tokens = [null, "not-a-credential", FLEET, ADMIN, own];
+    expect(await answers(t, tokens)).toEqual(expected(tokens.length));
+    // The worker itself is untouched and keeps beating.
+    expect((await beat(t, "w1", own)).status).toBe(200);
+
+    const open = await api.manager({ config: { fleetToken: undefined, adminToken: undefined } });
+    expect(await answers(open, [null, "anything"])).toEqual(expected(2));
+  });
+
   test("a credential another manager replica rotated away or removed stops working here at once", async () => {
     const t = await api.manager();
     const own = (await register(t, "w1", FLEET)).body.credentials?.worker_credential ?? null;

@@ -4,23 +4,24 @@
  *
  *   fleet models register ALIAS MODEL [--max-model-len N] [--gpu-memory-utilization F]
  *                         [--tensor-parallel-size N] [--replicas N] [--dtype D]
- *                         [--worker ID] [--gpus 0,1] [--extra-arg ARG]... [--spread] [--wait]
+ *                         [--worker ID] [--gpus 0,1] [--extra-arg=ARG]... [--spread] [--wait]
  *                         [--routing least_loaded|prefix_affinity|session|round_robin]
  *   fleet models wait ALIAS [--timeout S] | fleet models ls | fleet models rm ALIAS
  *   fleet instances ls [ALIAS] | fleet instances restart ID|ALIAS [--worker ID] [--reason R] [--wait]
  *   fleet workers ls | fleet workers show ID | fleet workers rotate ID | fleet workers rm ID
- *   fleet workers add ID [--public-url URL | --worker-url URL]
+ *   fleet workers add ID [--public-url URL] [--worker-url URL]
  *   fleet routes ls
  *   fleet keys create [--name NAME] | fleet keys ls | fleet keys revoke ID
  *   fleet routers create NAME | fleet routers ls | fleet routers revoke ID
  *   fleet logs ALIAS [--tail N] [--worker ID] [--follow]
  *
  * Global: --url (FLEET_URL, default http://127.0.0.1:18000), --token (ADMIN_TOKEN), --json.
+ * Exit status: 0 done, 1 a failed request or wait, 2 a usage mistake.
  */
 import { hostname, userInfo } from "node:os";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { parseEnv } from "../kit/env.ts";
+import { EnvError, parseEnv } from "../kit/env.ts";
 import { baseUrlSchema, dtypeSchema } from "../protocol/common.ts";
 import type { LogLines } from "../protocol/instances.ts";
 import type { InstanceRecord, ModelInfo } from "../protocol/models.ts";
@@ -41,7 +42,8 @@ const usage = `usage: fleet <command> [options]
 
 commands:
   models register ALIAS MODEL   place a model and launch it (--wait follows it to ready)
-  models wait ALIAS             follow a model's launch until ready (phase, percent, ETA)
+  models wait ALIAS             follow a model's launch until ready (phase, percent, ETA); a
+                                failure shows its last log lines once, then the retry is followed
   models ls                     registered models and their status
   models rm ALIAS               stop a model's engines and remove its routes
   instances ls [ALIAS]          each engine: instance id, worker, GPUs, port, state, restarts
@@ -49,7 +51,7 @@ commands:
                                 port; its route is unserved until it is ready again (an ALIAS
                                 on several workers needs --worker; --wait follows it to ready)
   workers add ID                the line that installs the agent on a GPU host, join token included
-                                (--public-url its port mapping, or --worker-url on this network)
+                                (--public-url its port mapping, --worker-url on this network, or both)
   workers ls                    workers: the path the manager reaches each by, GPUs, flags
   workers show ID               one worker: both paths as last probed, and what to fix
   workers rotate ID             new credentials for a worker (its agent picks them up)
@@ -69,21 +71,23 @@ options:
   --json         machine-readable output
 register options:
   --max-model-len N  --gpu-memory-utilization F  --tensor-parallel-size N  --replicas N
-  --dtype D  --worker ID  --gpus 0,1  --extra-arg ARG (repeatable)  --spread  --wait
+  --dtype D  --worker ID  --gpus 0,1  --spread  --wait
+  --extra-arg=ARG  one vLLM argument, repeatable; a flag with a value is one argument:
+                   --extra-arg=--enforce-eager --extra-arg=--max-num-seqs=8
   --routing least_loaded|prefix_affinity|session|round_robin (default prefix_affinity; docs/router.md)
   --timeout SECONDS (for --wait and models wait; default 1800)
+waiting (register --wait, models wait, instances restart --wait):
+  exits 0 once ready; 1 when --timeout passes, or on a failure the manager will not retry
+  before then (no retry coming, or its next retry falls after --timeout). A failure the manager
+  retries sooner is shown once (its last log lines, when the retry comes) and the retry followed.
+  A manager that cannot be reached for a while (a restart) is said once and polled until it answers.
 restart options:
   --worker ID (which replica of an ALIAS)  --reason TEXT (kept in the event)  --wait  --timeout S
 logs options:
-  --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away)`;
+  --tail N (default 100)  --worker ID  --follow (until Ctrl-C or the instance goes away; a
+  manager that cannot be reached for a while is said once and polled until it answers)
 
-const env = parseEnv(
-  z.object({
-    FLEET_URL: baseUrlSchema.default("http://127.0.0.1:18000"),
-    ADMIN_TOKEN: z.string().optional(),
-  }),
-  process.env,
-);
+exit status: 0 done, 1 a failed request or wait, 2 a usage mistake`;
 
 /** A failure to report; `code` 2 for usage mistakes (the default), 1 for failed requests. */
 class CliError extends Error {
@@ -97,11 +101,35 @@ class CliError extends Error {
   }
 }
 
+/** No answer at all from the manager (refused, timed out): a failed request, worth retrying. */
+class ManagerUnreachable extends CliError {
+  constructor(message: string) {
+    super(message, 1);
+  }
+}
+
+// Empty counts as unset: `FLEET_URL= fleet …` is how a shell clears a variable for one command.
+const emptyAsUnset = (value: unknown) => (value === "" ? undefined : value);
+const fleetUrlEnv = z.object({
+  FLEET_URL: z.preprocess(emptyAsUnset, baseUrlSchema.default("http://127.0.0.1:18000")),
+});
+const adminTokenEnv = z.object({ ADMIN_TOKEN: z.string().optional() });
+
+/**
+ * Read when a command needs it, not at load: a bad value is then a usage error like any other
+ * (exit 2, one line), and `--url` wins over a FLEET_URL it makes irrelevant.
+ */
+function readEnv<S extends z.ZodType>(schema: S): z.infer<S> {
+  try {
+    return parseEnv(schema, process.env);
+  } catch (error) {
+    if (error instanceof EnvError) throw new CliError(error.message);
+    throw error;
+  }
+}
+
 const int = (name: string) =>
-  z.coerce
-    .number({ error: `--${name} must be a number` })
-    .int(`--${name} must be a whole number`)
-    .positive(`--${name} must be positive`);
+  z.coerce.number().int(`--${name} must be a whole number`).positive(`--${name} must be positive`);
 
 const flagsSchema = z.object({
   url: baseUrlSchema.optional(),
@@ -115,7 +143,9 @@ const flagsSchema = z.object({
     .optional(),
   "tensor-parallel-size": int("tensor-parallel-size").optional(),
   replicas: int("replicas").optional(),
-  dtype: dtypeSchema.optional(),
+  dtype: z
+    .enum(dtypeSchema.options, { error: `--dtype is one of ${dtypeSchema.options.join(", ")}` })
+    .optional(),
   worker: z.string().optional(),
   gpus: z
     .string()
@@ -140,44 +170,102 @@ const flagsSchema = z.object({
 });
 type Flags = z.infer<typeof flagsSchema>;
 
+/** Every flag; values are checked by `flagsSchema`, which says what each must be. */
+const options = {
+  url: { type: "string" },
+  token: { type: "string" },
+  json: { type: "boolean" },
+  "max-model-len": { type: "string" },
+  "gpu-memory-utilization": { type: "string" },
+  "tensor-parallel-size": { type: "string" },
+  replicas: { type: "string" },
+  dtype: { type: "string" },
+  worker: { type: "string" },
+  gpus: { type: "string" },
+  "extra-arg": { type: "string", multiple: true },
+  spread: { type: "boolean" },
+  routing: { type: "string" },
+  wait: { type: "boolean" },
+  follow: { type: "boolean", short: "f" },
+  timeout: { type: "string" },
+  tail: { type: "string" },
+  name: { type: "string" },
+  reason: { type: "string" },
+  "public-url": { type: "string" },
+  "worker-url": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** parseArgs, with its mistakes (unknown flag, missing value) as one-line usage errors. */
+function parseArgv(argv: string[]) {
+  try {
+    return parseArgs({ args: joinExtraArgs(argv), allowPositionals: true, options });
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code !== "string" || !code.startsWith("ERR_PARSE_ARGS_")) throw error;
+    throw new CliError(argvProblem(code, error instanceof Error ? error.message : String(error)));
+  }
+}
+
+/**
+ * `--extra-arg --enforce-eager`: parseArgs refuses a value that starts with a dash (it cannot
+ * tell it from a forgotten value), yet every engine argument does; `--extra-arg` always takes
+ * the next word, so it is joined to it as `--extra-arg=--enforce-eager`.
+ */
+function joinExtraArgs(argv: string[]): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    if (arg === "--") return [...joined, ...argv.slice(i)];
+    const next = argv[i + 1];
+    if (arg === "--extra-arg" && next !== undefined) {
+      joined.push(`--extra-arg=${next}`);
+      i++;
+    } else joined.push(arg);
+  }
+  return joined;
+}
+
+/** parseArgs' several-line messages, said in one line that names the flag. */
+function argvProblem(code: string, message: string): string {
+  const flag = /'(-[^' ]+)/.exec(message)?.[1] ?? "an option";
+  const help = "(fleet --help lists the options)";
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") return `unknown option ${flag} ${help}`;
+  if (message.includes("argument missing")) return `${flag} needs a value ${help}`;
+  if (message.includes("does not take an argument")) return `${flag} takes no value`;
+  if (message.includes("ambiguous")) {
+    return `${flag} needs a value; one that starts with a dash is written ${flag}=VALUE`;
+  }
+  return message.split("\n")[0] ?? message;
+}
+
+/**
+ * A zod issue of the flags, naming the flag and, for a number, what was given; messages the
+ * schema words itself already start with the flag.
+ */
+function flagProblem(issue: z.core.$ZodIssue, values: Record<string, unknown>): string {
+  const name = String(issue.path[0] ?? "");
+  if (issue.code === "invalid_type" && issue.expected === "number") {
+    return `--${name}: expected a number, got ${String(values[name])}`;
+  }
+  return issue.message.startsWith("--") ? issue.message : `--${name}: ${issue.message}`;
+}
+
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      url: { type: "string" },
-      token: { type: "string" },
-      json: { type: "boolean" },
-      "max-model-len": { type: "string" },
-      "gpu-memory-utilization": { type: "string" },
-      "tensor-parallel-size": { type: "string" },
-      replicas: { type: "string" },
-      dtype: { type: "string" },
-      worker: { type: "string" },
-      gpus: { type: "string" },
-      "extra-arg": { type: "string", multiple: true },
-      spread: { type: "boolean" },
-      routing: { type: "string" },
-      wait: { type: "boolean" },
-      follow: { type: "boolean", short: "f" },
-      timeout: { type: "string" },
-      tail: { type: "string" },
-      name: { type: "string" },
-      reason: { type: "string" },
-      "public-url": { type: "string" },
-      "worker-url": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  const { values, positionals } = parseArgv(argv);
   if (values.help || positionals.length === 0) {
     console.log(usage);
     return positionals.length === 0 && !values.help ? 2 : 0;
   }
   const parsed = flagsSchema.safeParse(values);
-  if (!parsed.success)
-    throw new CliError(parsed.error.issues.map((issue) => issue.message).join("; "));
+  if (!parsed.success) {
+    throw new CliError(parsed.error.issues.map((issue) => flagProblem(issue, values)).join("; "));
+  }
   const flags = parsed.data;
-  const api = new ManagerApi(flags.url ?? env.FLEET_URL, flags.token ?? env.ADMIN_TOKEN);
+  const api = new ManagerApi(
+    flags.url ?? readEnv(fleetUrlEnv).FLEET_URL,
+    flags.token ?? readEnv(adminTokenEnv).ADMIN_TOKEN,
+  );
   const [group, action, ...rest] = positionals;
 
   switch (`${group} ${action ?? ""}`.trim()) {
@@ -252,7 +340,7 @@ class ManagerApi {
         signal: AbortSignal.timeout(30_000),
       });
     } catch (error) {
-      throw new CliError(
+      throw new ManagerUnreachable(
         `cannot reach the manager at ${this.base}: ${error instanceof Error ? error.message : error}`,
       );
     }
@@ -276,6 +364,13 @@ class ManagerApi {
 async function registerModel(api: ManagerApi, flags: Flags, args: string[]): Promise<number> {
   const alias = need(args[0], "ALIAS");
   const modelName = need(args[1], "MODEL");
+  // Most likely an engine flag's value that came loose (`--extra-arg --max-num-seqs 8`):
+  // dropping it would launch the engine without it.
+  if (args.length > 2) {
+    throw new CliError(
+      `unexpected ${args.slice(2).join(" ")} after MODEL (an engine flag with a value is one --extra-arg: --extra-arg=--max-num-seqs=8)`,
+    );
+  }
   const body = {
     alias,
     model_name: modelName,
@@ -307,45 +402,124 @@ async function registerModel(api: ManagerApi, flags: Flags, args: string[]): Pro
   return waitForModel(api, flags, alias);
 }
 
+/** What `waitForModel` carries from one poll to the next. */
+type Waiting = {
+  api: ManagerApi;
+  flags: Flags;
+  alias: string;
+  deadline: number;
+  view: LaunchView;
+  /** Failures already explained, by instance and when it failed (`failureKey`). */
+  explained: Set<string>;
+};
+
 /**
- * Follows a model until it is ready (exit 0), failed (exit 1: each failed engine's error and
- * last log lines, once, and when the manager retries it) or the timeout passes (exit 1).
+ * Follows a model until it is ready (exit 0). Each failure of an engine is explained once
+ * (its error, last log lines, when the manager retries it) and the retry followed; it ends
+ * (exit 1) when the model has failed with no retry coming before the timeout, or when the
+ * timeout passes. A manager that goes away for a while (a restart) is said once and polled
+ * until it answers, within the timeout; one that never answered is an error at once.
  */
 async function waitForModel(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
-  const deadline = Date.now() + flags.timeout * 1000;
   const view = new LaunchView({
     write: (text) => process.stdout.write(text),
     columns: () => process.stdout.columns,
     isTTY: !flags.json && Boolean(process.stdout.isTTY),
   });
+  const waiting: Waiting = {
+    api,
+    flags,
+    alias,
+    deadline: Date.now() + flags.timeout * 1000,
+    view,
+    explained: new Set(),
+  };
+  const outage = new Outage(() => view.finish());
   const path = `/v1/models/${encodeURIComponent(alias)}`;
+  let model: ModelInfo | undefined = await api.request<ModelInfo>("GET", path);
   for (;;) {
-    const model = await api.request<ModelInfo>("GET", path);
-    if (!flags.json) view.update(model);
-    if (model.status === "ready") {
-      view.finish();
-      if (flags.json) printJson(model);
-      else printRoutes(model.routes.map((route) => ({ ...route, routing: model.routing })));
-      return 0;
+    if (model) {
+      const code = await waitStep(waiting, model);
+      if (code !== undefined) return code;
     }
-    if (model.status === "failed") {
+    if (Date.now() > waiting.deadline) {
       view.finish();
-      if (flags.json) printJson(model);
-      for (const instance of model.instances.filter((i) => i.status === "failed")) {
-        await explainFailure(api, alias, instance);
-      }
-      return 1;
-    }
-    if (Date.now() > deadline) {
-      view.finish();
-      console.error(`${alias} is still ${model.status} after ${flags.timeout} s`);
+      console.error(
+        `${alias} is still ${model?.status ?? "unknown (the manager does not answer)"} after ${flags.timeout} s`,
+      );
       return 1;
     }
     await Bun.sleep(500);
+    model = await api.request<ModelInfo>("GET", path).then(
+      (answer) => {
+        outage.over();
+        return answer;
+      },
+      (error: unknown) => {
+        if (!isTransient(error)) throw error;
+        outage.begin(error);
+        return undefined;
+      },
+    );
   }
 }
 
-/** A failed engine: the error's first line, the engine's last log lines, and what comes next. */
+/**
+ * No answer, or a gateway's in front of a manager that is away (502, 503, 504): what a manager
+ * restart looks like from here, worth polling through.
+ */
+function isTransient(error: unknown): error is CliError {
+  if (error instanceof ManagerUnreachable) return true;
+  return error instanceof CliError && [502, 503, 504].includes(error.status ?? 0);
+}
+
+/** One poll of `waitForModel`: the exit code once the wait is over, else undefined. */
+async function waitStep(w: Waiting, model: ModelInfo): Promise<number | undefined> {
+  if (!w.flags.json) w.view.update(model);
+  if (model.status === "ready") {
+    w.view.finish();
+    if (w.flags.json) printJson(model);
+    else printRoutes(model.routes.map((route) => ({ ...route, routing: model.routing })));
+    return 0;
+  }
+  const failed = model.instances.filter((i) => i.status === "failed");
+  for (const instance of failed.filter((i) => !w.explained.has(failureKey(i)))) {
+    w.explained.add(failureKey(instance));
+    w.view.finish();
+    await explainFailure(w.api, w.alias, instance);
+    console.error(retryNote(w, instance));
+  }
+  // A retry after the timeout is not worth waiting for; one before it is what the wait follows.
+  const retrySoon = failed.some((i) => retryAt(i) <= w.deadline);
+  if (model.status === "failed" && !retrySoon) {
+    w.view.finish();
+    if (w.flags.json) printJson(model);
+    return 1;
+  }
+  return undefined;
+}
+
+/** A failure, told apart from the same instance's next one (each failure moves `updated_at`). */
+const failureKey = (instance: InstanceRecord) => `${instance.id}@${instance.updated_at}`;
+
+/** When the manager retries a failed instance (ms since the epoch); NaN when it does not say. */
+const retryAt = (instance: InstanceRecord) =>
+  instance.next_retry_at ? Date.parse(instance.next_retry_at) : Number.NaN;
+
+/** What comes after a failure: a retry the wait follows, one after --timeout, or none said. */
+function retryNote(w: Waiting, instance: InstanceRecord): string {
+  const giveUp = `fleet models rm ${w.alias} to give up`;
+  const at = retryAt(instance);
+  if (!Number.isFinite(at)) return `the manager does not say when it retries; ${giveUp}`;
+  const inS = Math.max(0, Math.round((at - Date.now()) / 1000));
+  const when = `the manager will retry it ${inS > 0 ? `in about ${duration(inS)}` : "now"}`;
+  if (at > w.deadline) {
+    return `${when}, after --timeout (${w.flags.timeout} s): fleet models wait ${w.alias} --timeout SECONDS to follow it, ${giveUp}`;
+  }
+  return `${when} (it keeps retrying, backing off, while ${w.alias} is registered); following the retry (Ctrl-C stops watching, ${giveUp})`;
+}
+
+/** A failed engine: the error's first line and the engine's last log lines. */
 async function explainFailure(
   api: ManagerApi,
   alias: string,
@@ -361,14 +535,31 @@ async function explainFailure(
     )
     .catch(() => "");
   if (logs) console.error(`--- last log lines on ${instance.worker_id} ---\n${logs.trimEnd()}`);
-  const retry = instance.next_retry_at ? Date.parse(instance.next_retry_at) : Number.NaN;
-  if (Number.isFinite(retry)) {
-    const inS = Math.max(0, Math.round((retry - Date.now()) / 1000));
-    console.error(
-      `the manager will retry it ${inS > 0 ? `in about ${duration(inS)}` : "now"} (it keeps retrying, backing off, while ${alias} is registered): fleet models wait ${alias} to follow it, fleet models rm ${alias} to give up`,
-    );
-  } else {
-    console.error(`the manager does not say when it retries; fleet models rm ${alias} to give up`);
+}
+
+/**
+ * Polling through a manager that stops answering for a while (a restart, a network blip):
+ * says so once when it starts and once when it ends, instead of on every poll.
+ */
+class Outage {
+  #since: number | undefined;
+
+  /** `interrupt`: what to do before printing (a terminal's live lines stop redrawing in place). */
+  constructor(private readonly interrupt: () => void = () => {}) {}
+
+  begin(error: CliError): void {
+    if (this.#since !== undefined) return;
+    this.#since = Date.now();
+    this.interrupt();
+    console.error(`fleet: ${error.message}; still trying (Ctrl-C to stop)`);
+  }
+
+  over(): void {
+    if (this.#since === undefined) return;
+    const seconds = (Date.now() - this.#since) / 1000;
+    this.#since = undefined;
+    this.interrupt();
+    console.error(`fleet: answered again after ${duration(seconds)}`);
   }
 }
 
@@ -519,9 +710,12 @@ async function listWorkers(api: ManagerApi, flags: Flags): Promise<number> {
 
 /** Short marks for `workers ls`, each from one look at the worker; `-` when none applies. */
 const workerFlags: Array<(worker: WorkerInfo) => string | undefined> = [
-  // Neither URL answered the manager: launches, stops and logs fail.
+  // Neither URL answered the manager: launches, stops and logs fail. Not said of an offline
+  // worker, whose agent is gone (its STATUS says so): no URL would answer for it.
   (w) =>
-    w.paths.internal.reachable === false && (w.paths.public?.reachable ?? false) === false
+    w.status !== "offline" &&
+    w.paths.internal.reachable === false &&
+    (w.paths.public?.reachable ?? false) === false
       ? "no-path"
       : undefined,
   // Managed over the internal URL, but the public one that routes use does not answer.
@@ -600,6 +794,7 @@ async function addWorker(api: ManagerApi, flags: Flags, id: string): Promise<num
   if (flags.json) return printJson(reply);
   console.log(`on the GPU host ${id} (it holds the join token: paste it, do not keep it):\n`);
   console.log(`  ${reply.command}\n`);
+  if (reply.warning) console.log(`note: ${reply.warning}\n`);
   if (!reply.agent_available) {
     console.log(
       "the manager has no agent executable to hand out yet: run `npm run build:agent` where it runs",
@@ -753,7 +948,9 @@ type LogCursor = { worker: string; stream: string | null; next: number; gone: bo
  * `fleet logs ALIAS --follow`: the last `--tail` lines, then new ones each second, from every
  * worker the alias runs on (prefixed `[worker]` when there are several). Polls the manager
  * (at most 1,000 lines a call; more are reported as skipped); ends on Ctrl-C, or when no
- * instance is left. A new engine process (a restart) starts its log over.
+ * instance is left. A new engine process (a restart) starts its log over. The manager (or an
+ * agent) not answering for a while is said once and polled through; the first lookup of the
+ * alias is not retried, so a wrong --url fails at once.
  */
 async function followLogs(api: ManagerApi, flags: Flags, alias: string): Promise<number> {
   const base = `/v1/models/${encodeURIComponent(alias)}`;
@@ -775,8 +972,10 @@ async function followLogs(api: ManagerApi, flags: Flags, alias: string): Promise
     interrupted = true;
     wake();
   });
-  let unreachable = false;
+  // The manager (restarting) or an agent away for a moment: said once, and polled until back.
+  const outage = new Outage();
   while (!interrupted && cursors.some((c) => !c.gone)) {
+    let answered = true;
     for (const cursor of cursors.filter((c) => !c.gone)) {
       const starting = cursor.stream === null;
       const query = new URLSearchParams({
@@ -787,16 +986,14 @@ async function followLogs(api: ManagerApi, flags: Flags, alias: string): Promise
       let chunk: LogLines;
       try {
         chunk = await api.request<LogLines>("GET", `${base}/logs/lines?${query}`);
-        unreachable = false;
       } catch (error) {
         if (!(error instanceof CliError) || error.code !== 1) throw error;
         if (error.status === 404) {
           say(cursor.worker, `[fleet] ${alias} is gone from ${cursor.worker}`);
           cursor.gone = true;
-        } else if (!unreachable) {
-          // The manager or the agent is away for a moment: say so once and keep polling.
-          unreachable = true;
-          console.error(`fleet: ${error.message} (retrying)`);
+        } else {
+          answered = false;
+          outage.begin(error);
         }
         continue;
       }
@@ -812,6 +1009,8 @@ async function followLogs(api: ManagerApi, flags: Flags, alias: string): Promise
       cursor.stream = chunk.stream;
       cursor.next = chunk.next;
     }
+    // Over only when every worker's log answered: one still away keeps it on.
+    if (answered) outage.over();
     if (interrupted) break;
     await new Promise<void>((resolve) => {
       wake = resolve;

@@ -206,6 +206,7 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
   });
 
   test("register --wait on an engine that cannot start fails with its log lines", async () => {
+    const started = Date.now();
     const { code, output } = await fleet([
       "models",
       "register",
@@ -215,10 +216,16 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
       "0.3",
       "--extra-arg=--fail-startup",
       "--wait",
+      "--timeout",
+      "30",
     ]);
     expect(code).toBe(1);
     expect(output).toContain("gpu-box-1: failed");
     expect(output).toContain("CUDA out of memory");
+    // The retry (60 s away) falls after --timeout: the wait ends now rather than in vain.
+    expect(output).toMatch(/the manager will retry it in about \d+:\d\d, after --timeout \(30 s\)/);
+    expect(output).not.toContain("is still");
+    expect(Date.now() - started).toBeLessThan(25_000);
   });
 
   test("workers add prints the line that installs the agent on a host, join token included", async () => {
@@ -233,6 +240,12 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(output).toContain(
       `curl -fsSL ${manager.url}/install.sh | FLEET_TOKEN=${FLEET_TOKEN} WORKER_ID=gpu-box-9 PUBLIC_URL=https://u557149-9507.bjb2.seetacloud.com:8443 sh`,
     );
+    expect(output).not.toContain("note:");
+    // A worker that has joined: the line (it upgrades the agent on that host), and a note.
+    const joined = await fleet(["workers", "add", "gpu-box-1"]);
+    expect(joined.code).toBe(0);
+    expect(joined.output).toContain("WORKER_ID=gpu-box-1");
+    expect(joined.output).toContain("note: worker gpu-box-1 has already joined");
   });
 
   test("bad flags and a missing token are explained", async () => {
@@ -253,6 +266,69 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     const unknown = await fleet(["models", "frobnicate"]);
     expect(unknown.code).toBe(2);
     expect(unknown.output).toContain("unknown command");
+  });
+
+  test("argument mistakes are one-line usage errors (exit 2) that name the flag", async () => {
+    const register = ["models", "register", "x", "org/x"];
+    const cases: Array<[string[], string]> = [
+      [["models", "ls", "--bogus"], "fleet: unknown option --bogus"],
+      [[...register, "--max-model-len"], "fleet: --max-model-len needs a value"],
+      [
+        ["logs", "qwen", "--tail", "-3"],
+        "fleet: --tail needs a value; one that starts with a dash",
+      ],
+      [
+        [...register, "--gpu-memory-utilization", "abc"],
+        "fleet: --gpu-memory-utilization: expected a number, got abc",
+      ],
+      [[...register, "--dtype", "foo"], "fleet: --dtype is one of auto, half, float16, bfloat16"],
+      // A value that came loose from its engine flag is not dropped silently.
+      [[...register, "--extra-arg", "--max-num-seqs", "8"], "fleet: unexpected 8 after MODEL"],
+    ];
+    for (const [args, message] of cases) {
+      const { code, output } = await fleet(args);
+      expect({ args, code }).toEqual({ args, code: 2 });
+      expect(output).toStartWith(message);
+      expect(output.trim().split("\n")).toHaveLength(1);
+    }
+  });
+
+  test("--extra-arg takes an engine flag as the next word or after =", async () => {
+    const { code, output } = await fleet([
+      "models",
+      "register",
+      "eager",
+      "org/eager",
+      "--gpu-memory-utilization",
+      "0.2",
+      "--extra-arg",
+      "--enforce-eager",
+      "--extra-arg=--max-num-seqs=8",
+      "--json",
+    ]);
+    expect(code).toBe(0);
+    const model = JSON.parse(output) as { extra_args: string[] };
+    expect(model.extra_args).toEqual(["--enforce-eager", "--max-num-seqs=8"]);
+    expect((await fleet(["models", "rm", "eager"])).code).toBe(0);
+  });
+
+  test("FLEET_URL: a bad one is one line naming it, an empty one is unset, --url wins", async () => {
+    const bad = await fleet(["models", "ls"], { FLEET_URL: "notaurl" });
+    expect(bad.code).toBe(2);
+    expect(bad.output).toStartWith("fleet: invalid environment: FLEET_URL must be an http(s)");
+    expect(bad.output.trim().split("\n")).toHaveLength(1);
+
+    const overridden = await fleet(["models", "ls", "--json", "--url", manager.url], {
+      FLEET_URL: "notaurl",
+    });
+    expect(overridden.code).toBe(0);
+    expect(JSON.parse(overridden.output)).toBeArray();
+
+    // Empty is unset: no complaint about it, the command's own usage error instead (and no
+    // request to the default URL).
+    const empty = await fleet(["models", "wait"], { FLEET_URL: "" });
+    expect(empty.code).toBe(2);
+    expect(empty.output).toStartWith("fleet: missing ALIAS");
   });
 
   test("rm stops the model and removes its route", async () => {
@@ -307,5 +383,15 @@ describe(`fleet CLI against a real manager (${serviceDbTarget})`, () => {
     expect(shown.output).toMatch(/internal\s+http:\/\/127\.0\.0\.1:\d+\s+reachable, \d+ ms/);
     expect(shown.output).toContain("public      none (PUBLIC_URL not set)");
     expect(shown.output).toContain("problems    none");
+
+    // No heartbeat since: offline, which is what it shows, not a URL to fix.
+    await eventually(async () => {
+      const response = await fetch(`${manager.url}/v1/workers/rented-box`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      return ((await response.json()) as { status: string }).status === "offline";
+    });
+    const offline = await fleet(["workers", "ls"]);
+    expect(offline.output).toMatch(/rented-box\s+offline\s+none\s+-\s+-\s+http/);
   });
 });

@@ -146,7 +146,10 @@ describe(`fleet CLI: launch progress and following logs (${serviceDbTarget})`, (
       "0.2",
       "--extra-arg=--fail-startup",
       "--wait",
+      "--timeout",
+      "30",
     ]);
+    // The retry comes 60 s later, after --timeout: not worth waiting for.
     expect(code).toBe(1);
     // The simulator fails where vLLM runs out of memory, after torch.compile's lines.
     expect(output).toMatch(/gpu-progress: failed while compiling: engine exited with code 1/);

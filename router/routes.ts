@@ -38,7 +38,7 @@ const errorDescriptions: Record<number, string> = {
 const inferenceErrors = errors([400, 401, 404, 408, 413, 502, 503, 504]);
 
 const passthrough =
-  "Other fields are passed to vLLM unchanged (sampling parameters, guided decoding, …).";
+  "The router itself checks `model`, `stream`, `stream_options` and `user`; every other field, those described here included, is passed to vLLM unchanged (sampling parameters, guided decoding, …), which judges it: its 400 comes back as it sent it.";
 
 const usageSchema = z.object({
   prompt_tokens: z.number().int(),

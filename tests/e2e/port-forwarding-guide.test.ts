@@ -116,8 +116,9 @@ describe(`the port-forwarding guide, end to end (${serviceDbTarget})`, () => {
     expect(status).toBe(201);
     expect(body.routes).toHaveLength(1);
     const [route] = body.routes;
+    // The original's record, plus whether routers serve it (never the agent's credential).
     expect(Object.keys(route ?? {}).sort()).toEqual(
-      ["alias", "created_at", "model_name", "vllm_port", "worker_id", "worker_url"].sort(),
+      ["alias", "created_at", "model_name", "vllm_port", "worker_id", "worker_url", "ready"].sort(),
     );
     expect(route).toMatchObject({
       alias: "qwen-vl-2b",

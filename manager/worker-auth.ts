@@ -9,7 +9,6 @@
  */
 import { eq, or } from "drizzle-orm";
 import type { Context, MiddlewareHandler } from "hono";
-import { z } from "zod";
 import { schema } from "../db/index.ts";
 import {
   bearerToken,
@@ -19,7 +18,7 @@ import {
   sha256Hex,
 } from "../kit/crypto.ts";
 import { AppError, parseWith } from "../kit/errors.ts";
-import { type WorkerCredentials, workerIdSchema } from "../protocol/index.ts";
+import { type WorkerCredentials, workerIdParamsSchema } from "../protocol/index.ts";
 import type { ManagerContext } from "./context.ts";
 
 /** Who is registering. */
@@ -127,10 +126,8 @@ export function requireHeartbeatCaller(ctx: ManagerContext): MiddlewareHandler {
  * cannot store (a NUL from `%00`) would fail its lookup with a 500.
  */
 function validWorkerId(raw: string | undefined): string {
-  return parseWith(workerParam, { worker_id: raw ?? "" }, "path").worker_id;
+  return parseWith(workerIdParamsSchema, { worker_id: raw ?? "" }, "path").worker_id;
 }
-
-const workerParam = z.object({ worker_id: workerIdSchema });
 
 async function heartbeatCaller(
   ctx: ManagerContext,

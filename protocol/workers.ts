@@ -188,6 +188,9 @@ export const installCommandRequestSchema = z
   .strict();
 export type InstallCommandRequest = z.infer<typeof installCommandRequestSchema>;
 
+/** The path of the per-worker endpoints (`/v1/workers/{worker_id}/…`). */
+export const workerIdParamsSchema = z.object({ worker_id: workerIdSchema });
+
 export const installCommandReplySchema = z.object({
   /** `curl -fsSL {manager}/install.sh | FLEET_TOKEN=… WORKER_ID=… PUBLIC_URL=… sh`. */
   command: z.string(),

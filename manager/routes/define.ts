@@ -8,6 +8,7 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context, MiddlewareHandler } from "hono";
 import type { z } from "zod";
+import { storable, unstorableIn } from "../../db/storable.ts";
 import { AppError, quote, validationError } from "../../kit/errors.ts";
 import { openAiErrorSchema } from "../../protocol/index.ts";
 import { type AuthContext, requireScope, type Scope } from "../auth.ts";
@@ -190,15 +191,6 @@ function validateAs(c: Context, text: string): void {
   (c.req.bodyCache as unknown as { text: Promise<string> }).text = Promise.resolve(text);
 }
 
-/** Why Postgres cannot store `text`, if it cannot. */
-function unstorableIn(text: string): string | undefined {
-  if (text.includes("\u0000")) return "must not contain NUL characters (U+0000)";
-  if (!text.isWellFormed()) {
-    return "must not contain a UTF-16 surrogate without its pair (such as \\ud800 alone)";
-  }
-  return undefined;
-}
-
 /** The path of the first string (or key) in `value` that Postgres cannot store, and why. */
 function unstorableAt(
   value: unknown,
@@ -223,21 +215,6 @@ function unstorableAt(
     if (found) return found;
   }
   return undefined;
-}
-
-/** `text` with NUL characters and lone surrogates replaced by U+FFFD. */
-function storableText(text: string): string {
-  return text.toWellFormed().replaceAll("\u0000", "\ufffd");
-}
-
-/** `value` with every string and key made storable (`storableText`). */
-function storable(value: unknown): unknown {
-  if (typeof value === "string") return storableText(value);
-  if (Array.isArray(value)) return value.map(storable);
-  if (typeof value !== "object" || value === null) return value;
-  return Object.fromEntries(
-    Object.entries(value).map(([key, item]) => [storableText(key), storable(item)]),
-  );
 }
 
 /** A required JSON request body validated by `schema`. */

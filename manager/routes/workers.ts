@@ -1,6 +1,5 @@
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
-import { z } from "zod";
 import { schema } from "../../db/index.ts";
 import { AppError } from "../../kit/errors.ts";
 import {
@@ -9,7 +8,7 @@ import {
   type WorkerInfo,
   workerDrainReplySchema,
   workerDrainSchema,
-  workerIdSchema,
+  workerIdParamsSchema,
   workerInfoSchema,
   workerListSchema,
   workerRegistrationReplySchema,
@@ -30,7 +29,6 @@ import {
 } from "../worker-auth.ts";
 import { accessFor, checkedBy, errors, json, jsonBody, routeGroup } from "./define.ts";
 
-const workerParams = z.object({ worker_id: workerIdSchema });
 const tags = ["Workers"];
 
 /**
@@ -83,7 +81,7 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       tags,
       summary: "Heartbeat: GPU stats and instance states (the worker's own credential)",
       ...checkedBy([{ workerCredential: [] }], requireHeartbeatCaller(ctx)),
-      request: { params: workerParams, body: jsonBody(heartbeatSchema) },
+      request: { params: workerIdParamsSchema, body: jsonBody(heartbeatSchema) },
       responses: {
         200: json(
           heartbeatReplySchema,
@@ -118,7 +116,7 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       summary:
         "Drain: the agent is stopping (the worker's own credential). Its routes stop being served at once and it gets no new placements; its instances are replaced once it has gone silent",
       ...checkedBy([{ workerCredential: [] }], requireHeartbeatCaller(ctx)),
-      request: { params: workerParams, body: jsonBody(workerDrainSchema) },
+      request: { params: workerIdParamsSchema, body: jsonBody(workerDrainSchema) },
       responses: {
         200: json(
           workerDrainReplySchema,
@@ -148,7 +146,7 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       summary:
         "Rotate a worker's credentials: its next heartbeat reply carries a new pair, current once the agent uses it",
       ...access.admin,
-      request: { params: workerParams },
+      request: { params: workerIdParamsSchema },
       responses: {
         202: json(workerRotationReplySchema, "requested"),
         ...errors(
@@ -169,7 +167,7 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       summary:
         "Remove a worker: its instances are placed elsewhere at once, its routes go, its credentials stop working",
       ...access.admin,
-      request: { params: workerParams },
+      request: { params: workerIdParamsSchema },
       responses: {
         200: json(workerRemovalReplySchema, "removed"),
         ...errors(401, [404, "`worker_not_found`"]),
@@ -197,7 +195,7 @@ export function workersRoutes(ctx: ManagerContext): OpenAPIHono {
       tags,
       summary: "One worker with its GPUs and instances",
       ...access.admin,
-      request: { params: workerParams },
+      request: { params: workerIdParamsSchema },
       responses: {
         200: json(workerInfoSchema, "the worker"),
         ...errors(401, [404, "`worker_not_found`"]),

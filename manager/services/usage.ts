@@ -1,5 +1,6 @@
 import { inArray, sql } from "drizzle-orm";
 import { type Db, schema } from "../../db/index.ts";
+import { storable, storableText } from "../../db/storable.ts";
 import { describeError } from "../../kit/errors.ts";
 import type { Logger } from "../../kit/log.ts";
 import { LogLimiter } from "../../kit/log-limit.ts";
@@ -150,22 +151,14 @@ async function setAside(db: Db, letters: readonly DeadLetter[], source: string):
 
 /**
  * A record as `jsonb` takes it: NUL characters and UTF-16 surrogates without their pair
- * (which jsonb refuses, and which may be why the record was refused) become U+FFFD, and a
- * record over 16 KiB is kept as the start of its text.
+ * (which jsonb refuses, and which may be why the record was refused) become U+FFFD
+ * (db/storable.ts), and a record over 16 KiB is kept as the start of its text.
  */
 export function deadLetterJson(record: unknown): string {
-  const text = JSON.stringify(record) ?? "null";
-  if (text.length <= maxDeadLetterChars) return storableJson(text);
-  // A cut may part a surrogate pair: the half left is escaped, and replaced, like any other.
-  return storableJson(JSON.stringify({ truncated: text.slice(0, maxDeadLetterChars) }));
-}
-
-/**
- * JSON text from `JSON.stringify` with its `\u0000` escapes and its lone surrogates (which
- * it writes as `\udXXX` escapes; a pair it writes as the characters) replaced by `\ufffd`.
- */
-function storableJson(text: string): string {
-  return text.replace(/(?<!\\)((?:\\\\)*)\\u(?:0000|d[89a-f][0-9a-f]{2})/g, "$1\\ufffd");
+  const text = JSON.stringify(storable(record)) ?? "null";
+  if (text.length <= maxDeadLetterChars) return text;
+  // A cut may part a surrogate pair: the half left is replaced like any other.
+  return JSON.stringify({ truncated: storableText(text.slice(0, maxDeadLetterChars)) });
 }
 
 /** The SQLSTATE of a driver error (postgres.js and PGlite set `code`; Drizzle wraps them). */
